@@ -1,0 +1,35 @@
+# make train : install what is missing, then the documented default run (SST-2, offline)
+# make test  : install what is missing, then the test suite (CI runs exactly this)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup train test test-all bench clean
+
+setup: $(STAMP)
+
+# torch first, from the CPU wheel on disk: an unpinned resolve would pull a multi-GB CUDA build
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+train: setup
+	$(PY) train.py experiment=sst2_minilm
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+# also the slow quality runs (minutes each)
+test-all: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf outputs/*/ .cache .pytest_cache

@@ -1,0 +1,3 @@
+from tunelab.data.datamodule import BaseDataModule, TextDataModule
+
+__all__ = ["BaseDataModule", "TextDataModule"]

@@ -1,0 +1,323 @@
+"""LightningDataModules: tokenize each file once (cached on disk across runs), split deterministically,
+and serve dynamically padded batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tunelab.data.readers import read_rows, require_columns
+from tunelab.data.sampling import BatchOrderSampler, Collator
+from tunelab.errors import ConfigError
+from tunelab.model import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+class ListDataset(Dataset):
+    def __init__(self, examples: list[dict]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.examples[i]
+
+
+class BaseDataModule(pl.LightningDataModule):
+    """Shared by every task: file -> cached encoded examples -> train/val/test splits -> loaders.
+
+    Subclasses implement `encode_file(path) -> dict[str, list]` (the tokenized columns, plus a raw
+    "label" column when the task has per-example labels) and may override `finalize_labels`.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        name: str,
+        task: str,
+        train_file: str,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 42,
+        train_limit: int | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        group_by_length: bool = False,
+        pad_to_multiple_of: int | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+        **task_options: Any,
+    ) -> None:
+        super().__init__()
+        self.tokenizer_path = tokenizer
+        self.name, self.task = name, task
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.split_seed, self.train_limit = split_seed, train_limit
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.group_by_length = group_by_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.seed = seed
+        self.options = task_options
+        self._tokenizer = None
+        self.splits: dict[str, ListDataset] = {}
+        self.label_names: list[str] = []
+        self.class_counts: list[int] | None = None
+        self.train_sampler: BatchOrderSampler | None = None
+
+    # ---- tokenizer and cache -------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_path)
+        return self._tokenizer
+
+    def cache_key(self, path: Path) -> dict:
+        stat = path.stat()
+        return {
+            "version": CACHE_VERSION,
+            "kind": type(self).__name__,
+            "file": str(path.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "tokenizer": str(Path(self.tokenizer_path).resolve()) if os.path.isdir(self.tokenizer_path) else self.tokenizer_path,
+            "max_length": self.max_length,
+            "options": self.encoding_options(),
+        }
+
+    def encoding_options(self) -> dict:
+        """Everything besides the file and tokenizer that changes the encoded examples."""
+        return {}
+
+    def _cache_path(self, path: Path) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        digest = hashlib.sha1(json.dumps(self.cache_key(path), sort_keys=True).encode()).hexdigest()[:16]
+        return self.cache_dir / f"{path.stem}-{digest}.pt"
+
+    def encoded(self, file: str) -> dict[str, list]:
+        """Encoded columns of a file, from the cache when this file was tokenized before."""
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"data file not found: {path}; check data.train_file / data.val_file / data.test_file.")
+        cache = self._cache_path(path)
+        if cache is not None and cache.is_file():
+            return torch.load(cache, weights_only=True)
+        columns = self.encode_file(path)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".tmp{os.getpid()}")
+            torch.save(columns, tmp)
+            os.replace(tmp, cache)  # atomic: concurrent runs never read a half-written cache
+        return columns
+
+    def encode_file(self, path: Path) -> dict[str, list]:
+        raise NotImplementedError
+
+    # ---- Lightning hooks -----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        for file in self.files.values():
+            if file:
+                self.encoded(file)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        columns = {s: self.encoded(f) for s, f in self.files.items() if f}
+        examples = {s: _rows(c) for s, c in columns.items()}
+        examples = self._carve_missing_splits(examples)
+        self.finalize_labels(examples)
+        for split, rows in examples.items():
+            if not rows:
+                raise ConfigError(
+                    f"the {split} split of data={self.name} is empty; check data.{split}_file or data.{split}_fraction."
+                )
+        if self.batch_size > len(examples["train"]):
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is larger than the {len(examples['train'])}-row training split; "
+                "lower data.batch_size."
+            )
+        self.splits = {s: ListDataset(rows) for s, rows in examples.items()}
+        log.info("data=%s: %s", self.name, {s: len(d) for s, d in self.splits.items()})
+
+    def _carve_missing_splits(self, examples: dict[str, list[dict]]) -> dict[str, list[dict]]:
+        """Val/test without their own file are carved from train by a permutation of split_seed;
+        train_limit then keeps a random subset of the remaining training rows."""
+        train = examples["train"]
+        g = torch.Generator().manual_seed(self.split_seed)
+        order = torch.randperm(len(train), generator=g).tolist()
+        out: dict[str, list[dict]] = {}
+        start = 0
+        for split, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
+            if split in examples:
+                out[split] = examples[split]
+            else:
+                n = max(1, round(fraction * len(train)))
+                out[split] = [train[i] for i in order[start : start + n]]
+                start += n
+        rest = order[start:]
+        if self.train_limit:
+            rest = rest[: self.train_limit]
+        out["train"] = [train[i] for i in sorted(rest)]
+        return {s: out[s] for s in SPLITS}
+
+    def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
+        """Turn raw labels into training targets (in place). Default: nothing to do."""
+
+    # ---- loaders -------------------------------------------------------------------------------
+    def collator(self) -> Collator:
+        return Collator(self.tokenizer.pad_token_id or 0, self.pad_to_multiple_of)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        data = self.splits[split]
+        sampler = BatchOrderSampler(
+            [len(e["input_ids"]) for e in data.examples],
+            batch_size,
+            seed=self.seed,
+            shuffle=shuffle,
+            group_by_length=self.group_by_length and shuffle,
+        )
+        if split == "train":
+            self.train_sampler = sampler
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names) if self.label_names else 1
+
+
+def _rows(columns: dict[str, list]) -> list[dict]:
+    keys = list(columns)
+    return [dict(zip(keys, values)) for values in zip(*(columns[k] for k in keys))]
+
+
+class TextDataModule(BaseDataModule):
+    """Sequence-level tasks (classification, regression) over single sentences or sentence pairs
+    from csv/tsv/jsonl files."""
+
+    def __init__(
+        self,
+        *args: Any,
+        format: str = "csv",
+        text_column: str = "text",
+        text_pair_column: str | None = None,
+        label_column: str = "label",
+        label_names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if self.task not in {"classification", "regression"}:
+            raise ConfigError(
+                f"data={self.name} reads sentence-level data but data.task={self.task}; "
+                "use data.task=classification or regression."
+            )
+        self.format = format
+        self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
+        self.configured_label_names = list(label_names) if label_names else None
+        self.truncated = 0
+
+    def encoding_options(self) -> dict:
+        return {"format": self.format, "columns": [self.text_column, self.text_pair_column, self.label_column]}
+
+    def encode_file(self, path: Path) -> dict[str, list]:
+        rows = read_rows(path, self.format)
+        require_columns(
+            rows,
+            {"text_column": self.text_column, "text_pair_column": self.text_pair_column, "label_column": self.label_column},
+            path,
+        )
+        texts = [str(r[self.text_column]) for r in rows]
+        pairs = [str(r[self.text_pair_column]) for r in rows] if self.text_pair_column else None
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        columns = {"input_ids": enc["input_ids"]}
+        if "token_type_ids" in enc and pairs is not None:
+            columns["token_type_ids"] = enc["token_type_ids"]
+        columns["label"] = [str(r[self.label_column]) for r in rows]
+        columns["row"] = list(range(2, len(rows) + 2))  # line number, for error messages
+        columns["file"] = [str(path)] * len(rows)
+        return columns
+
+    def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
+        at_max = sum(len(e["input_ids"]) >= self.max_length for rows in examples.values() for e in rows)
+        if at_max:
+            log.warning("%d examples were truncated to data.max_length=%d tokens", at_max, self.max_length)
+        self.truncated = at_max
+        if self.task == "regression":
+            for rows in examples.values():
+                for e in rows:
+                    e["labels"] = _as_float(e)
+            self.label_names = []
+            return
+        names = self.configured_label_names or _sorted_labels({e["label"] for e in examples["train"]})
+        index = {str(i): i for i in range(len(names))} | {str(n): i for i, n in enumerate(names)}
+        for rows in examples.values():
+            for e in rows:
+                if e["label"] not in index:
+                    raise ConfigError(
+                        f"{e['file']}:{e['row']}: label {e['label']!r} is not in the label set {names}; "
+                        "fix the row or set data.label_names."
+                    )
+                e["labels"] = index[e["label"]]
+        self.label_names = [str(n) for n in names]
+        counts = torch.bincount(torch.tensor([e["labels"] for e in examples["train"]]), minlength=len(names))
+        self.class_counts = counts.tolist()
+        for rows in examples.values():
+            for e in rows:
+                del e["label"], e["row"], e["file"]
+
+
+def _as_float(e: dict) -> float:
+    try:
+        value = float(e["label"])
+    except ValueError:
+        raise ConfigError(
+            f"{e['file']}:{e['row']}: regression target {e['label']!r} is not a number; fix the row."
+        ) from None
+    del e["label"], e["row"], e["file"]
+    return value
+
+
+def _sorted_labels(labels: set[str]) -> list[str]:
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)

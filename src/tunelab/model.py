@@ -1,0 +1,82 @@
+"""Build the Hugging Face model for a task from conf/model/*.yaml (offline, local paths)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import transformers
+from torch import nn
+
+from tunelab.errors import ConfigError
+from tunelab.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"tokenizer not found at {path!r} (offline: only local paths work); "
+            "set model.tokenizer / model.name_or_path to a local model directory."
+        ) from err
+
+
+def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab_size: int | None = None) -> nn.Module:
+    """Load `model_cfg.name_or_path` with the task's head (or random init when from_scratch)."""
+    path = str(model_cfg["name_or_path"])
+    head = dict(num_labels=task.num_model_outputs(num_labels))
+    if task.name == "regression":
+        head["problem_type"] = "regression"
+    overrides = dict(model_cfg.get("config_overrides") or {})
+    auto_model = getattr(transformers, task.auto_model)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, **head, **overrides)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"model not found at {path!r} (offline: only local paths work); "
+            "set model.name_or_path to a local model directory, or use model=minilm / model=tiny."
+        ) from err
+    if vocab_size is not None and task.name == "causal_lm":
+        config.vocab_size = vocab_size
+    if model_cfg.get("from_scratch"):
+        model = auto_model.from_config(config)
+    else:
+        model = auto_model.from_pretrained(path, config=config)
+    model.train()  # from_pretrained returns eval mode; Lightning toggles modes per stage after this
+    _apply_options(model, model_cfg)
+    return model
+
+
+def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
+    if cfg.get("dropout") is not None:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = float(cfg["dropout"])
+    if cfg.get("freeze_embeddings"):
+        embeddings = getattr(model.base_model, "embeddings", None) or model.get_input_embeddings()
+        embeddings.requires_grad_(False)
+    n_frozen = int(cfg.get("freeze_layers") or 0)
+    if n_frozen:
+        layers = transformer_layers(model)
+        if n_frozen > len(layers):
+            raise ConfigError(
+                f"model.freeze_layers={n_frozen} but the model has {len(layers)} layers; use at most {len(layers)}."
+            )
+        for layer in layers[:n_frozen]:
+            layer.requires_grad_(False)
+    if cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks (BERT's encoder.layer, GPT-2's h, ...): the longest ModuleList."""
+    lists = [m for m in model.base_model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ConfigError("model.freeze_layers needs a model with a stack of transformer layers.")
+    return max(lists, key=len)
+
+

@@ -1,0 +1,105 @@
+"""One LightningModule for every task: a Hugging Face model, a loss from conf/loss, metrics and a
+test report from the task, optimizer/scheduler from conf/optimizer and conf/scheduler."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+
+from tunelab.model import build_model
+from tunelab.optim import build_optimizer, build_scheduler
+from tunelab.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+STAGES = ("train", "val", "test")
+
+
+class TransformerModule(pl.LightningModule):
+    """Every argument is a plain config dict or value, saved as hyper-parameters, so a checkpoint alone
+    rebuilds the module (`TransformerModule.load_from_checkpoint(path)`)."""
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        task: str,
+        loss: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        label_names: Sequence[str] = (),
+        class_counts: Sequence[int] | None = None,
+        vocab_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.task = get_task(task)
+        num_labels = max(len(label_names), 1)
+        self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)
+        self.loss_fn = instantiate(dict(loss))
+        self.loss_fn.fit_class_weights(class_counts)
+        metrics = self.task.metrics(num_labels)
+        # one collection, cloned per stage (separate state for train/val/test)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.test_report_metric = self.task.report_metric(num_labels)
+        self.test_report: dict | None = None
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.model(**inputs).logits
+
+    def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """Shared by training, validation and test: loss, metric updates and logging."""
+        labels = batch["labels"]
+        logits = self(batch)
+        loss = self.loss_fn(logits, labels)
+        preds, targets = self.task.metric_inputs(logits.detach(), labels)
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(preds, targets)
+        if stage == "test" and self.test_report_metric is not None:
+            self.test_report_metric.update(preds, targets)
+        batch_size = labels.shape[0]
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self.step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        if self.test_report_metric is None:
+            return
+        state = self.test_report_metric.compute()  # synced across ranks
+        self.test_report_metric.reset()
+        report, text = self.task.report(state, list(self.hparams.label_names))
+        self.test_report = report
+        self._write_report(report, text)
+
+    @rank_zero_only
+    def _write_report(self, report: dict, text: str) -> None:
+        out = Path(self.trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "test_report.json").write_text(json.dumps(report, indent=2))
+        (out / "test_report.txt").write_text(text + "\n")
+        log.info("Test report (%s):\n%s", out / "test_report.txt", text)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.hparams.optimizer, self)
+        scheduler = build_scheduler(self.hparams.scheduler, optimizer, int(self.trainer.estimated_stepping_batches))
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

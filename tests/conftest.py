@@ -1,0 +1,88 @@
+"""Shared test helpers: compose the real Hydra config with test-sized overrides, run the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+import tunelab  # noqa: E402,F401  (registers resolvers)
+
+# small, quiet and fast: tiny random model, fixture rows, no progress bar or tracker
+FAST = [
+    "model=tiny",
+    f"paths.data_dir={FIXTURES}",
+    "logger=csv",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "trainer.accelerator=cpu",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("token_cache")
+
+
+def compose_cfg(out_dir: Path, *overrides: str, config_name: str = "train", fast: bool = True, cache: Path | None = None) -> DictConfig:
+    """The config train.py would see for these overrides, writing into out_dir."""
+    GlobalHydra.instance().clear()
+    base = list(FAST) if fast else []
+    if cache is not None:
+        base.append(f"paths.cache_dir={cache}")
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name, overrides=[*base, *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out_dir)
+        cfg.hydra.job.num = 0
+        cfg.paths.log_dir = str(out_dir / "outputs")
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def run_cfg(tmp_path, cache_dir):
+    """run_cfg(*overrides) -> (metrics, run dir) of a full pipeline run in a fresh temp dir."""
+    from tunelab.pipeline import run
+
+    counter = iter(range(1000))
+
+    def _run(*overrides: str, fast: bool = True):
+        out = tmp_path / f"run{next(counter)}"
+        cfg = compose_cfg(out, *overrides, fast=fast, cache=cache_dir)
+        return run(cfg), out
+
+    return _run
+
+
+def run_script(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run train.py / eval.py as a user would, in a subprocess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]

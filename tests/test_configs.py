@@ -1,0 +1,53 @@
+"""Every option of every config group composes, and each loss validates against a fitting task."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import get_class, instantiate
+
+from conftest import ROOT, compose_cfg
+from tunelab import checks
+
+GROUPS = ["model", "loss", "optimizer", "scheduler", "data", "trainer", "logger", "callbacks", "experiment", "debug"]
+# data for which each task's loss fits
+DATA_FOR_TASK = {"classification": "sst2", "regression": "stsb"}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda x: str(x)
+)
+def test_every_option_composes(tmp_path: Path, group: str, option: str) -> None:
+    overrides = [f"{group}={option}"]
+    if group == "data" and option in {"csv", "tsv", "jsonl"}:
+        overrides.append("data.train_file=x")
+    if group == "model" and option == "hf":
+        overrides.append("model.name_or_path=/some/model")
+    cfg = compose_cfg(tmp_path, *overrides, fast=False)
+    assert cfg.seed is not None and cfg.task_name
+    # every config entry with a _target_ points at an importable object
+    for key in ("model", "loss", "optimizer", "scheduler", "data", "trainer"):
+        target = cfg[key].get("_target_") if cfg.get(key) else None
+        if target:
+            assert get_class(target) if not target.startswith("transformers.get_") else True
+
+
+@pytest.mark.parametrize("loss", options("loss"))
+def test_loss_validates_with_a_fitting_task(tmp_path: Path, loss: str) -> None:
+    loss_tasks = get_class(compose_cfg(tmp_path, f"loss={loss}").loss._target_).tasks
+    fitting = [DATA_FOR_TASK[t] for t in loss_tasks if t in DATA_FOR_TASK]
+    if not fitting:
+        pytest.skip(f"{loss} fits {sorted(loss_tasks)}: covered by the task-specific tests")
+    checks.validate(compose_cfg(tmp_path, f"loss={loss}", f"data={fitting[0]}"))
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+def test_optimizers_are_the_real_classes(tmp_path: Path, optimizer: str) -> None:
+    import torch
+
+    factory = instantiate(compose_cfg(tmp_path, f"optimizer={optimizer}").optimizer)
+    opt = factory([torch.nn.Parameter(torch.zeros(2, 2))])
+    assert type(opt).__module__.split(".")[0] in {"torch", "transformers"}

@@ -1,0 +1,59 @@
+"""Each misconfiguration fails before training with its documented one-line error."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, run_script
+from tunelab.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["loss=mse", "data=sst2"], "loss=mse needs a regression task; got data=sst2 (classification). Use loss=cross_entropy."),
+        (["loss=cross_entropy", "data=stsb"], "loss=cross_entropy needs a classification task; got data=stsb (regression). Use loss=mse."),
+        (["loss=next_token_cross_entropy", "data=sst2"], "needs a causal_lm task; got data=sst2 (classification)"),
+        (["data.train_file=/nonexistent/train.tsv"], "data file not found: /nonexistent/train.tsv"),
+        (["data.text_column=review"], "data.text_column='review' is not a column of"),
+        (["data.batch_size=5000"], "data.batch_size=5000 is larger than the"),
+        (["model.name_or_path=/nonexistent/model", "model.tokenizer=/nonexistent/model"], "not found at '/nonexistent/model'"),
+        (["trainer.accelerator=gpu", "trainer.devices=8"], "trainer.devices=8 but 0 GPU(s) are available"),
+        (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt does not exist"),
+        (["model.freeze_layers=9"], "model.freeze_layers=9 but the model has 2 layers"),
+    ],
+)
+def test_misconfiguration_raises_documented_error(run_cfg, overrides, message) -> None:
+    if "gpu" in overrides[0]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("machine has GPUs")
+    with pytest.raises(ConfigError) as err:
+        run_cfg(*overrides, "trainer=debug")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_rows_name_file_and_line(run_cfg, tmp_path) -> None:
+    bad_label = write(tmp_path / "bad_label.tsv", "sentence\tlabel\ngood movie\t1\nbad movie\tmaybe\n")
+    with pytest.raises(ConfigError, match=r"bad_label.tsv:3: label 'maybe' is not in the label set"):
+        run_cfg(f"data.train_file={bad_label}", "data.batch_size=1", "trainer=debug")
+    bad_target = write(tmp_path / "bad_target.tsv", "sentence1\tsentence2\tscore\na\tb\t1.5\nc\td\thigh\n")
+    with pytest.raises(ConfigError, match=r"bad_target.tsv:3: regression target 'high' is not a number"):
+        run_cfg("data=stsb", "loss=mse", f"data.train_file={bad_target}", "data.batch_size=1", "trainer=debug")
+    ragged = write(tmp_path / "ragged.tsv", "sentence\tlabel\ngood\t1\textra\n")
+    with pytest.raises(ConfigError, match=r"ragged.tsv:2: 3 columns where the header has 2"):
+        run_cfg(f"data.train_file={ragged}", "trainer=debug")
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
+    proc = run_script("train.py", "loss=mse", "data=sst2", f"paths.data_dir={FIXTURES}", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "error: loss=mse needs a regression task; got data=sst2 (classification). Use loss=cross_entropy." in proc.stderr
+    assert "Traceback" not in proc.stderr
