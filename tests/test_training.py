@@ -18,7 +18,7 @@ def test_minilm_learns_sst2_rows(run_cfg) -> None:
     """The pretrained model on 512 real SST-2 rows: loss falls and test accuracy beats chance clearly."""
     metrics, run_dir = run_cfg(
         "model=minilm", "data.train_limit=512", "data.batch_size=16", "optimizer.lr=1e-4",
-        "trainer.max_epochs=2", "data.group_by_length=true",
+        "trainer.max_epochs=2", "data.group_by_length=true", "trainer.log_every_n_steps=4",
     )
     import csv
 
@@ -43,15 +43,20 @@ def test_same_seed_same_metrics_different_seed_differs(run_cfg) -> None:
 
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(run_cfg) -> None:
-    """Train 3 epochs straight vs 1 epoch + resume from its last.ckpt to 3: identical final weights."""
-    args = ("data.train_limit=96", "data.batch_size=16", "optimizer.lr=1e-3", "seed=3", "model.dropout=0.2")
-    _, full = run_cfg(*args, "trainer.max_epochs=3")
-    _, part = run_cfg(*args, "trainer.max_epochs=1")
-    _, resumed = run_cfg(*args, "trainer.max_epochs=3", f"ckpt_path={part / 'checkpoints' / 'last.ckpt'}")
-    a, b, mid = final_weights(full), final_weights(resumed), final_weights(part)
+    """Train 3 epochs keeping every epoch's checkpoint; resume a new run from the epoch-1 checkpoint:
+    it ends with exactly the weights of the uninterrupted run (data order, optimizer, scheduler and
+    dropout RNG all restored)."""
+    args = ("data.train_limit=96", "data.batch_size=16", "optimizer.lr=1e-3", "seed=3", "model.dropout=0.2",
+            "trainer.max_epochs=3")
+    _, full = run_cfg(*args, "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.monitor=step",
+                      "callbacks.model_checkpoint.mode=max")
+    first_epoch = full / "checkpoints" / "best-epoch00-step000006.ckpt"
+    _, resumed = run_cfg(*args, f"ckpt_path={first_epoch}")
+    a, b = final_weights(full), final_weights(resumed)
+    mid = torch.load(first_epoch, map_location="cpu", weights_only=True)["state_dict"]
     assert any(not torch.equal(a[k], mid[k]) for k in a), "resumed run did not train further"
     for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume by {(a[k] - b[k]).abs().max()}"
 
 
 def test_eval_script_tests_a_checkpoint(run_cfg, tmp_path) -> None:
@@ -84,13 +89,14 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path) -> None:
     proc = run_script(
         "train.py", "-m", "seed=1,2", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "model=tiny",
         "logger=csv", f"paths.data_dir={FIXTURES}", "data.train_limit=32", "data.batch_size=8",
-        "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}",
+        "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}", timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p.parent.name for p in tmp_path.glob("*/metrics.json"))
     assert jobs == ["0", "1"]
     assert len(list(tmp_path.rglob("multirun.yaml"))) == 1
-    assert len(list(tmp_path.parent.rglob("metrics.json"))) == 2
+    # a child rank that relaunched the sweep would print Hydra's launch banner again
+    assert (proc.stdout + proc.stderr).count("Launching 2 jobs locally") == 1
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs ../shared/data")

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 
 from tunelab.model import build_model
+from tunelab.rng import collect_rng_states, set_rng_states
 from tunelab.optim import build_optimizer, build_scheduler
 from tunelab.tasks import get_task
 
@@ -96,6 +97,15 @@ class TransformerModule(pl.LightningModule):
         (out / "test_report.json").write_text(json.dumps(report, indent=2))
         (out / "test_report.txt").write_text(text + "\n")
         log.info("Test report (%s):\n%s", out / "test_report.txt", text)
+
+    # Resuming must continue the same random streams (dropout masks), not restart them from the seed:
+    # without this a resumed run diverges from an uninterrupted one after the first step.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.hparams.optimizer, self)

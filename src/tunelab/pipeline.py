@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from tunelab import checks
 from tunelab.errors import ConfigError
@@ -27,6 +29,21 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as the config says; returns the final metrics (also in <run dir>/metrics.json)."""
+    if not _is_multirun():
+        return _run(cfg)
+    environ = dict(os.environ)
+    try:
+        return _run(cfg)
+    finally:
+        # a sweep runs its jobs in one process: DDP leaves LOCAL_RANK/WORLD_SIZE/MASTER_PORT and a process
+        # group behind, which would make the next job believe its ranks were launched already
+        os.environ.clear()
+        os.environ.update(environ)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run(cfg: DictConfig) -> dict[str, float]:
     checks.validate(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     task = get_task(cfg.data.task)
@@ -76,24 +93,32 @@ def build_trainer(cfg: DictConfig, task) -> pl.Trainer:
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer_cfg = cfg.trainer
-    if _is_multirun() and trainer_cfg.get("strategy") == "ddp":
-        # Lightning's ddp launcher re-runs sys.argv in each child rank; under `-m` that would relaunch the
-        # whole sweep. Spawned ranks run this job only.
-        log.info("multirun: trainer.strategy=ddp -> ddp_spawn so child ranks do not relaunch the sweep")
-        trainer_cfg = OmegaConf.merge(trainer_cfg, {"strategy": "ddp_spawn"})
+    if _is_multirun() and str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+        launch_ddp_children_for_this_job_only()
     # the datamodule's sampler shards batches across ranks itself (keeps length grouping intact)
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False)
+
+
+def launch_ddp_children_for_this_job_only() -> None:
+    """Lightning's DDP launcher starts ranks 1..N-1 by re-running `sys.argv` with
+    `hydra.run.dir=<HydraConfig run.dir>` appended. Under multirun, sys.argv is the whole sweep
+    (`-m lr=1e-5,1e-4`), so every child would relaunch the sweep. Point both at this job instead:
+    its own overrides, run in its own job dir."""
+    hydra_cfg = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    log.info("multirun + DDP: child ranks run this job only (%s)", " ".join(sys.argv[1:]))
 
 
 def instantiate_group(group: DictConfig | None, monitor=None) -> list:
-    """Instantiate every entry of a callbacks/logger group that has a _target_; monitor-less
-    checkpoint/early-stopping entries get the task's monitor metric."""
+    """Instantiate every entry of a callbacks/logger group that has a _target_; `monitor: auto`
+    (checkpoint, early stopping) becomes the task's monitor metric and mode."""
     objects = []
-    for name, entry in (group or {}).items():
+    for entry in (group or {}).values():
         if not isinstance(entry, DictConfig) or "_target_" not in entry:
             continue
-        if monitor is not None and "monitor" in entry and entry.monitor is None:
+        if monitor is not None and entry.get("monitor") == "auto":
             entry = entry.copy()
             with open_dict(entry):
                 entry.monitor = f"val/{monitor.monitor}"
@@ -122,8 +147,10 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
-    ckpt = trainer.checkpoint_callback
-    if ckpt is None or not getattr(ckpt, "best_model_path", ""):
+    """The best checkpoint on a monitored metric (the last-state checkpoint monitors nothing)."""
+    monitored = [c for c in trainer.checkpoint_callbacks if c.monitor is not None and c.best_model_path]
+    ckpt = monitored[0] if monitored else None
+    if ckpt is None:
         log.info("no best checkpoint kept: testing the final weights")
         return None
     return ckpt.best_model_path

@@ -209,6 +209,9 @@ class BaseDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # own generator: creating a loader iterator must not draw from the global RNG that dropout
+            # uses, or a resumed run (which creates loaders in a different order) would diverge
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
