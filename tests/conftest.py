@@ -20,12 +20,10 @@ FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 import tunelab  # noqa: E402,F401  (registers resolvers)
+from tunelab.config import compose_config  # noqa: E402
 
 # small, quiet and fast: tiny random model, fixture rows, no progress bar or tracker
 FAST = [
@@ -47,17 +45,12 @@ def cache_dir(tmp_path_factory) -> Path:
 
 def compose_cfg(out_dir: Path, *overrides: str, config_name: str = "train", fast: bool = True, cache: Path | None = None) -> DictConfig:
     """The config train.py would see for these overrides, writing into out_dir."""
-    GlobalHydra.instance().clear()
     base = list(FAST) if fast else []
     if cache is not None:
         base.append(f"paths.cache_dir={cache}")
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name, overrides=[*base, *overrides], return_hydra_config=True)
+    cfg = compose_config([*base, *overrides], out_dir, config_name=config_name)
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out_dir)
-        cfg.hydra.job.num = 0
         cfg.paths.log_dir = str(out_dir / "outputs")
-    HydraConfig().set_config(cfg)
     return cfg
 
 

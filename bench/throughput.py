@@ -1,0 +1,189 @@
+"""CPU benchmarks for issue 7, each measured side by side in this one invocation:
+
+  framework  train.py's Lightning path vs a hand-written PyTorch loop (same model, data order, batch
+             size, precision): samples/s and their ratio
+  padding    pad-to-max vs dynamic padding vs dynamic + length-grouped batching: samples/s and SST-2
+             dev accuracy after the same number of training samples
+  startup    `python train.py`: process start -> first training step (imports, config, data, model load)
+  cache      tokenization: first vs second preparation of the same file
+
+python bench/throughput.py                 # all, full size (~10 min on 2 cores)
+python bench/throughput.py --only padding  # one part
+python bench/throughput.py --smoke         # tiny model, fixture rows: correctness only (run by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from tunelab.benchmarking import ThroughputMeter  # noqa: E402
+from tunelab.config import compose_config  # noqa: E402
+from tunelab.optim import param_groups  # noqa: E402
+from tunelab.pipeline import build_datamodule, run  # noqa: E402
+
+METER = "+callbacks.throughput._target_=tunelab.benchmarking.ThroughputMeter"
+
+
+def base_overrides(smoke: bool, cache: Path) -> list[str]:
+    common = [
+        "experiment=sst2_minilm", "logger=csv", "callbacks.progress_bar=null", "scheduler=none",
+        "trainer.accelerator=cpu", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
+        f"paths.cache_dir={cache}", "data.max_length=128", "data.batch_size=32",
+    ]
+    if smoke:
+        common += ["model=tiny", f"paths.data_dir={ROOT / 'tests' / 'fixtures'}", "data.batch_size=8"]
+    return common
+
+
+def run_framework(overrides: list[str], out: Path) -> tuple[dict, dict]:
+    metrics = run(compose_config([*overrides, METER], out))
+    return json.loads((out / "throughput.json").read_text()), metrics
+
+
+def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int) -> dict:
+    """The hand-written baseline: the same model, loader (same seeded order) and AdamW param groups."""
+    cfg = compose_config(overrides, out)
+    torch.manual_seed(cfg.seed)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    from tunelab.model import build_model
+    from tunelab.tasks import get_task
+
+    model = build_model(cfg.model, get_task("classification"), len(dm.label_names))
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model, cfg.optimizer.weight_decay), lr=cfg.optimizer.lr)
+    meter = ThroughputMeter(warmup)
+    batches = iter(dm.train_dataloader())
+    for step in range(steps):
+        batch = next(batches)
+        if step == warmup:
+            meter.start = time.perf_counter()
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= warmup:
+            meter.count(batch)
+    meter.stop()
+    return meter.summary()
+
+
+def bench_framework(smoke: bool, cache: Path, tmp: Path) -> dict:
+    steps, warmup = (6, 2) if smoke else (60, 5)
+    overrides = [*base_overrides(smoke, cache), f"trainer.max_steps={steps}", "test=false",
+                 f"+callbacks.throughput.warmup={warmup}"]
+    results = {"framework": [], "raw": []}
+    for rep in range(1 if smoke else 2):  # alternate to cancel slow drifts of the machine
+        fw, _ = run_framework(overrides, tmp / f"fw{rep}")
+        results["framework"].append(fw["samples_per_s"])
+        raw = raw_loop([o for o in overrides if "throughput" not in o], tmp / f"raw{rep}", steps, warmup)
+        results["raw"].append(raw["samples_per_s"])
+    fw_sps, raw_sps = max(results["framework"]), max(results["raw"])
+    return {"framework_samples_per_s": fw_sps, "raw_loop_samples_per_s": raw_sps, "ratio": fw_sps / raw_sps,
+            "runs": results, "steps_timed": steps - warmup}
+
+
+def bench_padding(smoke: bool, cache: Path, tmp: Path) -> dict:
+    samples = 64 if smoke else 2000
+    variants = {
+        "pad_to_max": ["data.pad_to_multiple_of=128", "data.group_by_length=false"],
+        "dynamic": ["data.group_by_length=false"],
+        "dynamic_grouped": ["data.group_by_length=true"],
+    }
+    out = {}
+    for name, extra in variants.items():
+        overrides = [*base_overrides(smoke, cache), f"data.train_limit={samples}", "trainer.max_epochs=1",
+                     "+callbacks.throughput.warmup=2", *extra]
+        tp, metrics = run_framework(overrides, tmp / name)
+        out[name] = {"samples_per_s": tp["samples_per_s"], "padding_fraction": tp["padding_fraction"],
+                     "test_acc": metrics.get("test/acc")}
+    base = out["pad_to_max"]["samples_per_s"]
+    for row in out.values():
+        row["speedup_vs_pad_to_max"] = row["samples_per_s"] / base
+    out["training_samples"] = samples
+    return out
+
+
+def bench_startup(smoke: bool, cache: Path, tmp: Path) -> dict:
+    out = {}
+    for logger in ("wandb", "csv"):
+        run_dir = tmp / f"startup_{logger}"
+        args = [*base_overrides(smoke, cache), f"logger={logger}", "trainer.max_steps=1", "test=false",
+                "+callbacks.startup._target_=tunelab.benchmarking.StartupTimer", f"hydra.run.dir={run_dir}"]
+        env = {**os.environ, "BENCH_T0": repr(time.time()), "WANDB_MODE": "offline"}
+        subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, check=True,
+                       capture_output=True)
+        out[f"logger={logger}"] = json.loads((run_dir / "startup.json").read_text())["seconds"]
+    t0 = time.time()
+    subprocess.run([sys.executable, "-c", "import tunelab.pipeline"], check=True)
+    out["import_tunelab_pipeline"] = time.time() - t0
+    return out
+
+
+def bench_cache(smoke: bool, tmp: Path) -> dict:
+    overrides = base_overrides(smoke, tmp / "fresh_cache")
+    dm = build_datamodule(compose_config(overrides, tmp / "cache_run"))
+    calls = {"n": 0}
+    encode = dm.encode_file
+
+    def counting(path):
+        calls["n"] += 1
+        return encode(path)
+
+    dm.encode_file = counting
+    timings = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        dm.prepare_data()
+        timings.append(time.perf_counter() - t0)
+    return {"first_s": timings[0], "second_s": timings[1], "tokenizations": calls["n"], "files": 2}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="cache,startup,framework,padding")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        cache = tmp / "cache"
+        for part in args.only.split(","):
+            t0 = time.time()
+            if part == "cache":
+                results[part] = bench_cache(args.smoke, tmp)
+            elif part == "startup":
+                results[part] = bench_startup(args.smoke, cache, tmp)
+            elif part == "framework":
+                results[part] = bench_framework(args.smoke, cache, tmp)
+            elif part == "padding":
+                results[part] = bench_padding(args.smoke, cache, tmp)
+            else:
+                raise SystemExit(f"unknown part {part!r}; use cache, startup, framework, padding")
+            results[part]["bench_wall_s"] = time.time() - t0
+            print(f"== {part}\n{json.dumps(results[part], indent=2)}", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
