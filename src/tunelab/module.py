@@ -40,7 +40,7 @@ class TransformerModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.task = get_task(task)
+        self.task = get_task(task).with_labels(list(label_names))
         num_labels = max(len(label_names), 1)
         self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)
         self.loss_fn = instantiate(dict(loss))

@@ -4,7 +4,8 @@ LightningModule serves them all."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import copy
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from torchmetrics.classification import (
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
 from tunelab.losses import IGNORE_INDEX, shift_for_next_token
+from tunelab.span_metrics import EntityCounts, entity_report, entity_types
 
 
 class Task:
@@ -47,6 +49,10 @@ class Task:
 
     def report(self, state: Any, label_names: list[str]) -> tuple[dict, str]:
         return {}, ""
+
+    def with_labels(self, label_names: Sequence[str]) -> "Task":
+        """The task bound to a run's label names (tasks whose metrics need the names override this)."""
+        return self
 
 
 class ClassificationTask(Task):
@@ -106,14 +112,42 @@ class RegressionTask(Task):
 
 
 class TokenClassificationTask(ClassificationTask):
+    """NER-style tagging: entity-level precision/recall/F1 (strict IOB2 spans, tunelab.span_metrics)
+    plus token accuracy; the test report is per entity type."""
+
     name = "token_classification"
     auto_model = "AutoModelForTokenClassification"
     default_loss = "token_cross_entropy"
-    monitor = "acc"
+    monitor = "f1"
     mode = "max"
+    label_names: tuple[str, ...] = ()
+
+    def with_labels(self, label_names: Sequence[str]) -> "TokenClassificationTask":
+        # the span metrics decode BIO tags, so they need the names, not just the count
+        task = copy.copy(self)
+        task.label_names = tuple(label_names)
+        return task
 
     def metrics(self, num_labels: int) -> MetricCollection:
-        return MetricCollection({"acc": MulticlassAccuracy(num_labels, average="micro")})
+        names = self.label_names
+        return MetricCollection(
+            {
+                "f1": EntityCounts(names, "f1"),
+                "precision": EntityCounts(names, "precision"),
+                "recall": EntityCounts(names, "recall"),
+                "acc": MulticlassAccuracy(num_labels, average="micro", ignore_index=IGNORE_INDEX),
+            }
+        )
+
+    def metric_inputs(self, logits, labels):
+        # keep [batch, seq]: spans need sentence boundaries; ignored positions are dropped by the metrics
+        return logits.argmax(-1), labels
+
+    def report_metric(self, num_labels: int) -> Metric:
+        return EntityCounts(self.label_names, "counts")
+
+    def report(self, state: torch.Tensor, label_names: list[str]) -> tuple[dict, str]:
+        return entity_report(state, entity_types(label_names))
 
 
 class CausalLMTask(Task):

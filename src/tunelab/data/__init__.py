@@ -1,3 +1,4 @@
 from tunelab.data.datamodule import BaseDataModule, TextDataModule
+from tunelab.data.token_classification import TokenClassificationDataModule
 
-__all__ = ["BaseDataModule", "TextDataModule"]
+__all__ = ["BaseDataModule", "TextDataModule", "TokenClassificationDataModule"]

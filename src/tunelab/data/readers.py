@@ -58,3 +58,65 @@ def require_columns(rows: list[dict], columns: dict[str, str | None], path: str 
     for key, column in columns.items():
         if column is not None and column not in rows[0]:
             raise ConfigError(f"data.{key}={column!r} is not a column of {path}; columns are {available}.")
+
+
+def read_conll(
+    path: str | Path,
+    tag_column: int = -1,
+    token_column: int = 0,
+    delimiter: str | None = None,
+    skip_prefixes: tuple[str, ...] = ("-DOCSTART-",),
+) -> list[dict]:
+    """Sentences of a CoNLL-style file: one token per line, columns split by `delimiter` (None = any
+    whitespace), blank (or whitespace-only) lines between sentences. Each sentence is
+    {"tokens", "tags", "lines"} with the 1-based line number of every token, for error messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"data file not found: {path}; check data.train_file / data.val_file / data.test_file.")
+    sentences: list[dict] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    lines: list[int] = []
+
+    def flush() -> None:
+        if tokens:
+            sentences.append({"tokens": list(tokens), "tags": list(tags), "lines": list(lines)})
+        tokens.clear(), tags.clear(), lines.clear()
+
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                flush()
+                continue
+            if line.startswith(skip_prefixes):
+                flush()  # -DOCSTART- separates documents
+                continue
+            columns = line.split(delimiter)
+            try:
+                token, tag = columns[token_column], columns[tag_column]
+            except IndexError:
+                raise ConfigError(
+                    f"{path}:{line_no}: {len(columns)} column(s) but data.token_column={token_column} / "
+                    f"data.tag_column={tag_column}; fix the row or set data.delimiter / data.tag_column."
+                ) from None
+            tokens.append(token), tags.append(tag.strip()), lines.append(line_no)
+    flush()
+    return sentences
+
+
+def read_documents(path: str | Path, fmt: str = "txt", text_column: str = "text", separator: str = "\n\n") -> list[str]:
+    """Documents of a plain-text file (split on `separator`; empty = the whole file is one document)
+    or of a JSON-lines file (one document per line, `text_column`)."""
+    path = Path(path)
+    if fmt == "jsonl":
+        rows = read_rows(path, "jsonl")
+        require_columns(rows, {"text_column": text_column}, path)
+        return [str(r[text_column]) for r in rows if str(r[text_column]).strip()]
+    if fmt != "txt":
+        raise ConfigError(f"data.format={fmt!r} is not supported for language modelling; use txt or jsonl.")
+    if not path.is_file():
+        raise ConfigError(f"data file not found: {path}; check data.train_file / data.val_file / data.test_file.")
+    text = path.read_text(encoding="utf-8")
+    docs = text.split(separator) if separator else [text]
+    return [d for d in docs if d.strip()]

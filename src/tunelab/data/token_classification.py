@@ -1,0 +1,109 @@
+"""Token classification (NER) data: CoNLL-style files -> sub-word tokens with word-aligned labels."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.readers import read_conll
+from tunelab.errors import ConfigError
+from tunelab.losses import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+
+class TokenClassificationDataModule(BaseDataModule):
+    """Words are split into sub-words by the fast tokenizer (is_split_into_words=True); the first
+    sub-token of each word carries the word's tag, the others -100 (or, with label_all_subtokens, the
+    word's tag with B- turned into I- so spans stay well-formed). The label list comes from the
+    training split (or data.label_names); an unknown tag elsewhere is a ConfigError naming file:line."""
+
+    def __init__(
+        self,
+        *args: Any,
+        token_column: int = 0,
+        tag_column: int = -1,
+        delimiter: str | None = None,
+        label_all_subtokens: bool = False,
+        label_names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if self.task != "token_classification":
+            raise ConfigError(
+                f"data={self.name} reads CoNLL token data but data.task={self.task}; use data.task=token_classification."
+            )
+        self.token_column, self.tag_column, self.delimiter = token_column, tag_column, delimiter
+        self.label_all_subtokens = label_all_subtokens
+        self.configured_label_names = list(label_names) if label_names else None
+        self.truncated = 0
+
+    def encoding_options(self) -> dict:
+        return {"columns": [self.token_column, self.tag_column], "delimiter": self.delimiter}
+
+    def encode_file(self, path: Path) -> dict[str, list]:
+        if not self.tokenizer.is_fast:
+            raise ConfigError(
+                f"token classification needs a fast tokenizer (word_ids()); {self.tokenizer_path} has none."
+            )
+        sentences = read_conll(path, self.tag_column, self.token_column, self.delimiter)
+        enc = self.tokenizer(
+            [s["tokens"] for s in sentences], is_split_into_words=True, truncation=True, max_length=self.max_length
+        )
+        word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(sentences))]
+        return {
+            "input_ids": enc["input_ids"],
+            "word_ids": word_ids,  # sub-token -> word index (-1: special token)
+            "tags": [s["tags"] for s in sentences],
+            "lines": [s["lines"] for s in sentences],
+            "file": [str(path)] * len(sentences),
+        }
+
+    def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
+        names = self.configured_label_names or sorted({t for e in examples["train"] for t in e["tags"]})
+        index = {n: i for i, n in enumerate(names)}
+        counts: Counter[int] = Counter()
+        truncated = 0
+        for split, rows in examples.items():
+            for e in rows:
+                for tag, line in zip(e["tags"], e["lines"]):
+                    if tag not in index:
+                        raise ConfigError(
+                            f"{e['file']}:{line}: tag {tag!r} is not in the training label set {names}; "
+                            "fix the row or list every tag in data.label_names."
+                        )
+                e["labels"] = align_labels(e["word_ids"], [index[t] for t in e["tags"]], names,
+                                           self.label_all_subtokens)
+                truncated += max(e["word_ids"]) + 1 < len(e["tags"])
+                if split == "train":
+                    counts.update(label for label in e["labels"] if label != IGNORE_INDEX)
+                for key in ("word_ids", "tags", "lines", "file"):
+                    del e[key]
+        if truncated:
+            log.warning("%d sentences were truncated to data.max_length=%d tokens (their tail is not scored)",
+                        truncated, self.max_length)
+        self.truncated = truncated
+        self.label_names = list(names)
+        self.class_counts = [counts[i] for i in range(len(names))]
+
+
+def align_labels(word_ids: Sequence[int], word_labels: Sequence[int], names: Sequence[str], all_subtokens: bool) -> list[int]:
+    """Sub-token labels: the first sub-token of a word gets its label; later ones -100, or with
+    `all_subtokens` the word's label (B-X continued as I-X when that label exists)."""
+    index = {n: i for i, n in enumerate(names)}
+    labels, previous = [], None
+    for w in word_ids:
+        if w < 0:
+            labels.append(IGNORE_INDEX)
+        elif w != previous:
+            labels.append(word_labels[w])
+        elif all_subtokens:
+            name = names[word_labels[w]]
+            labels.append(index.get("I-" + name[2:], word_labels[w]) if name.startswith("B-") else word_labels[w])
+        else:
+            labels.append(IGNORE_INDEX)
+        previous = w if w >= 0 else None
+    return labels

@@ -1,0 +1,114 @@
+"""Entity-level metrics for token classification (seqeval semantics, strict IOB2): an entity is a
+B-X followed by any number of I-X; a predicted entity counts as correct only if its type and exact
+span match a gold entity. An I-X that does not continue a B-X/I-X of the same type starts nothing
+(strict mode). Counts are sum-reduced tensor states, so the metrics are exact under DDP."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchmetrics import Metric
+
+from tunelab.losses import IGNORE_INDEX
+
+
+def entity_types(label_names: Sequence[str]) -> list[str]:
+    """Sorted entity types of a BIO label set (B-PER, I-PER, O -> [PER]); other labels are outside."""
+    return sorted({n[2:] for n in label_names if n[:2] in {"B-", "I-"}})
+
+
+def spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    """(type, start, end-exclusive) of every strict-IOB2 entity in a tag sequence."""
+    out: set[tuple[str, int, int]] = set()
+    kind, start = None, 0
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, typ = tag[:2], tag[2:]
+        if kind is not None and not (prefix == "I-" and typ == kind):
+            out.add((kind, start, i))
+            kind = None
+        if prefix == "B-":
+            kind, start = typ, i
+    return out
+
+
+class EntityCounts(Metric):
+    """Per-type true positives, predicted and gold entity counts; `stat` picks what compute() returns:
+    "f1" / "precision" / "recall" (micro over types) or "counts" (a [3, n_types] tensor tp/pred/gold)."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, label_names: Sequence[str], stat: str = "f1") -> None:
+        super().__init__()
+        if stat not in {"f1", "precision", "recall", "counts"}:
+            raise ValueError(f"stat={stat!r}: use f1, precision, recall or counts")
+        self.label_names, self.stat = list(label_names), stat
+        self.types = entity_types(self.label_names)
+        self.type_index = {t: i for i, t in enumerate(self.types)}
+        n = len(self.types)
+        for name in ("tp", "pred", "gold"):
+            self.add_state(name, default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """preds, target: [batch, seq] label ids; target == -100 marks positions that are not scored
+        (sub-tokens after the first, special tokens, padding): they are dropped before span decoding."""
+        names = self.label_names
+        counts = torch.zeros(3, len(self.types), dtype=torch.long)
+        for p_row, t_row in zip(preds.tolist(), target.tolist()):
+            keep = [i for i, t in enumerate(t_row) if t != IGNORE_INDEX]
+            gold = spans([names[t_row[i]] for i in keep])
+            pred = spans([names[p_row[i]] for i in keep])
+            for row, entities in ((0, gold & pred), (1, pred), (2, gold)):
+                for kind, *_ in entities:
+                    counts[row, self.type_index[kind]] += 1
+        self.tp += counts[0].to(self.tp.device)
+        self.pred += counts[1].to(self.pred.device)
+        self.gold += counts[2].to(self.gold.device)
+
+    def compute(self) -> torch.Tensor:
+        if self.stat == "counts":
+            return torch.stack([self.tp, self.pred, self.gold])
+        precision, recall, f1 = prf(self.tp.sum(), self.pred.sum(), self.gold.sum())
+        return {"precision": precision, "recall": recall, "f1": f1}[self.stat]
+
+
+def prf(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Precision, recall, F1 (0 where undefined, as seqeval's zero_division=0)."""
+    tp, pred, gold = tp.double(), pred.double(), gold.double()
+    precision = torch.where(pred > 0, tp / pred.clamp(min=1), 0.0)
+    recall = torch.where(gold > 0, tp / gold.clamp(min=1), 0.0)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
+    return precision.float(), recall.float(), f1.float()
+
+
+def entity_report(counts: torch.Tensor, types: Sequence[str]) -> tuple[dict, str]:
+    """Per-type and micro/macro precision/recall/F1/support from a [3, n_types] tp/pred/gold tensor."""
+    tp, pred, gold = counts.cpu()
+    p, r, f = prf(tp, pred, gold)
+    classes = {
+        t: {"precision": p[i].item(), "recall": r[i].item(), "f1": f[i].item(), "support": int(gold[i]),
+            "predicted": int(pred[i])}
+        for i, t in enumerate(types)
+    }
+    mp, mr, mf = prf(tp.sum(), pred.sum(), gold.sum())
+    report = {
+        "classes": classes,
+        "micro_avg": {"precision": mp.item(), "recall": mr.item(), "f1": mf.item()},
+        "macro_avg": {"precision": p.mean().item(), "recall": r.mean().item(), "f1": f.mean().item()},
+        "support": int(gold.sum()),
+        "predicted": int(pred.sum()),
+        "types": list(types),
+    }
+    width = max(12, *(len(t) for t in types)) if types else 12
+    lines = [f"{'entity':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+    for t, row in classes.items():
+        lines.append(f"{t:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:9d}")
+    lines.append("")
+    for avg in ("micro_avg", "macro_avg"):
+        row = report[avg]
+        lines.append(
+            f"{avg.replace('_', ' '):>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} "
+            f"{report['support']:9d}"
+        )
+    return report, "\n".join(lines)
