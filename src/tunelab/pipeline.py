@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from tunelab import checks
+from tunelab import checks, plots, sweeps
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.tasks import get_task
@@ -47,6 +47,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     checks.validate(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     task = get_task(cfg.data.task)
+    sweeps.check_sweeper_direction(cfg, task.monitor, task.mode)
     datamodule = build_datamodule(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     if cfg.train:
@@ -90,7 +91,8 @@ def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
 
 def build_trainer(cfg: DictConfig, task) -> pl.Trainer:
     callbacks = instantiate_group(cfg.get("callbacks"), monitor=task)
-    loggers = instantiate_group(cfg.get("logger"))
+    # W&B: tags for the data/loss/optimizer choices; in a sweep, group = sweep and name = overrides
+    loggers = instantiate_group(sweeps.with_wandb_identity(cfg.get("logger")))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if _is_multirun() and str(cfg.trainer.get("strategy", "")).startswith("ddp"):
@@ -184,3 +186,6 @@ def write_metrics(cfg: DictConfig, metrics: dict[str, float], trainer: pl.Traine
     }
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     log.info("metrics: %s", json.dumps(record["metrics"]))
+    sweeps.record_job(cfg, record)  # one line in <sweep dir>/results.jsonl
+    if cfg.get("plots", True):
+        plots.write_run_plots(out)  # learning curves, confusion matrix (never fails the run)

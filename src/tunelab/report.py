@@ -1,0 +1,352 @@
+"""Multi-seed sweep report: group a sweep's runs by their overrides minus the seed, then mean ± std
+and a t-distribution 95% CI per metric, configs ranked, best vs runner-up tested across seeds.
+
+    python -m tunelab.report outputs/<task>/multiruns/<date_time>     # writes report.{md,csv,json} there
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from tunelab.sweeps import RESULTS_FILE, metric_mode
+
+log = logging.getLogger(__name__)
+SEED_KEYS = ("seed",)
+
+
+@dataclass
+class Run:
+    dir: Path
+    overrides: list[str]
+    metrics: dict[str, float]
+    seed: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+
+    @property
+    def config(self) -> tuple[str, ...]:
+        """What identifies the config: the overrides without the seed."""
+        return tuple(sorted(o for o in self.overrides if _key(o) not in SEED_KEYS))
+
+
+@dataclass
+class Stat:
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass
+class Group:
+    config: tuple[str, ...]
+    runs: list[Run]
+    label: str = ""
+    stats: dict[str, Stat] = field(default_factory=dict)
+
+    def values(self, metric: str) -> dict[Any, float]:
+        """{seed (or run dir when unseeded): value} of one metric."""
+        return {(r.seed if r.seed is not None else str(r.dir)): r.metrics[metric] for r in self.runs
+                if r.metrics.get(metric) is not None}
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _value(override: str) -> str:
+    return override.split("=", 1)[1] if "=" in override else ""
+
+
+# ---- loading -----------------------------------------------------------------------------------
+def load_runs(sweep_dir: Path) -> list[Run]:
+    """Every finished job under the sweep dir (one with a metrics.json), joined with its line of
+    the sweep table for the resolved seed / optimizer / lr (falls back to the job's .hydra files)."""
+    sweep_dir = Path(sweep_dir)
+    rows = {}
+    table = sweep_dir / RESULTS_FILE
+    if table.is_file():
+        for line in table.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row.get("job_dir")] = row
+    runs = []
+    for path in sorted(sweep_dir.rglob("metrics.json")):
+        rel = path.parent.relative_to(sweep_dir)
+        if any(part.startswith(".") or part == "wandb" for part in rel.parts):
+            continue
+        record = json.loads(path.read_text())
+        row = rows.get(str(rel), {})
+        run = Run(dir=path.parent, overrides=list(record.get("overrides", [])),
+                  metrics={k: v for k, v in record.get("metrics", {}).items() if v is not None})
+        run.seed = row.get("seed")
+        run.optimizer = (row.get("choices") or {}).get("optimizer")
+        run.lr = row.get("lr")
+        _fill_from_hydra_files(run)
+        runs.append(run)
+    return runs
+
+
+def _fill_from_hydra_files(run: Run) -> None:
+    overrides = {_key(o): _value(o) for o in run.overrides}
+    config, hydra = run.dir / ".hydra" / "config.yaml", run.dir / ".hydra" / "hydra.yaml"
+    cfg = OmegaConf.load(config) if config.is_file() else OmegaConf.create()
+    if run.seed is None:
+        seed = overrides.get("seed", OmegaConf.select(cfg, "seed", throw_on_resolution_failure=False))
+        run.seed = int(seed) if seed not in (None, "") else None
+    if run.optimizer is None:
+        choice = None
+        if hydra.is_file():
+            choice = OmegaConf.select(OmegaConf.load(hydra), "hydra.runtime.choices.optimizer",
+                                      throw_on_resolution_failure=False)
+        run.optimizer = choice or overrides.get("optimizer")
+    if run.lr is None:
+        lr = overrides.get("optimizer.lr")
+        if lr is None:
+            try:  # interpolations that need Hydra at run time cannot be resolved here
+                lr = OmegaConf.select(cfg, "optimizer.lr", throw_on_resolution_failure=True)
+            except Exception:  # noqa: BLE001
+                lr = None
+        run.lr = float(lr) if lr is not None else None
+
+
+def default_rank_metric(runs: list[Run]) -> str:
+    """The sweep's optimized metric (optimized_metric, else the task's val monitor metric)."""
+    for run in runs:
+        config = run.dir / ".hydra" / "config.yaml"
+        if not config.is_file():
+            continue
+        cfg = OmegaConf.load(config)
+        name = OmegaConf.select(cfg, "optimized_metric", throw_on_resolution_failure=False)
+        task = OmegaConf.select(cfg, "data.task", throw_on_resolution_failure=False)
+        if not name and task:
+            from tunelab.tasks import get_task
+
+            name = f"val/{get_task(task).monitor}"
+        if name:
+            return name
+    names = {k for r in runs for k in r.metrics}
+    return next((k for k in ("val/acc", "val/spearman", "val/loss") if k in names), sorted(names)[0])
+
+
+def _rank_mode(metric: str, runs: list[Run]) -> str:
+    for run in runs:
+        config = run.dir / ".hydra" / "config.yaml"
+        task = OmegaConf.select(OmegaConf.load(config), "data.task", throw_on_resolution_failure=False) \
+            if config.is_file() else None
+        if task:
+            from tunelab.tasks import get_task
+
+            t = get_task(task)
+            return metric_mode(metric, t.monitor, t.mode)
+    return metric_mode(metric)
+
+
+# ---- statistics --------------------------------------------------------------------------------
+def describe(values: list[float], confidence: float = 0.95) -> Stat:
+    """Mean, sample std (ddof=1) and the t-distribution confidence interval of the mean."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    if n < 2:
+        return Stat(n, mean, math.nan, math.nan, math.nan)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return Stat(n, mean, std, mean - half, mean + half)
+
+
+def compare(a: dict[Any, float], b: dict[Any, float]) -> dict[str, float | int | None]:
+    """Two-sided p-values that configs a and b have the same mean: Welch's t-test over all seeds and
+    a paired t-test over the seeds both ran (same seed = same init and data order)."""
+    import warnings
+
+    from scipy import stats
+
+    def p(result) -> float | None:
+        value = float(result.pvalue)
+        return None if math.isnan(value) else value
+
+    warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)  # near-identical seeds: p is still right
+    welch = p(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False)) \
+        if len(a) >= 2 and len(b) >= 2 else None
+    common = sorted(set(a) & set(b), key=str)
+    paired = p(stats.ttest_rel([a[s] for s in common], [b[s] for s in common])) if len(common) >= 2 else None
+    return {"welch_p": welch, "paired_p": paired, "n_paired": len(common)}
+
+
+# ---- the report --------------------------------------------------------------------------------
+def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05,
+                 test: str = "welch") -> dict[str, Any]:
+    """Groups, stats and ranking of a sweep as a JSON-able dict (what report.json holds)."""
+    runs = load_runs(sweep_dir)
+    if not runs:
+        raise ValueError(f"no finished runs (metrics.json) under {sweep_dir}; pass a sweep dir from outputs/*/multiruns/.")
+    metric = metric or default_rank_metric(runs)
+    mode = _rank_mode(metric, runs)
+    if not any(metric in r.metrics for r in runs):
+        known = sorted({k for r in runs for k in r.metrics if k.startswith("val/")})
+        raise ValueError(f"no run logged {metric}; pass --metric with one of {', '.join(known)}.")
+    groups = _group(runs)
+    metrics = sorted({k for r in runs for k in r.metrics if k.startswith(("val/", "test/"))})
+    for g in groups:
+        g.stats = {m: describe(list(g.values(m).values())) for m in metrics if g.values(m)}
+    sign = -1 if mode == "max" else 1
+    groups.sort(key=lambda g: (g.stats[metric].mean * sign) if metric in g.stats else math.inf)
+    best = groups[0]
+    ranked = []
+    for rank, g in enumerate(groups, 1):
+        vs_best = compare(best.values(metric), g.values(metric)) if rank > 1 else {}
+        ranked.append({
+            "rank": rank, "config": g.label, "overrides": list(g.config), "n": len(g.runs),
+            "seeds": sorted((r.seed for r in g.runs if r.seed is not None)),
+            "runs": [str(r.dir.relative_to(sweep_dir)) for r in g.runs],
+            "stats": {m: vars(s) for m, s in g.stats.items()}, "vs_best": vs_best,
+        })
+    comparison = None
+    if len(groups) > 1:
+        a, b = best.values(metric), groups[1].values(metric)
+        comparison = {"metric": metric, "best": best.label, "runner_up": groups[1].label,
+                      "delta": _mean(a) - _mean(b), **compare(a, b), "test": test, "alpha": alpha}
+        p = comparison["paired_p" if test == "paired" else "welch_p"]
+        comparison["differs"] = None if p is None else bool(p < alpha)
+    return {"sweep_dir": str(sweep_dir), "metric": metric, "mode": mode, "n_runs": len(runs),
+            "configs": ranked, "best_vs_runner_up": comparison}
+
+
+def _mean(values: dict) -> float:
+    return sum(values.values()) / len(values) if values else math.nan
+
+
+def _group(runs: list[Run]) -> list[Group]:
+    by_config: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        by_config.setdefault(run.config, []).append(run)
+    groups = [Group(config, members) for config, members in by_config.items()]
+    # label a config by the overrides that differ between configs (the rest is the sweep's common part)
+    settings = [{_key(o): o for o in g.config} for g in groups]
+    keys = sorted({k for s in settings for k in s})
+    varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+    for g, s in zip(groups, settings):
+        g.label = ",".join(s[k] for k in varying if k in s) or (",".join(g.config) or "(defaults)")
+    return groups
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _fmt_p(value: float | None) -> str:
+    return "n/a" if value is None else (f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}")
+
+
+def to_markdown(report: dict[str, Any], extra_metrics: list[str] = ()) -> str:
+    metric = report["metric"]
+    test_metric = metric.replace("val/", "test/", 1)
+    shown = [m for m in dict.fromkeys([metric, test_metric, *extra_metrics])
+             if any(m in c["stats"] for c in report["configs"])]
+    p_column = "paired p vs #1" if (report["best_vs_runner_up"] or {}).get("test") == "paired" else "Welch p vs #1"
+    # the rank metric and its test counterpart with their CIs, then any extra metrics (mean ± std)
+    head = ["rank", "config", "seeds"]
+    for i, m in enumerate(shown):
+        head += [f"{m} mean ± std", f"{m} 95% CI"] if i < 2 else [f"{m} mean ± std"]
+    head.append(p_column)
+    lines = [
+        f"Sweep `{report['sweep_dir']}`: {report['n_runs']} runs, {len(report['configs'])} configs, ranked by "
+        f"{metric} ({'higher' if report['mode'] == 'max' else 'lower'} is better).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for c in report["configs"]:
+        stats = c["stats"]
+        cells = [str(c["rank"]), c["config"], str(c["n"])]
+        for i, m in enumerate(shown):
+            s = stats.get(m)
+            cells.append(f"{_fmt(s['mean'])} ± {_fmt(s['std'])}" if s else "")
+            if i < 2:
+                cells.append(f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]" if s else "")
+        key = "paired_p" if "paired" in p_column else "welch_p"
+        cells.append(_fmt_p(c["vs_best"].get(key)) if c["rank"] > 1 else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    comp = report["best_vs_runner_up"]
+    if comp:
+        verdict = {True: f"**the best differs from the runner-up** (p < {comp['alpha']})",
+                   False: f"the best is **not distinguishable** from the runner-up (p ≥ {comp['alpha']})",
+                   None: "no test possible (needs ≥ 2 seeds per config)"}[comp["differs"]]
+        lines += ["", f"Best `{comp['best']}` vs runner-up `{comp['runner_up']}` on {comp['metric']}: "
+                      f"Δ = {comp['delta']:+.4f}, Welch t-test p = {_fmt_p(comp['welch_p'])}, paired by seed "
+                      f"p = {_fmt_p(comp['paired_p'])} (n = {comp['n_paired']}): {verdict}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05, test: str = "welch",
+                 extra_metrics: list[str] = ()) -> tuple[dict[str, Any], str]:
+    """Build the report and write report.md, report.csv (one row per config and metric), report.json."""
+    sweep_dir = Path(sweep_dir)
+    report = build_report(sweep_dir, metric, alpha, test)
+    markdown = to_markdown(report, list(extra_metrics))
+    (sweep_dir / "report.md").write_text(markdown)
+    (sweep_dir / "report.json").write_text(json.dumps(report, indent=2))
+    with (sweep_dir / "report.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rank", "config", "metric", "n", "mean", "std", "ci95_low", "ci95_high", "seeds"])
+        for c in report["configs"]:
+            for m, s in sorted(c["stats"].items()):
+                writer.writerow([c["rank"], c["config"], m, s["n"], s["mean"], s["std"], s["ci_low"], s["ci_high"],
+                                 " ".join(map(str, c["seeds"]))])
+    return report, markdown
+
+
+class SweepReport(Callback):
+    """Hydra callback (conf/hydra/default.yaml): at the end of a multirun, write the report and the
+    sweep plot into the sweep dir. Never fails the sweep."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            _, markdown = write_report(sweep_dir)
+            from tunelab import plots
+
+            plots.plot_sweep(sweep_dir)
+            log.info("sweep report (%s):\n%s", sweep_dir / "report.md", markdown)
+        except Exception as err:  # noqa: BLE001 - the jobs are done; a report problem must not hide that
+            log.warning("no sweep report for %s: %s (run python -m tunelab.report %s)", sweep_dir, err, sweep_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tunelab.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--metric", help="rank by this metric (default: the optimized / val monitor metric)")
+    parser.add_argument("--metrics", nargs="*", default=[], help="more metrics for the table (all are in report.csv)")
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--test", choices=["welch", "paired"], default="welch",
+                        help="which p-value decides 'differs' (both are shown)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"error: {args.sweep_dir} is not a directory; pass outputs/<task>/multiruns/<date_time>.", file=sys.stderr)
+        return 2
+    try:
+        _, markdown = write_report(args.sweep_dir, args.metric, args.alpha, args.test, args.metrics)
+    except (ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(markdown, end="")
+    print(f"\nwrote {args.sweep_dir / 'report.md'}, report.csv, report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

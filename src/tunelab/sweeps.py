@@ -1,0 +1,134 @@
+"""Sweep bookkeeping done inside each job: the sweep-level results table, the W&B run identity
+(group = sweep, name = overrides, tags = config choices) and the sweeper-direction check."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
+
+from tunelab.errors import ConfigError
+
+RESULTS_FILE = "results.jsonl"
+# the config-group choices that identify a run (W&B tags, results table)
+CHOICE_GROUPS = ("data", "loss", "optimizer", "scheduler", "model")
+TAG_GROUPS = ("data", "loss", "optimizer")
+# overrides that say where/how a job runs, not what it trains: left out of W&B run names
+_PLUMBING = ("paths.", "hydra.", "logger", "callbacks", "trainer.accelerator", "trainer.enable_", "experiment",
+             "hparams_search")
+# substrings of metric names where lower is better (everything else: higher is better)
+_LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "perplexity", "error")
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_dir() -> Path | None:
+    """The sweep's root dir when this process runs a multirun job, else None."""
+    return Path(HydraConfig.get().sweep.dir) if is_multirun() else None
+
+
+def metric_mode(name: str, task_monitor: str | None = None, task_mode: str | None = None) -> str:
+    """"max" or "min" for a metric name like val/acc or val/loss."""
+    if task_monitor and task_mode and name.split("/")[-1] == task_monitor:
+        return task_mode
+    return "min" if any(s in name.split("/")[-1] for s in _LOWER_IS_BETTER) else "max"
+
+
+def job_name(overrides: list[str]) -> str:
+    """A run name from this job's overrides, without the plumbing ones: `optimizer=sgd,seed=1`."""
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(_PLUMBING)]
+    return ",".join(kept)
+
+
+def choices() -> dict[str, str]:
+    if not HydraConfig.initialized():
+        return {}
+    runtime = HydraConfig.get().runtime.choices
+    return {g: str(runtime[g]) for g in CHOICE_GROUPS if runtime.get(g) is not None}
+
+
+def with_wandb_identity(logger_group: DictConfig | None) -> DictConfig | None:
+    """A copy of the logger group whose W&B entry carries tags for the data/loss/optimizer choices
+    and, in a sweep, group = the sweep dir name and name = the job's overrides (unless set)."""
+    if not logger_group or "wandb" not in logger_group or not HydraConfig.initialized():
+        return logger_group
+    group = logger_group.copy()
+    entry = group.wandb
+    picked = choices()
+    with open_dict(entry):
+        entry.tags = [*(entry.get("tags") or []), *(f"{g}:{picked[g]}" for g in TAG_GROUPS if g in picked)]
+        if is_multirun():
+            hydra_cfg = HydraConfig.get()
+            entry.group = entry.get("group") or Path(hydra_cfg.sweep.dir).name
+            entry.name = job_name(list(hydra_cfg.overrides.task)) or entry.get("name")
+    return group
+
+
+def check_sweeper_direction(cfg: DictConfig, task_monitor: str, task_mode: str) -> None:
+    """An optuna sweep that maximizes a loss (or minimizes accuracy) runs fine and finds the worst
+    config: refuse it before training."""
+    if not is_multirun():
+        return
+    direction = HydraConfig.get().sweeper.get("direction")
+    if direction is None or isinstance(direction, (list, tuple)) or not isinstance(getattr(direction, "name", direction), str):
+        return  # the basic sweeper has no direction; multi-objective is the user's business
+    direction = getattr(direction, "name", direction)
+    name = cfg.get("optimized_metric") or f"val/{task_monitor}"
+    wanted = metric_mode(name, task_monitor, task_mode) + "imize"
+    if direction != wanted:
+        better = "higher" if wanted == "maximize" else "lower"
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction} but optimized_metric={name} is better {better}; "
+            f"set hydra.sweeper.direction={wanted}."
+        )
+
+
+def append_result(directory: Path, record: dict[str, Any]) -> Path:
+    """Append one JSON line to <directory>/results.jsonl. Jobs of a parallel launcher (submitit,
+    joblib) finish concurrently, possibly on a network file system where O_APPEND alone is not
+    atomic: the line goes out in one write under an exclusive lock."""
+    path = Path(directory) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)  # also releases the lock
+    return path
+
+
+def record_job(cfg: DictConfig, record: dict[str, Any]) -> Path | None:
+    """In a multirun job: add this job's final metrics to the sweep table (<sweep dir>/results.jsonl)."""
+    root = sweep_dir()
+    if root is None:
+        return None
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        job_dir = str(output_dir.resolve().relative_to(root.resolve()))
+    except ValueError:
+        job_dir = str(output_dir)
+    row = {
+        "job": hydra_cfg.job.get("num"),
+        "job_dir": job_dir,
+        "overrides": record.get("overrides", []),
+        "choices": choices(),
+        "seed": cfg.get("seed"),
+        "lr": cfg.optimizer.get("lr") if cfg.get("optimizer") else None,
+        "metrics": record["metrics"],
+        "global_step": record.get("global_step"),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return append_result(root, row)
