@@ -10,7 +10,7 @@ from tunelab import checks
 
 GROUPS = ["model", "loss", "optimizer", "scheduler", "data", "trainer", "logger", "callbacks", "experiment", "debug"]
 # data for which each task's loss fits
-DATA_FOR_TASK = {"classification": "sst2", "regression": "stsb"}
+DATA_FOR_TASK = {"classification": "sst2", "regression": "stsb", "token_classification": "wnut17", "causal_lm": "tiny_shakespeare"}
 
 
 def options(group: str) -> list[str]:
@@ -22,7 +22,7 @@ def options(group: str) -> list[str]:
 )
 def test_every_option_composes(tmp_path: Path, group: str, option: str) -> None:
     overrides = [f"{group}={option}"]
-    if group == "data" and option in {"csv", "tsv", "jsonl"}:
+    if group == "data" and option in {"csv", "tsv", "jsonl", "conll", "text"}:
         overrides.append("data.train_file=x")
     if group == "model" and option == "hf":
         overrides.append("model.name_or_path=/some/model")

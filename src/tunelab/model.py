@@ -27,28 +27,45 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
 
 def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab_size: int | None = None) -> nn.Module:
     """Load `model_cfg.name_or_path` with the task's head (or random init when from_scratch)."""
-    path = str(model_cfg["name_or_path"])
+    path = model_cfg.get("name_or_path")
     head = dict(num_labels=task.num_model_outputs(num_labels))
     if task.name == "regression":
         head["problem_type"] = "regression"
     overrides = dict(model_cfg.get("config_overrides") or {})
     auto_model = getattr(transformers, task.auto_model)
-    try:
-        config = transformers.AutoConfig.from_pretrained(path, **head, **overrides)
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"model not found at {path!r} (offline: only local paths work); "
-            "set model.name_or_path to a local model directory, or use model=minilm / model=tiny."
-        ) from err
-    if vocab_size is not None and task.name == "causal_lm":
-        config.vocab_size = vocab_size
+    if path is None:
+        config = _config_from_mapping(model_cfg, {**head, **overrides})
+    else:
+        try:
+            config = transformers.AutoConfig.from_pretrained(str(path), **head, **overrides)
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"model not found at {path!r} (offline: only local paths work); "
+                "set model.name_or_path to a local model directory, or use model=minilm / model=tiny."
+            ) from err
+    resize = vocab_size is not None and task.name == "causal_lm"
     if model_cfg.get("from_scratch"):
+        if resize:  # the embedding matrix is sized to the tokenizer the datamodule built / loaded
+            config.vocab_size = vocab_size
         model = auto_model.from_config(config)
     else:
-        model = auto_model.from_pretrained(path, config=config)
+        model = auto_model.from_pretrained(str(path), config=config)
+        if resize and vocab_size > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(vocab_size)  # tokenizer grew (e.g. an added pad token)
     model.train()  # from_pretrained returns eval mode; Lightning toggles modes per stage after this
     _apply_options(model, model_cfg)
     return model
+
+
+def _config_from_mapping(model_cfg: Mapping[str, Any], extra: dict) -> transformers.PretrainedConfig:
+    """A from-scratch architecture described in the yaml: model.config = {model_type: gpt2, n_layer: 4, ...}."""
+    arch = dict(model_cfg.get("config") or {})
+    if not arch.get("model_type") or not model_cfg.get("from_scratch"):
+        raise ConfigError(
+            "model.name_or_path is null: set it to a local model directory, or describe the architecture in "
+            "model.config (with model_type) and set model.from_scratch=true."
+        )
+    return transformers.AutoConfig.for_model(arch.pop("model_type"), **arch, **extra)
 
 
 def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:

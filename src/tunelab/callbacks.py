@@ -1,0 +1,59 @@
+"""Lightning callbacks specific to tunelab (conf/callbacks/*.yaml)."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+class GenerateSample(pl.Callback):
+    """After each validation, continue `prompt` by `max_new_tokens` tokens with the causal LM being
+    trained and log the text (python logger, W&B table, TensorBoard text). Sampling runs under a forked
+    RNG seeded with `seed`, so it never changes the training's random stream (seeds / resume stay exact).
+    A no-op for tasks other than causal_lm."""
+
+    def __init__(self, prompt: str = "\n", max_new_tokens: int = 64, do_sample: bool = True,
+                 top_k: int | None = 50, temperature: float = 1.0, seed: int = 0) -> None:
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.do_sample, self.top_k, self.temperature, self.seed = do_sample, top_k, temperature, seed
+        self.samples: list[tuple[int, str]] = []
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or getattr(pl_module, "task", None) is None or pl_module.task.name != "causal_lm":
+            return
+        text = self.generate(pl_module, trainer.datamodule.tokenizer)
+        self.samples.append((trainer.global_step, text))
+        log.info("sample at step %d: %r", trainer.global_step, text)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_text("val/sample", columns=["step", "text"], data=[[trainer.global_step, text]])
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("val/sample", text, trainer.global_step)
+
+    @torch.no_grad()
+    def generate(self, pl_module: pl.LightningModule, tokenizer) -> str:
+        model = pl_module.model
+        ids = tokenizer(self.prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(pl_module.device)
+        if ids.shape[1] == 0:
+            ids = torch.tensor([[tokenizer.eos_token_id]], device=pl_module.device)
+        was_training = model.training
+        model.eval()
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                out = model.generate(
+                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
+                    do_sample=self.do_sample, top_k=self.top_k, temperature=self.temperature,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                )
+        finally:
+            model.train(was_training)
+        return tokenizer.decode(out[0], skip_special_tokens=True)

@@ -1,0 +1,168 @@
+"""Token classification (NER): CoNLL reading, sub-word label alignment, strict-IOB2 entity metrics,
+unknown-tag and loss-mismatch errors, and training runs with the tiny model on fixture sentences."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import FIXTURES, read_metrics
+from tunelab.data.readers import read_conll
+from tunelab.data.token_classification import align_labels
+from tunelab.errors import ConfigError
+from tunelab.span_metrics import EntityCounts, entity_report, spans
+from tunelab.tasks import get_task
+
+NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+X = -100
+
+
+def ids(*tags: str) -> list[int]:
+    return [NAMES.index(t) for t in tags]
+
+
+def test_spans_are_strict_iob2() -> None:
+    assert spans(["B-PER", "I-PER", "O", "B-LOC"]) == {("PER", 0, 2), ("LOC", 3, 4)}
+    assert spans(["B-PER", "B-PER", "I-PER"]) == {("PER", 0, 1), ("PER", 1, 3)}
+    # an I- that does not continue an entity of its type starts nothing (seqeval strict mode)
+    assert spans(["O", "I-PER", "I-PER"]) == set()
+    assert spans(["B-PER", "I-LOC", "I-PER"]) == {("PER", 0, 1)}
+
+
+def test_entity_f1_against_hand_computed_spans() -> None:
+    # -100 positions (sub-tokens, padding) are dropped before decoding, so they never split a span.
+    # sentence 1 (words): gold PER[0,1) LOC[2,3)   pred PER[0,1) exact, LOC[2,4) span too long
+    # sentence 2:         gold LOC[0,1) PER[2,3)   pred PER[0,1) wrong type, PER[2,3) exact, orphan I-LOC
+    gold = torch.tensor([
+        ids("B-PER", "I-PER", "O", "B-LOC", "O") + [X],
+        ids("B-LOC", "O", "B-PER", "O", "O", "O"),
+    ])
+    gold[0, 1] = X  # "I-PER" sits on a sub-token: the word-level sentence is B-PER O B-LOC O
+    pred = torch.tensor([
+        ids("B-PER", "O", "O", "B-LOC", "I-LOC", "O"),
+        ids("B-PER", "O", "B-PER", "O", "I-LOC", "O"),
+    ])
+    # tp = PER(s1) + PER(s2) = 2; predicted = 4; gold = 4 -> P = R = F1 = 0.5
+    f1, precision, recall = (EntityCounts(NAMES, s) for s in ("f1", "precision", "recall"))
+    for m in (f1, precision, recall):
+        m.update(pred[:1], gold[:1])
+        m.update(pred[1:], gold[1:])
+    assert precision.compute().item() == pytest.approx(2 / 4)
+    assert recall.compute().item() == pytest.approx(2 / 4)
+    assert f1.compute().item() == pytest.approx(0.5)
+
+    counts = EntityCounts(NAMES, "counts")
+    counts.update(pred, gold)
+    report, text = entity_report(counts.compute(), ["LOC", "PER"])
+    # LOC: tp 0, pred 1, gold 2; PER: tp 2, pred 3, gold 2
+    assert report["classes"]["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2, "predicted": 1}
+    per = report["classes"]["PER"]
+    assert (per["precision"], per["recall"], per["support"]) == (pytest.approx(2 / 3), 1.0, 2)
+    assert per["f1"] == pytest.approx(0.8)
+    assert report["micro_avg"]["f1"] == pytest.approx(0.5)
+    assert "PER" in text and "micro avg" in text
+
+
+def test_task_metrics_use_label_names() -> None:
+    task = get_task("token_classification").with_labels(NAMES)
+    assert get_task("token_classification").label_names == ()  # the shared instance is not mutated
+    metrics = task.metrics(len(NAMES))
+    logits = torch.nn.functional.one_hot(torch.tensor([ids("B-PER", "I-PER", "O")]), len(NAMES)).float()
+    labels = torch.tensor([ids("B-PER", "O", "O")])
+    metrics.update(*task.metric_inputs(logits, labels))
+    out = metrics.compute()
+    assert out["f1"] == 0.0 and out["acc"] == pytest.approx(2 / 3)
+
+
+def test_align_labels_first_or_all_subtokens() -> None:
+    names = ["O", "B-PER", "I-PER"]
+    word_ids = [-1, 0, 0, 1, 2, 2, 2, -1]  # [CLS] Wolf ##gang was Moz ##ar ##t [SEP]
+    word_labels = [1, 0, 1]
+    assert align_labels(word_ids, word_labels, names, False) == [X, 1, X, 0, 1, X, X, X]
+    assert align_labels(word_ids, word_labels, names, True) == [X, 1, 2, 0, 1, 2, 2, X]
+
+
+def test_read_conll_skips_docstart_and_picks_the_tag_column() -> None:
+    sentences = read_conll(FIXTURES / "conll2003" / "train.txt", tag_column=3, delimiter=" ")
+    first = sentences[0]
+    assert first["tokens"][:3] == ["EU", "rejects", "German"]
+    assert first["tags"][:3] == ["B-ORG", "O", "B-MISC"]
+    assert first["lines"][0] == 3  # line 1 is -DOCSTART-, line 2 blank
+    assert all("-DOCSTART-" not in s["tokens"] for s in sentences)
+    wnut = read_conll(FIXTURES / "wnut17" / "wnut17train.conll", tag_column=1, delimiter="\t")
+    assert wnut[0]["tokens"][0] == "@paulwalk" and "B-location" in wnut[0]["tags"]
+
+
+def test_unknown_tag_names_file_and_line(run_cfg, tmp_path) -> None:
+    train = tmp_path / "train.conll"
+    train.write_text("Paris B-LOC\nis O\nnice O\n\nBob B-PER\nsings O\n\nAnn B-PER\nruns O\n")
+    dev = tmp_path / "dev.conll"
+    dev.write_text("Rome B-LOC\n\nAcme B-ORG\nsells O\n")
+    with pytest.raises(ConfigError) as err:
+        run_cfg("data=conll", "loss=token_cross_entropy", f"data.train_file={train}", f"data.val_file={dev}",
+                f"data.test_file={dev}", "data.batch_size=1", "trainer=debug")
+    message = str(err.value)
+    assert f"{dev}:3: tag 'B-ORG' is not in the training label set" in message
+    assert "data.label_names" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["loss=mse", "data=wnut17"],
+         "loss=mse needs a regression task; got data=wnut17 (token_classification). Use loss=token_cross_entropy."),
+        (["loss=cross_entropy", "data=conll2003"],
+         "loss=cross_entropy needs a classification task; got data=conll2003 (token_classification). "
+         "Use loss=token_cross_entropy."),
+        (["loss=token_cross_entropy", "data=sst2"],
+         "loss=token_cross_entropy needs a token_classification task; got data=sst2 (classification). "
+         "Use loss=cross_entropy."),
+    ],
+)
+def test_loss_mismatch_is_one_line_before_training(run_cfg, overrides, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        run_cfg(*overrides, "trainer=debug")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "adafactor", "adamax"])
+def test_token_cross_entropy_fast_dev_run(run_cfg, optimizer: str) -> None:
+    extra = ["loss.class_weights=balanced", "loss.label_smoothing=0.1"] if optimizer == "adamw" else []
+    metrics, run_dir = run_cfg("data=wnut17", "loss=token_cross_entropy", f"optimizer={optimizer}", "trainer=debug",
+                               "data.batch_size=8", *extra)
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])
+    assert {"val/f1", "val/precision", "val/recall", "val/acc", "test/f1"} <= set(metrics)
+    report = json.loads((run_dir / "test_report.json").read_text())
+    assert set(report["classes"]) == {"corporation", "creative-work", "group", "location", "person", "product"}
+
+
+def test_conll2003_run_keeps_label_names_in_checkpoint(run_cfg) -> None:
+    """A short real run: the best checkpoint is chosen on val/f1 and carries the label list."""
+    metrics, run_dir = run_cfg("data=conll2003", "loss=token_cross_entropy", "data.train_limit=64",
+                               "data.batch_size=16", "trainer.max_epochs=1", "optimizer.lr=1e-3",
+                               "data.label_all_subtokens=true")
+    assert 0.0 <= metrics["test/f1"] <= 1.0 and 0.0 <= metrics["test/acc"] <= 1.0
+    best = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+    assert "best-" in best
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["label_names"] == ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC",
+                                                        "B-MISC", "I-MISC"]
+    assert (run_dir / "test_report.txt").read_text().count("MISC") == 1
+
+
+@pytest.mark.slow
+def test_wnut17_experiment_reaches_entity_f1(run_cfg) -> None:
+    """The documented run (README): all-MiniLM-L6-v2 on the full WNUT-17 data, test entity F1 >= 0.35."""
+    from conftest import SHARED_DATA
+
+    metrics, _ = run_cfg("experiment=wnut17", f"paths.data_dir={SHARED_DATA}", "model=minilm")
+    assert metrics["test/f1"] >= 0.35, metrics
+
+
+@pytest.mark.slow
+def test_conll2003_experiment_reaches_dev_entity_f1(run_cfg) -> None:
+    from conftest import SHARED_DATA
+
+    metrics, _ = run_cfg("experiment=conll2003", f"paths.data_dir={SHARED_DATA}", "model=minilm")
+    assert metrics["val/f1"] >= 0.80, metrics
