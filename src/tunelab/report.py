@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.sweeps import RESULTS_FILE, metric_mode
+from tunelab.sweeps import RESULTS_FILE, job_name, metric_mode
 
 log = logging.getLogger(__name__)
 SEED_KEYS = ("seed",)
@@ -240,7 +240,7 @@ def _group(runs: list[Run]) -> list[Group]:
     keys = sorted({k for s in settings for k in s})
     varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]
     for g, s in zip(groups, settings):
-        g.label = ",".join(s[k] for k in varying if k in s) or (",".join(g.config) or "(defaults)")
+        g.label = ",".join(s[k] for k in varying if k in s) or job_name(list(g.config)) or "(defaults)"
     return groups
 
 

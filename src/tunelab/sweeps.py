@@ -12,7 +12,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tunelab.errors import ConfigError
 
@@ -43,10 +43,26 @@ def metric_mode(name: str, task_monitor: str | None = None, task_mode: str | Non
     return "min" if any(s in name.split("/")[-1] for s in _LOWER_IS_BETTER) else "max"
 
 
-def job_name(overrides: list[str]) -> str:
-    """A run name from this job's overrides, without the plumbing ones: `optimizer=sgd,seed=1`."""
-    kept = [o for o in overrides if not o.lstrip("+~").startswith(_PLUMBING)]
-    return ",".join(kept)
+def job_name(overrides: list[str], swept: set[str] | None = None) -> str:
+    """A run name from this job's overrides: the swept ones when known (`optimizer=sgd,seed=1`),
+    else all but the plumbing ones."""
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    kept = [o for o, k in zip(overrides, keys) if k in swept] if swept else []
+    return ",".join(kept or [o for o, k in zip(overrides, keys) if not k.startswith(_PLUMBING)])
+
+
+def swept_keys() -> set[str]:
+    """The keys this sweep varies: the sweeper's params plus the sweep overrides (a,b / range() /
+    interval()) of the command line, which the launcher saved to <sweep dir>/multirun.yaml."""
+    hydra_cfg = HydraConfig.get()
+    keys = set(hydra_cfg.sweeper.get("params") or {})
+    saved = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    if saved.is_file():
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        task = OmegaConf.select(OmegaConf.load(saved), "hydra.overrides.task") or []
+        keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(list(task)) if o.is_sweep_override()}
+    return keys
 
 
 def choices() -> dict[str, str]:
@@ -69,7 +85,7 @@ def with_wandb_identity(logger_group: DictConfig | None) -> DictConfig | None:
         if is_multirun():
             hydra_cfg = HydraConfig.get()
             entry.group = entry.get("group") or Path(hydra_cfg.sweep.dir).name
-            entry.name = job_name(list(hydra_cfg.overrides.task)) or entry.get("name")
+            entry.name = job_name(list(hydra_cfg.overrides.task), swept_keys()) or entry.get("name")
     return group
 
 
