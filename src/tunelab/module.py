@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 
+from tunelab import peft_adapters
 from tunelab.model import build_model
 from tunelab.rng import collect_rng_states, set_rng_states
 from tunelab.optim import build_optimizer, build_scheduler
@@ -37,12 +38,14 @@ class TransformerModule(pl.LightningModule):
         label_names: Sequence[str] = (),
         class_counts: Sequence[int] | None = None,
         vocab_size: int | None = None,
+        peft: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.task = get_task(task).with_labels(list(label_names))
         num_labels = max(len(label_names), 1)
         self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)
+        self.model = peft_adapters.apply_peft(self.model, peft, self.task)  # conf/peft (none: unchanged)
         self.loss_fn = instantiate(dict(loss))
         self.loss_fn.fit_class_weights(class_counts)
         metrics = self.task.metrics(num_labels)
@@ -73,7 +76,12 @@ class TransformerModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self.step(batch, "train")
+        loss = self.step(batch, "train")
+        reg = peft_adapters.regularization(self.model)  # AdaLoRA's orthogonality penalty, else None
+        if reg is not None:
+            self.log("train/orth_reg", reg, on_step=True, on_epoch=False)
+            loss = loss + reg
+        return loss
 
     def validation_step(self, batch, batch_idx):
         self.step(batch, "val")
@@ -102,10 +110,22 @@ class TransformerModule(pl.LightningModule):
     # without this a resumed run diverges from an uninterrupted one after the first step.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = collect_rng_states()
+        if (peft_state := peft_adapters.checkpoint_state(self.model)) is not None:  # AdaLoRA only
+            checkpoint["peft_state"] = peft_state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        peft_adapters.load_checkpoint_state(self.model, checkpoint.get("peft_state"))
+
+    def on_fit_start(self) -> None:
+        peft_adapters.on_fit_start(self.model, self.hparams.get("peft"), self.trainer.estimated_stepping_batches)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # after optimizer.step(), before the next zero_grad (Lightning zeroes inside the next closure);
+        # global_step still excludes this step: the 0-based step index that peft's schedule expects
+        peft_adapters.after_optimizer_step(self.model, self.trainer.global_step)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.hparams.optimizer, self)

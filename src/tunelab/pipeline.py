@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from tunelab import checks, plots, sweeps
 from tunelab.errors import ConfigError
+from tunelab import peft_adapters
 from tunelab.module import TransformerModule
 from tunelab.tasks import get_task
 
@@ -45,6 +46,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _run(cfg: DictConfig) -> dict[str, float]:
     checks.validate(cfg)
+    peft_adapters.validate(cfg)
+    peft_adapters.apply_lr(cfg)  # peft.lr -> optimizer.lr
     pl.seed_everything(cfg.seed, workers=True)
     task = get_task(cfg.data.task)
     sweeps.check_sweeper_direction(cfg, task.monitor, task.mode)
@@ -54,6 +57,11 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         datamodule.prepare_data()
         datamodule.setup("fit")
         module = TransformerModule(**module_kwargs(cfg, datamodule))
+    elif peft_adapters.is_adapter_dir(ckpt_path):  # base model from cfg.model + a saved adapter
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        module = TransformerModule(**peft_adapters.adapter_module_kwargs(module_kwargs(cfg, datamodule), ckpt_path))
+        ckpt_path = None
     else:
         module = TransformerModule.load_from_checkpoint(ckpt_path, map_location="cpu")
     trainer = build_trainer(cfg, task)
@@ -65,7 +73,9 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     if cfg.test:
         best = _best_checkpoint(trainer) if cfg.train else ckpt_path
         trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
-    metrics = fit_metrics | _as_floats(trainer.callback_metrics)
+    metrics = fit_metrics | _as_floats(trainer.callback_metrics) | peft_adapters.parameter_counts(module.model)
+    if cfg.train and trainer.is_global_zero:  # the tested (best) weights: peft.save_adapter / merge_on_save
+        peft_adapters.save(module.model, cfg, datamodule.tokenizer)
     write_metrics(cfg, metrics, trainer)
     return metrics
 
@@ -86,6 +96,7 @@ def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
         label_names=list(datamodule.label_names),
         class_counts=datamodule.class_counts,
         vocab_size=getattr(datamodule, "vocab_size", None),
+        peft=container(cfg.get("peft")),
     )
 
 
@@ -143,6 +154,8 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         if not candidates:
             raise ConfigError(f"ckpt_path=last: no last.ckpt under {Path(cfg.paths.log_dir, cfg.task_name)}; pass a path.")
         return str(candidates[-1])
+    if peft_adapters.is_adapter_dir(path):  # <run dir>/adapter from peft.save_adapter
+        return str(path)
     if not Path(path).is_file():
         raise ConfigError(f"ckpt_path={path} does not exist; pass the path of a .ckpt file (or ckpt_path=last).")
     return str(path)

@@ -1,0 +1,284 @@
+"""Parameter-efficient fine-tuning (conf/peft/*.yaml) with the `peft` library: wrap the task model in
+a PeftModel with its head kept trainable, drive AdaLoRA's rank schedule from the Lightning loop, and
+save / merge / reload adapters. Named peft_adapters so that it never shadows the `peft` package."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import transformers
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, open_dict
+from peft import AdaLoraConfig, PeftModel, TaskType, get_peft_model
+from peft.config import PromptLearningConfig
+from peft.tuners.adalora import AdaLoraModel
+from torch import nn
+
+from tunelab.errors import ConfigError
+from tunelab.tasks import Task, get_task
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR, MERGED_DIR = "adapter", "merged"
+# conf/peft keys that are tunelab's, not fields of the peft config class
+TUNELAB_KEYS = frozenset(
+    {
+        "name", "lr", "save_adapter", "merge_on_save", "adapter_path", "tinit_ratio", "tfinal_ratio",
+        "target_modules_by_model_type", "feedforward_modules_by_model_type",
+    }
+)  # fmt: skip
+# peft's task types pick the PeftModel subclass (prefix tuning needs it to feed past_key_values)
+TASK_TYPES = {
+    "classification": TaskType.SEQ_CLS,
+    "regression": TaskType.SEQ_CLS,
+    "token_classification": TaskType.TOKEN_CLS,
+    "causal_lm": TaskType.CAUSAL_LM,
+}
+
+
+def enabled(cfg: Mapping[str, Any] | None) -> bool:
+    return bool(cfg) and bool(cfg.get("_target_") or cfg.get("adapter_path"))
+
+
+# ---- before anything loads -------------------------------------------------------------------------
+
+
+def validate(cfg: DictConfig) -> None:
+    """ConfigError for peft settings that cannot work with this model / task (reads only config.json)."""
+    peft_cfg = cfg.get("peft")
+    if not enabled(peft_cfg) or not peft_cfg.get("_target_"):
+        return
+    name = peft_cfg.get("name", "?")
+    prompt_style = issubclass(get_class(peft_cfg._target_), PromptLearningConfig)
+    if peft_cfg.get("merge_on_save") and prompt_style:
+        raise ConfigError(
+            f"peft={name} adds virtual tokens, not weights, so it cannot be merged; drop peft.merge_on_save "
+            "or use peft=lora."
+        )
+    if peft_cfg.get("save_adapter") and cfg.model.get("from_scratch"):
+        raise ConfigError(
+            "peft.save_adapter=true needs a pretrained base to load the adapter onto, but model.from_scratch=true "
+            "initialises it randomly; drop peft.save_adapter (the Lightning checkpoint holds everything)."
+        )
+    hf_config = _hf_config(cfg.model)
+    if hf_config is None:
+        return  # build_model reports a missing model
+    task = get_task(cfg.data.task)
+    if prompt_style and not accepts_past_key_values(hf_config, task):
+        raise ConfigError(
+            f"peft={name} feeds its prefixes as past_key_values, which {hf_config.model_type} models for "
+            f"{task.name} do not accept; use peft=lora (or a decoder model such as GPT-2)."
+        )
+    for key in ("target_modules", "feedforward_modules"):
+        defaults = peft_cfg.get(f"{key}_by_model_type") or {}
+        if key in peft_cfg and peft_cfg[key] is None and hf_config.model_type not in defaults:
+            raise ConfigError(
+                f"peft={name} has no default {key} for model_type={hf_config.model_type}; set "
+                f"peft.{key}=[...] (names of its linear layers, e.g. the attention projections)."
+            )
+
+
+def apply_lr(cfg: DictConfig) -> None:
+    """peft.lr replaces optimizer.lr: adapters want a larger lr than full fine-tuning, and a sweep over
+    peft=none,lora,adalora then runs each method at its own lr (the logged config shows the one used)."""
+    lr = (cfg.get("peft") or {}).get("lr")
+    if lr is None or not cfg.get("train"):
+        return
+    with open_dict(cfg):
+        cfg.optimizer.lr = float(lr)
+    log.info("peft=%s: optimizer.lr=%g (peft.lr)", cfg.peft.name, float(lr))
+
+
+def _hf_config(model_cfg: Mapping[str, Any]) -> transformers.PretrainedConfig | None:
+    """The model's config.json (or the architecture described in model.config); None if unreadable."""
+    overrides = dict(model_cfg.get("config_overrides") or {})
+    try:
+        if model_cfg.get("name_or_path") is None:
+            arch = dict(model_cfg.get("config") or {})
+            return transformers.AutoConfig.for_model(arch.pop("model_type"), **arch, **overrides)
+        return transformers.AutoConfig.from_pretrained(str(model_cfg["name_or_path"]), **overrides)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def accepts_past_key_values(hf_config: transformers.PretrainedConfig, task: Task) -> bool:
+    """What peft needs for prefix tuning: the task model's forward or its backbone's takes past_key_values."""
+    for auto in (getattr(transformers, task.auto_model), transformers.AutoModel):
+        try:
+            cls = auto._model_mapping[type(hf_config)]
+        except KeyError:
+            continue
+        if "past_key_values" in inspect.signature(cls.forward).parameters:
+            return True
+    return False
+
+
+# ---- building the model ----------------------------------------------------------------------------
+
+
+def apply_peft(model: nn.Module, cfg: Mapping[str, Any] | None, task: Task) -> nn.Module:
+    """Wrap `model` as conf/peft says (unchanged for peft=none); `adapter_path` loads a saved adapter."""
+    if cfg and cfg.get("adapter_path"):
+        model = PeftModel.from_pretrained(model, str(cfg["adapter_path"]))  # frozen, for evaluation
+        name = f"adapter {cfg['adapter_path']}"
+    elif enabled(cfg):
+        model = get_peft_model(model, build_peft_config(cfg, model, task))
+        name = str(cfg.get("name"))
+    else:
+        name = "none"
+    counts = parameter_counts(model)
+    log.info(
+        "peft=%s: %s trainable of %s parameters (%.3f%%)",
+        name, f"{counts['params/trainable']:,}", f"{counts['params/total']:,}", 100 * counts["params/trainable_ratio"],
+    )  # fmt: skip
+    return model
+
+
+def build_peft_config(cfg: Mapping[str, Any], model: nn.Module, task: Task):
+    """The peft config object (hydra-instantiated `_target_`) with tunelab's defaults filled in."""
+    kwargs = {k: v for k, v in dict(cfg).items() if k not in TUNELAB_KEYS}
+    model_type = model.config.model_type
+    for key in ("target_modules", "feedforward_modules"):
+        if key in kwargs and kwargs[key] is None:
+            kwargs[key] = (cfg.get(f"{key}_by_model_type") or {}).get(model_type)
+    if kwargs.get("modules_to_save") == "auto":
+        kwargs["modules_to_save"] = head_modules(model, task) or None
+    kwargs.setdefault("task_type", TASK_TYPES[task.name])
+    if issubclass(get_class(kwargs["_target_"]), AdaLoraConfig):
+        # provisional: the real schedule comes from the trainer at fit start (on_fit_start)
+        kwargs.update(total_step=1, tinit=0, tfinal=0)
+    return instantiate(kwargs, _convert_="all")
+
+
+def head_modules(model: nn.Module, task: Task) -> list[str]:
+    """The task head, trained in full: the top-level modules with parameters outside the backbone
+    (BERT: classifier, GPT-2: score). Causal LM keeps its pretrained head, tied to the input embeddings
+    (training it would train the whole vocabulary matrix)."""
+    if task.name == "causal_lm":
+        return []
+    backbone = getattr(model, "base_model_prefix", "")
+    return [n for n, m in model.named_children() if n != backbone and any(True for _ in m.parameters())]
+
+
+def parameter_counts(model: nn.Module) -> dict[str, float]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"params/trainable": trainable, "params/total": total, "params/trainable_ratio": trainable / max(total, 1)}
+
+
+# ---- AdaLoRA in the Lightning loop ------------------------------------------------------------------
+
+
+def _adalora(model: nn.Module) -> AdaLoraModel | None:
+    """The trainable AdaLoRA tuner of a PeftModel (the one with a rank allocator), else None."""
+    tuner = getattr(model, "base_model", None) if isinstance(model, PeftModel) else None
+    return tuner if isinstance(tuner, AdaLoraModel) and hasattr(tuner, "rankallocator") else None
+
+
+def on_fit_start(model: nn.Module, cfg: Mapping[str, Any] | None, total_steps: float) -> None:
+    """AdaLoRA's budget schedule spans the run: total_step = the trainer's optimizer steps, tinit /
+    tfinal = fractions of it (too short a run for both phases budgets all the way)."""
+    tuner = _adalora(model)
+    if tuner is None:
+        return
+    if not math.isfinite(total_steps):
+        raise ConfigError("peft=adalora schedules its rank budget over the run: set trainer.max_steps or max_epochs.")
+    conf = tuner.peft_config[tuner.trainable_adapter_name]
+    total = max(int(total_steps), 1)
+    tinit, tfinal = int(cfg.get("tinit_ratio", 0) * total), int(cfg.get("tfinal_ratio", 0) * total)
+    if tinit >= total - tfinal:
+        tinit, tfinal = 0, 0
+    conf.total_step, conf.tinit, conf.tfinal = total, tinit, tfinal
+    alloc = tuner.rankallocator
+    log.info(
+        "adalora: rank budget %d -> %d, full until step %d, fixed after step %d of %d (every %d steps)",
+        alloc.init_bgt, alloc.target_bgt, tinit, total - tfinal, total, conf.deltaT,
+    )  # fmt: skip
+
+
+def after_optimizer_step(model: nn.Module, step: int) -> None:
+    """AdaLoRA's importance update + rank allocation: needs this step's gradients, so it runs after
+    optimizer.step() and before zero_grad(). `step` is the 0-based index of this optimizer step."""
+    tuner = _adalora(model)
+    if tuner is not None:
+        tuner.update_and_allocate(step)
+
+
+def regularization(model: nn.Module) -> torch.Tensor | None:
+    """AdaLoRA's orthogonal regularization of P (lora_A) and Q (lora_B), weighted by orth_reg_weight.
+    peft adds it in AdaLoraModel.forward only to a loss the HF model computed itself (labels passed
+    in); tunelab computes the loss outside the model, so the same term is added here."""
+    tuner = _adalora(model)
+    if tuner is None:
+        return None
+    name = tuner.trainable_adapter_name
+    terms = []
+    for n, p in tuner.model.named_parameters():
+        if ("lora_A" in n or "lora_B" in n) and name in n:
+            cov = p @ p.T if "lora_A" in n else p.T @ p
+            terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=p.device, dtype=p.dtype)))
+    if not terms:
+        return None
+    return tuner.peft_config[name].orth_reg_weight * torch.stack(terms).mean()
+
+
+def checkpoint_state(model: nn.Module) -> dict | None:
+    """AdaLoRA state outside the weights (rank pattern, importance EMAs), so a resumed run continues it."""
+    tuner = _adalora(model)
+    if tuner is None:
+        return None
+    alloc = tuner.rankallocator
+    return {
+        "rank_pattern": tuner.peft_config[tuner.trainable_adapter_name].rank_pattern,
+        "ipt": alloc.ipt,
+        "exp_avg_ipt": alloc.exp_avg_ipt,
+        "exp_avg_unc": alloc.exp_avg_unc,
+    }
+
+
+def load_checkpoint_state(model: nn.Module, state: dict | None) -> None:
+    tuner = _adalora(model)
+    if tuner is None or not state:
+        return
+    tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+    alloc = tuner.rankallocator
+    alloc.ipt, alloc.exp_avg_ipt, alloc.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+
+
+# ---- saving and loading adapters ------------------------------------------------------------------
+
+
+def is_adapter_dir(path: str | Path | None) -> bool:
+    return path is not None and (Path(path) / "adapter_config.json").is_file()
+
+
+def save(model: nn.Module, cfg: DictConfig, tokenizer: Any = None) -> list[Path]:
+    """peft.save_adapter: <run dir>/adapter (adapter weights + head only); peft.merge_on_save:
+    <run dir>/merged (a plain transformers model with the adapter merged in). Returns the dirs written."""
+    peft_cfg = cfg.get("peft")
+    if not isinstance(model, PeftModel) or not peft_cfg:
+        return []
+    run_dir, written = Path(cfg.paths.output_dir), []
+    if peft_cfg.get("save_adapter"):
+        model.save_pretrained(run_dir / ADAPTER_DIR)
+        written.append(run_dir / ADAPTER_DIR)
+    if peft_cfg.get("merge_on_save"):
+        # on a copy: the module keeps its adapter (and merge_and_unload would unwrap it in place)
+        copy.deepcopy(model).merge_and_unload().save_pretrained(run_dir / MERGED_DIR)
+        written.append(run_dir / MERGED_DIR)
+    for out in written:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)  # self-contained dirs
+        log.info("peft: saved %s", out)
+    return written
+
+
+def adapter_module_kwargs(kwargs: dict[str, Any], adapter_dir: str) -> dict[str, Any]:
+    """TransformerModule arguments for evaluating base model (from the config) + a saved adapter."""
+    return {**kwargs, "peft": {"adapter_path": str(Path(adapter_dir).resolve())}}
