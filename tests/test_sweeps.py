@@ -1,0 +1,88 @@
+"""Sweeps end to end with the tiny model: an optuna random search, and a submitit_local grid whose
+jobs finish concurrently (sweep table, plots, report, W&B group/name/tags from the offline run)."""
+
+import json
+import struct
+from pathlib import Path
+
+import optuna
+import yaml
+
+from conftest import FIXTURES, run_script
+
+TINY = ["model=tiny", f"paths.data_dir={FIXTURES}", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
+        "callbacks.model_summary=null", "trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0"]
+
+
+def test_optuna_random_search_three_trials_in_a_resumable_study(tmp_path) -> None:
+    db = tmp_path / "optuna.db"
+    proc = run_script(
+        "train.py", "hparams_search=optuna_random", *TINY, "logger=csv", "data.train_limit=64",
+        "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert jobs == ["0", "1", "2"]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    val_accs = [json.loads((sweep / j / "metrics.json").read_text())["metrics"]["val/acc"] for j in jobs]
+    assert results["best_value"] == max(val_accs)  # direction=maximize on the returned val/acc
+    assert set(results["best_params"]) >= {"optimizer.lr", "data.batch_size", "loss.label_smoothing"}
+    # the study lives in sqlite: rerunning the command continues it
+    study = optuna.load_study(study_name="train", storage=f"sqlite:///{db}")
+    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len((sweep / "results.jsonl").read_text().splitlines()) == 3
+    assert (sweep / "report.md").is_file()
+
+
+def wandb_run_record(run_file: Path):
+    """The run record (name, group, tags) of an offline .wandb file: a LevelDB-style log of
+    protobuf records in 32 KiB blocks after a 7-byte header."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = run_file.read_bytes()
+    pos, payload = 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer too short for a header
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # full or last fragment
+            record = pb.Record()
+            record.ParseFromString(payload)
+            payload = b""
+            if record.WhichOneof("record_type") == "run":
+                return record.run
+    raise AssertionError(f"no run record in {run_file}")
+
+
+def test_submitit_local_grid_table_plots_report_and_wandb_identity(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_script(
+        "train.py", "-m", "hydra/launcher=submitit_local", "optimizer=sgd,adamw", *TINY, "logger=wandb",
+        "data.train_limit=32", "data.batch_size=8", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
+        timeout=300, env={"WANDB_MODE": "offline"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 2  # two jobs, two processes
+    # the sweep table: exactly one line per job
+    rows = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["job_dir"] for r in rows) == ["0", "1"]
+    assert sorted(r["choices"]["optimizer"] for r in rows) == ["adamw", "sgd"]
+    assert all("val/acc" in r["metrics"] and "test/acc" in r["metrics"] for r in rows)
+    # plots of each run, the sweep plot and the report
+    for job in ("0", "1"):
+        for name in ("learning_curves.png", "confusion_matrix.png"):
+            assert (sweep / job / name).stat().st_size > 1000, name
+    assert (sweep / "val_acc_vs_lr.png").stat().st_size > 1000
+    assert "optimizer=sgd" in (sweep / "report.md").read_text()
+    # W&B: one group per sweep, the job named by its swept override, tags for the config choices
+    for job, optimizer in zip(("0", "1"), ("sgd", "adamw")):
+        (run_file,) = (sweep / job / "wandb").glob("offline-run-*/run-*.wandb")
+        run = wandb_run_record(run_file)
+        assert run.run_group == "sweep"
+        assert run.display_name == f"optimizer={optimizer}"
+        assert {"data:sst2", "loss:cross_entropy", f"optimizer:{optimizer}", "dev"} <= set(run.tags)
