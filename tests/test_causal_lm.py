@@ -137,15 +137,15 @@ def test_next_token_fast_dev_run(run_cfg, optimizer: str) -> None:
 
 
 def test_lm_loss_falls_on_real_text(run_cfg) -> None:
-    """gpt2_tiny on 40 kB of tiny-shakespeare, 3 epochs (~50 steps): val perplexity falls far below the
-    untrained model's (~ the 60-odd characters of the vocabulary)."""
-    metrics, run_dir = run_cfg(*LM, "data.block_size=64", "data.batch_size=16", "trainer.max_epochs=3",
-                               "optimizer.lr=3e-3", "scheduler=cosine", "trainer.log_every_n_steps=5",
-                               "data.packing=false")
+    """gpt2_tiny on 40 kB of tiny-shakespeare, 3 epochs (~50 steps): the training loss falls and val
+    perplexity ends far below the untrained model's (~ the 60-odd characters of the vocabulary)."""
+    metrics, run_dir = run_cfg(*LM, "data.block_size=64", "data.batch_size=32", "trainer.max_epochs=3",
+                               "optimizer.lr=3e-3", "scheduler=cosine", "scheduler.warmup_steps=5",
+                               "trainer.log_every_n_steps=4")
     rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
     assert losses[-1] < losses[0] - 0.8, losses
-    assert metrics["val/perplexity"] < 20, metrics  # untrained: ~60
+    assert metrics["val/perplexity"] < 25, metrics  # untrained: ~60
 
 
 @pytest.mark.slow

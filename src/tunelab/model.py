@@ -43,6 +43,8 @@ def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab
                 f"model not found at {path!r} (offline: only local paths work); "
                 "set model.name_or_path to a local model directory, or use model=minilm / model=tiny."
             ) from err
+    if task.name == "causal_lm":
+        config.is_decoder = True  # encoder architectures (BERT, model=tiny) only mask the future as decoders
     resize = vocab_size is not None and task.name == "causal_lm"
     if model_cfg.get("from_scratch"):
         if resize:  # the embedding matrix is sized to the tokenizer the datamodule built / loaded
