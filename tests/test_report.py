@@ -73,11 +73,13 @@ def test_report_groups_by_overrides_minus_seed_and_ranks(tmp_path) -> None:
     assert comp["best"] == "optimizer=adamw" and comp["runner_up"] == "optimizer=sgd"
     assert comp["delta"] == pytest.approx(0.10) and comp["differs"] is True
     assert "0.8200 ± 0.0200" in markdown and "[0.7703, 0.8697]" in markdown and "differs" in markdown
-    for name in ("report.md", "report.csv", "report.json"):
+    for name in ("report.md", "report.csv", "report.json", "runs.csv"):
         assert (sweep / name).stat().st_size > 0
     rows = (sweep / "report.csv").read_text().splitlines()
     assert rows[0].startswith("rank,config,metric,n,mean,std,ci95_low,ci95_high")
     assert len(rows) == 1 + 3 * 3  # 3 configs x (val/acc, test/acc, val/loss)
+    runs = (sweep / "runs.csv").read_text().splitlines()
+    assert runs[0] == "run,rank,config,seed,optimizer,lr,test/acc,val/acc,val/loss" and len(runs) == 10
 
 
 def test_report_ranks_lower_is_better_metrics_ascending(tmp_path) -> None:

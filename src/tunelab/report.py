@@ -294,7 +294,8 @@ def to_markdown(report: dict[str, Any], extra_metrics: list[str] = ()) -> str:
 
 def write_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05, test: str = "welch",
                  extra_metrics: list[str] = ()) -> tuple[dict[str, Any], str]:
-    """Build the report and write report.md, report.csv (one row per config and metric), report.json."""
+    """Build the report and write report.md, report.csv (one row per config and metric), report.json
+    and runs.csv (one row per run)."""
     sweep_dir = Path(sweep_dir)
     report = build_report(sweep_dir, metric, alpha, test)
     markdown = to_markdown(report, list(extra_metrics))
@@ -307,7 +308,22 @@ def write_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
             for m, s in sorted(c["stats"].items()):
                 writer.writerow([c["rank"], c["config"], m, s["n"], s["mean"], s["std"], s["ci_low"], s["ci_high"],
                                  " ".join(map(str, c["seeds"]))])
+    _write_runs_csv(sweep_dir, report)
     return report, markdown
+
+
+def _write_runs_csv(sweep_dir: Path, report: dict[str, Any]) -> None:
+    """runs.csv: one row per run (config, seed, optimizer, lr, every val/test metric), for pandas."""
+    runs = {str(r.dir.relative_to(sweep_dir)): r for r in load_runs(sweep_dir)}
+    metrics = sorted({m for c in report["configs"] for m in c["stats"]})
+    with (sweep_dir / "runs.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "rank", "config", "seed", "optimizer", "lr", *metrics])
+        for c in report["configs"]:
+            for name in c["runs"]:
+                run = runs[name]
+                writer.writerow([name, c["rank"], c["config"], run.seed, run.optimizer, run.lr,
+                                 *(run.metrics.get(m, "") for m in metrics)])
 
 
 class SweepReport(Callback):
@@ -344,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown, end="")
-    print(f"\nwrote {args.sweep_dir / 'report.md'}, report.csv, report.json")
+    print(f"\nwrote {args.sweep_dir / 'report.md'}, report.csv, report.json, runs.csv")
     return 0
 
 
