@@ -74,7 +74,8 @@ def choices() -> dict[str, str]:
 
 def with_wandb_identity(logger_group: DictConfig | None) -> DictConfig | None:
     """A copy of the logger group whose W&B entry carries tags for the data/loss/optimizer choices
-    and, in a sweep, group = the sweep dir name and name = the job's overrides (unless set)."""
+    and, in a sweep, group = the sweep dir name (unless logger.wandb.group is set) and name = the job's
+    swept overrides. The config itself is left as it is."""
     if not logger_group or "wandb" not in logger_group or not HydraConfig.initialized():
         return logger_group
     group = logger_group.copy()
