@@ -33,7 +33,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from tunelab.benchmarking import ThroughputMeter  # noqa: E402
 from tunelab.config import compose_config  # noqa: E402
+from tunelab.model import build_model  # noqa: E402
 from tunelab.optim import param_groups  # noqa: E402
+from tunelab.tasks import get_task  # noqa: E402
 from tunelab.pipeline import build_datamodule, run  # noqa: E402
 
 METER = "+callbacks.throughput._target_=tunelab.benchmarking.ThroughputMeter"
@@ -55,26 +57,25 @@ def run_framework(overrides: list[str], out: Path) -> tuple[dict, dict]:
     return json.loads((out / "throughput.json").read_text()), metrics
 
 
-def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int) -> dict:
+def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: str = "cpu", bf16: bool = False) -> dict:
     """The hand-written baseline: the same model, loader (same seeded order) and AdamW param groups."""
     cfg = compose_config(overrides, out)
     torch.manual_seed(cfg.seed)
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")
-    from tunelab.model import build_model
-    from tunelab.tasks import get_task
-
-    model = build_model(cfg.model, get_task("classification"), len(dm.label_names))
+    model = build_model(cfg.model, get_task("classification"), len(dm.label_names)).to(device)
     model.train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.optimizer.weight_decay), lr=cfg.optimizer.lr)
+    fused = True if device == "cuda" else None
+    opt = torch.optim.AdamW(param_groups(model, cfg.optimizer.weight_decay), lr=cfg.optimizer.lr, fused=fused)
     meter = ThroughputMeter(warmup)
     batches = iter(dm.train_dataloader())
     for step in range(steps):
-        batch = next(batches)
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
         if step == warmup:
-            meter.start = time.perf_counter()
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            meter.begin()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         loss = F.cross_entropy(logits.float(), batch["labels"])
         loss.backward()
         opt.step()

@@ -31,10 +31,13 @@ class ThroughputMeter(pl.Callback):
         self.samples = self.tokens = self.padded_tokens = self.steps = 0
         self.shapes: list[tuple[int, int]] = []
 
+    def begin(self) -> None:
+        _sync()
+        self.start = time.perf_counter()
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.start is None and trainer.global_step >= self.warmup:
-            _sync()
-            self.start = time.perf_counter()
+            self.begin()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.start is None:
@@ -47,7 +50,7 @@ class ThroughputMeter(pl.Callback):
         self.steps += 1
         self.samples += batch["input_ids"].shape[0]
         self.padded_tokens += batch["input_ids"].numel()
-        self.tokens += int(batch["attention_mask"].sum())
+        self.tokens = self.tokens + batch["attention_mask"].sum()  # stays on the device: no sync per step
         self.shapes.append(tuple(batch["input_ids"].shape))
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -62,6 +65,7 @@ class ThroughputMeter(pl.Callback):
 
     def summary(self) -> dict[str, float]:
         t = max(self.elapsed, 1e-9)
+        self.tokens = int(self.tokens)
         return {
             "steps": self.steps,
             "seconds": self.elapsed,
@@ -70,6 +74,7 @@ class ThroughputMeter(pl.Callback):
             "padded_tokens_per_s": self.padded_tokens / t,
             "padding_fraction": 1 - self.tokens / max(self.padded_tokens, 1),
             "distinct_shapes": len(set(self.shapes)),
+            "shape_list": self.shapes,
         }
 
 

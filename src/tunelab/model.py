@@ -89,6 +89,9 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
             layer.requires_grad_(False)
     if cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.get("compile"):
+        # in place (nn.Module.compile): parameter names, hence checkpoints, stay those of the eager model
+        model.compile(dynamic=cfg.get("compile_dynamic"))
 
 
 def transformer_layers(model: nn.Module) -> nn.ModuleList:

@@ -49,6 +49,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     peft_adapters.validate(cfg)
     peft_adapters.apply_lr(cfg)  # peft.lr -> optimizer.lr
     pl.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
     task = get_task(cfg.data.task)
     sweeps.check_sweeper_direction(cfg, task.monitor, task.mode)
     datamodule = build_datamodule(cfg)

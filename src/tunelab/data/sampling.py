@@ -47,12 +47,19 @@ class BatchOrderSampler(Sampler[int]):
         self.group_by_length = group_by_length
         self.epoch = 0
         self.skip_batches = 0  # batches of the current epoch already consumed (mid-epoch resume)
+        self._cached: tuple[tuple[int, int, int], list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
-        """This rank's batches for the current epoch."""
+        """This rank's batches for the current epoch (memoized: len() is asked for often)."""
+        key = (self.epoch, *_rank_and_world())
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self._make_batches())
+        return self._cached[1]
+
+    def _make_batches(self) -> list[list[int]]:
         n = len(self.lengths)
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
