@@ -8,7 +8,7 @@ from hydra.utils import get_class, instantiate
 from conftest import ROOT, compose_cfg
 from tunelab import checks
 
-GROUPS = ["model", "loss", "optimizer", "scheduler", "data", "trainer", "logger", "callbacks", "experiment", "debug"]
+GROUPS = ["model", "loss", "optimizer", "scheduler", "data", "trainer", "logger", "callbacks", "experiment", "debug", "peft"]
 # data for which each task's loss fits
 DATA_FOR_TASK = {"classification": "sst2", "regression": "stsb", "token_classification": "wnut17", "causal_lm": "tiny_shakespeare"}
 

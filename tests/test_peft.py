@@ -1,0 +1,293 @@
+"""conf/peft: every adapter trains with every task, heads stay trainable, adapters save / reload /
+merge to the same logits, and AdaLoRA's schedule runs at the right point of the Lightning loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import transformers
+from omegaconf import OmegaConf
+from peft import PeftModel
+from torch.utils.data import DataLoader
+
+from conftest import FIXTURES, ROOT, compose_cfg, read_metrics
+from tunelab import peft_adapters
+from tunelab.errors import ConfigError
+from tunelab.module import TransformerModule
+from tunelab.pipeline import run
+
+PEFT = sorted(p.stem for p in (ROOT / "conf" / "peft").glob("*.yaml"))
+ADAPTERS = [p for p in PEFT if p != "none"]
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+VOCAB = 64
+
+
+def test_all_options_exist() -> None:
+    assert set(PEFT) == {"none", "lora", "adalora", "ia3", "prefix"}
+
+
+# ---- helpers: a module trained by a bare Lightning Trainer on random token batches -------------------
+
+
+def plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def make_module(tmp_path: Path, task: str, peft: str, *overrides: str, model_dir: Path | None = None) -> TransformerModule:
+    """task=causal_lm: a 2-layer GPT-2 from a GPT2Config; otherwise a tiny random BERT with the task head."""
+    loss = {"causal_lm": "next_token_cross_entropy", "token_classification": "token_cross_entropy"}.get(task, "cross_entropy")
+    cfg = compose_cfg(tmp_path, f"loss={loss}", f"peft={peft}", *overrides)
+    if model_dir is None:
+        model_dir = tmp_path / f"base_{task}"
+        if task == "causal_lm":
+            config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+        else:
+            config = transformers.BertConfig(vocab_size=VOCAB, **TINY)
+        config.save_pretrained(model_dir)
+    labels = [] if task == "causal_lm" else (["O", "B-x", "I-x"] if task == "token_classification" else ["neg", "pos"])
+    return TransformerModule(
+        model={"name_or_path": str(model_dir), "from_scratch": True},
+        task=task,
+        loss=plain(cfg.loss),
+        optimizer={**plain(cfg.optimizer), "lr": 1e-2},
+        scheduler=None,
+        label_names=labels,
+        vocab_size=VOCAB if task == "causal_lm" else None,
+        peft=plain(cfg.peft),
+    )
+
+
+def batches(task: str, n: int = 4, size: int = 4, length: int = 12) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(n * size):
+        ids = torch.randint(1, VOCAB, (length,), generator=g)
+        labels = {
+            "causal_lm": ids,
+            "token_classification": torch.randint(0, 3, (length,), generator=g),
+            "classification": torch.randint(0, 2, (), generator=g),
+        }[task]
+        rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return DataLoader(rows, batch_size=size)
+
+
+def fit(module: TransformerModule, task: str, callbacks=(), **trainer_kwargs) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks), **trainer_kwargs,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=batches(task), val_dataloaders=batches(task, n=1))
+    return trainer
+
+
+# ---- every option x task -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("peft", PEFT)
+def test_classification_fast_dev_run(run_cfg, caplog, peft: str) -> None:
+    """The real pipeline (tiny BERT, SST-2 fixture rows); prefix tuning is refused for BERT before loading."""
+    if peft == "prefix":
+        with pytest.raises(ConfigError, match="past_key_values.*use peft=lora"):
+            run_cfg("trainer=debug", "peft=prefix")
+        return
+    with caplog.at_level(logging.INFO, logger="tunelab.peft_adapters"):
+        metrics, _ = run_cfg("trainer=debug", f"peft={peft}")
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])
+    # trainable / total parameters: logged at start and in metrics.json
+    assert any(f"peft={peft}:" in r.message and "trainable of" in r.message for r in caplog.records)
+    ratio = metrics["params/trainable_ratio"]
+    assert ratio == metrics["params/trainable"] / metrics["params/total"]
+    assert ratio == 1.0 if peft == "none" else ratio < 0.05
+
+
+@pytest.mark.parametrize("peft", PEFT)
+def test_causal_lm_fast_dev_run(tmp_path: Path, peft: str) -> None:
+    module = make_module(tmp_path, "causal_lm", peft)
+    assert peft == "none" or isinstance(module.model, PeftModel)
+    trainer = fit(module, "causal_lm", fast_dev_run=True)
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+
+
+@pytest.mark.parametrize("peft", ["lora", "ia3"])
+@pytest.mark.parametrize("task", ["classification", "token_classification"])
+def test_head_stays_trainable(tmp_path: Path, task: str, peft: str) -> None:
+    """The new head (`classifier`) trains in full beside the adapter; the pretrained weights stay put."""
+    module = make_module(tmp_path, task, peft)
+    named = dict(module.model.named_parameters())
+    head = [n for n in named if ".classifier.modules_to_save." in n]
+    frozen = [n for n in named if "base_layer.weight" in n]  # the pretrained weights under the adapter
+    assert head and frozen and all(named[n].requires_grad for n in head)
+    before = {n: named[n].detach().clone() for n in head + frozen}
+    fit(module, task, max_steps=2)
+    assert all(not torch.equal(before[n], named[n]) for n in head)
+    assert all(torch.equal(before[n], named[n]) for n in frozen)
+
+
+def test_regression_with_lora(run_cfg) -> None:
+    metrics, _ = run_cfg("trainer=debug", "peft=lora", "data=stsb", "loss=mse")
+    assert math.isfinite(metrics["test/loss"]) and metrics["params/trainable_ratio"] < 0.05
+
+
+def test_peft_lr_replaces_optimizer_lr(tmp_path: Path) -> None:
+    cfg = compose_cfg(tmp_path, "peft=lora", "peft.lr=0.02")
+    peft_adapters.apply_lr(cfg)
+    assert cfg.optimizer.lr == 0.02
+    cfg = compose_cfg(tmp_path, "peft=none", "optimizer.lr=0.03")
+    peft_adapters.apply_lr(cfg)
+    assert cfg.optimizer.lr == 0.03
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["peft=prefix", "data=stsb", "loss=mse"], "past_key_values.*use peft=lora"),
+        (["peft=prefix", "peft.merge_on_save=true"], "cannot be merged"),
+        (["peft=lora", "peft.save_adapter=true"], "from_scratch"),
+        (["peft=lora", "~peft.target_modules_by_model_type.bert"], r"model_type=bert; set peft.target_modules"),
+        (["peft=ia3", "~peft.feedforward_modules_by_model_type.bert"], r"set peft.feedforward_modules"),
+    ],
+)
+def test_config_errors_before_training(tmp_path: Path, overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        peft_adapters.validate(compose_cfg(tmp_path, *overrides))
+
+
+# ---- saving, reloading, merging ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pretrained_base(tmp_path_factory) -> Path:
+    """A tiny 'pretrained' BERT on disk with the MiniLM tokenizer: what an adapter is loaded onto."""
+    from tunelab.resolvers import minilm_path
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(vocab_size=tokenizer.vocab_size, **TINY)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def logits(model, batch) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("peft", ["lora", "adalora"])
+def test_adapter_save_reload_merge_same_logits(run_cfg, cache_dir, pretrained_base: Path, peft: str) -> None:
+    """Train 4 steps with peft.save_adapter + merge_on_save; then the Lightning checkpoint, the adapter
+    on the base, the merged model and `eval.py ckpt_path=<run>/adapter` all give the same outputs."""
+    model_args = ["model=hf", f"model.name_or_path={pretrained_base}"]
+    train_args = ["trainer.max_steps=4", "data.train_limit=64", "data.batch_size=16", "peft.save_adapter=true",
+                  "peft.merge_on_save=true"]  # fmt: skip
+    if peft == "adalora":  # ranks re-allocated every step: the saved adapter is resized to its rank pattern
+        train_args += ["peft.init_r=4", "peft.target_r=2", "peft.deltaT=1"]
+    metrics, run_dir = run_cfg(*model_args, f"peft={peft}", *train_args)
+    adapter, merged = run_dir / "adapter", run_dir / "merged"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert not list(adapter.glob("model*.safetensors"))  # adapter only, no base weights
+    assert adapter.stat().st_size < 10_000_000
+
+    ckpt = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]  # what the run tested
+    from_ckpt = TransformerModule.load_from_checkpoint(ckpt, map_location="cpu").model
+    tokenizer = transformers.AutoTokenizer.from_pretrained(adapter)
+    batch = dict(tokenizer(["a gripping , funny film", "dull and far too long"], padding=True, return_tensors="pt"))
+    expected = logits(from_ckpt, batch)
+
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(pretrained_base, num_labels=2)
+    reloaded = PeftModel.from_pretrained(base, adapter)
+    torch.testing.assert_close(logits(reloaded, batch), expected)
+    plain_model = transformers.AutoModelForSequenceClassification.from_pretrained(merged)
+    assert not isinstance(plain_model, PeftModel)
+    torch.testing.assert_close(logits(plain_model, batch), expected, atol=1e-5, rtol=1e-4)
+
+    if peft == "lora":  # eval.py: base (cfg.model) + adapter dir gives the training run's test metrics
+        cfg = compose_cfg(run_dir / "eval", *model_args, f"ckpt_path={adapter}", f"paths.data_dir={FIXTURES}",
+                          "trainer.accelerator=cpu", config_name="eval", fast=False, cache=cache_dir)
+        evaluated = run(cfg)
+        assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-6)
+        assert evaluated["test/acc"] == metrics["test/acc"]
+        assert read_metrics(run_dir / "eval")["test/acc"] == metrics["test/acc"]
+
+
+# ---- AdaLoRA in the Lightning loop ------------------------------------------------------------------
+
+
+class StepProbe(pl.Callback):
+    """Snapshots the adapter weights just before each optimizer step."""
+
+    def __init__(self) -> None:
+        self.before_step: dict[str, torch.Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.before_step = {n: p.detach().clone() for n, p in pl_module.named_parameters() if "lora_A" in n}
+
+
+def test_adalora_allocates_after_optimizer_step_and_shrinks_ranks(tmp_path: Path, monkeypatch) -> None:
+    steps = 12
+    module = make_module(
+        tmp_path, "classification", "adalora", "peft.init_r=4", "peft.target_r=1", "peft.deltaT=1",
+        "peft.tinit_ratio=0.1", "peft.tfinal_ratio=0.25",
+    )  # fmt: skip
+    tuner = module.model.base_model
+    probe, calls = StepProbe(), []
+    allocate = tuner.rankallocator.update_and_allocate
+
+    def spy(model, global_step, force_mask=False):
+        named = dict(module.named_parameters())
+        lora_a = {n: p for n, p in named.items() if "lora_A" in n}
+        calls.append(
+            {
+                "step": global_step,
+                "has_grads": all(p.grad is not None for p in lora_a.values())
+                and any(p.grad.abs().sum() > 0 for p in lora_a.values()),
+                "stepped": any(not torch.equal(probe.before_step[n], p) for n, p in lora_a.items()),
+                "trainer_step": module.trainer.global_step,
+            }
+        )
+        budget, pattern = allocate(model, global_step, force_mask)
+        calls[-1]["budget"] = budget
+        return budget, pattern
+
+    monkeypatch.setattr(tuner.rankallocator, "update_and_allocate", spy)
+    fit(module, "classification", callbacks=[probe], max_steps=steps)
+
+    conf = tuner.peft_config["default"]
+    assert (conf.total_step, conf.tinit, conf.tfinal) == (steps, 1, 3)  # from trainer.estimated_stepping_batches
+    # once per optimizer step, after optimizer.step() (weights moved) and before zero_grad (grads still there)
+    assert [c["step"] for c in calls] == list(range(steps - conf.tfinal + 1))  # then the pattern is fixed
+    assert all(c["has_grads"] and c["stepped"] for c in calls)
+    assert all(c["trainer_step"] == c["step"] for c in calls)  # the 0-based step index
+    # the rank budget shrinks from init_r to target_r per matrix during the run
+    init_bgt, target_bgt = tuner.rankallocator.init_bgt, tuner.rankallocator.target_bgt
+    budgets = [c["budget"] for c in calls]
+    assert budgets[0] == init_bgt > target_bgt == budgets[-1]
+    assert budgets == sorted(budgets, reverse=True) and len(set(budgets)) > 2
+    live = sum(int((p != 0).sum()) for n, p in module.model.named_parameters() if "lora_E" in n)
+    assert live == target_bgt == sum(sum(v) for v in conf.rank_pattern.values())
+
+
+def test_adalora_orthogonal_regularization_matches_peft(tmp_path: Path) -> None:
+    """tunelab adds the same orthogonality penalty that peft adds to an HF-computed loss, to the training loss."""
+    module = make_module(tmp_path, "classification", "adalora")
+    peft_model = module.model
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_A" in n or "lora_B" in n:
+                p.normal_()  # away from the orthogonal-ish init so the penalty is large
+    batch = next(iter(batches("classification")))
+    peft_model.eval()
+    with torch.no_grad():
+        with_reg = peft_model(**batch).loss  # peft: HF loss + orth_reg_weight * penalty
+        plain_loss = peft_model.base_model.model(**batch).loss  # the HF model alone
+    ours = peft_adapters.regularization(peft_model)
+    assert ours is not None and ours > 0
+    torch.testing.assert_close(ours, with_reg - plain_loss, atol=1e-4, rtol=1e-4)
+    assert peft_adapters.regularization(make_module(tmp_path, "classification", "lora").model) is None
