@@ -53,6 +53,7 @@ def case_overrides(args, shape: str, data: str, compile_model: bool, cache: Path
         "trainer.precision=bf16-mixed" if torch.cuda.is_available() else "trainer.precision=32-true",
         f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
         "test=false", "logger=csv", "scheduler=none", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
+        "trainer.enable_checkpointing=false",  # else Lightning's fallback checkpoint writes ~1.3 GB every epoch
         "trainer.max_epochs=-1", "data.group_by_length=true", "data.pad_to_multiple_of=16",
         f"+callbacks.throughput.warmup={args.warmup}", *text, *args.override,
     ]
