@@ -4,6 +4,7 @@ Compose the config (conf/train.yaml), then fit, test and report (src/tunelab/pip
 """
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
@@ -12,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from tunelab.cli import main_entry  # noqa: E402
+from tunelab.cli import main_entry, preflight  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -22,4 +23,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    preflight("train", sys.argv[1:])
     main()

@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A configuration or input problem the user can fix; the message says how."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the step and what to change."""

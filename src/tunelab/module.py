@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from tunelab import peft_adapters
 from tunelab.model import build_model
+from tunelab.resilience import find_resilience
 from tunelab.rng import collect_rng_states, set_rng_states
 from tunelab.optim import build_optimizer, build_scheduler
 from tunelab.tasks import get_task
@@ -60,11 +61,14 @@ class TransformerModule(pl.LightningModule):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return self.model(**inputs).logits
 
-    def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
-        """Shared by training, validation and test: loss, metric updates and logging."""
+    def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor | None:
+        """Shared by training, validation and test: loss, metric updates and logging. Returns None for
+        a training batch the non-finite-loss guard skips (Lightning then skips the optimizer step)."""
         labels = batch["labels"]
         logits = self(batch)
         loss = self.loss_fn(logits, labels)
+        if stage == "train" and not self._loss_is_usable(loss):
+            return None
         preds, targets = self.task.metric_inputs(logits.detach(), labels)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(preds, targets)
@@ -75,8 +79,22 @@ class TransformerModule(pl.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
         return loss
 
+    def _loss_is_usable(self, loss: torch.Tensor) -> bool:
+        guard = find_resilience(self.trainer) if self._trainer is not None else None
+        return guard is None or guard.check_loss(self.trainer, loss)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # the gradient norm at logging steps only (computing it is a reduction over all parameters):
+        # an exploding run shows in the logs before it turns into NaNs
+        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+            if norms:
+                self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True, on_epoch=False)
+
     def training_step(self, batch, batch_idx):
         loss = self.step(batch, "train")
+        if loss is None:
+            return None
         reg = peft_adapters.regularization(self.model)  # AdaLoRA's orthogonality penalty, else None
         if reg is not None:
             self.log("train/orth_reg", reg, on_step=True, on_epoch=False)

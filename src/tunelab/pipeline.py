@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tunelab import checks, plots, sweeps
 from tunelab.errors import ConfigError
 from tunelab import peft_adapters
 from tunelab.module import TransformerModule
+from tunelab.resilience import Resilience, find_resilience
 from tunelab.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _run(cfg: DictConfig) -> dict[str, float]:
     checks.validate(cfg)
+    claim_run_dir(cfg)
     peft_adapters.validate(cfg)
     peft_adapters.apply_lr(cfg)  # peft.lr -> optimizer.lr
     pl.seed_everything(cfg.seed, workers=True)
@@ -71,6 +74,13 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = _as_floats(trainer.callback_metrics)
+    guard = find_resilience(trainer)
+    if guard is not None and guard.skipped_batches:
+        fit_metrics["train/skipped_batches"] = float(guard.skipped_batches)
+    if guard is not None and guard.interrupted_checkpoint:
+        # stopped by SIGTERM/SIGINT: no test on half-trained weights; the run resumes from last.ckpt
+        log.warning("run interrupted; resume with ckpt_path=%s", guard.interrupted_checkpoint)
+        return fit_metrics
     if cfg.test:
         best = _best_checkpoint(trainer) if cfg.train else ckpt_path
         trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
@@ -109,6 +119,8 @@ def build_trainer(cfg: DictConfig, task) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if _is_multirun() and str(cfg.trainer.get("strategy", "")).startswith("ddp"):
         launch_ddp_children_for_this_job_only()
+    # always on, whatever the callbacks group: graceful SIGTERM/SIGINT, exact mid-epoch resume, NaN guard
+    callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
     # the datamodule's sampler shards batches across ranks itself (keeps length grouping intact)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False)
 
@@ -175,7 +187,7 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
 @rank_zero_only
 def log_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
     """The full resolved config as hyper-parameters of every logger (W&B, TensorBoard, CSV)."""
-    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
 
@@ -203,3 +215,41 @@ def write_metrics(cfg: DictConfig, metrics: dict[str, float], trainer: pl.Traine
     sweeps.record_job(cfg, record)  # one line in <sweep dir>/results.jsonl
     if cfg.get("plots", True):
         plots.write_run_plots(out)  # learning curves, confusion matrix (never fails the run)
+
+
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+
+
+def redact_secrets(value: Any, key: str = "") -> Any:
+    """Config values under secret-looking keys, and the W&B key from the environment, become ***."""
+    if isinstance(value, dict):
+        return {k: redact_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(v, key) for v in value]
+    env_key = os.environ.get("WANDB_API_KEY")
+    if SECRET_KEY.search(key) and value not in (None, ""):
+        return "***"
+    if env_key and isinstance(value, str) and env_key in value:
+        return value.replace(env_key, "***")
+    return value
+
+
+def claim_run_dir(cfg: DictConfig) -> None:
+    """Never mix two runs in one dir: refuse a dir that already holds a run (unless overwrite=true or
+    resuming from a checkpoint inside it) and take it with an exclusive marker file, so two runs
+    started at the same instant cannot share it. DDP child ranks use rank 0's dir."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    out = Path(cfg.paths.output_dir)
+    ckpt = cfg.get("ckpt_path")
+    resuming_here = bool(ckpt) and ckpt != "last" and out.resolve() in Path(ckpt).resolve().parents
+    allowed = bool(cfg.get("overwrite")) or resuming_here
+    used = (out / "metrics.json").exists() or any((out / "checkpoints").glob("*.ckpt"))
+    if used and not allowed:
+        raise ConfigError(f"run dir {out} already holds a run; pass overwrite=true to replace it or choose another hydra.run.dir.")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(out / ".tunelab_run", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        if not allowed:
+            raise ConfigError(f"run dir {out} is taken by another run; choose another hydra.run.dir.") from None

@@ -278,6 +278,8 @@ class TextDataModule(BaseDataModule):
             {"text_column": self.text_column, "text_pair_column": self.text_pair_column, "label_column": self.label_column},
             path,
         )
+        if not rows:  # an empty split is reported by setup(), with the split's name
+            return {"input_ids": [], "label": [], "row": [], "file": []}
         texts = [str(r[self.text_column]) for r in rows]
         pairs = [str(r[self.text_pair_column]) for r in rows] if self.text_pair_column else None
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)

@@ -1,0 +1,170 @@
+"""Interruption, resume, bad numbers, secrets and run dirs (issue: reliability)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FIXTURES, ROOT, read_metrics, run_script
+from tunelab.errors import ConfigError, TrainingError
+
+# a deterministic CPU run long enough to interrupt: 400 rows / batch 8 = 50 steps per epoch, 2 epochs
+LONG = ["model=tiny", "logger=csv", f"paths.data_dir={FIXTURES}", "trainer.accelerator=cpu", "data.train_limit=400",
+        "data.batch_size=8", "trainer.max_epochs=2", "optimizer.lr=1e-3", "model.dropout=0.1", "seed=5",
+        "callbacks.progress_bar=null", "trainer.num_sanity_val_steps=0", "test=false"]
+
+
+def state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_mid_epoch_resume_equals_uninterrupted(run_cfg) -> None:
+    """Checkpoint after 3 of an epoch's 6 batches; a run resumed from it ends with identical weights
+    (remaining batches of that epoch in the same order, optimizer/scheduler/RNG restored)."""
+    args = ("data.train_limit=48", "data.batch_size=8", "trainer.max_epochs=2", "optimizer.lr=1e-3",
+            "model.dropout=0.2", "seed=11")
+    _, full = run_cfg(*args, "callbacks.model_checkpoint.monitor=step", "callbacks.model_checkpoint.mode=max",
+                      "callbacks.model_checkpoint.save_top_k=-1", "+callbacks.model_checkpoint.every_n_train_steps=3")
+    mid = full / "checkpoints" / "best-epoch00-step000003.ckpt"
+    assert mid.is_file(), sorted(p.name for p in (full / "checkpoints").iterdir())
+    _, resumed = run_cfg(*args, f"ckpt_path={mid}")
+    assert_same_weights(state_dict(full / "checkpoints" / "last.ckpt"), state_dict(resumed / "checkpoints" / "last.ckpt"))
+
+
+def _start(run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "train.py", *LONG, *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, f"run ended before {path.name} appeared:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() - t0 < timeout, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path) -> None:
+    """kill -9 mid-run: the periodic last.ckpt is intact (atomic writes) and resuming from it ends with
+    the weights of an uninterrupted run."""
+    killed = tmp_path / "killed"
+    proc = _start(killed, "callbacks.last_checkpoint.every_n_train_steps=10")
+    last = killed / "checkpoints" / "last.ckpt"
+    _wait_for(last, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)  # never truncated
+    assert 0 < ckpt["global_step"] < 100, ckpt["global_step"]
+
+    resumed = tmp_path / "resumed"
+    done = run_script("train.py", *LONG, f"ckpt_path={last}", f"hydra.run.dir={resumed}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight = tmp_path / "straight"
+    done = run_script("train.py", *LONG, f"hydra.run.dir={straight}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_weights(state_dict(straight / "checkpoints" / "last.ckpt"), state_dict(resumed / "checkpoints" / "last.ckpt"))
+
+
+def test_sigterm_saves_resumable_checkpoint_and_exits_cleanly(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, "callbacks.last_checkpoint.every_n_train_steps=5")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    _wait_for(last, proc)
+    periodic_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resume with ckpt_path=" in out
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert periodic_step <= ckpt["global_step"] < 100
+    assert "tunelab_loop_position" in ckpt and "optimizer_states" in ckpt
+    resumed = run_script("train.py", *LONG, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["global_step"] == 100
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(run_cfg) -> None:
+    with pytest.raises(TrainingError, match=r"non-finite training loss .* at step \d+ \(epoch 0\); last good checkpoint: "):
+        run_cfg("optimizer=sgd", "optimizer.lr=1e30", "data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=1")
+
+
+def test_nan_loss_skip_counts_skipped_batches(run_cfg) -> None:
+    metrics, _ = run_cfg("optimizer=sgd", "optimizer.lr=1e30", "data.train_limit=64", "data.batch_size=8",
+                         "trainer.max_epochs=1", "on_nan=skip", "test=false")
+    assert metrics["train/skipped_batches"] >= 1
+
+
+def test_wandb_key_never_lands_in_run_dir(tmp_path) -> None:
+    secret = "sk-test-5ecret-4a7b9"
+    proc = run_script("train.py", "debug=fdr", "model=tiny", "logger=wandb", "trainer=cpu", f"paths.data_dir={FIXTURES}",
+                      f"hydra.run.dir={tmp_path}", env={"WANDB_API_KEY": secret, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any("wandb" in str(p) for p in files)
+    leaks = [p for p in files if secret.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    assert secret not in proc.stdout + proc.stderr
+
+
+def test_redact_secrets() -> None:
+    from tunelab.pipeline import redact_secrets
+
+    os.environ["WANDB_API_KEY"] = "abc123secret"
+    try:
+        out = redact_secrets({"logger": {"api_key": "xyz", "url": "https://u:abc123secret@h"}, "lr": 0.1})
+    finally:
+        del os.environ["WANDB_API_KEY"]
+    assert out == {"logger": {"api_key": "***", "url": "https://u:***@h"}, "lr": 0.1}
+
+
+def test_run_dirs_are_unique_and_never_overwritten(tmp_path) -> None:
+    args = ["debug=fdr", "model=tiny", "trainer=cpu", f"paths.data_dir={FIXTURES}", f"paths.log_dir={tmp_path}"]
+    procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert len(list(tmp_path.glob("debug/runs/*/metrics.json"))) == 2  # started together, two dirs
+
+    run_dir = next(tmp_path.glob("debug/runs/*"))
+    again = run_script("train.py", *args, f"hydra.run.dir={run_dir}")
+    assert again.returncode == 2
+    assert f"run dir {run_dir} already holds a run; pass overwrite=true" in again.stderr
+    assert run_script("train.py", *args, f"hydra.run.dir={run_dir}", "overwrite=true").returncode == 0
+
+
+def test_empty_split_and_truncation_are_reported(run_cfg, tmp_path, caplog) -> None:
+    empty = tmp_path / "empty_test.tsv"
+    empty.write_text("sentence\tlabel\n")
+    with pytest.raises(ConfigError, match="the test split of data=sst2 is empty"):
+        run_cfg(f"data.test_file={empty}", "trainer=debug")
+    with caplog.at_level("WARNING"):
+        run_cfg("data.max_length=8", "trainer=debug", "data.train_limit=32")
+    truncated = [r.getMessage() for r in caplog.records if "truncated to data.max_length=8" in r.getMessage()]
+    assert len(truncated) == 1 and int(truncated[0].split()[0]) > 0
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lrr=0.1", "unknown config key 'optimizer.lrr': did you mean optimizer.lr?"),
+        ("optimizer=adamz", "optimizer=adamz is not an option; choose one of: adafactor, adamax, adamw, sgd"),
+    ],
+)
+def test_config_typos_are_one_readable_line(override, message) -> None:
+    proc = run_script("train.py", override)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {message}" + (" (to add a new key write +optimizer.lrr=...)" if "lrr" in override else "")
