@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
+
+import hydra
 
 from omegaconf import DictConfig
 
@@ -12,6 +16,20 @@ from tunelab.pipeline import run
 from tunelab.tasks import get_task
 
 log = logging.getLogger("tunelab")
+
+
+def launch(config_name: str, project_root: Path) -> None:
+    """What train.py / eval.py run: offline defaults, the typo preflight, then the Hydra app on
+    conf/<config_name>.yaml. The app returns the optimized metric for sweepers (optuna)."""
+    os.environ.setdefault("PROJECT_ROOT", str(project_root))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    preflight(config_name, sys.argv[1:])
+
+    @hydra.main(version_base="1.3", config_path=str(project_root / "conf"), config_name=config_name)
+    def app(cfg: DictConfig) -> float | None:
+        return main_entry(cfg)
+
+    app()
 
 
 def main_entry(cfg: DictConfig) -> float | None:
