@@ -85,14 +85,26 @@ def validate(cfg: DictConfig) -> None:
 
 
 def apply_lr(cfg: DictConfig) -> None:
-    """peft.lr replaces optimizer.lr: adapters want a larger lr than full fine-tuning, and a sweep over
-    peft=none,lora,adalora then runs each method at its own lr (the logged config shows the one used)."""
+    """peft.lr replaces the optimizer's default lr: adapters want a larger lr than full fine-tuning, and a
+    sweep over peft=none,lora,adalora then runs each method at its own lr (the logged config shows the
+    one used). An optimizer.lr given on the command line wins."""
     lr = (cfg.get("peft") or {}).get("lr")
     if lr is None or not cfg.get("train"):
+        return
+    if _overridden_on_command_line("optimizer.lr"):  # an explicit optimizer.lr=... wins
+        log.info("peft=%s: keeping optimizer.lr=%g from the command line (not peft.lr)", cfg.peft.name, cfg.optimizer.lr)
         return
     with open_dict(cfg):
         cfg.optimizer.lr = float(lr)
     log.info("peft=%s: optimizer.lr=%g (peft.lr)", cfg.peft.name, float(lr))
+
+
+def _overridden_on_command_line(key: str) -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.lstrip("+~").split("=", 1)[0] == key for o in HydraConfig.get().overrides.task)
 
 
 def _hf_config(model_cfg: Mapping[str, Any]) -> transformers.PretrainedConfig | None:
