@@ -101,8 +101,8 @@ def bench_framework(smoke: bool, cache: Path, tmp: Path) -> dict:
             "runs": results, "steps_timed": steps - warmup}
 
 
-def bench_padding(smoke: bool, cache: Path, tmp: Path) -> dict:
-    samples = 64 if smoke else 2000
+def bench_padding(smoke: bool, cache: Path, tmp: Path, samples: int = 2000) -> dict:
+    samples = 64 if smoke else samples
     variants = {
         "pad_to_max": ["data.pad_to_multiple_of=128", "data.group_by_length=false"],
         "dynamic": ["data.group_by_length=false"],
@@ -161,6 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="cache,startup,framework,padding")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--padding-samples", type=int, default=2000, help="training samples per padding variant")
     parser.add_argument("--out", default=None, help="write the results JSON here")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -177,7 +178,7 @@ def main() -> None:
             elif part == "framework":
                 results[part] = bench_framework(args.smoke, cache, tmp)
             elif part == "padding":
-                results[part] = bench_padding(args.smoke, cache, tmp)
+                results[part] = bench_padding(args.smoke, cache, tmp, args.padding_samples)
             else:
                 raise SystemExit(f"unknown part {part!r}; use cache, startup, framework, padding")
             results[part]["bench_wall_s"] = time.time() - t0
