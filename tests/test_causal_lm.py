@@ -137,15 +137,15 @@ def test_next_token_fast_dev_run(run_cfg, optimizer: str) -> None:
 
 
 def test_lm_loss_falls_on_real_text(run_cfg) -> None:
-    """gpt2_tiny on 40 kB of tiny-shakespeare, 2 epochs (34 steps): the training loss falls and val
-    perplexity ends far below the untrained model's (~ the 60-odd characters of the vocabulary)."""
-    metrics, run_dir = run_cfg(*LM, "data.block_size=64", "data.batch_size=32", "trainer.max_epochs=2",
-                               "optimizer.lr=3e-3", "scheduler=cosine", "scheduler.warmup_steps=5",
-                               "trainer.log_every_n_steps=4")
+    """gpt2_tiny on 40 kB of tiny-shakespeare, 3 epochs (51 steps): the training loss falls from its
+    untrained value (~ln 67, the characters of the vocabulary) and val perplexity ends far below 67."""
+    metrics, run_dir = run_cfg(*LM, "data.block_size=64", "data.batch_size=32", "trainer.max_epochs=3",
+                               "optimizer.lr=2e-3", "scheduler=cosine", "scheduler.warmup_steps=5",
+                               "trainer.log_every_n_steps=1")
     rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
-    assert losses[-1] < losses[0] - 0.8, losses
-    assert metrics["val/perplexity"] < 25, metrics  # untrained: ~60
+    assert losses[0] > 3.9 and sum(losses[-5:]) / 5 < losses[0] - 0.8, losses
+    assert metrics["val/perplexity"] < 30, metrics
 
 
 @pytest.mark.slow
