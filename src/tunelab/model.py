@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import transformers
 from torch import nn
 
@@ -51,7 +52,9 @@ def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab
             config.vocab_size = vocab_size
         model = auto_model.from_config(config)
     else:
-        model = auto_model.from_pretrained(str(path), config=config)
+        # fp32 master weights whatever the checkpoint's dtype (transformers 5 loads "auto", so an fp16
+        # checkpoint would train in pure fp16 and overflow); Lightning's precision plugin does mixed precision
+        model = auto_model.from_pretrained(str(path), config=config, dtype=torch.float32)
         if resize and vocab_size > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(vocab_size)  # tokenizer grew (e.g. an added pad token)
     model.train()  # from_pretrained returns eval mode; Lightning toggles modes per stage after this

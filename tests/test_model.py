@@ -1,0 +1,20 @@
+"""Model loading: what build_model hands to the trainer, whatever the checkpoint on disk."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+from tunelab.model import build_model
+from tunelab.tasks import get_task
+
+
+def test_half_precision_checkpoint_loads_with_fp32_master_weights(tmp_path) -> None:
+    # transformers 5 loads dtype="auto": an fp16 checkpoint would train in pure fp16 (AdamW on fp16
+    # weights overflowed to NaN at step 1 with the fp16 copy of MiniLM)
+    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, num_labels=2)
+    transformers.BertForSequenceClassification(config).half().save_pretrained(tmp_path)
+    model = build_model({"name_or_path": str(tmp_path)}, get_task("classification"), num_labels=2)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model.training
