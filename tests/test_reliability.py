@@ -103,6 +103,34 @@ def test_nan_loss_stops_with_step_and_checkpoint(run_cfg) -> None:
         run_cfg("optimizer=sgd", "optimizer.lr=1e30", "data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=1")
 
 
+def test_deferred_nan_check_names_the_first_bad_step_and_never_checkpoints_it(tmp_path) -> None:
+    # the accelerator path (no host sync per step), forced on CPU: losses are checked every 4 steps and
+    # before every checkpoint; the error names the first non-finite step, not the step it was read at
+    from tunelab.config import compose_config
+    from tunelab.pipeline import run
+    from tunelab.resilience import Resilience
+
+    overrides = [*LONG, "optimizer=sgd", "optimizer.lr=1e30", "trainer.max_epochs=1",
+                 "callbacks.last_checkpoint.every_n_train_steps=1"]
+    original = Resilience.__init__
+
+    def deferred(self, *args, **kwargs):
+        original(self, *args, **kwargs, defer_nan_check=True, nan_check_every=4)
+
+    Resilience.__init__ = deferred
+    try:
+        with pytest.raises(TrainingError, match=r"non-finite training loss at step (\d+) \(epoch 0\)") as err:
+            run(compose_config(overrides, tmp_path))
+    finally:
+        Resilience.__init__ = original
+    bad_step = int(err.value.args[0].split("at step ")[1].split()[0])
+    assert bad_step <= 2  # lr 1e30 blows up within the first steps
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if last.exists():  # the only checkpoints written are from before the bad step
+        weights = state_dict(last)
+        assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
 def test_nan_loss_skip_counts_skipped_batches(run_cfg) -> None:
     metrics, _ = run_cfg("optimizer=sgd", "optimizer.lr=1e30", "data.train_limit=64", "data.batch_size=8",
                          "trainer.max_epochs=1", "on_nan=skip", "test=false")

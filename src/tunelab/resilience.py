@@ -26,12 +26,20 @@ class Resilience(pl.Callback):
       uninterrupted.
     * on_nan=stop: a non-finite training loss stops the run naming the step and the last good
       checkpoint; on_nan=skip drops that batch (no optimizer step) and counts it in train/skipped_batches.
+      On an accelerator the stop check is deferred (`defer_nan_check`): reading the loss on the host
+      every step is a device sync that stalls the step pipeline, so the flag accumulates on the device
+      and is read every `nan_check_every` steps, at epoch end and before any checkpoint is written
+      (a checkpoint never holds weights updated from a non-finite loss).
     """
 
-    def __init__(self, on_nan: str = "stop", handle_signals: bool = True) -> None:
+    def __init__(self, on_nan: str = "stop", handle_signals: bool = True, defer_nan_check: bool | None = None,
+                 nan_check_every: int = 50) -> None:
         if on_nan not in {"stop", "skip", "off"}:
             raise ValueError(f"on_nan={on_nan!r}: use stop, skip or off.")
         self.on_nan = on_nan
+        self.defer_nan_check = defer_nan_check  # None = defer on accelerators, check at once on CPU
+        self.nan_check_every = max(1, nan_check_every)
+        self._first_bad_step: torch.Tensor | None = None  # on the device; -1 while every loss was finite
         self.handle_signals = handle_signals
         self.stop_signal: int | None = None
         self.interrupted_checkpoint: str | None = None
@@ -67,11 +75,6 @@ class Resilience(pl.Callback):
             trainer.should_stop = True
             log.warning("interrupted at step %d: resume with ckpt_path=%s", trainer.global_step, path)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for sig, handler in self._previous_handlers.items():
-            signal.signal(sig, handler)
-        self._previous_handlers.clear()
-
     # ---- mid-epoch position ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"skipped_batches": self.skipped_batches}
@@ -80,6 +83,7 @@ class Resilience(pl.Callback):
         self.skipped_batches = state_dict.get("skipped_batches", 0)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self.flush_nan_check(trainer)  # raising here aborts the save: no checkpoint of NaN weights
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
         checkpoint[LOOP_POSITION_KEY] = {"epoch": trainer.current_epoch, "batches_done": progress.processed}
 
@@ -97,19 +101,54 @@ class Resilience(pl.Callback):
 
     # ---- non-finite losses -----------------------------------------------------------------------
     def check_loss(self, trainer: pl.Trainer, loss: torch.Tensor) -> bool:
-        """True if the step may proceed. One host sync per step; on_nan=off skips the check."""
-        if self.on_nan == "off" or bool(torch.isfinite(loss)):
+        """True if the step may proceed. on_nan=skip must decide now (one host sync per step)."""
+        if self.on_nan == "off":
+            return True
+        defer = self.defer_nan_check if self.defer_nan_check is not None else loss.device.type != "cpu"
+        if self.on_nan == "stop" and defer:
+            self._record_deferred(trainer, loss.detach())
+            return True
+        if bool(torch.isfinite(loss)):
             return True
         if self.on_nan == "skip":
             self.skipped_batches += 1
             log.warning("non-finite loss at step %d: batch skipped (%d so far)", trainer.global_step, self.skipped_batches)
             return False
+        self._stop_for_nan(trainer, trainer.global_step, f"({float(loss)}) ")
+
+    def _record_deferred(self, trainer: pl.Trainer, loss: torch.Tensor) -> None:
+        # device-side only (a Python scalar in torch.where needs no host-to-device copy)
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        first_bad = self._first_bad_step
+        self._first_bad_step = torch.where((first_bad < 0) & ~torch.isfinite(loss), trainer.global_step, first_bad)
+        if (trainer.global_step + 1) % self.nan_check_every == 0:
+            self.flush_nan_check(trainer)
+
+    def flush_nan_check(self, trainer: pl.Trainer) -> None:
+        """Read the deferred flag (one sync) and stop if a loss since the last read was non-finite."""
+        if self._first_bad_step is None:
+            return
+        step, self._first_bad_step = int(self._first_bad_step), None
+        if step >= 0:
+            self._stop_for_nan(trainer, step)
+
+    def _stop_for_nan(self, trainer: pl.Trainer, step: int, value: str = "") -> None:
         last = _last_good_checkpoint(trainer)
         raise TrainingError(
-            f"non-finite training loss ({float(loss)}) at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+            f"non-finite training loss {value}at step {step} (epoch {trainer.current_epoch}); "
             f"last good checkpoint: {last or 'none yet'}. Lower optimizer.lr, set trainer.gradient_clip_val, "
             "or use on_nan=skip."
         )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush_nan_check(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush_nan_check(trainer)
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers.clear()
 
 
 def _last_good_checkpoint(trainer: pl.Trainer) -> str | None:
