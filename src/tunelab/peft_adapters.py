@@ -8,6 +8,7 @@ import copy
 import inspect
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,9 +16,6 @@ import torch
 import transformers
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, open_dict
-from peft import AdaLoraConfig, PeftModel, TaskType, get_peft_model
-from peft.config import PromptLearningConfig
-from peft.tuners.adalora import AdaLoraModel
 from torch import nn
 
 from tunelab.errors import ConfigError
@@ -35,11 +33,23 @@ TUNELAB_KEYS = frozenset(
 )  # fmt: skip
 # peft's task types pick the PeftModel subclass (prefix tuning needs it to feed past_key_values)
 TASK_TYPES = {
-    "classification": TaskType.SEQ_CLS,
-    "regression": TaskType.SEQ_CLS,
-    "token_classification": TaskType.TOKEN_CLS,
-    "causal_lm": TaskType.CAUSAL_LM,
+    "classification": "SEQ_CLS",
+    "regression": "SEQ_CLS",
+    "token_classification": "TOKEN_CLS",
+    "causal_lm": "CAUSAL_LM",
 }
+
+
+def _peft():
+    """peft, imported on first use: ~0.3 s of start-up that runs without an adapter never pay."""
+    import peft
+
+    return peft
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    peft = sys.modules.get("peft")  # never imported -> no PeftModel can exist
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def enabled(cfg: Mapping[str, Any] | None) -> bool:
@@ -55,7 +65,7 @@ def validate(cfg: DictConfig) -> None:
     if not enabled(peft_cfg) or not peft_cfg.get("_target_"):
         return
     name = peft_cfg.get("name", "?")
-    prompt_style = issubclass(get_class(peft_cfg._target_), PromptLearningConfig)
+    prompt_style = issubclass(get_class(peft_cfg._target_), _peft().PromptLearningConfig)
     if peft_cfg.get("merge_on_save") and prompt_style:
         raise ConfigError(
             f"peft={name} adds virtual tokens, not weights, so it cannot be merged; drop peft.merge_on_save "
@@ -137,10 +147,10 @@ def accepts_past_key_values(hf_config: transformers.PretrainedConfig, task: Task
 def apply_peft(model: nn.Module, cfg: Mapping[str, Any] | None, task: Task) -> nn.Module:
     """Wrap `model` as conf/peft says (unchanged for peft=none); `adapter_path` loads a saved adapter."""
     if cfg and cfg.get("adapter_path"):
-        model = PeftModel.from_pretrained(model, str(cfg["adapter_path"]))  # frozen, for evaluation
+        model = _peft().PeftModel.from_pretrained(model, str(cfg["adapter_path"]))  # frozen, for evaluation
         name = f"adapter {cfg['adapter_path']}"
     elif enabled(cfg):
-        model = get_peft_model(model, build_peft_config(cfg, model, task))
+        model = _peft().get_peft_model(model, build_peft_config(cfg, model, task))
         name = str(cfg.get("name"))
     else:
         name = "none"
@@ -162,7 +172,7 @@ def build_peft_config(cfg: Mapping[str, Any], model: nn.Module, task: Task):
     if kwargs.get("modules_to_save") == "auto":
         kwargs["modules_to_save"] = head_modules(model, task) or None
     kwargs.setdefault("task_type", TASK_TYPES[task.name])
-    if issubclass(get_class(kwargs["_target_"]), AdaLoraConfig):
+    if issubclass(get_class(kwargs["_target_"]), _peft().AdaLoraConfig):
         # provisional: the real schedule comes from the trainer at fit start (on_fit_start)
         kwargs.update(total_step=1, tinit=0, tfinal=0)
     return instantiate(kwargs, _convert_="all")
@@ -187,10 +197,12 @@ def parameter_counts(model: nn.Module) -> dict[str, float]:
 # ---- AdaLoRA in the Lightning loop ------------------------------------------------------------------
 
 
-def _adalora(model: nn.Module) -> AdaLoraModel | None:
-    """The trainable AdaLoRA tuner of a PeftModel (the one with a rank allocator), else None."""
-    tuner = getattr(model, "base_model", None) if isinstance(model, PeftModel) else None
-    return tuner if isinstance(tuner, AdaLoraModel) and hasattr(tuner, "rankallocator") else None
+def _adalora(model: nn.Module) -> Any:
+    """The trainable AdaLoRA tuner (AdaLoraModel) of a PeftModel (the one with a rank allocator), else None."""
+    if not is_peft_model(model):
+        return None
+    tuner = model.base_model
+    return tuner if isinstance(tuner, _peft().AdaLoraModel) and hasattr(tuner, "rankallocator") else None
 
 
 def on_fit_start(model: nn.Module, cfg: Mapping[str, Any] | None, total_steps: float) -> None:
@@ -274,7 +286,7 @@ def save(model: nn.Module, cfg: DictConfig, tokenizer: Any = None) -> list[Path]
     """peft.save_adapter: <run dir>/adapter (adapter weights + head only); peft.merge_on_save:
     <run dir>/merged (a plain transformers model with the adapter merged in). Returns the dirs written."""
     peft_cfg = cfg.get("peft")
-    if not isinstance(model, PeftModel) or not peft_cfg:
+    if not is_peft_model(model) or not peft_cfg:
         return []
     run_dir, written = Path(cfg.paths.output_dir), []
     if peft_cfg.get("save_adapter"):
