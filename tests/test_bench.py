@@ -25,3 +25,13 @@ def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["minilm"]["samples_per_s"] > 0 and r["framework_over_raw"] > 0
+
+
+def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None:
+    # bench/gpu.py times compiled models only in the second epoch, after every recompile
+    _, run_dir = run_cfg("data.train_limit=64", "data.batch_size=8", "data.val_fraction=0.1", "trainer.max_epochs=2",
+                         "test=false", "+callbacks.throughput._target_=tunelab.benchmarking.ThroughputMeter",
+                         "+callbacks.throughput.warmup=0", "+callbacks.throughput.warmup_epochs=1")
+    timed = json.loads((run_dir / "throughput.json").read_text())
+    assert timed["steps"] == 8 and timed["samples_per_s"] > 0  # 64 rows / 8 = epoch 2's steps only
+    assert timed["graphs_compiled_while_timed"] == 0

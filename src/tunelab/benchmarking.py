@@ -17,12 +17,22 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-class ThroughputMeter(pl.Callback):
-    """Times optimizer steps after `warmup` steps (compilation, allocator warm-up excluded) and counts
-    samples, real tokens and padded tokens of the timed batches."""
+def _compiled_graphs() -> int:
+    try:
+        return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    except Exception:  # dynamo unavailable: nothing was compiled
+        return 0
 
-    def __init__(self, warmup: int = 3) -> None:
+
+class ThroughputMeter(pl.Callback):
+    """Times optimizer steps after `warmup` steps and `warmup_epochs` epochs (compilation, allocator
+    warm-up excluded; with torch.compile one epoch shows every length bucket, so all recompiles happen
+    before timing) and counts samples, real tokens and padded tokens of the timed batches. Graphs
+    compiled inside the timed window are reported: a measurement with any is not steady state."""
+
+    def __init__(self, warmup: int = 3, warmup_epochs: int = 0) -> None:
         self.warmup = warmup
+        self.warmup_epochs = warmup_epochs
         self.reset()
 
     def reset(self) -> None:
@@ -30,13 +40,17 @@ class ThroughputMeter(pl.Callback):
         self.elapsed = 0.0
         self.samples = self.tokens = self.padded_tokens = self.steps = 0
         self.shapes: list[tuple[int, int]] = []
+        self.graphs_at_start = 0
+        self.graphs_compiled_while_timed = 0
 
     def begin(self) -> None:
         _sync()
+        self.graphs_at_start = _compiled_graphs()
         self.start = time.perf_counter()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.start is None and trainer.global_step >= self.warmup:
+        warm = trainer.global_step >= self.warmup and trainer.current_epoch >= self.warmup_epochs
+        if self.start is None and warm:
             self.begin()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -62,6 +76,7 @@ class ThroughputMeter(pl.Callback):
         if self.start is not None and not self.elapsed:
             _sync()
             self.elapsed = time.perf_counter() - self.start
+            self.graphs_compiled_while_timed = _compiled_graphs() - self.graphs_at_start
 
     def summary(self) -> dict[str, float]:
         t = max(self.elapsed, 1e-9)
@@ -74,6 +89,7 @@ class ThroughputMeter(pl.Callback):
             "padded_tokens_per_s": self.padded_tokens / t,
             "padding_fraction": 1 - self.tokens / max(self.padded_tokens, 1),
             "distinct_shapes": len(set(self.shapes)),
+            "graphs_compiled_while_timed": self.graphs_compiled_while_timed,
             "shape_list": self.shapes,
         }
 
