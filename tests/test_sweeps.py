@@ -86,3 +86,17 @@ def test_submitit_local_grid_table_plots_report_and_wandb_identity(tmp_path) -> 
         assert run.run_group == "sweep"
         assert run.display_name == f"optimizer={optimizer}"
         assert {"data:sst2", "loss:cross_entropy", f"optimizer:{optimizer}", "dev"} <= set(run.tags)
+
+
+def test_sweep_optimizers_scales_each_optimizers_own_lr(tmp_path) -> None:
+    # lr = the optimizer's base lr (optimizer_lr.<choice>) x lr_scale; an explicit optimizer.lr wins
+    from tunelab.config import compose_config
+
+    def lr(*overrides: str) -> float:
+        cfg = compose_config(["experiment=sweep_optimizers", "hydra.mode=RUN", *overrides], tmp_path)
+        return cfg.optimizer.lr
+
+    assert abs(lr("optimizer=sgd", "lr_scale=3") - 0.15) < 1e-12
+    assert lr("optimizer=adamw") == 1e-4
+    assert lr("optimizer=adamax", "lr_scale=0.3") == 2e-4 * 0.3
+    assert lr("optimizer=adamw", "optimizer.lr=5e-5") == 5e-5

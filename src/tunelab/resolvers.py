@@ -28,6 +28,14 @@ def wandb_offline() -> bool:
     return not (mode == "online" or os.environ.get("WANDB_API_KEY"))
 
 
-for _name, _fn in {"minilm_path": minilm_path, "wandb_offline": wandb_offline}.items():
+def multiply(*factors: float) -> float:
+    """${mul:a,b}: e.g. a per-optimizer base lr times a swept lr_scale (experiment=sweep_optimizers)."""
+    out = 1.0
+    for f in factors:
+        out *= float(f)
+    return out
+
+
+for _name, _fn in {"minilm_path": minilm_path, "wandb_offline": wandb_offline, "mul": multiply}.items():
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
