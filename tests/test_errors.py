@@ -57,3 +57,11 @@ def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
     assert proc.returncode == 2
     assert "error: loss=mse needs a regression task; got data=sst2 (classification). Use loss=cross_entropy." in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sweep_values_without_multirun_name_the_fix() -> None:
+    proc = run_script("train.py", "optimizer.lr=1e-4,1e-3")
+    assert proc.returncode == 2
+    assert ("error: optimizer.lr=1e-4,1e-3 lists several values: add -m to sweep over them "
+            "(python train.py -m ... optimizer.lr=1e-4,1e-3), or write optimizer.lr=[1e-4,1e-3] for a list.") in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -86,6 +86,11 @@ def explain_override_error(err: Exception, config_name: str) -> str:
             close = []
         hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
         return f"unknown config key '{dotted}': {hint}(to add a new key write +{dotted}=...)"
+    ambiguous = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
+    if ambiguous:  # Hydra's text lists three readings; the sweep is what researchers mean
+        key, values = ambiguous.groups()
+        return (f"{key}={values} lists several values: add -m to sweep over them "
+                f"(python train.py -m ... {key}={values}), or write {key}=[{values}] for a list.")
     group = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
     if group:
         name, option = group.groups()
