@@ -190,9 +190,13 @@ def test_empty_split_and_truncation_are_reported(run_cfg, tmp_path, caplog) -> N
     [
         ("optimizer.lrr=0.1", "unknown config key 'optimizer.lrr': did you mean optimizer.lr?"),
         ("optimizer=adamz", "optimizer=adamz is not an option; choose one of: adafactor, adamax, adamw, sgd"),
+        ("optimizer.lr=[", "cannot parse the override 'optimizer.lr=[': no viable alternative at input '[' "
+                           "(quote values with special characters)"),
     ],
 )
-def test_config_typos_are_one_readable_line(override, message) -> None:
-    proc = run_script("train.py", override)
+@pytest.mark.parametrize("mode", ["run", "multirun"])
+def test_config_typos_are_one_readable_line(override, message, mode, tmp_path) -> None:
+    extra = ["-m", f"hydra.sweep.dir={tmp_path}"] if mode == "multirun" else []
+    proc = run_script("train.py", *extra, override)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {message}" + (" (to add a new key write +optimizer.lrr=...)" if "lrr" in override else "")
