@@ -12,7 +12,6 @@ from hydra.utils import instantiate
 from conftest import FIXTURES, compose_cfg
 from tunelab.callbacks import GenerateSample
 from tunelab.data.language_modeling import document_blocks, pack_blocks, train_tokenizer
-from tunelab.errors import ConfigError
 from tunelab.losses import NextTokenCrossEntropyLoss, shift_for_next_token
 from tunelab.tasks import Perplexity, get_task
 
@@ -108,25 +107,6 @@ def test_generate_sample_leaves_the_training_rng_alone(tmp_path, cache_dir) -> N
     assert torch.equal(state, torch.random.get_rng_state())
     assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
     assert module.model.training  # mode restored
-
-
-@pytest.mark.parametrize(
-    "overrides,message",
-    [
-        (["loss=next_token_cross_entropy", "data=wnut17"],
-         "loss=next_token_cross_entropy needs a causal_lm task; got data=wnut17 (token_classification). "
-         "Use loss=token_cross_entropy."),
-        (["loss=cross_entropy", "data=tiny_shakespeare", "model=gpt2_tiny"],
-         "loss=cross_entropy needs a classification task; got data=tiny_shakespeare (causal_lm). "
-         "Use loss=next_token_cross_entropy."),
-        (["loss=mse", "data=text", "data.train_file=x.txt"],
-         "loss=mse needs a regression task; got data=text (causal_lm). Use loss=next_token_cross_entropy."),
-    ],
-)
-def test_loss_mismatch_is_one_line_before_training(run_cfg, overrides, message) -> None:
-    with pytest.raises(ConfigError) as err:
-        run_cfg(*overrides, "trainer=debug")
-    assert str(err.value) == message
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamax"])  # adamw, adafactor: test_token_classification.py

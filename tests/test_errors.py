@@ -16,9 +16,6 @@ def write(path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["loss=mse", "data=sst2"], "loss=mse needs a regression task; got data=sst2 (classification). Use loss=cross_entropy."),
-        (["loss=cross_entropy", "data=stsb"], "loss=cross_entropy needs a classification task; got data=stsb (regression). Use loss=mse."),
-        (["loss=next_token_cross_entropy", "data=sst2"], "needs a causal_lm task; got data=sst2 (classification)"),
         (["data.train_file=/nonexistent/train.tsv"], "data file not found: /nonexistent/train.tsv"),
         (["data.text_column=review"], "data.text_column='review' is not a column of"),
         (["data.batch_size=5000"], "data.batch_size=5000 is larger than the"),
@@ -65,3 +62,35 @@ def test_sweep_values_without_multirun_name_the_fix() -> None:
     assert ("error: optimizer.lr=1e-4,1e-3 lists several values: add -m to sweep over them "
             "(python train.py -m ... optimizer.lr=1e-4,1e-3), or write optimizer.lr=[1e-4,1e-3] for a list.") in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["loss=mse", "data=sst2"], "loss=mse needs a regression task; got data=sst2 (classification). Use loss=cross_entropy."),
+        (["loss=cross_entropy", "data=stsb"], "loss=cross_entropy needs a classification task; got data=stsb (regression). Use loss=mse."),
+        (["loss=next_token_cross_entropy", "data=sst2"],
+         "loss=next_token_cross_entropy needs a causal_lm task; got data=sst2 (classification). Use loss=cross_entropy."),
+        (["loss=mse", "data=wnut17"],
+         "loss=mse needs a regression task; got data=wnut17 (token_classification). Use loss=token_cross_entropy."),
+        (["loss=cross_entropy", "data=conll2003"],
+         "loss=cross_entropy needs a classification task; got data=conll2003 (token_classification). "
+         "Use loss=token_cross_entropy."),
+        (["loss=token_cross_entropy", "data=sst2"],
+         "loss=token_cross_entropy needs a token_classification task; got data=sst2 (classification). "
+         "Use loss=cross_entropy."),
+        (["loss=next_token_cross_entropy", "data=wnut17"],
+         "loss=next_token_cross_entropy needs a causal_lm task; got data=wnut17 (token_classification). "
+         "Use loss=token_cross_entropy."),
+        (["loss=cross_entropy", "data=tiny_shakespeare", "model=gpt2_tiny"],
+         "loss=cross_entropy needs a classification task; got data=tiny_shakespeare (causal_lm). "
+         "Use loss=next_token_cross_entropy."),
+        (["loss=mse", "data=text", "data.train_file=x.txt"],
+         "loss=mse needs a regression task; got data=text (causal_lm). Use loss=next_token_cross_entropy."),
+    ],
+)
+def test_loss_that_does_not_fit_the_task_is_exactly_one_line(run_cfg, overrides, message) -> None:
+    """Every task's mismatched losses, refused before anything loads, with the loss that fits."""
+    with pytest.raises(ConfigError) as err:
+        run_cfg(*overrides, "trainer=debug")
+    assert str(err.value) == message

@@ -107,25 +107,6 @@ def test_unknown_tag_names_file_and_line(run_cfg, tmp_path) -> None:
     assert "data.label_names" in message and "\n" not in message
 
 
-@pytest.mark.parametrize(
-    "overrides,message",
-    [
-        (["loss=mse", "data=wnut17"],
-         "loss=mse needs a regression task; got data=wnut17 (token_classification). Use loss=token_cross_entropy."),
-        (["loss=cross_entropy", "data=conll2003"],
-         "loss=cross_entropy needs a classification task; got data=conll2003 (token_classification). "
-         "Use loss=token_cross_entropy."),
-        (["loss=token_cross_entropy", "data=sst2"],
-         "loss=token_cross_entropy needs a token_classification task; got data=sst2 (classification). "
-         "Use loss=cross_entropy."),
-    ],
-)
-def test_loss_mismatch_is_one_line_before_training(run_cfg, overrides, message) -> None:
-    with pytest.raises(ConfigError) as err:
-        run_cfg(*overrides, "trainer=debug")
-    assert str(err.value) == message
-
-
 @pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])  # sgd, adamax: test_causal_lm.py
 def test_token_cross_entropy_fast_dev_run(run_cfg, optimizer: str) -> None:
     extra = ["loss.class_weights=balanced", "loss.label_smoothing=0.1"] if optimizer == "adamw" else []
