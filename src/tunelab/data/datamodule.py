@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tunelab.data.readers import read_rows, require_columns
+from tunelab.data.readers import existing_file, read_rows, require_columns
 from tunelab.data.sampling import BatchOrderSampler, Collator
 from tunelab.errors import ConfigError
 from tunelab.model import load_tokenizer
@@ -124,9 +124,7 @@ class BaseDataModule(pl.LightningDataModule):
 
     def encoded(self, file: str) -> dict[str, list]:
         """Encoded columns of a file, from the cache when this file was tokenized before."""
-        path = Path(file)
-        if not path.is_file():
-            raise ConfigError(f"data file not found: {path}; check data.train_file / data.val_file / data.test_file.")
+        path = existing_file(file)
         cache = self._cache_path(path)
         if cache is not None and cache.is_file():
             # pickle, not torch.load(weights_only=True): the safe unpickler is pure Python and took

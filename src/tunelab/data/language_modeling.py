@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from tunelab.data.datamodule import BaseDataModule
-from tunelab.data.readers import read_documents
+from tunelab.data.readers import existing_file, read_documents
 from tunelab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ class LanguageModelingDataModule(BaseDataModule):
         return len(self.tokenizer)
 
     def tokenizer_dir(self, spec: str) -> Path:
-        path = Path(self.files["train"])
-        if not path.is_file():
-            raise ConfigError(f"data file not found: {path}; check data.train_file.")
+        path = existing_file(self.files["train"], keys="data.train_file")
         key = json.dumps([spec, str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns, self._train_text_fraction()])
         root = self.cache_dir or Path(".cache/tunelab")
         return root / f"tokenizer-{spec.replace(':', '-')}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"

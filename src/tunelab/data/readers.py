@@ -12,11 +12,17 @@ from tunelab.errors import ConfigError
 csv.field_size_limit(sys.maxsize)  # IMDb reviews exceed the default 128 KiB field limit
 
 
-def read_rows(path: str | Path, fmt: str) -> list[dict[str, str]]:
-    """All rows of a csv/tsv/jsonl file as dicts of column -> raw string value."""
+def existing_file(path: str | Path, keys: str = "data.train_file / data.val_file / data.test_file") -> Path:
+    """`path` as a Path; a ConfigError naming the config keys to check when it is not a file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"data file not found: {path}; check data.train_file / data.val_file / data.test_file.")
+        raise ConfigError(f"data file not found: {path}; check {keys}.")
+    return path
+
+
+def read_rows(path: str | Path, fmt: str) -> list[dict[str, str]]:
+    """All rows of a csv/tsv/jsonl file as dicts of column -> raw string value."""
+    path = existing_file(path)
     if fmt == "jsonl":
         rows = []
         with path.open(encoding="utf-8") as f:
@@ -70,9 +76,7 @@ def read_conll(
     """Sentences of a CoNLL-style file: one token per line, columns split by `delimiter` (None = any
     whitespace), blank (or whitespace-only) lines between sentences. Each sentence is
     {"tokens", "tags", "lines"} with the 1-based line number of every token, for error messages."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"data file not found: {path}; check data.train_file / data.val_file / data.test_file.")
+    path = existing_file(path)
     sentences: list[dict] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -115,8 +119,6 @@ def read_documents(path: str | Path, fmt: str = "txt", text_column: str = "text"
         return [str(r[text_column]) for r in rows if str(r[text_column]).strip()]
     if fmt != "txt":
         raise ConfigError(f"data.format={fmt!r} is not supported for language modelling; use txt or jsonl.")
-    if not path.is_file():
-        raise ConfigError(f"data file not found: {path}; check data.train_file / data.val_file / data.test_file.")
-    text = path.read_text(encoding="utf-8")
+    text = existing_file(path).read_text(encoding="utf-8")
     docs = text.split(separator) if separator else [text]
     return [d for d in docs if d.strip()]
