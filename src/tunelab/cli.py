@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from tunelab.errors import ConfigError, TrainingError
 from tunelab.pipeline import run
-from tunelab.tasks import get_task
+from tunelab.sweeps import optimized_metric
 
 log = logging.getLogger("tunelab")
 
@@ -48,8 +48,7 @@ def main_entry(cfg: DictConfig) -> float | None:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 3)
-    name = cfg.get("optimized_metric") or f"val/{get_task(cfg.data.task).monitor}"
-    return metrics.get(name)
+    return metrics.get(optimized_metric(cfg))
 
 
 def explain_override_error(err: Exception, config_name: str) -> str:

@@ -32,18 +32,8 @@ def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab
     head = dict(num_labels=task.num_model_outputs(num_labels))
     if task.name == "regression":
         head["problem_type"] = "regression"
-    overrides = dict(model_cfg.get("config_overrides") or {})
     auto_model = getattr(transformers, task.auto_model)
-    if path is None:
-        config = _config_from_mapping(model_cfg, {**head, **overrides})
-    else:
-        try:
-            config = transformers.AutoConfig.from_pretrained(str(path), **head, **overrides)
-        except (OSError, ValueError) as err:
-            raise ConfigError(
-                f"model not found at {path!r} (offline: only local paths work); "
-                "set model.name_or_path to a local model directory, or use model=minilm / model=tiny."
-            ) from err
+    config = model_config(model_cfg, **head)
     if task.name == "causal_lm":
         config.is_decoder = True  # encoder architectures (BERT, model=tiny) only mask the future as decoders
     resize = vocab_size is not None and task.name == "causal_lm"
@@ -62,15 +52,27 @@ def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab
     return model
 
 
-def _config_from_mapping(model_cfg: Mapping[str, Any], extra: dict) -> transformers.PretrainedConfig:
-    """A from-scratch architecture described in the yaml: model.config = {model_type: gpt2, n_layer: 4, ...}."""
-    arch = dict(model_cfg.get("config") or {})
-    if not arch.get("model_type") or not model_cfg.get("from_scratch"):
+def model_config(model_cfg: Mapping[str, Any], **extra: Any) -> transformers.PretrainedConfig:
+    """The model's config: config.json at model.name_or_path, or the from-scratch architecture described
+    in the yaml (model.config = {model_type: gpt2, n_layer: 4, ...}), with model.config_overrides and
+    `extra` (e.g. the task head's num_labels) applied. ConfigError (one line) if neither is usable."""
+    path = model_cfg.get("name_or_path")
+    extra = {**extra, **dict(model_cfg.get("config_overrides") or {})}
+    if path is None:
+        arch = dict(model_cfg.get("config") or {})
+        if not arch.get("model_type") or not model_cfg.get("from_scratch"):
+            raise ConfigError(
+                "model.name_or_path is null: set it to a local model directory, or describe the architecture in "
+                "model.config (with model_type) and set model.from_scratch=true."
+            )
+        return transformers.AutoConfig.for_model(arch.pop("model_type"), **arch, **extra)
+    try:
+        return transformers.AutoConfig.from_pretrained(str(path), **extra)
+    except (OSError, ValueError) as err:
         raise ConfigError(
-            "model.name_or_path is null: set it to a local model directory, or describe the architecture in "
-            "model.config (with model_type) and set model.from_scratch=true."
-        )
-    return transformers.AutoConfig.for_model(arch.pop("model_type"), **arch, **extra)
+            f"model not found at {path!r} (offline: only local paths work); "
+            "set model.name_or_path to a local model directory, or use model=minilm / model=tiny."
+        ) from err
 
 
 def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:

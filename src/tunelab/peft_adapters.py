@@ -19,6 +19,8 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from tunelab.errors import ConfigError
+from tunelab.model import model_config
+from tunelab.sweeps import override_key
 from tunelab.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -114,18 +116,14 @@ def _overridden_on_command_line(key: str) -> bool:
 
     if not HydraConfig.initialized():
         return False
-    return any(o.lstrip("+~").split("=", 1)[0] == key for o in HydraConfig.get().overrides.task)
+    return any(override_key(o) == key for o in HydraConfig.get().overrides.task)
 
 
 def _hf_config(model_cfg: Mapping[str, Any]) -> transformers.PretrainedConfig | None:
-    """The model's config.json (or the architecture described in model.config); None if unreadable."""
-    overrides = dict(model_cfg.get("config_overrides") or {})
+    """The model's config (model.model_config); None if unusable: build_model reports that."""
     try:
-        if model_cfg.get("name_or_path") is None:
-            arch = dict(model_cfg.get("config") or {})
-            return transformers.AutoConfig.for_model(arch.pop("model_type"), **arch, **overrides)
-        return transformers.AutoConfig.from_pretrained(str(model_cfg["name_or_path"]), **overrides)
-    except (OSError, ValueError, KeyError):
+        return model_config(model_cfg)
+    except ValueError:  # ConfigError, or an unknown model_type
         return None
 
 

@@ -14,7 +14,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as the config says; returns the final metrics (also in <run dir>/metrics.json)."""
-    if not _is_multirun():
+    if not sweeps.is_multirun():
         return _run(cfg)
     environ = dict(os.environ)
     try:
@@ -117,7 +116,7 @@ def build_trainer(cfg: DictConfig, task) -> pl.Trainer:
     loggers = instantiate_group(sweeps.with_wandb_identity(cfg.get("logger")))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    if _is_multirun() and str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+    if sweeps.is_multirun() and str(cfg.trainer.get("strategy", "")).startswith("ddp"):
         launch_ddp_children_for_this_job_only()
     # always on, whatever the callbacks group: graceful SIGTERM/SIGINT, exact mid-epoch resume, NaN guard
     callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
@@ -151,10 +150,6 @@ def instantiate_group(group: DictConfig | None, monitor=None) -> list:
                 entry.mode = monitor.mode
         objects.append(instantiate(entry))
     return objects
-
-
-def _is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:

@@ -28,6 +28,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)  # pyplot keeps every open figure alive otherwise
+    return out
+
+
 def _read_csv_metrics(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
     """{metric: [(step, value), ...]} from the CSVLogger file (each row holds only what was logged then)."""
     path = run_dir / "csv" / "metrics.csv"
@@ -48,18 +55,13 @@ def _read_csv_metrics(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
 
 def _monitor_metric(run_dir: Path, series: dict) -> str | None:
     """The run's monitor metric (val/acc, val/spearman, ...) from its saved config; else a guess."""
-    config = run_dir / ".hydra" / "config.yaml"
-    if config.is_file():
-        from omegaconf import OmegaConf
+    from tunelab.report import saved_config
+    from tunelab.sweeps import optimized_metric
 
-        cfg = OmegaConf.load(config)
-        name = cfg.get("optimized_metric")
-        if not name and cfg.get("data") is not None and cfg.data.get("task"):
-            from tunelab.tasks import get_task
-
-            name = f"val/{get_task(cfg.data.task).monitor}"
-        if name in series:
-            return name
+    cfg = saved_config(run_dir)
+    name = optimized_metric(cfg) if cfg is not None else None
+    if name in series:
+        return name
     return next((k for k in ("val/acc", "val/spearman", "val/perplexity") if k in series), None)
 
 
@@ -89,11 +91,7 @@ def plot_learning_curves(run_dir: Path) -> Path | None:
         ax.set(xlabel="step", ylabel=monitor.split("/")[-1], title=monitor)
         ax.legend()
     fig.suptitle(f"{run_dir.parent.name}/{run_dir.name}")
-    fig.tight_layout()
-    out = run_dir / "learning_curves.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, run_dir / "learning_curves.png")
 
 
 def plot_confusion_matrix(run_dir: Path) -> Path | None:
@@ -118,11 +116,7 @@ def plot_confusion_matrix(run_dir: Path) -> Path | None:
         for j, count in enumerate(row):
             ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=f"test confusion matrix (n={report.get('support', '?')})")
-    fig.tight_layout()
-    out = run_dir / "confusion_matrix.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, run_dir / "confusion_matrix.png")
 
 
 def write_run_plots(run_dir: Path) -> list[Path]:
@@ -139,12 +133,13 @@ def write_run_plots(run_dir: Path) -> list[Path]:
     return written
 
 
-def plot_sweep(sweep_dir: Path, metric: str | None = None) -> Path | None:
-    """Metric vs learning rate, one line per optimizer, mean over seeds with ±1 std error bars."""
+def plot_sweep(sweep_dir: Path, metric: str | None = None, runs: list | None = None) -> Path | None:
+    """Metric vs learning rate, one line per optimizer, mean over seeds with ±1 std error bars
+    (`runs`: the sweep's report.load_runs, when the caller has them already)."""
     from tunelab import report
 
     sweep_dir = Path(sweep_dir)
-    runs = report.load_runs(sweep_dir)
+    runs = report.load_runs(sweep_dir) if runs is None else runs
     if not runs:
         return None
     metric = metric or report.default_rank_metric(runs)
@@ -170,11 +165,7 @@ def plot_sweep(sweep_dir: Path, metric: str | None = None) -> Path | None:
     ax.set(xlabel="learning rate", ylabel=metric, title=f"{metric} vs lr (mean ± std over seeds)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = sweep_dir / f"{metric.replace('/', '_')}_vs_lr.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, sweep_dir / f"{metric.replace('/', '_')}_vs_lr.png")
 
 
 def is_sweep_dir(path: Path) -> bool:

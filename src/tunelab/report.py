@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.sweeps import RESULTS_FILE, job_name, metric_mode
+from tunelab.sweeps import RESULTS_FILE, job_name, metric_mode, optimized_metric, override_key
 
 log = logging.getLogger(__name__)
 SEED_KEYS = ("seed",)
@@ -33,11 +33,12 @@ class Run:
     seed: int | None = None
     optimizer: str | None = None
     lr: float | None = None
+    saved: DictConfig | None = None  # the job's .hydra/config.yaml (None when missing)
 
     @property
     def config(self) -> tuple[str, ...]:
         """What identifies the config: the overrides without the seed."""
-        return tuple(sorted(o for o in self.overrides if _key(o) not in SEED_KEYS))
+        return tuple(sorted(o for o in self.overrides if override_key(o) not in SEED_KEYS))
 
 
 @dataclass
@@ -60,10 +61,6 @@ class Group:
         """{seed (or run dir when unseeded): value} of one metric."""
         return {(r.seed if r.seed is not None else str(r.dir)): r.metrics[metric] for r in self.runs
                 if r.metrics.get(metric) is not None}
-
-
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
 
 
 def _value(override: str) -> str:
@@ -99,10 +96,17 @@ def load_runs(sweep_dir: Path) -> list[Run]:
     return runs
 
 
+def saved_config(run_dir: Path) -> DictConfig | None:
+    """The config a job ran with (<run dir>/.hydra/config.yaml, unresolved), None when missing."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
 def _fill_from_hydra_files(run: Run) -> None:
-    overrides = {_key(o): _value(o) for o in run.overrides}
-    config, hydra = run.dir / ".hydra" / "config.yaml", run.dir / ".hydra" / "hydra.yaml"
-    cfg = OmegaConf.load(config) if config.is_file() else OmegaConf.create()
+    overrides = {override_key(o): _value(o) for o in run.overrides}
+    hydra = run.dir / ".hydra" / "hydra.yaml"
+    run.saved = saved_config(run.dir)
+    cfg = run.saved if run.saved is not None else OmegaConf.create()
     if run.seed is None:
         seed = overrides.get("seed", OmegaConf.select(cfg, "seed", throw_on_resolution_failure=False))
         run.seed = int(seed) if seed not in (None, "") else None
@@ -125,16 +129,7 @@ def _fill_from_hydra_files(run: Run) -> None:
 def default_rank_metric(runs: list[Run]) -> str:
     """The sweep's optimized metric (optimized_metric, else the task's val monitor metric)."""
     for run in runs:
-        config = run.dir / ".hydra" / "config.yaml"
-        if not config.is_file():
-            continue
-        cfg = OmegaConf.load(config)
-        name = OmegaConf.select(cfg, "optimized_metric", throw_on_resolution_failure=False)
-        task = OmegaConf.select(cfg, "data.task", throw_on_resolution_failure=False)
-        if not name and task:
-            from tunelab.tasks import get_task
-
-            name = f"val/{get_task(task).monitor}"
+        name = optimized_metric(run.saved) if run.saved is not None else None
         if name:
             return name
     names = {k for r in runs for k in r.metrics}
@@ -143,9 +138,8 @@ def default_rank_metric(runs: list[Run]) -> str:
 
 def _rank_mode(metric: str, runs: list[Run]) -> str:
     for run in runs:
-        config = run.dir / ".hydra" / "config.yaml"
-        task = OmegaConf.select(OmegaConf.load(config), "data.task", throw_on_resolution_failure=False) \
-            if config.is_file() else None
+        task = OmegaConf.select(run.saved, "data.task", throw_on_resolution_failure=False) \
+            if run.saved is not None else None
         if task:
             from tunelab.tasks import get_task
 
@@ -189,9 +183,9 @@ def compare(a: dict[Any, float], b: dict[Any, float]) -> dict[str, float | int |
 
 # ---- the report --------------------------------------------------------------------------------
 def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05,
-                 test: str = "welch") -> dict[str, Any]:
+                 test: str = "welch", runs: list[Run] | None = None) -> dict[str, Any]:
     """Groups, stats and ranking of a sweep as a JSON-able dict (what report.json holds)."""
-    runs = load_runs(sweep_dir)
+    runs = load_runs(sweep_dir) if runs is None else runs
     if not runs:
         raise ValueError(f"no finished runs (metrics.json) under {sweep_dir}; pass a sweep dir from outputs/*/multiruns/.")
     metric = metric or default_rank_metric(runs)
@@ -236,7 +230,7 @@ def _group(runs: list[Run]) -> list[Group]:
         by_config.setdefault(run.config, []).append(run)
     groups = [Group(config, members) for config, members in by_config.items()]
     # label a config by the overrides that differ between configs (the rest is the sweep's common part)
-    settings = [{_key(o): o for o in g.config} for g in groups]
+    settings = [{override_key(o): o for o in g.config} for g in groups]
     keys = sorted({k for s in settings for k in s})
     varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]
     for g, s in zip(groups, settings):
@@ -293,11 +287,12 @@ def to_markdown(report: dict[str, Any], extra_metrics: list[str] = ()) -> str:
 
 
 def write_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05, test: str = "welch",
-                 extra_metrics: list[str] = ()) -> tuple[dict[str, Any], str]:
+                 extra_metrics: list[str] = (), runs: list[Run] | None = None) -> tuple[dict[str, Any], str]:
     """Build the report and write report.md, report.csv (one row per config and metric), report.json
     and runs.csv (one row per run)."""
     sweep_dir = Path(sweep_dir)
-    report = build_report(sweep_dir, metric, alpha, test)
+    runs = load_runs(sweep_dir) if runs is None else runs
+    report = build_report(sweep_dir, metric, alpha, test, runs)
     markdown = to_markdown(report, list(extra_metrics))
     (sweep_dir / "report.md").write_text(markdown)
     (sweep_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -308,20 +303,20 @@ def write_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
             for m, s in sorted(c["stats"].items()):
                 writer.writerow([c["rank"], c["config"], m, s["n"], s["mean"], s["std"], s["ci_low"], s["ci_high"],
                                  " ".join(map(str, c["seeds"]))])
-    _write_runs_csv(sweep_dir, report)
+    _write_runs_csv(sweep_dir, report, runs)
     return report, markdown
 
 
-def _write_runs_csv(sweep_dir: Path, report: dict[str, Any]) -> None:
+def _write_runs_csv(sweep_dir: Path, report: dict[str, Any], runs: list[Run]) -> None:
     """runs.csv: one row per run (config, seed, optimizer, lr, every val/test metric), for pandas."""
-    runs = {str(r.dir.relative_to(sweep_dir)): r for r in load_runs(sweep_dir)}
+    by_dir = {str(r.dir.relative_to(sweep_dir)): r for r in runs}
     metrics = sorted({m for c in report["configs"] for m in c["stats"]})
     with (sweep_dir / "runs.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["run", "rank", "config", "seed", "optimizer", "lr", *metrics])
         for c in report["configs"]:
             for name in c["runs"]:
-                run = runs[name]
+                run = by_dir[name]
                 writer.writerow([name, c["rank"], c["config"], run.seed, run.optimizer, run.lr,
                                  *(run.metrics.get(m, "") for m in metrics)])
 
@@ -333,10 +328,11 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            _, markdown = write_report(sweep_dir)
+            runs = load_runs(sweep_dir)
+            _, markdown = write_report(sweep_dir, runs=runs)
             from tunelab import plots
 
-            plots.plot_sweep(sweep_dir)
+            plots.plot_sweep(sweep_dir, runs=runs)
             log.info("sweep report (%s):\n%s", sweep_dir / "report.md", markdown)
         except Exception as err:  # noqa: BLE001 - the jobs are done; a report problem must not hide that
             log.warning("no sweep report for %s: %s (run python -m tunelab.report %s)", sweep_dir, err, sweep_dir)

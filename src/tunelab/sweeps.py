@@ -8,7 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -25,6 +25,23 @@ _PLUMBING = ("paths.", "hydra.", "logger", "callbacks", "trainer.accelerator", "
              "hparams_search")
 # substrings of metric names where lower is better (everything else: higher is better)
 _LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "perplexity", "error")
+
+
+def override_key(override: str) -> str:
+    """The key of a command-line override: `+optimizer.lr=1e-4` -> `optimizer.lr`."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def optimized_metric(cfg: Mapping[str, Any]) -> str | None:
+    """What a run optimizes (train.py returns it to sweepers; reports and plots rank by it):
+    `optimized_metric`, else val/<the data task's monitor metric>; None if the config names neither."""
+    name = cfg.get("optimized_metric")
+    task = (cfg.get("data") or {}).get("task")
+    if name or not task:
+        return name
+    from tunelab.tasks import get_task  # torch + torchmetrics: only when the task's monitor is needed
+
+    return f"val/{get_task(task).monitor}"
 
 
 def is_multirun() -> bool:
@@ -46,7 +63,7 @@ def metric_mode(name: str, task_monitor: str | None = None, task_mode: str | Non
 def job_name(overrides: list[str], swept: set[str] | None = None) -> str:
     """A run name from this job's overrides: the swept ones when known (`optimizer=sgd,seed=1`),
     else all but the plumbing ones."""
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    keys = [override_key(o) for o in overrides]
     kept = [o for o, k in zip(overrides, keys) if k in swept] if swept else []
     return ",".join(kept or [o for o, k in zip(overrides, keys) if not k.startswith(_PLUMBING)])
 
@@ -99,7 +116,7 @@ def check_sweeper_direction(cfg: DictConfig, task_monitor: str, task_mode: str) 
     if direction is None or isinstance(direction, (list, tuple)) or not isinstance(getattr(direction, "name", direction), str):
         return  # the basic sweeper has no direction; multi-objective is the user's business
     direction = getattr(direction, "name", direction)
-    name = cfg.get("optimized_metric") or f"val/{task_monitor}"
+    name = optimized_metric(cfg)
     wanted = metric_mode(name, task_monitor, task_mode) + "imize"
     if direction != wanted:
         better = "higher" if wanted == "maximize" else "lower"
