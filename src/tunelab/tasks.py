@@ -137,7 +137,7 @@ class TokenClassificationTask(ClassificationTask):
                 "f1": EntityCounts(names, "f1"),
                 "precision": EntityCounts(names, "precision"),
                 "recall": EntityCounts(names, "recall"),
-                "acc": MulticlassAccuracy(num_labels, average="micro", ignore_index=IGNORE_INDEX),
+                "acc": MulticlassAccuracy(num_labels, average="micro", ignore_index=IGNORE_INDEX, validate_args=False),
             }
         )
 
