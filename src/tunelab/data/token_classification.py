@@ -47,7 +47,8 @@ class TokenClassificationDataModule(BaseDataModule):
     def encode_file(self, path: Path) -> dict[str, list]:
         if not self.tokenizer.is_fast:
             raise ConfigError(
-                f"token classification needs a fast tokenizer (word_ids()); {self.tokenizer_path} has none."
+                f"token classification needs a fast tokenizer (word_ids()); {self.tokenizer_path} has none. "
+                "Set model.tokenizer to a directory with a tokenizer.json."
             )
         sentences = read_conll(path, self.tag_column, self.token_column, self.delimiter)
         enc = self.tokenizer(
