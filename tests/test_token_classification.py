@@ -64,6 +64,33 @@ def test_entity_f1_against_hand_computed_spans() -> None:
     assert "PER" in text and "micro avg" in text
 
 
+def test_entity_counts_equal_the_spans_rule_on_random_sentences() -> None:
+    """EntityCounts decodes spans with tensor ops (no host round trip); on random tag sequences with
+    random ignored positions its per-type counts must equal `spans` applied sentence by sentence."""
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+    types = ["LOC", "ORG", "PER"]
+    gen = torch.Generator().manual_seed(0)
+    gold = torch.randint(0, len(names), (400, 12), generator=gen)
+    # predictions agree with gold 70% of the time, so exact matches, near misses and type errors all occur
+    pred = torch.where(torch.rand(gold.shape, generator=gen) < 0.7, gold,
+                       torch.randint(0, len(names), gold.shape, generator=gen))
+    gold[torch.rand(gold.shape, generator=gen) < 0.25] = X
+    metric = EntityCounts(names, "counts")
+    metric.update(pred[:150], gold[:150])
+    metric.update(pred[150:], gold[150:])
+
+    expected = torch.zeros(3, len(types), dtype=torch.long)
+    for p_row, g_row in zip(pred.tolist(), gold.tolist()):
+        kept = [i for i, g in enumerate(g_row) if g != X]
+        g_spans = spans([names[g_row[i]] for i in kept])
+        p_spans = spans([names[p_row[i]] for i in kept])
+        for row, found in enumerate((g_spans & p_spans, p_spans, g_spans)):
+            for kind, *_ in found:
+                expected[row, types.index(kind)] += 1
+    assert expected[0].sum() > 50 and (expected[1] > expected[0]).all()  # the sample exercises every case
+    assert torch.equal(metric.compute(), expected)
+
+
 def test_task_metrics_use_label_names() -> None:
     task = get_task("token_classification").with_labels(NAMES)
     assert get_task("token_classification").label_names == ()  # the shared instance is not mutated

@@ -81,14 +81,13 @@ class FocalLoss(Loss):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits, labels = logits.flatten(0, -2).float(), labels.flatten()
+        # ignored positions get weight 0 (not dropped by boolean indexing: that syncs the GPU every step)
         keep = labels != IGNORE_INDEX
-        logits, labels = logits[keep], labels[keep]
+        labels = labels.clamp(min=0)
         log_p = F.log_softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1)
         loss = -((1 - log_p.exp()) ** self.gamma) * log_p
-        if self.class_weights is not None:
-            w = self.class_weights[labels]
-            return (loss * w).sum() / w.sum()
-        return loss.mean()
+        w = keep.float() if self.class_weights is None else self.class_weights[labels] * keep
+        return (loss * w).sum() / w.sum()
 
 
 class _RegressionLoss(Loss):

@@ -75,8 +75,11 @@ class TransformerModule(pl.LightningModule):
         if stage == "test" and self.test_report_metric is not None:
             self.test_report_metric.update(preds, targets)
         batch_size = labels.shape[0]
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
+        # not prog_bar in training: Lightning turns progress-bar values into Python numbers after every
+        # batch (a GPU sync per step); tunelab.progress shows the training loss at its own refreshes
+        train = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=True, prog_bar=not train, batch_size=batch_size)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=not train, batch_size=batch_size)
         return loss
 
     def _loss_is_usable(self, loss: torch.Tensor) -> bool:

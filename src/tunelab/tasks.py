@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -78,9 +78,7 @@ class ClassificationTask(Task):
         )
 
     def metric_inputs(self, logits, labels):
-        preds, labels = logits.argmax(-1).flatten(), labels.flatten()
-        keep = labels != IGNORE_INDEX
-        return preds[keep], labels[keep]
+        return logits.argmax(-1), labels
 
     def report_metric(self, num_labels: int) -> Metric:
         return MulticlassConfusionMatrix(num_labels, validate_args=False)
@@ -137,7 +135,7 @@ class TokenClassificationTask(ClassificationTask):
                 "f1": EntityCounts(names, "f1"),
                 "precision": EntityCounts(names, "precision"),
                 "recall": EntityCounts(names, "recall"),
-                "acc": MulticlassAccuracy(num_labels, average="micro", ignore_index=IGNORE_INDEX, validate_args=False),
+                "acc": TokenAccuracy(),
             }
         )
 
@@ -150,6 +148,27 @@ class TokenClassificationTask(ClassificationTask):
 
     def report(self, state: torch.Tensor, label_names: list[str]) -> tuple[dict, str]:
         return entity_report(state, entity_types(label_names))
+
+
+class TokenAccuracy(Metric):
+    """Accuracy over the positions whose label is not -100. (torchmetrics' ignore_index drops them by
+    boolean indexing, whose data-dependent size syncs the GPU on every update.)"""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        keep = target != IGNORE_INDEX
+        self.correct += ((preds == target) & keep).sum()
+        self.total += keep.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.float() / self.total.clamp(min=1)
 
 
 class CausalLMTask(Task):
@@ -166,18 +185,26 @@ class CausalLMTask(Task):
         return shift_for_next_token(logits, labels)
 
 
-class Perplexity(MeanMetric):
-    """exp of the mean next-token cross-entropy over all non-ignored tokens of the epoch."""
+class Perplexity(Metric):
+    """exp of the mean next-token cross-entropy over all non-ignored tokens of the epoch. Sum states
+    instead of dropping ignored tokens by boolean indexing, whose data-dependent size syncs the GPU."""
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:  # type: ignore[override]
-        nll = nn.functional.cross_entropy(
-            logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nll_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("tokens", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.nll_sum += nn.functional.cross_entropy(
+            logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
-        keep = labels.flatten() != IGNORE_INDEX
-        super().update(nll[keep])
+        self.tokens += (labels != IGNORE_INDEX).sum()
 
     def compute(self) -> torch.Tensor:
-        return super().compute().exp()
+        return (self.nll_sum / self.tokens).exp()
 
 
 TASKS: dict[str, Task] = {

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-IGNORE_INDEX = -100
+from tunelab.losses import IGNORE_INDEX
 
 
 def _rank_and_world() -> tuple[int, int]:
