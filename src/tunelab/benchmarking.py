@@ -113,9 +113,11 @@ def training_flops(config: Any, batch: int, seq_len: int) -> float:
     return 3.0 * layers * per_layer
 
 
-# Tensor methods that make the host wait for the device: reading a value (item, tolist, bool/int/float
-# conversion), data-dependent output sizes (nonzero, boolean-mask indexing), copies to the host.
-_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "nonzero"}
+# Tensor calls that make the host wait for the device: reading a value (item, tolist, bool/int/float
+# conversion), ops whose output size depends on the data (nonzero, unique, boolean-mask indexing, and
+# bincount, whose CUDA kernel reads the input's max), copies to the host.
+_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "nonzero", "argwhere",
+          "masked_select", "unique", "unique_consecutive", "bincount", "repeat_interleave"}
 
 
 def _is_host_sync(func: Any, args: tuple, kwargs: dict) -> bool:

@@ -8,19 +8,20 @@ import copy
 from typing import Any, ClassVar, Sequence
 
 import torch
-from torch import nn
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassMatthewsCorrCoef,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
-from tunelab.losses import IGNORE_INDEX, shift_for_next_token
+from tunelab.losses import shift_for_next_token
+from tunelab.metrics import (
+    Accuracy,
+    ConfusionMatrix,
+    F1Score,
+    MatthewsCorrCoef,
+    Perplexity,
+    Precision,
+    Recall,
+    TokenAccuracy,
+)
 from tunelab.span_metrics import EntityCounts, entity_report, entity_types
 
 
@@ -63,17 +64,17 @@ class ClassificationTask(Task):
     mode = "max"
 
     def metrics(self, num_labels: int) -> MetricCollection:
-        # validate_args=False: predictions come from argmax, so the input checks (which sync the GPU on
-        # every update) cannot fail
+        # torchmetrics' metrics counting by scatter-add (tunelab.metrics: no GPU sync per update);
+        # validate_args=False: predictions come from argmax, so the (syncing) input checks cannot fail
         n, kw = num_labels, {"validate_args": False}
         return MetricCollection(
             {
-                "acc": MulticlassAccuracy(n, average="micro", **kw),
-                "f1_macro": MulticlassF1Score(n, average="macro", **kw),
-                "f1_micro": MulticlassF1Score(n, average="micro", **kw),
-                "precision": MulticlassPrecision(n, average="macro", **kw),
-                "recall": MulticlassRecall(n, average="macro", **kw),
-                "mcc": MulticlassMatthewsCorrCoef(n, **kw),
+                "acc": Accuracy(n, average="micro", **kw),
+                "f1_macro": F1Score(n, average="macro", **kw),
+                "f1_micro": F1Score(n, average="micro", **kw),
+                "precision": Precision(n, average="macro", **kw),
+                "recall": Recall(n, average="macro", **kw),
+                "mcc": MatthewsCorrCoef(n, **kw),
             }
         )
 
@@ -81,7 +82,7 @@ class ClassificationTask(Task):
         return logits.argmax(-1), labels
 
     def report_metric(self, num_labels: int) -> Metric:
-        return MulticlassConfusionMatrix(num_labels, validate_args=False)
+        return ConfusionMatrix(num_labels, validate_args=False)
 
     def report(self, state: torch.Tensor, label_names: list[str]) -> tuple[dict, str]:
         return classification_report(state, label_names)
@@ -150,27 +151,6 @@ class TokenClassificationTask(ClassificationTask):
         return entity_report(state, entity_types(label_names))
 
 
-class TokenAccuracy(Metric):
-    """Accuracy over the positions whose label is not -100. (torchmetrics' ignore_index drops them by
-    boolean indexing, whose data-dependent size syncs the GPU on every update.)"""
-
-    full_state_update = False
-    higher_is_better = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        keep = target != IGNORE_INDEX
-        self.correct += ((preds == target) & keep).sum()
-        self.total += keep.sum()
-
-    def compute(self) -> torch.Tensor:
-        return self.correct.float() / self.total.clamp(min=1)
-
-
 class CausalLMTask(Task):
     name = "causal_lm"
     auto_model = "AutoModelForCausalLM"
@@ -183,28 +163,6 @@ class CausalLMTask(Task):
 
     def metric_inputs(self, logits, labels):
         return shift_for_next_token(logits, labels)
-
-
-class Perplexity(Metric):
-    """exp of the mean next-token cross-entropy over all non-ignored tokens of the epoch. Sum states
-    instead of dropping ignored tokens by boolean indexing, whose data-dependent size syncs the GPU."""
-
-    full_state_update = False
-    higher_is_better = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("nll_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("tokens", default=torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.nll_sum += nn.functional.cross_entropy(
-            logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        self.tokens += (labels != IGNORE_INDEX).sum()
-
-    def compute(self) -> torch.Tensor:
-        return (self.nll_sum / self.tokens).exp()
 
 
 TASKS: dict[str, Task] = {
