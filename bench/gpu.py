@@ -34,6 +34,19 @@ SHAPES = {
 }
 
 
+COMPILE = ["model.compile=true"]
+STATIC = [*COMPILE, "model.compile_dynamic=false"]  # one specialised graph per length bucket
+CASES = {  # name: (shape, data, compile overrides; [] = eager)
+    "minilm": ("minilm", "sst2", []), "minilm_compile": ("minilm", "sst2", COMPILE),
+    "bert_sst2": ("bert-base", "sst2", []), "bert_sst2_compile": ("bert-base", "sst2", COMPILE),
+    "bert_sst2_static": ("bert-base", "sst2", STATIC),
+    "bert_sst2_cudagraphs": ("bert-base", "sst2", [*STATIC, "model.compile_mode=reduce-overhead"]),
+    "bert_imdb": ("bert-base", "imdb", []), "bert_imdb_compile": ("bert-base", "imdb", COMPILE),
+    "bert_imdb_cudagraphs": ("bert-base", "imdb", [*STATIC, "model.compile_mode=reduce-overhead"]),
+}
+PROFILER = "+callbacks.profile._target_=tunelab.benchmarking.StepProfiler"
+
+
 def peak_flops() -> float | None:
     if not torch.cuda.is_available():
         return None
@@ -41,15 +54,16 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def case_overrides(args, shape: str, data: str, compile_model: bool, cache: Path) -> list[str]:
+def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: Path) -> list[str]:
     overrides = {f"model.config_overrides.{k}": v for k, v in SHAPES[shape].items()}
+    compile_model = bool(compile_opts)
     timed_epoch = compile_model and not args.smoke  # compiled: warm up one epoch, time the next
     # IMDb: 690 training reviews, nearly all >= 128 tokens, so every batch is full length
     text = {"sst2": [f"data.batch_size={args.batch_size}"],
             "imdb": ["data.max_length=128", f"data.batch_size={args.imdb_batch_size}"]}[data]
     return [
         f"data={data}", f"paths.data_dir={args.data_dir}", f"paths.cache_dir={cache}",
-        f"model.name_or_path={args.model_dir}", "model.from_scratch=true", f"model.compile={str(compile_model).lower()}",
+        f"model.name_or_path={args.model_dir}", "model.from_scratch=true", "model.compile=false", *compile_opts,
         *[f"+{k}={v}" for k, v in overrides.items()],
         f"trainer=gpu" if torch.cuda.is_available() else "trainer=cpu",
         "trainer.precision=bf16-mixed" if torch.cuda.is_available() else "trainer.precision=32-true",
@@ -62,14 +76,17 @@ def case_overrides(args, shape: str, data: str, compile_model: bool, cache: Path
         f"+callbacks.throughput.warmup={args.warmup}",
         # compiled: time the second epoch, after every length bucket (and its recompile) was seen once
         f"+callbacks.throughput.warmup_epochs={int(timed_epoch)}",
+        # eager + --profile: profile the 5 steps just before the timed window (the profiler slows steps)
+        *([PROFILER, f"+callbacks.profile.start_step={max(1, args.warmup - 6)}", "+callbacks.profile.steps=5"]
+          if args.profile and not compile_model else []),
         *text, *args.override,
     ]
 
 
-def run_case(args, tmp: Path, name: str, shape: str, data: str, compile_model: bool) -> dict:
+def run_case(args, tmp: Path, name: str, shape: str, data: str, compile_opts: list[str]) -> dict:
     torch._dynamo.reset()
     t0 = time.time()
-    tp, _ = run_framework(case_overrides(args, shape, data, compile_model, tmp / "cache"), tmp / name)
+    tp, _ = run_framework(case_overrides(args, shape, data, compile_opts, tmp / "cache"), tmp / name)
     config = AutoConfig.from_pretrained(args.model_dir, **SHAPES[shape])
     shapes = [tuple(s) for s in tp.get("shape_list", [])]
     flops = sum(training_flops(config, b, s) for b, s in shapes)
@@ -78,8 +95,10 @@ def run_case(args, tmp: Path, name: str, shape: str, data: str, compile_model: b
     if peak_flops() and tp["seconds"] > 0:
         row["model_tflops_per_s"] = flops / tp["seconds"] / 1e12
         row["mfu"] = flops / tp["seconds"] / peak_flops()
-    if compile_model:
+    if compile_opts:
         row["compiled_graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    if (tmp / name / "profile.json").exists():
+        row["profile"] = json.loads((tmp / name / "profile.json").read_text())
     print(f"== {name}: {json.dumps(row)}", flush=True)
     return row
 
@@ -92,7 +111,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--imdb-batch-size", type=int, default=64)
-    parser.add_argument("--cases", default="minilm_raw,minilm,minilm_compile,bert_sst2,bert_sst2_compile,bert_imdb,bert_imdb_compile")
+    parser.add_argument("--cases", default="minilm_raw,minilm,minilm_compile,bert_sst2,bert_sst2_compile,bert_imdb,bert_imdb_compile",
+                        help=f"comma-separated, from minilm_raw and {', '.join(CASES)}")
+    parser.add_argument("--profile", action="store_true", help="eager cases: profile 5 steps before timing (profile.json)")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every case")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", default=None)
@@ -103,11 +124,7 @@ def main() -> None:
         args.data_dir = str(ROOT / "tests" / "fixtures")
     big = "tiny" if args.smoke else "bert-base"
     small = "tiny" if args.smoke else "minilm"
-    cases = {
-        "minilm": (small, "sst2", False), "minilm_compile": (small, "sst2", True),
-        "bert_sst2": (big, "sst2", False), "bert_sst2_compile": (big, "sst2", True),
-        "bert_imdb": (big, "imdb", False), "bert_imdb_compile": (big, "imdb", True),
-    }
+    cases = {name: (small if shape == "minilm" else big, data, opts) for name, (shape, data, opts) in CASES.items()}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
                "peak_bf16_flops": peak_flops(), "batch_size": args.batch_size, "steps_timed": args.steps - args.warmup}
@@ -115,12 +132,13 @@ def main() -> None:
         tmp = Path(tmpdir)
         for name in args.cases.split(","):
             if name == "minilm_raw":
-                overrides = [o for o in case_overrides(args, small, "sst2", False, tmp / "cache") if "throughput" not in o]
+                overrides = [o for o in case_overrides(args, small, "sst2", [], tmp / "cache")
+                             if "throughput" not in o and "profile" not in o]
                 row = raw_loop(overrides, tmp / name, args.steps, args.warmup, device=device, bf16=device == "cuda")
                 row.pop("shape_list", None)
                 print(f"== {name}: {json.dumps(row)}", flush=True)
                 results[name] = row
-            elif not args.smoke or not (name.endswith("compile") or "imdb" in name):
+            elif not args.smoke or not (cases[name][2] or "imdb" in name):
                 # smoke: no inductor builds on CPU (slow), no IMDb fixture
                 try:
                     results[name] = run_case(args, tmp, name, *cases[name])

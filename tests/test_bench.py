@@ -21,10 +21,11 @@ def test_throughput_bench_smoke(tmp_path) -> None:
 
 def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
     out = tmp_path / "gpu.json"
-    proc = run_script("bench/gpu.py", "--smoke", "--cases", "minilm_raw,minilm", "--out", str(out))
+    proc = run_script("bench/gpu.py", "--smoke", "--profile", "--cases", "minilm_raw,minilm", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["minilm"]["samples_per_s"] > 0 and r["framework_over_raw"] > 0
+    assert r["minilm"]["profile"]["steps"] >= 1 and r["minilm"]["profile"]["top_ops"]  # smoke: the run ends first
 
 
 def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None:
@@ -35,3 +36,19 @@ def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None
     timed = json.loads((run_dir / "throughput.json").read_text())
     assert timed["steps"] == 8 and timed["samples_per_s"] > 0  # 64 rows / 8 = epoch 2's steps only
     assert timed["graphs_compiled_while_timed"] == 0
+
+
+def test_step_profiler_reports_busy_fraction_and_top_ops(run_cfg) -> None:
+    _, run_dir = run_cfg("data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=1", "test=false",
+                         "+callbacks.profile._target_=tunelab.benchmarking.StepProfiler",
+                         "+callbacks.profile.start_step=2", "+callbacks.profile.steps=3")
+    prof = json.loads((run_dir / "profile.json").read_text())
+    assert prof["steps"] == 3 and prof["device"] == "cpu"
+    assert 0 < prof["busy_ms_per_step"] and prof["wall_ms_per_step"] > 0
+    assert any("addmm" in op["op"] or "mm" in op["op"] for op in prof["top_ops"])  # the matmuls show up
+
+
+def test_busy_time_counts_overlapping_kernels_once() -> None:
+    from tunelab.benchmarking import _union_us
+
+    assert _union_us([(0, 10, "a"), (5, 12, "b"), (20, 25, "c"), (21, 22, "d")]) == 17

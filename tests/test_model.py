@@ -18,3 +18,20 @@ def test_half_precision_checkpoint_loads_with_fp32_master_weights(tmp_path) -> N
     model = build_model({"name_or_path": str(tmp_path)}, get_task("classification"), num_labels=2)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert model.training
+
+
+def test_static_compile_keeps_one_graph_per_length_bucket_beyond_dynamos_default_limit() -> None:
+    # compile_dynamic=false specialises a graph per shape; with dynamo's default limit (8) the 9th
+    # length would silently run eager again
+    torch._dynamo.reset()
+    model = build_model({"name_or_path": None, "from_scratch": True, "compile": True, "compile_dynamic": False,
+                         "compile_backend": "eager",
+                         "config": {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
+                                    "num_attention_heads": 2, "intermediate_size": 32}},
+                        get_task("classification"), num_labels=2)
+    lengths = [16 * k for k in range(1, 11)]  # 10 buckets of pad_to_multiple_of=16
+    for length in lengths:
+        ids = torch.randint(0, 64, (2, length))
+        model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == len(lengths)
+    torch._dynamo.reset()

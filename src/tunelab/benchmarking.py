@@ -1,4 +1,5 @@
-"""Measurement helpers for bench/: a throughput callback and transformer FLOP counts (for MFU)."""
+"""Measurement helpers for bench/ and tests: throughput, start-up time, a step profiler, a host-sync
+audit and transformer FLOP counts (for MFU)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,85 @@ class ThroughputMeter(pl.Callback):
             "graphs_compiled_while_timed": self.graphs_compiled_while_timed,
             "shape_list": self.shapes,
         }
+
+
+class StepProfiler(pl.Callback):
+    """Profiles `steps` training steps from `start_step` (torch.profiler) and writes <run dir>/profile.json:
+    wall ms per step, the device's busy fraction (kernel time / wall time; well below 1 means the GPU
+    waited for the host: launch overhead or syncs) and the ops taking the most device time (CPU time
+    on a CPU run). Answers "slow kernels or a starved GPU?" in one run; not for timed runs."""
+
+    def __init__(self, start_step: int = 20, steps: int = 5, top: int = 15) -> None:
+        self.start_step, self.steps, self.top = start_step, steps, top
+        self._profiler: Any = None
+        self._t0 = 0.0
+        self.summary: dict[str, Any] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._profiler is None and not self.summary and trainer.global_step >= self.start_step:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            _sync()
+            self._profiler = torch.profiler.profile(activities=activities)
+            self._profiler.__enter__()
+            self._first_step, self._t0 = trainer.global_step, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._profiler is not None and trainer.global_step - self._first_step >= self.steps:
+            self._finish(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._profiler is not None and trainer.global_step > self._first_step:  # run ended first
+            self._finish(trainer)
+        elif self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            self._profiler = None
+
+    def _finish(self, trainer: pl.Trainer) -> None:
+        _sync()
+        wall = time.perf_counter() - self._t0
+        self._profiler.__exit__(None, None, None)
+        steps = trainer.global_step - self._first_step
+        self.summary = self._summarize(self._profiler, wall, steps)
+        self._profiler = None
+        if trainer.is_global_zero:
+            Path(trainer.default_root_dir, "profile.json").write_text(json.dumps(self.summary, indent=2))
+
+    def _summarize(self, profiler: Any, wall: float, steps: int) -> dict[str, Any]:
+        if torch.cuda.is_available():  # the GPU's own timeline: kernel (and memcpy) intervals
+            from torch.autograd import DeviceType
+
+            spans = [(e.time_range.start, e.time_range.end, e.name) for e in profiler.events()
+                     if e.device_type == DeviceType.CUDA]
+        else:  # CPU: every op's self time (the host does all the work)
+            spans = [(0, e.self_cpu_time_total, e.key) for e in profiler.key_averages()]
+        by_name: dict[str, list[float]] = {}
+        for start, end, name in spans:
+            total = by_name.setdefault(name, [0.0, 0])
+            total[0] += end - start
+            total[1] += 1
+        ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])[: self.top]
+        busy_us = _union_us(spans) if torch.cuda.is_available() else sum(end for _, end, _ in spans)
+        return {
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "steps": steps,
+            "wall_ms_per_step": 1e3 * wall / steps,
+            "busy_ms_per_step": busy_us / 1e3 / steps,
+            "busy_fraction": busy_us / 1e6 / wall,
+            "top_ops": [{"op": name[:120], "calls_per_step": n / steps, "ms_per_step": us / 1e3 / steps}
+                        for name, (us, n) in ranked],
+        }
+
+
+def _union_us(spans: list[tuple[float, float, str]]) -> float:
+    """Length of the union of [start, end) intervals: overlapping kernels (several streams) count once."""
+    total, end_so_far = 0.0, float("-inf")
+    for start, end, _ in sorted(spans):
+        if end > end_so_far:
+            total += end - max(start, end_so_far)
+            end_so_far = end
+    return total
 
 
 class StartupTimer(pl.Callback):

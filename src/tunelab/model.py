@@ -95,8 +95,26 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
     if cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.get("compile"):
+        dynamic = cfg.get("compile_dynamic")
+        if dynamic is False:
+            # one specialised graph per length bucket (and per last-batch size): dynamo's default limit of
+            # 8 recompiles would silently drop the model back to eager after the 8th shape
+            _raise_recompile_limit(64)
         # in place (nn.Module.compile): parameter names, hence checkpoints, stay those of the eager model
-        model.compile(dynamic=cfg.get("compile_dynamic"))
+        model.compile(dynamic=dynamic, mode=cfg.get("compile_mode"), backend=cfg.get("compile_backend") or "inductor")
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    setattr(config, name, max(getattr(config, name), limit))
+
+
+def uses_cuda_graphs(model_cfg: Mapping[str, Any]) -> bool:
+    """torch.compile modes that replay CUDA graphs: each step must be marked so a replay may reuse the
+    previous step's output memory (torch.compiler.cudagraph_mark_step_begin)."""
+    return bool(model_cfg.get("compile")) and str(model_cfg.get("compile_mode") or "") in {
+        "reduce-overhead", "max-autotune"}
 
 
 def transformer_layers(model: nn.Module) -> nn.ModuleList:

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 
 from tunelab import peft_adapters
-from tunelab.model import build_model
+from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import collect_rng_states, set_rng_states
 from tunelab.optim import build_optimizer, build_scheduler
@@ -46,6 +46,7 @@ class TransformerModule(pl.LightningModule):
         self.task = get_task(task).with_labels(list(label_names))
         num_labels = max(len(label_names), 1)
         self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)
+        self._cuda_graphs = uses_cuda_graphs(model)
         self.model = peft_adapters.apply_peft(self.model, peft, self.task)  # conf/peft (none: unchanged)
         self.loss_fn = instantiate(dict(loss))
         self.loss_fn.fit_class_weights(class_counts)
@@ -59,6 +60,8 @@ class TransformerModule(pl.LightningModule):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
+        if self._cuda_graphs:  # this step's replay may overwrite the previous step's (consumed) outputs
+            torch.compiler.cudagraph_mark_step_begin()
         return self.model(**inputs).logits
 
     def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor | None:
