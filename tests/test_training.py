@@ -104,3 +104,32 @@ def test_shared_data_layout_is_read(run_cfg) -> None:
     """The documented configs read ../shared/data directly (what make train uses)."""
     metrics, _ = run_cfg(f"paths.data_dir={SHARED_DATA}", "data=stsb", "loss=mse", "data.train_limit=64", "trainer=debug")
     assert "test/spearman" in metrics
+
+
+def test_metrics_are_logged_once_per_epoch_over_that_epoch_only(run_cfg) -> None:
+    """Metrics update every step but are logged at epoch end (log_epoch_metrics) and then reset: each
+    epoch's value covers that epoch's batches only, and the checkpoint monitor sees val/acc."""
+    import csv
+
+    metrics, run_dir = run_cfg("data.train_limit=64", "data.batch_size=16", "trainer.max_epochs=2", "optimizer.lr=1e-3")
+    rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    per_epoch = {k: [float(r[k]) for r in rows if r.get(k)] for k in ("train/acc", "val/acc", "val/mcc")}
+    assert all(len(v) == 2 for v in per_epoch.values()), per_epoch
+    assert per_epoch["val/acc"][-1] == pytest.approx(metrics["val/acc"])
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt"))  # monitored val/acc was found
+
+    from tunelab.module import TransformerModule
+
+    module = TransformerModule(model={"name_or_path": None, "from_scratch": True, "config": {
+        "model_type": "bert", "vocab_size": 32, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 16}}, task="classification", loss={"_target_": "tunelab.losses.CrossEntropyLoss"},
+        optimizer={}, label_names=["neg", "pos"])
+    logged = []
+    module.log_dict = lambda values, **kwargs: logged.append(float(values["train/acc"]))
+    labels = torch.tensor([0, 1, 1, 0])
+    module.train_metrics.update(labels, labels)  # epoch 1: all right
+    module.log_epoch_metrics("train")
+    module.train_metrics.update(1 - labels, labels)  # epoch 2: all wrong
+    module.log_epoch_metrics("train")
+    module.log_epoch_metrics("train")  # no batches this epoch: nothing logged
+    assert logged == [1.0, 0.0]

@@ -65,7 +65,7 @@ class TransformerModule(pl.LightningModule):
         return self.model(**inputs).logits
 
     def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor | None:
-        """Shared by training, validation and test: loss, metric updates and logging. Returns None for
+        """Shared by training, validation and test: loss, metric updates, loss logging. Returns None for
         a training batch the non-finite-loss guard skips (Lightning then skips the optimizer step)."""
         labels = batch["labels"]
         logits = self(batch)
@@ -73,8 +73,7 @@ class TransformerModule(pl.LightningModule):
         if stage == "train" and not self._loss_is_usable(loss):
             return None
         preds, targets = self.task.metric_inputs(logits.detach(), labels)
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(preds, targets)
+        getattr(self, f"{stage}_metrics").update(preds, targets)
         if stage == "test" and self.test_report_metric is not None:
             self.test_report_metric.update(preds, targets)
         batch_size = labels.shape[0]
@@ -82,8 +81,16 @@ class TransformerModule(pl.LightningModule):
         # batch (a GPU sync per step); tunelab.progress shows the training loss at its own refreshes
         train = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=train, on_epoch=True, prog_bar=not train, batch_size=batch_size)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=not train, batch_size=batch_size)
-        return loss
+        return loss  # the metrics are logged once per epoch (log_epoch_metrics)
+
+    def log_epoch_metrics(self, stage: str) -> None:
+        """Log the stage's metrics (synced across ranks by compute()) and reset them. Once per epoch, not
+        self.log(metric) every step: Lightning moves and re-registers a logged Metric on every call,
+        which was half of the framework's per-step host time (5.5 -> 2.6 ms/step on this CPU)."""
+        metrics = getattr(self, f"{stage}_metrics")
+        if any(m.update_called for m in metrics.values()):
+            self.log_dict(metrics.compute(), prog_bar=stage != "train", sync_dist=True)
+        metrics.reset()
 
     def _loss_is_usable(self, loss: torch.Tensor) -> bool:
         guard = find_resilience(self.trainer) if self._trainer is not None else None
@@ -113,7 +120,14 @@ class TransformerModule(pl.LightningModule):
     def test_step(self, batch, batch_idx):
         self.step(batch, "test")
 
+    def on_train_epoch_end(self) -> None:
+        self.log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch_metrics("val")
+
     def on_test_epoch_end(self) -> None:
+        self.log_epoch_metrics("test")
         if self.test_report_metric is None:
             return
         state = self.test_report_metric.compute()  # synced across ranks
