@@ -57,7 +57,7 @@ def peak_flops() -> float | None:
 def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: Path) -> list[str]:
     overrides = {f"model.config_overrides.{k}": v for k, v in SHAPES[shape].items()}
     compile_model = bool(compile_opts)
-    timed_epoch = compile_model and not args.smoke  # compiled: warm up one epoch, time the next
+    timed_epoch = compile_model and not args.smoke  # compiled: warm up one epoch, time the next ones
     # IMDb: 690 training reviews, nearly all >= 128 tokens, so every batch is full length
     text = {"sst2": [f"data.batch_size={args.batch_size}"],
             "imdb": ["data.max_length=128", f"data.batch_size={args.imdb_batch_size}"]}[data]
@@ -71,7 +71,7 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
         "test=false", "logger=csv", "scheduler=none", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
         "trainer.enable_checkpointing=false",  # else Lightning's fallback checkpoint writes ~1.3 GB every epoch
         "data.group_by_length=true", "data.pad_to_multiple_of=16",
-        *(["trainer.max_steps=-1", "trainer.max_epochs=2"] if timed_epoch
+        *(["trainer.max_steps=-1", f"trainer.max_epochs={1 + args.timed_epochs}"] if timed_epoch
           else [f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"]),
         f"+callbacks.throughput.warmup={args.warmup}",
         # compiled: time the second epoch, after every length bucket (and its recompile) was seen once
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--imdb-batch-size", type=int, default=64)
     parser.add_argument("--cases", default="minilm_raw,minilm,minilm_compile,bert_sst2,bert_sst2_compile,bert_imdb,bert_imdb_compile",
                         help=f"comma-separated, from minilm_raw and {', '.join(CASES)}")
+    parser.add_argument("--timed-epochs", type=int, default=1, help="compiled cases: epochs timed after the warm-up epoch")
     parser.add_argument("--profile", action="store_true", help="eager cases: profile 5 steps before timing (profile.json)")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every case")
     parser.add_argument("--smoke", action="store_true")
