@@ -63,7 +63,7 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
             "imdb": ["data.max_length=128", f"data.batch_size={args.imdb_batch_size}"]}[data]
     return [
         f"data={data}", f"paths.data_dir={args.data_dir}", f"paths.cache_dir={cache}",
-        f"model.name_or_path={args.model_dir}", "model.from_scratch=true", "model.compile=false", *compile_opts,
+        f"model.name_or_path={args.model_dir}", "model.from_scratch=true", *compile_opts,
         *[f"+{k}={v}" for k, v in overrides.items()],
         f"trainer=gpu" if torch.cuda.is_available() else "trainer=cpu",
         "trainer.precision=bf16-mixed" if torch.cuda.is_available() else "trainer.precision=32-true",
