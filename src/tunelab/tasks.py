@@ -79,6 +79,8 @@ class ClassificationTask(Task):
         )
 
     def metric_inputs(self, logits, labels):
+        # class ids, shape kept ([batch] or, for token classification, [batch, seq]: spans need sentence
+        # boundaries); no boolean filtering of ignored labels here (a GPU sync): the metrics skip them
         return logits.argmax(-1), labels
 
     def report_metric(self, num_labels: int) -> Metric:
@@ -139,10 +141,6 @@ class TokenClassificationTask(ClassificationTask):
                 "acc": TokenAccuracy(),
             }
         )
-
-    def metric_inputs(self, logits, labels):
-        # keep [batch, seq]: spans need sentence boundaries; ignored positions are dropped by the metrics
-        return logits.argmax(-1), labels
 
     def report_metric(self, num_labels: int) -> Metric:
         return EntityCounts(self.label_names, "counts")
