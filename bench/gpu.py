@@ -23,7 +23,7 @@ from throughput import METER, ROOT, raw_loop, run_framework  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
-from tunelab.benchmarking import training_flops  # noqa: E402
+from tunelab.benchmarking import compiled_graphs, training_flops  # noqa: E402
 from tunelab.resolvers import minilm_path  # noqa: E402
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
@@ -74,7 +74,7 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
         *(["trainer.max_steps=-1", f"trainer.max_epochs={1 + args.timed_epochs}"] if timed_epoch
           else [f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"]),
         f"+callbacks.throughput.warmup={args.warmup}",
-        # compiled: time the second epoch, after every length bucket (and its recompile) was seen once
+        # compiled: time the epochs after the first, once every length bucket (and its recompile) was seen
         f"+callbacks.throughput.warmup_epochs={int(timed_epoch)}",
         # eager + --profile: profile the 5 steps just before the timed window (the profiler slows steps)
         *([PROFILER, f"+callbacks.profile.start_step={max(1, args.warmup - 6)}", "+callbacks.profile.steps=5"]
@@ -96,7 +96,7 @@ def run_case(args, tmp: Path, name: str, shape: str, data: str, compile_opts: li
         row["model_tflops_per_s"] = flops / tp["seconds"] / 1e12
         row["mfu"] = flops / tp["seconds"] / peak_flops()
     if compile_opts:
-        row["compiled_graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        row["compiled_graphs"] = compiled_graphs()
     if (tmp / name / "profile.json").exists():
         row["profile"] = json.loads((tmp / name / "profile.json").read_text())
     print(f"== {name}: {json.dumps(row)}", flush=True)

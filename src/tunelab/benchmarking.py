@@ -18,7 +18,8 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _compiled_graphs() -> int:
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process (0 if dynamo is unavailable)."""
     try:
         return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     except Exception:  # dynamo unavailable: nothing was compiled
@@ -46,7 +47,7 @@ class ThroughputMeter(pl.Callback):
 
     def begin(self) -> None:
         _sync()
-        self.graphs_at_start = _compiled_graphs()
+        self.graphs_at_start = compiled_graphs()
         self.start = time.perf_counter()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -77,7 +78,7 @@ class ThroughputMeter(pl.Callback):
         if self.start is not None and not self.elapsed:
             _sync()
             self.elapsed = time.perf_counter() - self.start
-            self.graphs_compiled_while_timed = _compiled_graphs() - self.graphs_at_start
+            self.graphs_compiled_while_timed = compiled_graphs() - self.graphs_at_start
 
     def summary(self) -> dict[str, float]:
         t = max(self.elapsed, 1e-9)
@@ -104,7 +105,7 @@ class StepProfiler(pl.Callback):
     def __init__(self, start_step: int = 20, steps: int = 5, top: int = 15) -> None:
         self.start_step, self.steps, self.top = start_step, steps, top
         self._profiler: Any = None
-        self._t0 = 0.0
+        self._first_step, self._t0 = 0, 0.0
         self.summary: dict[str, Any] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -266,9 +267,12 @@ class HostSyncAudit(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:  # validation and epoch-end work are not steps
-            self.on_train_epoch_end(trainer, pl_module)
+            self._stop(trainer)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # the run stopped mid-epoch (max_steps)
+        self._stop(trainer)
+
+    def _stop(self, trainer: pl.Trainer) -> None:
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None
