@@ -211,8 +211,7 @@ class BaseDataModule(pl.LightningDataModule):
             self.train_sampler = sampler
         return DataLoader(
             data,
-            batch_size=batch_size,
-            sampler=sampler,
+            batch_sampler=sampler,
             collate_fn=self.collator(),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

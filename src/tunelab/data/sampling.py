@@ -19,8 +19,9 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-class BatchOrderSampler(Sampler[int]):
-    """Yields example indices batch by batch.
+class BatchOrderSampler(Sampler[list[int]]):
+    """A batch sampler (DataLoader(batch_sampler=...)): yields whole batches of example indices, so a
+    short batch stays a batch of its own wherever length grouping or rank dealing puts it.
 
     * shuffle: a new permutation each epoch from (seed, epoch), so a run restarted at an epoch boundary
       sees the same order as an uninterrupted one (Lightning calls `set_epoch`).
@@ -76,14 +77,13 @@ class BatchOrderSampler(Sampler[int]):
             batches = (batches * 2)[: per_rank * world][rank::world]
         return batches
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[list[int]]:
         batches = self.batches()[self.skip_batches :]
         self.skip_batches = 0
-        for batch in batches:
-            yield from batch
+        yield from batches
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self.batches())
+        return len(self.batches())
 
 
 class Collator:

@@ -1,0 +1,59 @@
+"""The loader serves exactly the sampler's batches: a short batch stays a batch of its own wherever
+length grouping or DDP dealing puts it, so grouping survives and a mid-epoch resume skips exactly the
+consumed batches. Sizes here never divide by the batch size."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunelab.data import TextDataModule
+from tunelab.data import sampling
+from tunelab.data.datamodule import ListDataset
+
+
+def datamodule(n: int, batch_size: int, group_by_length: bool, seed: int) -> TextDataModule:
+    dm = TextDataModule(tokenizer="unused", name="t", task="classification", train_file="unused",
+                        batch_size=batch_size, group_by_length=group_by_length, seed=seed)
+    # varied lengths so that grouping reorders; "i" identifies the example in the served batch
+    dm.splits = {"train": ListDataset([{"i": i, "input_ids": [1] * (1 + (i * 7) % 11)} for i in range(n)])}
+    dm.collator = lambda: (lambda examples: [e["i"] for e in examples])
+    return dm
+
+
+def served_and_planned(dm: TextDataModule, epoch: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    loader = dm.train_dataloader()
+    dm.train_sampler.set_epoch(epoch)
+    return list(loader), dm.train_sampler.batches()
+
+
+@pytest.mark.parametrize("group_by_length", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_loader_batches_are_the_sampler_batches(group_by_length: bool, seed: int) -> None:
+    served, planned = served_and_planned(datamodule(10, 4, group_by_length, seed))
+    assert served == planned
+    assert sorted(len(b) for b in served) == [2, 4, 4]
+    assert sorted(i for b in served for i in b) == list(range(10))
+
+
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_ddp_ranks_get_whole_batches_covering_every_row(monkeypatch, group_by_length: bool) -> None:
+    """2 ranks: each rank's loader serves its own dealt batches, the same count on both ranks (a
+    rank with one batch more would hang the other in its all-reduce), and together they cover every row."""
+    per_rank = []
+    for rank in (0, 1):
+        monkeypatch.setattr(sampling, "_rank_and_world", lambda rank=rank: (rank, 2))
+        served, planned = served_and_planned(datamodule(45, 8, group_by_length, seed=3), epoch=1)
+        assert served == planned
+        per_rank.append(served)
+    assert len(per_rank[0]) == len(per_rank[1]) == 3  # 6 batches (5 of 8, 1 of 5) dealt round-robin
+    assert {i for batches in per_rank for b in batches for i in b} == set(range(45))
+
+
+def test_resume_skips_exactly_the_consumed_batches() -> None:
+    dm = datamodule(45, 8, group_by_length=True, seed=0)
+    full, planned = served_and_planned(dm)
+    assert [len(b) for b in planned].index(5) < len(planned) - 1, "short batch should land mid-epoch for this seed"
+    loader = dm.train_dataloader()
+    dm.train_sampler.skip_batches = 3  # what Resilience sets from a checkpoint taken after 3 batches
+    assert list(loader) == full[3:]
+    assert list(loader) == full  # the skip applies to the resumed epoch only
