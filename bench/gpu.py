@@ -23,7 +23,7 @@ from throughput import METER, ROOT, raw_loop, run_framework  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
-from tunelab.benchmarking import compiled_graphs, training_flops  # noqa: E402
+from bench.meters import compiled_graphs, training_flops  # noqa: E402
 from tunelab.resolvers import minilm_path  # noqa: E402
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
@@ -44,7 +44,7 @@ CASES = {  # name: (shape, data, compile overrides; [] = eager)
     "bert_imdb": ("bert-base", "imdb", []), "bert_imdb_compile": ("bert-base", "imdb", COMPILE),
     "bert_imdb_cudagraphs": ("bert-base", "imdb", [*STATIC, "model.compile_mode=reduce-overhead"]),
 }
-PROFILER = "+callbacks.profile._target_=tunelab.benchmarking.StepProfiler"
+PROFILER = "+callbacks.profile._target_=bench.meters.StepProfiler"
 
 
 def peak_flops() -> float | None:

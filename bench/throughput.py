@@ -1,4 +1,4 @@
-"""CPU benchmarks for issue 7, each measured side by side in this one invocation:
+"""CPU benchmarks, each measured side by side in this one invocation:
 
   framework  train.py's Lightning path vs a hand-written PyTorch loop (same model, data order, batch
              size, precision): samples/s and their ratio
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench.meters, when run as `python bench/throughput.py`
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,14 +32,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tunelab.benchmarking import ThroughputMeter  # noqa: E402
+from bench.meters import ThroughputMeter  # noqa: E402
 from tunelab.config import compose_config  # noqa: E402
 from tunelab.model import build_model  # noqa: E402
 from tunelab.optim import param_groups  # noqa: E402
 from tunelab.tasks import get_task  # noqa: E402
 from tunelab.pipeline import build_datamodule, run  # noqa: E402
 
-METER = "+callbacks.throughput._target_=tunelab.benchmarking.ThroughputMeter"
+METER = "+callbacks.throughput._target_=bench.meters.ThroughputMeter"
 
 
 def base_overrides(smoke: bool, cache: Path) -> list[str]:
@@ -127,7 +128,7 @@ def bench_startup(smoke: bool, cache: Path, tmp: Path) -> dict:
     for logger in ("csv",) if smoke else ("wandb", "csv"):
         run_dir = tmp / f"startup_{logger}"
         args = [*base_overrides(smoke, cache), f"logger={logger}", "trainer.max_steps=1", "test=false",
-                "+callbacks.startup._target_=tunelab.benchmarking.StartupTimer", f"hydra.run.dir={run_dir}"]
+                "+callbacks.startup._target_=bench.meters.StartupTimer", f"hydra.run.dir={run_dir}"]
         env = {**os.environ, "BENCH_T0": repr(time.time()), "WANDB_MODE": "offline"}
         subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, check=True,
                        capture_output=True)

@@ -31,7 +31,7 @@ def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
 def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None:
     # bench/gpu.py times compiled models only in the second epoch, after every recompile
     _, run_dir = run_cfg("data.train_limit=64", "data.batch_size=8", "data.val_fraction=0.1", "trainer.max_epochs=2",
-                         "test=false", "+callbacks.throughput._target_=tunelab.benchmarking.ThroughputMeter",
+                         "test=false", "+callbacks.throughput._target_=bench.meters.ThroughputMeter",
                          "+callbacks.throughput.warmup=0", "+callbacks.throughput.warmup_epochs=1")
     timed = json.loads((run_dir / "throughput.json").read_text())
     assert timed["steps"] == 8 and timed["samples_per_s"] > 0  # 64 rows / 8 = epoch 2's steps only
@@ -40,7 +40,7 @@ def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None
 
 def test_step_profiler_reports_busy_fraction_and_top_ops(run_cfg) -> None:
     _, run_dir = run_cfg("data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=1", "test=false",
-                         "+callbacks.profile._target_=tunelab.benchmarking.StepProfiler",
+                         "+callbacks.profile._target_=bench.meters.StepProfiler",
                          "+callbacks.profile.start_step=2", "+callbacks.profile.steps=3")
     prof = json.loads((run_dir / "profile.json").read_text())
     assert prof["steps"] == 3 and prof["device"] == "cpu"
@@ -49,6 +49,6 @@ def test_step_profiler_reports_busy_fraction_and_top_ops(run_cfg) -> None:
 
 
 def test_busy_time_counts_overlapping_kernels_once() -> None:
-    from tunelab.benchmarking import _union_us
+    from bench.meters import _union_us
 
     assert _union_us([(0, 10, "a"), (5, 12, "b"), (20, 25, "c"), (21, 22, "d")]) == 17

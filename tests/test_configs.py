@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import get_class, get_object, instantiate
 
 from conftest import ROOT, compose_cfg
-from tunelab import checks
+from tunelab.validation import validate
 
 GROUPS = ["model", "loss", "optimizer", "scheduler", "data", "trainer", "logger", "callbacks", "experiment", "debug", "peft"]
 # data for which each task's loss fits
@@ -41,7 +41,7 @@ def test_loss_validates_with_a_fitting_task(tmp_path: Path, loss: str) -> None:
     fitting = [DATA_FOR_TASK[t] for t in loss_tasks if t in DATA_FOR_TASK]
     if not fitting:
         pytest.skip(f"{loss} fits {sorted(loss_tasks)}: covered by the task-specific tests")
-    checks.validate(compose_cfg(tmp_path, f"loss={loss}", f"data={fitting[0]}"))
+    validate(compose_cfg(tmp_path, f"loss={loss}", f"data={fitting[0]}"))
 
 
 @pytest.mark.parametrize("optimizer", options("optimizer"))

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from conftest import FIXTURES, ROOT, compose_cfg, read_metrics
 from tunelab import peft_adapters
+from tunelab.adalora import AdaLoraSchedule, regularization
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.pipeline import run
@@ -134,13 +135,14 @@ def test_regression_with_lora(run_cfg) -> None:
     assert math.isfinite(metrics["test/loss"]) and metrics["params/trainable_ratio"] < 0.05
 
 
-def test_peft_lr_replaces_optimizer_lr(tmp_path: Path) -> None:
-    cfg = compose_cfg(tmp_path, "peft=lora", "peft.lr=0.02")
-    peft_adapters.apply_lr(cfg)
-    assert cfg.optimizer.lr == 0.02
-    cfg = compose_cfg(tmp_path, "peft=none", "optimizer.lr=0.03")
-    peft_adapters.apply_lr(cfg)
-    assert cfg.optimizer.lr == 0.03
+def test_each_adapter_sets_its_lr_and_the_command_line_wins(tmp_path: Path) -> None:
+    """conf/peft/*.yaml set optimizer.lr by composition, whatever optimizer is chosen; optimizer.lr on the
+    command line overrides it through Hydra; peft=none keeps the optimizer's own lr."""
+    lr = lambda *o: compose_cfg(tmp_path, *o).optimizer.lr  # noqa: E731
+    assert lr("peft=lora") == lr("peft=lora", "optimizer=sgd") == 1e-3
+    assert lr("peft=prefix") == 1e-2 and lr("peft=ia3") == 3e-3
+    assert lr("peft=lora", "optimizer.lr=0.03") == lr("optimizer.lr=0.03", "peft=adalora") == 0.03
+    assert lr("peft=none") == lr() != 1e-3
 
 
 @pytest.mark.parametrize(
@@ -257,14 +259,14 @@ def test_adalora_allocates_after_optimizer_step_and_shrinks_ranks(tmp_path: Path
         return budget, pattern
 
     monkeypatch.setattr(tuner.rankallocator, "update_and_allocate", spy)
-    fit(module, "classification", callbacks=[probe], max_steps=steps)
+    fit(module, "classification", callbacks=[probe, AdaLoraSchedule(tinit_ratio=0.1, tfinal_ratio=0.25)], max_steps=steps)
 
     conf = tuner.peft_config["default"]
     assert (conf.total_step, conf.tinit, conf.tfinal) == (steps, 1, 3)  # from trainer.estimated_stepping_batches
     # once per optimizer step, after optimizer.step() (weights moved) and before zero_grad (grads still there)
     assert [c["step"] for c in calls] == list(range(steps - conf.tfinal + 1))  # then the pattern is fixed
     assert all(c["has_grads"] and c["stepped"] for c in calls)
-    assert all(c["trainer_step"] == c["step"] for c in calls)  # the 0-based step index
+    assert all(c["trainer_step"] == c["step"] + 1 for c in calls)  # the 0-based index of the step just taken
     # the rank budget shrinks from init_r to target_r per matrix during the run
     init_bgt, target_bgt = tuner.rankallocator.init_bgt, tuner.rankallocator.target_bgt
     budgets = [c["budget"] for c in calls]
@@ -287,10 +289,10 @@ def test_adalora_orthogonal_regularization_matches_peft(tmp_path: Path) -> None:
     with torch.no_grad():
         with_reg = peft_model(**batch).loss  # peft: HF loss + orth_reg_weight * penalty
         plain_loss = peft_model.base_model.model(**batch).loss  # the HF model alone
-    ours = peft_adapters.regularization(peft_model)
+    ours = regularization(peft_model)
     assert ours is not None and ours > 0
     torch.testing.assert_close(ours, with_reg - plain_loss, atol=1e-4, rtol=1e-4)
-    assert peft_adapters.regularization(make_module(tmp_path, "classification", "lora").model) is None
+    assert regularization(make_module(tmp_path, "classification", "lora").model) is None
 
 
 def test_adalora_resume_equals_uninterrupted_run(run_cfg) -> None:

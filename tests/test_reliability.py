@@ -151,7 +151,7 @@ def test_wandb_key_never_lands_in_run_dir(tmp_path) -> None:
 
 
 def test_redact_secrets() -> None:
-    from tunelab.pipeline import redact_secrets
+    from tunelab.rundir import redact_secrets
 
     os.environ["WANDB_API_KEY"] = "abc123secret"
     try:

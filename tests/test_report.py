@@ -12,6 +12,8 @@ from scipy import stats
 from conftest import compose_cfg
 from tunelab import plots, report, sweeps
 from tunelab.errors import ConfigError
+from tunelab.results import monitor
+from tunelab.validation import validate
 
 T_975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (tables)
 VAL_ACC = {"adamw": [0.80, 0.82, 0.84], "sgd": [0.70, 0.71, 0.75], "adamax": [0.60, 0.62, 0.64]}
@@ -27,6 +29,8 @@ def make_sweep(root: Path, values: dict[str, list[float]] = VAL_ACC, lrs: dict[s
             overrides = [f"optimizer={optimizer}", f"seed={seed}", "model=tiny"]
             metrics = {"val/acc": acc, "test/acc": acc - 0.05, "val/loss": 1 - acc, "train/loss": 0.1}
             (run / "metrics.json").write_text(json.dumps({"metrics": metrics, "overrides": overrides}))
+            (run / ".hydra").mkdir()
+            (run / ".hydra" / "config.yaml").write_text("data:\n  task: classification\n")
             lr = (lrs or {}).get(optimizer, 1e-4)
             sweeps.append_result(root, {"job_dir": str(job), "seed": seed, "lr": lr, "metrics": metrics,
                                         "choices": {"optimizer": optimizer}, "overrides": overrides})
@@ -144,7 +148,27 @@ def test_sweeper_direction_must_match_the_metric(tmp_path) -> None:
         cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig().set_config(cfg)
     with pytest.raises(ConfigError, match="hydra.sweeper.direction=minimize"):
-        sweeps.check_sweeper_direction(cfg, "acc", "max")
+        validate(cfg)
     with open_dict(cfg):
         cfg.optimized_metric = None  # val/acc: maximize is right
-    sweeps.check_sweeper_direction(cfg, "acc", "max")
+    validate(cfg)
+
+
+@pytest.mark.parametrize("task,metric,mode", [
+    ("classification", None, ("val/acc", "max")), ("classification", "val/loss", ("val/loss", "min")),
+    ("classification", "val/mcc", ("val/mcc", "max")), ("regression", None, ("val/spearman", "max")),
+    ("regression", "val/mae", ("val/mae", "min")), ("token_classification", "val/acc", ("val/acc", "max")),
+    ("causal_lm", None, ("val/perplexity", "min")),
+])
+def test_monitor_is_the_optimized_metric_with_its_direction(task, metric, mode) -> None:
+    assert monitor({"data": {"task": task}, "optimized_metric": metric}) == mode
+
+
+@pytest.mark.parametrize("metric,message", [
+    ("test/acc", "optimized_metric=test/acc is not a validation metric; use val/acc."),
+    ("val/nope", "val/nope is not a metric of classification runs; use one of acc, f1_macro, f1_micro, loss, mcc, precision, recall"),
+])
+def test_monitor_refuses_metrics_it_cannot_rank_by(metric, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        monitor({"data": {"task": "classification"}, "optimized_metric": metric})
+    assert str(err.value).startswith(message)

@@ -11,7 +11,8 @@ from conftest import FIXTURES, read_metrics
 from tunelab.data.readers import read_conll
 from tunelab.data.token_classification import align_labels
 from tunelab.errors import ConfigError
-from tunelab.span_metrics import EntityCounts, entity_report, spans
+from tunelab.report_tables import entity_report
+from tunelab.span_metrics import EntityCounts, spans
 from tunelab.tasks import get_task
 
 NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -130,7 +131,7 @@ def test_unknown_tag_names_file_and_line(run_cfg, tmp_path) -> None:
         run_cfg("data=conll", "loss=token_cross_entropy", f"data.train_file={train}", f"data.val_file={dev}",
                 f"data.test_file={dev}", "data.batch_size=1", "trainer=debug")
     message = str(err.value)
-    assert f"{dev}:3: tag 'B-ORG' is not in the training label set" in message
+    assert f"{dev}:3: tag 'B-ORG' is not in the label set" in message
     assert "data.label_names" in message and "\n" not in message
 
 
@@ -186,4 +187,4 @@ def test_minilm_learns_entities_on_conll_rows(run_cfg) -> None:
 
     val_f1 = [float(r["val/f1"]) for r in csv.DictReader(open(run_dir / "csv" / "metrics.csv")) if r.get("val/f1")]
     assert val_f1[-1] > val_f1[0], val_f1
-    assert metrics["test/f1"] >= 0.25, metrics  # measured 0.33 (40 test sentences); untrained: 0
+    assert metrics["test/f1"] >= 0.25, metrics  # an untrained head scores 0

@@ -29,14 +29,9 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
 def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab_size: int | None = None) -> nn.Module:
     """Load `model_cfg.name_or_path` with the task's head (or random init when from_scratch)."""
     path = model_cfg.get("name_or_path")
-    head = dict(num_labels=task.num_model_outputs(num_labels))
-    if task.name == "regression":
-        head["problem_type"] = "regression"
     auto_model = getattr(transformers, task.auto_model)
-    config = model_config(model_cfg, **head)
-    if task.name == "causal_lm":
-        config.is_decoder = True  # encoder architectures (BERT, model=tiny) only mask the future as decoders
-    resize = vocab_size is not None and task.name == "causal_lm"
+    config = model_config(model_cfg, **task.model_head(num_labels))
+    resize = vocab_size is not None and task.resizes_vocab
     if model_cfg.get("from_scratch"):
         if resize:  # the embedding matrix is sized to the tokenizer the datamodule built / loaded
             config.vocab_size = vocab_size

@@ -1,26 +1,24 @@
-"""Parameter-efficient fine-tuning (conf/peft/*.yaml) with the `peft` library: wrap the task model in
-a PeftModel with its head kept trainable, drive AdaLoRA's rank schedule from the Lightning loop, and
-save / merge / reload adapters. Named peft_adapters so that it never shadows the `peft` package."""
+"""Parameter-efficient fine-tuning (conf/peft/*.yaml) with the `peft` library: check the settings
+before anything loads, wrap the task model in a PeftModel with its head kept trainable, and save /
+merge / reload adapters (AdaLoRA's schedule: tunelab.adalora). Named peft_adapters so that it never
+shadows the `peft` package."""
 
 from __future__ import annotations
 
 import copy
 import inspect
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 import transformers
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from torch import nn
 
 from tunelab.errors import ConfigError
 from tunelab.model import model_config
-from tunelab.sweeps import override_key
 from tunelab.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -29,17 +27,10 @@ ADAPTER_DIR, MERGED_DIR = "adapter", "merged"
 # conf/peft keys that are tunelab's, not fields of the peft config class
 TUNELAB_KEYS = frozenset(
     {
-        "name", "lr", "save_adapter", "merge_on_save", "adapter_path", "tinit_ratio", "tfinal_ratio",
+        "name", "save_adapter", "merge_on_save", "adapter_path", "tinit_ratio", "tfinal_ratio",
         "target_modules_by_model_type", "feedforward_modules_by_model_type",
     }
 )  # fmt: skip
-# peft's task types pick the PeftModel subclass (prefix tuning needs it to feed past_key_values)
-TASK_TYPES = {
-    "classification": "SEQ_CLS",
-    "regression": "SEQ_CLS",
-    "token_classification": "TOKEN_CLS",
-    "causal_lm": "CAUSAL_LM",
-}
 
 
 def _peft():
@@ -96,29 +87,6 @@ def validate(cfg: DictConfig) -> None:
             )
 
 
-def apply_lr(cfg: DictConfig) -> None:
-    """peft.lr replaces the optimizer's default lr: adapters want a larger lr than full fine-tuning, and a
-    sweep over peft=none,lora,adalora then runs each method at its own lr (the logged config shows the
-    one used). An optimizer.lr given on the command line wins."""
-    lr = (cfg.get("peft") or {}).get("lr")
-    if lr is None or not cfg.get("train"):
-        return
-    if _overridden_on_command_line("optimizer.lr"):  # an explicit optimizer.lr=... wins
-        log.info("peft=%s: keeping optimizer.lr=%g from the command line (not peft.lr)", cfg.peft.name, cfg.optimizer.lr)
-        return
-    with open_dict(cfg):
-        cfg.optimizer.lr = float(lr)
-    log.info("peft=%s: optimizer.lr=%g (peft.lr)", cfg.peft.name, float(lr))
-
-
-def _overridden_on_command_line(key: str) -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return False
-    return any(override_key(o) == key for o in HydraConfig.get().overrides.task)
-
-
 def _hf_config(model_cfg: Mapping[str, Any]) -> transformers.PretrainedConfig | None:
     """The model's config (model.model_config); None if unusable: build_model reports that."""
     try:
@@ -168,109 +136,18 @@ def build_peft_config(cfg: Mapping[str, Any], model: nn.Module, task: Task):
         if key in kwargs and kwargs[key] is None:
             kwargs[key] = (cfg.get(f"{key}_by_model_type") or {}).get(model_type)
     if kwargs.get("modules_to_save") == "auto":
-        kwargs["modules_to_save"] = head_modules(model, task) or None
-    kwargs.setdefault("task_type", TASK_TYPES[task.name])
+        kwargs["modules_to_save"] = task.trained_head(model) or None
+    kwargs.setdefault("task_type", task.peft_task_type)
     if issubclass(get_class(kwargs["_target_"]), _peft().AdaLoraConfig):
-        # provisional: the real schedule comes from the trainer at fit start (on_fit_start)
+        # provisional: the real schedule comes from the trainer at fit start (tunelab.adalora)
         kwargs.update(total_step=1, tinit=0, tfinal=0)
     return instantiate(kwargs, _convert_="all")
-
-
-def head_modules(model: nn.Module, task: Task) -> list[str]:
-    """The task head, trained in full: the top-level modules with parameters outside the backbone
-    (BERT: classifier, GPT-2: score). Causal LM keeps its pretrained head, tied to the input embeddings
-    (training it would train the whole vocabulary matrix)."""
-    if task.name == "causal_lm":
-        return []
-    backbone = getattr(model, "base_model_prefix", "")
-    return [n for n, m in model.named_children() if n != backbone and any(True for _ in m.parameters())]
 
 
 def parameter_counts(model: nn.Module) -> dict[str, float]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return {"params/trainable": trainable, "params/total": total, "params/trainable_ratio": trainable / max(total, 1)}
-
-
-# ---- AdaLoRA in the Lightning loop ------------------------------------------------------------------
-
-
-def _adalora(model: nn.Module) -> Any:
-    """The trainable AdaLoRA tuner (AdaLoraModel) of a PeftModel (the one with a rank allocator), else None."""
-    if not is_peft_model(model):
-        return None
-    tuner = model.base_model
-    return tuner if isinstance(tuner, _peft().AdaLoraModel) and hasattr(tuner, "rankallocator") else None
-
-
-def on_fit_start(model: nn.Module, cfg: Mapping[str, Any] | None, total_steps: float) -> None:
-    """AdaLoRA's budget schedule spans the run: total_step = the trainer's optimizer steps, tinit /
-    tfinal = fractions of it (too short a run for both phases budgets all the way)."""
-    tuner = _adalora(model)
-    if tuner is None:
-        return
-    if not math.isfinite(total_steps):
-        raise ConfigError("peft=adalora schedules its rank budget over the run: set trainer.max_steps or max_epochs.")
-    conf = tuner.peft_config[tuner.trainable_adapter_name]
-    total = max(int(total_steps), 1)
-    tinit, tfinal = int(cfg.get("tinit_ratio", 0) * total), int(cfg.get("tfinal_ratio", 0) * total)
-    if tinit >= total - tfinal:
-        tinit, tfinal = 0, 0
-    conf.total_step, conf.tinit, conf.tfinal = total, tinit, tfinal
-    alloc = tuner.rankallocator
-    log.info(
-        "adalora: rank budget %d -> %d, full until step %d, fixed after step %d of %d (every %d steps)",
-        alloc.init_bgt, alloc.target_bgt, tinit, total - tfinal, total, conf.deltaT,
-    )  # fmt: skip
-
-
-def after_optimizer_step(model: nn.Module, step: int) -> None:
-    """AdaLoRA's importance update + rank allocation: needs this step's gradients, so it runs after
-    optimizer.step() and before zero_grad(). `step` is the 0-based index of this optimizer step."""
-    tuner = _adalora(model)
-    if tuner is not None:
-        tuner.update_and_allocate(step)
-
-
-def regularization(model: nn.Module) -> torch.Tensor | None:
-    """AdaLoRA's orthogonal regularization of P (lora_A) and Q (lora_B), weighted by orth_reg_weight.
-    peft adds it in AdaLoraModel.forward only to a loss the HF model computed itself (labels passed
-    in); tunelab computes the loss outside the model, so the same term is added here."""
-    tuner = _adalora(model)
-    if tuner is None:
-        return None
-    name = tuner.trainable_adapter_name
-    terms = []
-    for n, p in tuner.model.named_parameters():
-        if ("lora_A" in n or "lora_B" in n) and name in n:
-            cov = p @ p.T if "lora_A" in n else p.T @ p
-            terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=p.device, dtype=p.dtype)))
-    if not terms:
-        return None
-    return tuner.peft_config[name].orth_reg_weight * torch.stack(terms).mean()
-
-
-def checkpoint_state(model: nn.Module) -> dict | None:
-    """AdaLoRA state outside the weights (rank pattern, importance EMAs), so a resumed run continues it."""
-    tuner = _adalora(model)
-    if tuner is None:
-        return None
-    alloc = tuner.rankallocator
-    return {
-        "rank_pattern": tuner.peft_config[tuner.trainable_adapter_name].rank_pattern,
-        "ipt": alloc.ipt,
-        "exp_avg_ipt": alloc.exp_avg_ipt,
-        "exp_avg_unc": alloc.exp_avg_unc,
-    }
-
-
-def load_checkpoint_state(model: nn.Module, state: dict | None) -> None:
-    tuner = _adalora(model)
-    if tuner is None or not state:
-        return
-    tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]
-    alloc = tuner.rankallocator
-    alloc.ipt, alloc.exp_avg_ipt, alloc.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
 
 
 # ---- saving and loading adapters ------------------------------------------------------------------

@@ -15,6 +15,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from tunelab.results import load_runs, monitor, runs_monitor, saved_config
+
 log = logging.getLogger(__name__)
 
 
@@ -54,15 +56,10 @@ def _read_csv_metrics(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def _monitor_metric(run_dir: Path, series: dict) -> str | None:
-    """The run's monitor metric (val/acc, val/spearman, ...) from its saved config; else a guess."""
-    from tunelab.report import saved_config
-    from tunelab.sweeps import optimized_metric
-
+    """The run's monitored metric (val/acc, val/spearman, ...) when it logged it."""
     cfg = saved_config(run_dir)
-    name = optimized_metric(cfg) if cfg is not None else None
-    if name in series:
-        return name
-    return next((k for k in ("val/acc", "val/spearman", "val/perplexity") if k in series), None)
+    name = monitor(cfg)[0] if cfg is not None else None
+    return name if name in series else None
 
 
 def plot_learning_curves(run_dir: Path) -> Path | None:
@@ -135,14 +132,12 @@ def write_run_plots(run_dir: Path) -> list[Path]:
 
 def plot_sweep(sweep_dir: Path, metric: str | None = None, runs: list | None = None) -> Path | None:
     """Metric vs learning rate, one line per optimizer, mean over seeds with ±1 std error bars
-    (`runs`: the sweep's report.load_runs, when the caller has them already)."""
-    from tunelab import report
-
+    (`runs`: the sweep's results.load_runs, when the caller has them already)."""
     sweep_dir = Path(sweep_dir)
-    runs = report.load_runs(sweep_dir) if runs is None else runs
+    runs = load_runs(sweep_dir) if runs is None else runs
     if not runs:
         return None
-    metric = metric or report.default_rank_metric(runs)
+    metric = runs_monitor(runs, metric)[0]
     points: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         value = run.metrics.get(metric)

@@ -17,28 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from tunelab.sweeps import RESULTS_FILE, job_name, metric_mode, optimized_metric, override_key
+from tunelab import plots
+from tunelab.results import Run, load_runs, runs_monitor
+from tunelab.sweeps import job_name, override_key
 
 log = logging.getLogger(__name__)
-SEED_KEYS = ("seed",)
-
-
-@dataclass
-class Run:
-    dir: Path
-    overrides: list[str]
-    metrics: dict[str, float]
-    seed: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    saved: DictConfig | None = None  # the job's .hydra/config.yaml (None when missing)
-
-    @property
-    def config(self) -> tuple[str, ...]:
-        """What identifies the config: the overrides without the seed."""
-        return tuple(sorted(o for o in self.overrides if override_key(o) not in SEED_KEYS))
 
 
 @dataclass
@@ -61,91 +46,6 @@ class Group:
         """{seed (or run dir when unseeded): value} of one metric."""
         return {(r.seed if r.seed is not None else str(r.dir)): r.metrics[metric] for r in self.runs
                 if r.metrics.get(metric) is not None}
-
-
-def _value(override: str) -> str:
-    return override.split("=", 1)[1] if "=" in override else ""
-
-
-# ---- loading -----------------------------------------------------------------------------------
-def load_runs(sweep_dir: Path) -> list[Run]:
-    """Every finished job under the sweep dir (one with a metrics.json), joined with its line of
-    the sweep table for the resolved seed / optimizer / lr (falls back to the job's .hydra files)."""
-    sweep_dir = Path(sweep_dir)
-    rows = {}
-    table = sweep_dir / RESULTS_FILE
-    if table.is_file():
-        for line in table.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[row.get("job_dir")] = row
-    runs = []
-    for path in sorted(sweep_dir.rglob("metrics.json")):
-        rel = path.parent.relative_to(sweep_dir)
-        if any(part.startswith(".") or part == "wandb" for part in rel.parts):
-            continue
-        record = json.loads(path.read_text())
-        row = rows.get(str(rel), {})
-        run = Run(dir=path.parent, overrides=list(record.get("overrides", [])),
-                  metrics={k: v for k, v in record.get("metrics", {}).items() if v is not None})
-        run.seed = row.get("seed")
-        run.optimizer = (row.get("choices") or {}).get("optimizer")
-        run.lr = row.get("lr")
-        _fill_from_hydra_files(run)
-        runs.append(run)
-    return runs
-
-
-def saved_config(run_dir: Path) -> DictConfig | None:
-    """The config a job ran with (<run dir>/.hydra/config.yaml, unresolved), None when missing."""
-    path = Path(run_dir) / ".hydra" / "config.yaml"
-    return OmegaConf.load(path) if path.is_file() else None
-
-
-def _fill_from_hydra_files(run: Run) -> None:
-    overrides = {override_key(o): _value(o) for o in run.overrides}
-    hydra = run.dir / ".hydra" / "hydra.yaml"
-    run.saved = saved_config(run.dir)
-    cfg = run.saved if run.saved is not None else OmegaConf.create()
-    if run.seed is None:
-        seed = overrides.get("seed", OmegaConf.select(cfg, "seed", throw_on_resolution_failure=False))
-        run.seed = int(seed) if seed not in (None, "") else None
-    if run.optimizer is None:
-        choice = None
-        if hydra.is_file():
-            choice = OmegaConf.select(OmegaConf.load(hydra), "hydra.runtime.choices.optimizer",
-                                      throw_on_resolution_failure=False)
-        run.optimizer = choice or overrides.get("optimizer")
-    if run.lr is None:
-        lr = overrides.get("optimizer.lr")
-        if lr is None:
-            try:  # interpolations that need Hydra at run time cannot be resolved here
-                lr = OmegaConf.select(cfg, "optimizer.lr", throw_on_resolution_failure=True)
-            except Exception:  # noqa: BLE001
-                lr = None
-        run.lr = float(lr) if lr is not None else None
-
-
-def default_rank_metric(runs: list[Run]) -> str:
-    """The sweep's optimized metric (optimized_metric, else the task's val monitor metric)."""
-    for run in runs:
-        name = optimized_metric(run.saved) if run.saved is not None else None
-        if name:
-            return name
-    names = {k for r in runs for k in r.metrics}
-    return next((k for k in ("val/acc", "val/spearman", "val/loss") if k in names), sorted(names)[0])
-
-
-def _rank_mode(metric: str, runs: list[Run]) -> str:
-    for run in runs:
-        task = OmegaConf.select(run.saved, "data.task", throw_on_resolution_failure=False) \
-            if run.saved is not None else None
-        if task:
-            from tunelab.tasks import get_task
-
-            t = get_task(task)
-            return metric_mode(metric, t.monitor, t.mode)
-    return metric_mode(metric)
 
 
 # ---- statistics --------------------------------------------------------------------------------
@@ -188,11 +88,10 @@ def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
     runs = load_runs(sweep_dir) if runs is None else runs
     if not runs:
         raise ValueError(f"no finished runs (metrics.json) under {sweep_dir}; pass a sweep dir from outputs/*/multiruns/.")
-    metric = metric or default_rank_metric(runs)
-    mode = _rank_mode(metric, runs)
-    if not any(metric in r.metrics for r in runs):
-        known = sorted({k for r in runs for k in r.metrics if k.startswith("val/")})
-        raise ValueError(f"no run logged {metric}; pass --metric with one of {', '.join(known)}.")
+    if metric is not None:
+        _require_logged(metric, runs)
+    metric, mode = runs_monitor(runs, metric)
+    _require_logged(metric, runs)
     groups = _group(runs)
     metrics = sorted({k for r in runs for k in r.metrics if k.startswith(("val/", "test/"))})
     for g in groups:
@@ -218,6 +117,12 @@ def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
         comparison["differs"] = None if p is None else bool(p < alpha)
     return {"sweep_dir": str(sweep_dir), "metric": metric, "mode": mode, "n_runs": len(runs),
             "configs": ranked, "best_vs_runner_up": comparison}
+
+
+def _require_logged(metric: str, runs: list[Run]) -> None:
+    if not any(metric in r.metrics for r in runs):
+        known = sorted({k for r in runs for k in r.metrics if k.startswith("val/")})
+        raise ValueError(f"no run logged {metric}; pass --metric with one of {', '.join(known)}.")
 
 
 def _mean(values: dict) -> float:
@@ -330,8 +235,6 @@ class SweepReport(Callback):
         try:
             runs = load_runs(sweep_dir)
             _, markdown = write_report(sweep_dir, runs=runs)
-            from tunelab import plots
-
             plots.plot_sweep(sweep_dir, runs=runs)
             log.info("sweep report (%s):\n%s", sweep_dir / "report.md", markdown)
         except Exception as err:  # noqa: BLE001 - the jobs are done; a report problem must not hide that

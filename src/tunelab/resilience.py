@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 
 from tunelab.errors import TrainingError
+from tunelab.rundir import newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Resilience(pl.Callback):
             self._stop_for_nan(trainer, step)
 
     def _stop_for_nan(self, trainer: pl.Trainer, step: int, value: str = "") -> None:
-        last = _last_good_checkpoint(trainer)
+        last = newest_checkpoint(Path(trainer.default_root_dir) / "checkpoints")
         raise TrainingError(
             f"non-finite training loss {value}at step {step} (epoch {trainer.current_epoch}); "
             f"last good checkpoint: {last or 'none yet'}. Lower optimizer.lr, set trainer.gradient_clip_val, "
@@ -149,12 +150,6 @@ class Resilience(pl.Callback):
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
         self._previous_handlers.clear()
-
-
-def _last_good_checkpoint(trainer: pl.Trainer) -> str | None:
-    folder = Path(trainer.default_root_dir) / "checkpoints"
-    ckpts = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    return str(ckpts[-1]) if ckpts else None
 
 
 def find_resilience(trainer: pl.Trainer) -> Resilience | None:

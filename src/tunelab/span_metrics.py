@@ -11,6 +11,7 @@ import torch
 from torchmetrics import Metric
 
 from tunelab.losses import IGNORE_INDEX
+from tunelab.report_tables import prf
 
 
 def entity_types(label_names: Sequence[str]) -> list[str]:
@@ -100,44 +101,3 @@ class EntityCounts(Metric):
             return torch.stack([self.tp, self.pred, self.gold])
         precision, recall, f1 = prf(self.tp.sum(), self.pred.sum(), self.gold.sum())
         return {"precision": precision, "recall": recall, "f1": f1}[self.stat]
-
-
-def prf(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Precision, recall, F1 (0 where undefined, as seqeval's zero_division=0)."""
-    tp, pred, gold = tp.double(), pred.double(), gold.double()
-    precision = torch.where(pred > 0, tp / pred.clamp(min=1), 0.0)
-    recall = torch.where(gold > 0, tp / gold.clamp(min=1), 0.0)
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
-    return precision.float(), recall.float(), f1.float()
-
-
-def entity_report(counts: torch.Tensor, types: Sequence[str]) -> tuple[dict, str]:
-    """Per-type and micro/macro precision/recall/F1/support from a [3, n_types] tp/pred/gold tensor."""
-    tp, pred, gold = counts.cpu()
-    p, r, f = prf(tp, pred, gold)
-    classes = {
-        t: {"precision": p[i].item(), "recall": r[i].item(), "f1": f[i].item(), "support": int(gold[i]),
-            "predicted": int(pred[i])}
-        for i, t in enumerate(types)
-    }
-    mp, mr, mf = prf(tp.sum(), pred.sum(), gold.sum())
-    report = {
-        "classes": classes,
-        "micro_avg": {"precision": mp.item(), "recall": mr.item(), "f1": mf.item()},
-        "macro_avg": {"precision": p.mean().item(), "recall": r.mean().item(), "f1": f.mean().item()},
-        "support": int(gold.sum()),
-        "predicted": int(pred.sum()),
-        "types": list(types),
-    }
-    width = max(12, *(len(t) for t in types)) if types else 12
-    lines = [f"{'entity':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
-    for t, row in classes.items():
-        lines.append(f"{t:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:9d}")
-    lines.append("")
-    for avg in ("micro_avg", "macro_avg"):
-        row = report[avg]
-        lines.append(
-            f"{avg.replace('_', ' '):>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} "
-            f"{report['support']:9d}"
-        )
-    return report, "\n".join(lines)

@@ -1,5 +1,5 @@
-"""Sweep bookkeeping done inside each job: the sweep-level results table, the W&B run identity
-(group = sweep, name = overrides, tags = config choices) and the sweeper-direction check."""
+"""Sweep bookkeeping done inside each job: the sweep-level results table and the W&B run identity
+(group = sweep, name = overrides, tags = config choices)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tunelab.errors import ConfigError
 
 RESULTS_FILE = "results.jsonl"
 # the config-group choices that identify a run (W&B tags, results table)
@@ -23,25 +22,11 @@ TAG_GROUPS = ("data", "loss", "optimizer")
 # overrides that say where/how a job runs, not what it trains: left out of W&B run names
 _PLUMBING = ("paths.", "hydra.", "logger", "callbacks", "trainer.accelerator", "trainer.enable_", "experiment",
              "hparams_search")
-# substrings of metric names where lower is better (everything else: higher is better)
-_LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "perplexity", "error")
 
 
 def override_key(override: str) -> str:
     """The key of a command-line override: `+optimizer.lr=1e-4` -> `optimizer.lr`."""
     return override.lstrip("+~").split("=", 1)[0]
-
-
-def optimized_metric(cfg: Mapping[str, Any]) -> str | None:
-    """What a run optimizes (train.py returns it to sweepers; reports and plots rank by it):
-    `optimized_metric`, else val/<the data task's monitor metric>; None if the config names neither."""
-    name = cfg.get("optimized_metric")
-    task = (cfg.get("data") or {}).get("task")
-    if name or not task:
-        return name
-    from tunelab.tasks import get_task  # torch + torchmetrics: only when the task's monitor is needed
-
-    return f"val/{get_task(task).monitor}"
 
 
 def is_multirun() -> bool:
@@ -51,13 +36,6 @@ def is_multirun() -> bool:
 def sweep_dir() -> Path | None:
     """The sweep's root dir when this process runs a multirun job, else None."""
     return Path(HydraConfig.get().sweep.dir) if is_multirun() else None
-
-
-def metric_mode(name: str, task_monitor: str | None = None, task_mode: str | None = None) -> str:
-    """"max" or "min" for a metric name like val/acc or val/loss."""
-    if task_monitor and task_mode and name.split("/")[-1] == task_monitor:
-        return task_mode
-    return "min" if any(s in name.split("/")[-1] for s in _LOWER_IS_BETTER) else "max"
 
 
 def job_name(overrides: list[str], swept: set[str] | None = None) -> str:
@@ -105,25 +83,6 @@ def with_wandb_identity(logger_group: DictConfig | None) -> DictConfig | None:
             entry.group = entry.get("group") or Path(hydra_cfg.sweep.dir).name
             entry.name = job_name(list(hydra_cfg.overrides.task), swept_keys()) or entry.get("name")
     return group
-
-
-def check_sweeper_direction(cfg: DictConfig, task_monitor: str, task_mode: str) -> None:
-    """An optuna sweep that maximizes a loss (or minimizes accuracy) runs fine and finds the worst
-    config: refuse it before training."""
-    if not is_multirun():
-        return
-    direction = HydraConfig.get().sweeper.get("direction")
-    if direction is None or isinstance(direction, (list, tuple)) or not isinstance(getattr(direction, "name", direction), str):
-        return  # the basic sweeper has no direction; multi-objective is the user's business
-    direction = getattr(direction, "name", direction)
-    name = optimized_metric(cfg)
-    wanted = metric_mode(name, task_monitor, task_mode) + "imize"
-    if direction != wanted:
-        better = "higher" if wanted == "maximize" else "lower"
-        raise ConfigError(
-            f"hydra.sweeper.direction={direction} but optimized_metric={name} is better {better}; "
-            f"set hydra.sweeper.direction={wanted}."
-        )
 
 
 def append_result(directory: Path, record: dict[str, Any]) -> Path:

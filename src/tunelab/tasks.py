@@ -1,6 +1,7 @@
 """The task abstraction: everything that differs between classification, regression, token
-classification and causal LM lives here (model head, metrics, monitor, test report), so one
-LightningModule serves them all."""
+classification and causal LM lives here (model head, peft task type, the data modules that serve it,
+metrics and which of them is monitored, test report), so one LightningModule and one pipeline serve
+them all."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
+from tunelab.errors import ConfigError
 from tunelab.losses import shift_for_next_token
 from tunelab.metrics import (
     Accuracy,
@@ -22,7 +24,8 @@ from tunelab.metrics import (
     Recall,
     TokenAccuracy,
 )
-from tunelab.span_metrics import EntityCounts, entity_report, entity_types
+from tunelab.report_tables import classification_report, entity_report
+from tunelab.span_metrics import EntityCounts, entity_types
 
 
 class Task:
@@ -30,12 +33,45 @@ class Task:
 
     name: ClassVar[str]
     auto_model: ClassVar[str]  # transformers Auto class that adds this task's head
+    peft_task_type: ClassVar[str]  # peft's TaskType: picks the PeftModel subclass (prefix tuning needs it)
+    data_modules: ClassVar[frozenset[str]]  # tunelab.data classes that can serve this task
     default_loss: ClassVar[str]
     monitor: ClassVar[str]  # metric name without the stage prefix
     mode: ClassVar[str]
 
-    def num_model_outputs(self, num_labels: int) -> int:
-        return num_labels
+    def model_head(self, num_labels: int) -> dict[str, Any]:
+        """Settings of the model config that shape this task's head (transformers config kwargs)."""
+        return {"num_labels": num_labels}
+
+    def trained_head(self, model: torch.nn.Module) -> list[str]:
+        """The task head trained in full under an adapter: the top-level modules with parameters outside
+        the backbone (BERT: classifier, GPT-2: score)."""
+        backbone = getattr(model, "base_model_prefix", "")
+        return [n for n, m in model.named_children() if n != backbone and any(True for _ in m.parameters())]
+
+    def check_data(self, data_cfg: Any) -> None:
+        """ConfigError when the configured data module cannot serve this task."""
+        module = str(data_cfg.get("_target_", "")).rsplit(".", 1)[-1]
+        if module and module not in self.data_modules:
+            fits = sorted(t.name for t in TASKS.values() if module in t.data_modules)
+            raise ConfigError(
+                f"data={data_cfg.get('name')} ({module}) serves {' or '.join(fits)} data, not data.task={self.name}; "
+                f"use data.task={fits[0]} or a data config for {self.name}."
+            )
+
+    def metric_mode(self, name: str) -> str:
+        """"max" or "min": whether a larger value of a logged metric (`val/acc`, `test/loss`) is better."""
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf == self.monitor:
+            return self.mode
+        if leaf.split("_")[0] == "loss":
+            return "min"
+        metrics = dict(self.metrics(2).items())
+        metric = metrics.get(leaf)
+        if metric is None or metric.higher_is_better is None:
+            known = sorted(["loss", *metrics])
+            raise ConfigError(f"{name} is not a metric of {self.name} runs; use one of {', '.join(known)} (val/ or test/).")
+        return "max" if metric.higher_is_better else "min"
 
     def metrics(self, num_labels: int) -> MetricCollection:
         raise NotImplementedError
@@ -51,6 +87,8 @@ class Task:
     def report(self, state: Any, label_names: list[str]) -> tuple[dict, str]:
         return {}, ""
 
+    resizes_vocab: ClassVar[bool] = False
+
     def with_labels(self, label_names: Sequence[str]) -> "Task":
         """The task bound to a run's label names (tasks whose metrics need the names override this)."""
         return self
@@ -59,6 +97,8 @@ class Task:
 class ClassificationTask(Task):
     name = "classification"
     auto_model = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    data_modules = frozenset({"TextDataModule"})
     default_loss = "cross_entropy"
     monitor = "acc"
     mode = "max"
@@ -93,12 +133,14 @@ class ClassificationTask(Task):
 class RegressionTask(Task):
     name = "regression"
     auto_model = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    data_modules = frozenset({"TextDataModule"})
     default_loss = "mse"
     monitor = "spearman"
     mode = "max"
 
-    def num_model_outputs(self, num_labels: int) -> int:
-        return 1
+    def model_head(self, num_labels: int) -> dict[str, Any]:
+        return {"num_labels": 1, "problem_type": "regression"}
 
     def metrics(self, num_labels: int) -> MetricCollection:
         return MetricCollection(
@@ -120,6 +162,8 @@ class TokenClassificationTask(ClassificationTask):
 
     name = "token_classification"
     auto_model = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+    data_modules = frozenset({"TokenClassificationDataModule"})
     default_loss = "token_cross_entropy"
     monitor = "f1"
     mode = "max"
@@ -152,9 +196,21 @@ class TokenClassificationTask(ClassificationTask):
 class CausalLMTask(Task):
     name = "causal_lm"
     auto_model = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+    data_modules = frozenset({"LanguageModelingDataModule"})
     default_loss = "next_token_cross_entropy"
     monitor = "perplexity"
     mode = "min"
+    resizes_vocab = True  # the embedding matrix follows the tokenizer the datamodule built or loaded
+
+    def model_head(self, num_labels: int) -> dict[str, Any]:
+        # encoder architectures (BERT, model=tiny) mask the future only as decoders
+        return {"is_decoder": True}
+
+    def trained_head(self, model: torch.nn.Module) -> list[str]:
+        # the pretrained LM head stays, tied to the input embeddings: training it would train the whole
+        # vocabulary matrix
+        return []
 
     def metrics(self, num_labels: int) -> MetricCollection:
         return MetricCollection({"perplexity": Perplexity()})
@@ -170,61 +226,5 @@ TASKS: dict[str, Task] = {
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ValueError(f"data.task={name!r} is unknown; use one of {sorted(TASKS)}.")
+        raise ConfigError(f"data.task={name!r} is unknown; use one of {', '.join(sorted(TASKS))}.")
     return TASKS[name]
-
-
-def classification_report(confusion: torch.Tensor, label_names: list[str]) -> tuple[dict, str]:
-    """Per-class precision/recall/F1/support and the confusion matrix (rows = true, cols = predicted)."""
-    cm = confusion.double().cpu()
-    tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
-    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
-    recall = torch.where(support > 0, tp / support.clamp(min=1), 0.0)
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
-    total = support.sum().item()
-    classes = {
-        name: {
-            "precision": precision[i].item(),
-            "recall": recall[i].item(),
-            "f1": f1[i].item(),
-            "support": int(support[i].item()),
-        }
-        for i, name in enumerate(label_names)
-    }
-    weights = support / max(total, 1)
-    report = {
-        "classes": classes,
-        "accuracy": tp.sum().item() / max(total, 1),
-        "macro_avg": {k: v.mean().item() for k, v in (("precision", precision), ("recall", recall), ("f1", f1))},
-        "weighted_avg": {
-            k: (v * weights).sum().item() for k, v in (("precision", precision), ("recall", recall), ("f1", f1))
-        },
-        "support": int(total),
-        "labels": list(label_names),
-        "confusion_matrix": cm.long().tolist(),
-    }
-    return report, format_classification_report(report)
-
-
-def format_classification_report(report: dict) -> str:
-    names = report["labels"]
-    width = max(12, *(len(n) for n in names))
-    lines = [f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
-    for name, row in report["classes"].items():
-        lines.append(
-            f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:9d}"
-        )
-    lines.append("")
-    lines.append(f"{'accuracy':>{width}} {'':>9} {'':>9} {report['accuracy']:9.4f} {report['support']:9d}")
-    for avg in ("macro_avg", "weighted_avg"):
-        r = report[avg]
-        lines.append(
-            f"{avg.replace('_', ' '):>{width}} {r['precision']:9.4f} {r['recall']:9.4f} {r['f1']:9.4f} "
-            f"{report['support']:9d}"
-        )
-    lines.append("")
-    lines.append("confusion matrix (rows = true, columns = predicted):")
-    lines.append(f"{'':>{width}} " + " ".join(f"{n[:9]:>9}" for n in names))
-    for name, row in zip(names, report["confusion_matrix"]):
-        lines.append(f"{name:>{width}} " + " ".join(f"{v:9d}" for v in row))
-    return "\n".join(lines)

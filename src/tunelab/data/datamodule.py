@@ -9,7 +9,8 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Sequence
+from collections import Counter
+from typing import Any, Iterable, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -255,11 +256,6 @@ class TextDataModule(BaseDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if self.task not in {"classification", "regression"}:
-            raise ConfigError(
-                f"data={self.name} reads sentence-level data but data.task={self.task}; "
-                "use data.task=classification or regression."
-            )
         self.format = format
         self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
         self.configured_label_names = list(label_names) if label_names else None
@@ -299,22 +295,40 @@ class TextDataModule(BaseDataModule):
                     e["labels"] = _as_float(e)
             self.label_names = []
             return
-        names = self.configured_label_names or _sorted_labels({e["label"] for e in examples["train"]})
-        index = {str(i): i for i in range(len(names))} | {str(n): i for i, n in enumerate(names)}
+        labels = LabelSet(self.configured_label_names, [e["label"] for e in examples["train"]], "label",
+                          numeric_ids=True)
         for rows in examples.values():
             for e in rows:
-                if e["label"] not in index:
-                    raise ConfigError(
-                        f"{e['file']}:{e['row']}: label {e['label']!r} is not in the label set {names}; "
-                        "fix the row or set data.label_names."
-                    )
-                e["labels"] = index[e["label"]]
-        self.label_names = [str(n) for n in names]
-        counts = torch.bincount(torch.tensor([e["labels"] for e in examples["train"]]), minlength=len(names))
-        self.class_counts = counts.tolist()
-        for rows in examples.values():
-            for e in rows:
+                e["labels"] = labels.id(e["label"], f"{e['file']}:{e['row']}")
                 del e["label"], e["row"], e["file"]
+        self.label_names = labels.names
+        self.class_counts = labels.counts(e["labels"] for e in examples["train"])
+
+
+class LabelSet:
+    """A run's label names and ids: data.label_names, else the sorted labels of the training split (the
+    names are stored in the checkpoint, so evaluation maps labels the same way)."""
+
+    def __init__(self, configured: Sequence[str] | None, train_labels: Iterable[str], kind: str,
+                 numeric_ids: bool = False) -> None:
+        self.names = [str(n) for n in configured] if configured else _sorted_labels(set(train_labels))
+        self.kind = kind
+        self.index = {n: i for i, n in enumerate(self.names)}
+        if numeric_ids:  # a file may give classes as ids 0..n-1 instead of names
+            self.index = {str(i): i for i in range(len(self.names))} | self.index
+
+    def id(self, label: str, where: str) -> int:
+        if label not in self.index:
+            raise ConfigError(
+                f"{where}: {self.kind} {label!r} is not in the label set {self.names}; "
+                f"fix the row or list every {self.kind} in data.label_names."
+            )
+        return self.index[label]
+
+    def counts(self, ids: Iterable[int]) -> list[int]:
+        """How often each label id occurs (ids -100, positions that are not scored, are skipped)."""
+        counted = Counter(ids)
+        return [counted[i] for i in range(len(self.names))]
 
 
 def _as_float(e: dict) -> float:

@@ -42,8 +42,6 @@ class LanguageModelingDataModule(BaseDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if self.task != "causal_lm":
-            raise ConfigError(f"data={self.name} reads plain text but data.task={self.task}; use data.task=causal_lm.")
         if block_size < 2:
             raise ConfigError(f"data.block_size={block_size} must be at least 2 (a token and its successor).")
         self.format, self.text_column, self.separator = format, text_column, document_separator

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.datamodule import BaseDataModule, LabelSet
 from tunelab.data.readers import read_conll
 from tunelab.errors import ConfigError
 from tunelab.losses import IGNORE_INDEX
@@ -32,10 +31,6 @@ class TokenClassificationDataModule(BaseDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if self.task != "token_classification":
-            raise ConfigError(
-                f"data={self.name} reads CoNLL token data but data.task={self.task}; use data.task=token_classification."
-            )
         self.token_column, self.tag_column, self.delimiter = token_column, tag_column, delimiter
         self.label_all_subtokens = label_all_subtokens
         self.configured_label_names = list(label_names) if label_names else None
@@ -64,31 +59,21 @@ class TokenClassificationDataModule(BaseDataModule):
         }
 
     def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
-        names = self.configured_label_names or sorted({t for e in examples["train"] for t in e["tags"]})
-        index = {n: i for i, n in enumerate(names)}
-        counts: Counter[int] = Counter()
+        labels = LabelSet(self.configured_label_names, (t for e in examples["train"] for t in e["tags"]), "tag")
         truncated = 0
-        for split, rows in examples.items():
+        for rows in examples.values():
             for e in rows:
-                for tag, line in zip(e["tags"], e["lines"]):
-                    if tag not in index:
-                        raise ConfigError(
-                            f"{e['file']}:{line}: tag {tag!r} is not in the training label set {names}; "
-                            "fix the row or list every tag in data.label_names."
-                        )
-                e["labels"] = align_labels(e["word_ids"], [index[t] for t in e["tags"]], names,
-                                           self.label_all_subtokens)
+                word_labels = [labels.id(tag, f"{e['file']}:{line}") for tag, line in zip(e["tags"], e["lines"])]
+                e["labels"] = align_labels(e["word_ids"], word_labels, labels.names, self.label_all_subtokens)
                 truncated += max(e["word_ids"]) + 1 < len(e["tags"])
-                if split == "train":
-                    counts.update(label for label in e["labels"] if label != IGNORE_INDEX)
                 for key in ("word_ids", "tags", "lines", "file"):
                     del e[key]
         if truncated:
             log.warning("%d sentences were truncated to data.max_length=%d tokens (their tail is not scored)",
                         truncated, self.max_length)
         self.truncated = truncated
-        self.label_names = list(names)
-        self.class_counts = [counts[i] for i in range(len(names))]
+        self.label_names = labels.names
+        self.class_counts = labels.counts(i for e in examples["train"] for i in e["labels"])
 
 
 def align_labels(word_ids: Sequence[int], word_labels: Sequence[int], names: Sequence[str], all_subtokens: bool) -> list[int]:

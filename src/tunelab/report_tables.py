@@ -1,0 +1,84 @@
+"""Precision / recall / F1 tables of the test report, from counts: per class (classification, from the
+confusion matrix) or per entity type (token classification, from span counts). One formula, one layout."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+AVERAGE_NAMES = {"micro_avg": "micro avg", "macro_avg": "macro avg", "weighted_avg": "weighted avg"}
+
+
+def prf(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Precision, recall, F1 from true-positive, predicted and gold counts (0 where undefined, as
+    seqeval's and scikit-learn's zero_division=0)."""
+    tp, pred, gold = tp.double(), pred.double(), gold.double()
+    precision = torch.where(pred > 0, tp / pred.clamp(min=1), 0.0)
+    recall = torch.where(gold > 0, tp / gold.clamp(min=1), 0.0)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
+    return precision.float(), recall.float(), f1.float()
+
+
+def per_class_report(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor, names: Sequence[str]) -> dict:
+    """{"classes": {name: p/r/f1/support/predicted}, "macro_avg", "micro_avg", "weighted_avg", "support",
+    "predicted"} from per-class count vectors."""
+    tp, pred, gold = tp.cpu(), pred.cpu(), gold.cpu()
+    p, r, f = prf(tp, pred, gold)
+    classes = {
+        name: {"precision": p[i].item(), "recall": r[i].item(), "f1": f[i].item(), "support": int(gold[i]),
+               "predicted": int(pred[i])}
+        for i, name in enumerate(names)
+    }
+    mp, mr, mf = prf(tp.sum(), pred.sum(), gold.sum())
+    weights = gold.double() / max(int(gold.sum()), 1)
+    return {
+        "classes": classes,
+        "micro_avg": {"precision": mp.item(), "recall": mr.item(), "f1": mf.item()},
+        "macro_avg": {"precision": p.mean().item(), "recall": r.mean().item(), "f1": f.mean().item()},
+        "weighted_avg": {k: float((v.double() * weights).sum()) for k, v in (("precision", p), ("recall", r), ("f1", f))},
+        "support": int(gold.sum()),
+        "predicted": int(pred.sum()),
+    }
+
+
+def format_table(report: dict, first_column: str, averages: Sequence[str], accuracy: float | None = None) -> str:
+    """The text table: one row per class, then accuracy (when given) and the chosen averages."""
+    names = list(report["classes"])
+    width = max(12, *(len(n) for n in names)) if names else 12
+    lines = [f"{first_column:>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+    for name, row in report["classes"].items():
+        lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:9d}")
+    lines.append("")
+    if accuracy is not None:
+        lines.append(f"{'accuracy':>{width}} {'':>9} {'':>9} {accuracy:9.4f} {report['support']:9d}")
+    for avg in averages:
+        row = report[avg]
+        lines.append(f"{AVERAGE_NAMES[avg]:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} "
+                     f"{report['support']:9d}")
+    return "\n".join(lines)
+
+
+def classification_report(confusion: torch.Tensor, label_names: Sequence[str]) -> tuple[dict, str]:
+    """Per-class precision/recall/F1/support and the confusion matrix (rows = true, cols = predicted)."""
+    cm = confusion.long().cpu()
+    report = per_class_report(cm.diag(), cm.sum(0), cm.sum(1), label_names)
+    report["accuracy"] = int(cm.diag().sum()) / max(report["support"], 1)
+    report["labels"] = list(label_names)
+    report["confusion_matrix"] = cm.tolist()
+    text = format_table(report, "", ("macro_avg", "weighted_avg"), accuracy=report["accuracy"])
+    names = report["labels"]
+    width = max(12, *(len(n) for n in names))
+    lines = [text, "", "confusion matrix (rows = true, columns = predicted):",
+             f"{'':>{width}} " + " ".join(f"{n[:9]:>9}" for n in names)]
+    lines += [f"{name:>{width}} " + " ".join(f"{v:9d}" for v in row) for name, row in zip(names, report["confusion_matrix"])]
+    return report, "\n".join(lines)
+
+
+def entity_report(counts: torch.Tensor, types: Sequence[str]) -> tuple[dict, str]:
+    """Per-type and micro/macro precision/recall/F1/support from a [3, n_types] tp/pred/gold tensor."""
+    tp, pred, gold = counts.cpu()
+    report = per_class_report(tp, pred, gold, types)
+    del report["weighted_avg"]
+    report["types"] = list(types)
+    return report, format_table(report, "entity", ("micro_avg", "macro_avg"))

@@ -1,0 +1,97 @@
+"""The run dir and what lives in it: claiming it for one run, finding checkpoints (`ckpt_path=last`, the
+newest checkpoint), metrics.json, and keeping secrets out of everything written there."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from tunelab.errors import ConfigError
+from tunelab.peft_adapters import is_adapter_dir
+
+log = logging.getLogger(__name__)
+
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+
+
+def claim_run_dir(cfg: DictConfig) -> None:
+    """Never mix two runs in one dir: refuse a dir that already holds a run (unless overwrite=true or
+    resuming from a checkpoint inside it) and take it with an exclusive marker file, so two runs
+    started at the same instant cannot share it. DDP child ranks use rank 0's dir."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    out = Path(cfg.paths.output_dir)
+    ckpt = cfg.get("ckpt_path")
+    resuming_here = bool(ckpt) and ckpt != "last" and out.resolve() in Path(ckpt).resolve().parents
+    allowed = bool(cfg.get("overwrite")) or resuming_here
+    used = (out / "metrics.json").exists() or any((out / "checkpoints").glob("*.ckpt"))
+    if used and not allowed:
+        raise ConfigError(f"run dir {out} already holds a run; pass overwrite=true to replace it or choose another hydra.run.dir.")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(out / ".tunelab_run", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        if not allowed:
+            raise ConfigError(f"run dir {out} is taken by another run; choose another hydra.run.dir.") from None
+
+
+def newest_checkpoint(folder: Path, pattern: str = "*.ckpt") -> Path | None:
+    """The most recently written checkpoint matching `pattern` under `folder`, None if there is none."""
+    found = sorted(Path(folder).glob(pattern), key=lambda p: p.stat().st_mtime) if Path(folder).is_dir() else []
+    return found[-1] if found else None
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """ckpt_path=last picks the newest last.ckpt among this task's runs; an adapter dir is accepted."""
+    path = cfg.get("ckpt_path")
+    if path is None:
+        return None
+    if path == "last":
+        task_dir = Path(cfg.paths.log_dir, cfg.task_name)
+        newest = newest_checkpoint(task_dir, "*/*/checkpoints/last.ckpt")
+        if newest is None:
+            raise ConfigError(f"ckpt_path=last: no last.ckpt under {task_dir}; pass a path.")
+        return str(newest)
+    if is_adapter_dir(path):  # <run dir>/adapter from peft.save_adapter
+        return str(path)
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={path} does not exist; pass the path of a .ckpt file (or ckpt_path=last).")
+    return str(path)
+
+
+def write_metrics(out: Path, metrics: dict[str, float], best_checkpoint: str | None, global_step: int,
+                  overrides: list[str]) -> dict[str, Any]:
+    """<run dir>/metrics.json (non-finite values as null), written atomically; returns the record."""
+    record = {
+        "metrics": {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())},
+        "best_checkpoint": best_checkpoint,
+        "global_step": global_step,
+        "overrides": overrides,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".metrics.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out / "metrics.json")  # a crash mid-write never leaves a half-written file
+    log.info("metrics: %s", json.dumps(record["metrics"]))
+    return record
+
+
+def redact_secrets(value: Any, key: str = "") -> Any:
+    """Config values under secret-looking keys, and the W&B key from the environment, become ***."""
+    if isinstance(value, dict):
+        return {k: redact_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(v, key) for v in value]
+    env_key = os.environ.get("WANDB_API_KEY")
+    if SECRET_KEY.search(key) and value not in (None, ""):
+        return "***"
+    if env_key and isinstance(value, str) and env_key in value:
+        return value.replace(env_key, "***")
+    return value

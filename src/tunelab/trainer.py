@@ -1,0 +1,95 @@
+"""The Lightning Trainer of a run: callbacks and loggers instantiated from conf/callbacks and conf/logger
+(`monitor: auto` filled in with the run's monitored metric), the always-on Resilience callback, the
+AdaLoRA schedule when peft=adalora, and DDP under Hydra multirun."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from tunelab import sweeps
+from tunelab.resilience import Resilience
+from tunelab.results import monitor
+from tunelab.rundir import redact_secrets
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    callbacks = instantiate_group(cfg.get("callbacks"), monitor=monitor(cfg))
+    # W&B: tags for the data/loss/optimizer choices; in a sweep, group = sweep and name = overrides
+    loggers = instantiate_group(sweeps.with_wandb_identity(cfg.get("logger")))
+    if not loggers:  # nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if sweeps.is_multirun() and str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+        launch_ddp_children_for_this_job_only()
+    # always on, whatever the callbacks group: graceful SIGTERM/SIGINT, exact mid-epoch resume, NaN guard
+    callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
+    if _is_adalora(cfg):
+        from tunelab.adalora import AdaLoraSchedule
+
+        callbacks.append(AdaLoraSchedule(cfg.peft.get("tinit_ratio", 0.0), cfg.peft.get("tfinal_ratio", 0.0)))
+    # the datamodule's batch sampler shards batches across ranks itself (keeps length grouping intact)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False)
+    log_config(trainer, cfg)
+    return trainer
+
+
+def _is_adalora(cfg: DictConfig) -> bool:
+    target = (cfg.get("peft") or {}).get("_target_")
+    if not target:
+        return False
+    import peft
+
+    return issubclass(get_class(target), peft.AdaLoraConfig)
+
+
+def launch_ddp_children_for_this_job_only() -> None:
+    """Lightning's DDP launcher starts ranks 1..N-1 by re-running `sys.argv` with
+    `hydra.run.dir=<HydraConfig run.dir>` appended. Under multirun, sys.argv is the whole sweep
+    (`-m lr=1e-5,1e-4`), so every child would relaunch the sweep. Point both at this job instead:
+    its own overrides, run in its own job dir."""
+    hydra_cfg = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    log.info("multirun + DDP: child ranks run this job only (%s)", " ".join(sys.argv[1:]))
+
+
+def instantiate_group(group: DictConfig | None, monitor: tuple[str, str] | None = None) -> list:
+    """Instantiate every entry of a callbacks/logger group that has a _target_; `monitor: auto`
+    (checkpoint, early stopping) becomes the run's monitored metric and its mode."""
+    objects = []
+    for entry in (group or {}).values():
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            continue
+        if monitor is not None and entry.get("monitor") == "auto":
+            entry = entry.copy()
+            with open_dict(entry):
+                entry.monitor, entry.mode = monitor
+        objects.append(instantiate(entry))
+    return objects
+
+
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best checkpoint on a monitored metric (the last-state checkpoint monitors nothing)."""
+    monitored = [c for c in trainer.checkpoint_callbacks if c.monitor is not None and c.best_model_path]
+    if not monitored:
+        log.info("no best checkpoint kept: testing the final weights")
+        return None
+    return monitored[0].best_model_path
+
+
+@rank_zero_only
+def log_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
+    """The full resolved config as hyper-parameters of every logger (W&B, TensorBoard, CSV)."""
+    hparams = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)

@@ -1,0 +1,70 @@
+"""Every pre-flight check, behind one entry point: `validate(cfg)` raises ConfigError (one line naming
+the fix) for a configuration that cannot train, before any model, data or tokenizer loads."""
+
+from __future__ import annotations
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from tunelab import peft_adapters
+from tunelab.errors import ConfigError
+from tunelab.results import monitor
+from tunelab.sweeps import is_multirun
+from tunelab.tasks import get_task
+
+
+def validate(cfg: DictConfig) -> None:
+    task = get_task(cfg.data.task)
+    task.check_data(cfg.data)
+    _check_loss(cfg, task)
+    if cfg.get("train") and cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be at least 1.")
+    _check_devices(cfg)
+    if not cfg.get("train") and not cfg.get("ckpt_path"):
+        raise ConfigError("train=false tests a checkpoint: pass ckpt_path=<path to .ckpt>.")
+    _check_sweeper_direction(cfg)
+    peft_adapters.validate(cfg)
+
+
+def _check_loss(cfg: DictConfig, task) -> None:
+    loss_cls = get_class(cfg.loss._target_)
+    if task.name not in loss_cls.tasks:
+        needs = " or ".join(sorted(loss_cls.tasks))
+        raise ConfigError(
+            f"loss={loss_cls.name} needs a {needs} task; got data={cfg.data.name} ({task.name}). "
+            f"Use loss={task.default_loss}."
+        )
+
+
+def _check_devices(cfg: DictConfig) -> None:
+    trainer = cfg.trainer
+    devices, accelerator = trainer.get("devices", 1), trainer.get("accelerator", "auto")
+    if not isinstance(devices, int) or devices < 1:
+        return  # "auto", -1 or a list of ids: Lightning resolves and validates them
+    gpus = torch.cuda.device_count()
+    if accelerator in {"gpu", "cuda"} and devices > gpus:
+        raise ConfigError(
+            f"trainer.devices={devices} but {gpus} GPU(s) are available; lower trainer.devices "
+            "or use trainer.accelerator=cpu."
+        )
+
+
+def _check_sweeper_direction(cfg: DictConfig) -> None:
+    """An optuna sweep that maximizes a loss (or minimizes accuracy) runs fine and finds the worst
+    config: refuse it before training."""
+    name, mode = monitor(cfg)  # also refuses an optimized_metric the task does not log
+    if not is_multirun():
+        return
+    direction = HydraConfig.get().sweeper.get("direction")
+    if direction is None or isinstance(direction, (list, tuple)) or not isinstance(getattr(direction, "name", direction), str):
+        return  # the basic sweeper has no direction; multi-objective is the user's business
+    direction = getattr(direction, "name", direction)
+    wanted = mode + "imize"
+    if direction != wanted:
+        better = "higher" if wanted == "maximize" else "lower"
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction} but optimized_metric={name} is better {better}; "
+            f"set hydra.sweeper.direction={wanted}."
+        )
