@@ -6,12 +6,14 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from tunelab import schema
 from tunelab.errors import ConfigError
 from tunelab.tasks import TASKS, get_task
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError (one line naming the fix) for combinations that cannot train."""
+    schema.check(cfg)  # types and ranges of every value first: the checks below rely on them
     if cfg.data.task not in TASKS:
         raise ConfigError(f"data.task={cfg.data.task!r} is unknown; use one of {sorted(TASKS)}.")
     task = get_task(cfg.data.task)

@@ -11,8 +11,8 @@ import hydra
 
 from omegaconf import DictConfig
 
+from tunelab import schema
 from tunelab.errors import ConfigError, TrainingError
-from tunelab.pipeline import run
 from tunelab.sweeps import optimized_metric
 
 log = logging.getLogger("tunelab")
@@ -42,6 +42,8 @@ def launch(config_name: str, project_root: Path) -> None:
 
 def main_entry(cfg: DictConfig) -> float | None:
     try:
+        schema.check(cfg)  # a wrong value fails in a fraction of a second, before torch is imported
+        from tunelab.pipeline import run
         metrics = run(cfg)
     except (ConfigError, TrainingError) as err:
         # one clear line instead of a traceback: the message names the fix
