@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from tunelab import checks, plots, sweeps
+from tunelab import checks, checkpoints, plots, sweeps
 from tunelab.errors import ConfigError
 from tunelab import peft_adapters
 from tunelab.module import TransformerModule
@@ -56,6 +56,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     sweeps.check_sweeper_direction(cfg, task.monitor, task.mode)
     datamodule = build_datamodule(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
+    checkpoints.check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
     if cfg.train:
         datamodule.prepare_data()
         datamodule.setup("fit")
