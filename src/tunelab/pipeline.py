@@ -206,7 +206,9 @@ def write_metrics(cfg: DictConfig, metrics: dict[str, float], trainer: pl.Traine
         "global_step": trainer.global_step,
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    tmp = out / f"metrics.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out / "metrics.json")  # atomic: a reader never sees half a file
     log.info("metrics: %s", json.dumps(record["metrics"]))
     sweeps.record_job(cfg, record)  # one line in <sweep dir>/results.jsonl
     if cfg.get("plots", True):
