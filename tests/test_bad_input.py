@@ -64,14 +64,16 @@ READERS = {
             ["data=sst2", "data.test_file=null"], ["1", "2.5", "yes", "-0"]),
     "jsonl": (_sst2, _render_jsonl, "jsonl", ["data=jsonl"], [1, "1", 2.5, [1], {"a": 1}, True, None]),
     "conll": (_conll, lambda rows: "".join("\t".join(r) + "\n" for r in rows), "conll",
-              ["data=wnut17", "loss=token_cross_entropy", "data.val_file=null", "data.test_file=null"], ["O", "1", "b-person", "O O"]),
+              ["data=wnut17", "loss=token_cross_entropy", "data.val_file=null", "data.test_file=null"],
+              ["O", "1", "b-person", "O O"]),
     # one column: the text is its own label (next-token prediction)
     "text": (lambda: [[line] for line in (FIXTURES / "lm" / "input.txt").read_text().splitlines()[: ROWS * 4]],
              lambda rows: "\n".join(r[0] for r in rows) + "\n", "txt",
              ["data=text", "model.tokenizer=char", "loss=next_token_cross_entropy", "data.block_size=32"],
              ["\x00", "\x1b[31m", "\u2028", "\U0001f600"]),
 }
-WRONG_DELIMITER = {"csv": (",", ";"), "tsv": ("\t", ","), "jsonl": ("\n", " "), "conll": ("\t", " "), "text": ("\n\n", "\n")}
+WRONG_DELIMITER = {"csv": (",", ";"), "tsv": ("\t", ","), "jsonl": ("\n", " "), "conll": ("\t", " "),
+                   "text": ("\n\n", "\n")}
 
 
 def _with_labels(rows: list[list], values: list) -> list[list]:
@@ -223,6 +225,7 @@ def test_files_that_are_not_checkpoints_are_one_line(tmp_path, base_cfg) -> None
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("readme.txt", "hello")
     header = {"state_dict": {}, "hyper_parameters": {"task": "classification", "label_names": ["negative", "positive"]}}
+    other_labels = {"task": "classification", "label_names": ["a", "b", "c"]}
     cases = [
         (text, "is not a Lightning checkpoint (not a torch zip archive)"),
         (noise, "is not a Lightning checkpoint (not a torch zip archive)"),
@@ -232,7 +235,7 @@ def test_files_that_are_not_checkpoints_are_one_line(tmp_path, base_cfg) -> None
         (saved("other.ckpt", {"state_dict": {}}), "holds no tunelab hyper-parameters"),
         (saved("stsb.ckpt", header | {"hyper_parameters": {"task": "regression", "label_names": []}}),
          "is a regression checkpoint but data=sst2 is a classification task"),
-        (saved("labels.ckpt", header | {"hyper_parameters": {"task": "classification", "label_names": ["a", "b", "c"]}}),
+        (saved("labels.ckpt", header | {"hyper_parameters": other_labels}),
          "was trained on the labels ['a', 'b', 'c'] but data=sst2 has ['negative', 'positive']"),
     ]
     for path, message in cases:

@@ -83,7 +83,8 @@ class LanguageModelingDataModule(BaseDataModule):
     def _trained_tokenizer(self, spec: str) -> transformers.PreTrainedTokenizerFast:
         out = self.tokenizer_dir(spec)
         if not (out / "tokenizer.json").is_file():
-            docs = read_documents(self.files["train"], self.format, self.text_column, self.separator, encoding=self.encoding)
+            docs = read_documents(self.files["train"], self.format, self.text_column, self.separator,
+                                  encoding=self.encoding)
             text = self.separator.join(docs)
             text = text[: int(len(text) * self._train_text_fraction())]
             tok = train_tokenizer(spec, text)

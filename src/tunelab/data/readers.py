@@ -29,7 +29,8 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     try:
         codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     except LookupError:
-        raise ConfigError(f"data.encoding={encoding!r} is not a known text encoding; use e.g. utf-8 or latin-1.") from None
+        message = f"data.encoding={encoding!r} is not a known text encoding; use e.g. utf-8 or latin-1."
+        raise ConfigError(message) from None
     try:
         return path.read_bytes().decode(codec)
     except UnicodeDecodeError as err:  # positions are within err.object (after a BOM the codec skipped)
