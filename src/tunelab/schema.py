@@ -233,7 +233,7 @@ def model_positions(model: Mapping[str, Any]) -> int | None:
     sources.append(model.get("config") or {} if path is None else _config_json(Path(str(path)) / "config.json"))
     for source in sources:
         for key in POSITION_KEYS:
-            if isinstance(source.get(key), int):
+            if isinstance(source, Mapping) and _is_int(source.get(key)):
                 return source[key]
     return None
 
