@@ -178,7 +178,7 @@ def test_run_dirs_are_unique_and_never_overwritten(tmp_path) -> None:
 def test_empty_split_and_truncation_are_reported(run_cfg, tmp_path, caplog) -> None:
     empty = tmp_path / "empty_test.tsv"
     empty.write_text("sentence\tlabel\n")
-    with pytest.raises(ConfigError, match="the test split of data=sst2 is empty"):
+    with pytest.raises(ConfigError, match="empty_test.tsv has a header but no rows"):
         run_cfg(f"data.test_file={empty}", "trainer=debug")
     with caplog.at_level("WARNING"):
         run_cfg("data.max_length=8", "trainer=debug", "data.train_limit=32")

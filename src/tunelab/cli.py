@@ -11,6 +11,7 @@ import hydra
 
 from omegaconf import DictConfig
 
+from tunelab import schema
 from tunelab.errors import ConfigError, TrainingError
 
 log = logging.getLogger("tunelab")
@@ -40,7 +41,8 @@ def launch(config_name: str, project_root: Path) -> None:
 
 def main_entry(cfg: DictConfig) -> float | None:
     try:
-        # imported here, not at the top: a mistyped override exits before torch and Lightning load
+        schema.check(cfg)  # a wrong value fails in a fraction of a second, before torch is imported
+        # imported here, not at the top: a mistyped override or value exits before torch and Lightning load
         from tunelab.pipeline import run
         from tunelab.results import monitor
 

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters, plots, rundir, sweeps
+from tunelab.checkpoints import check_checkpoint
 from tunelab.module import TransformerModule
 from tunelab.resilience import find_resilience
 from tunelab.trainer import best_checkpoint, build_trainer
@@ -46,6 +47,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
     datamodule = build_datamodule(cfg)
     ckpt_path = rundir.resolve_ckpt_path(cfg)
+    check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
     if cfg.train:
         datamodule.prepare_data()
         datamodule.setup("fit")

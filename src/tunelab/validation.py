@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from tunelab import peft_adapters
+from tunelab import peft_adapters, schema
 from tunelab.errors import ConfigError
 from tunelab.results import monitor
 from tunelab.sweeps import is_multirun
@@ -16,6 +16,7 @@ from tunelab.tasks import get_task
 
 
 def validate(cfg: DictConfig) -> None:
+    schema.check(cfg)  # types and ranges of every value first: the checks below rely on them
     task = get_task(cfg.data.task)
     task.check_data(cfg.data)
     _check_loss(cfg, task)

@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tunelab.data.readers import existing_file, read_rows, require_columns
+from tunelab.data.readers import existing_file, read_table, require_columns
 from tunelab.data.sampling import BatchOrderSampler, Collator
 from tunelab.errors import ConfigError
 from tunelab.model import load_tokenizer
@@ -66,6 +66,7 @@ class BaseDataModule(pl.LightningDataModule):
         pad_to_multiple_of: int | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
+        encoding: str = "utf-8",
         **task_options: Any,
     ) -> None:
         super().__init__()
@@ -86,6 +87,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.pad_to_multiple_of = pad_to_multiple_of
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.seed = seed
+        self.encoding = encoding
         self.options = task_options
         self._tokenizer = None
         self.splits: dict[str, ListDataset] = {}
@@ -110,6 +112,7 @@ class BaseDataModule(pl.LightningDataModule):
             "mtime_ns": stat.st_mtime_ns,
             "tokenizer": str(Path(self.tokenizer_path).resolve()) if os.path.isdir(self.tokenizer_path) else self.tokenizer_path,
             "max_length": self.max_length,
+            "encoding": self.encoding,
             "options": self.encoding_options(),
         }
 
@@ -157,12 +160,14 @@ class BaseDataModule(pl.LightningDataModule):
         columns = {s: self.encoded(f) for s, f in self.files.items() if f}
         examples = {s: _rows(c) for s, c in columns.items()}
         examples = self._carve_missing_splits(examples)
-        self.finalize_labels(examples)
-        for split, rows in examples.items():
+        for split, rows in examples.items():  # before finalize_labels: labels are derived from the train split
             if not rows:
+                fix = "data.train_file" if split == "train" else f"data.{split}_file or data.{split}_fraction"
                 raise ConfigError(
-                    f"the {split} split of data={self.name} is empty; check data.{split}_file or data.{split}_fraction."
+                    f"the {split} split of data={self.name} is empty ({self.files[split] or self.files['train']}); "
+                    f"check {fix}."
                 )
+        self.finalize_labels(examples)
         if self.batch_size > len(examples["train"]):
             raise ConfigError(
                 f"data.batch_size={self.batch_size} is larger than the {len(examples['train'])}-row training split; "
@@ -265,14 +270,14 @@ class TextDataModule(BaseDataModule):
         return {"format": self.format, "columns": [self.text_column, self.text_pair_column, self.label_column]}
 
     def encode_file(self, path: Path) -> dict[str, list]:
-        rows = read_rows(path, self.format)
+        rows, lines = read_table(path, self.format, encoding=self.encoding)
         require_columns(
             rows,
             {"text_column": self.text_column, "text_pair_column": self.text_pair_column, "label_column": self.label_column},
             path,
+            lines=lines,
+            non_empty=("label_column",),
         )
-        if not rows:  # an empty split is reported by setup(), with the split's name
-            return {"input_ids": [], "label": [], "row": [], "file": []}
         texts = [str(r[self.text_column]) for r in rows]
         pairs = [str(r[self.text_pair_column]) for r in rows] if self.text_pair_column else None
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
@@ -280,7 +285,7 @@ class TextDataModule(BaseDataModule):
         if "token_type_ids" in enc and pairs is not None:
             columns["token_type_ids"] = enc["token_type_ids"]
         columns["label"] = [str(r[self.label_column]) for r in rows]
-        columns["row"] = list(range(2, len(rows) + 2))  # line number, for error messages
+        columns["row"] = lines  # for error messages
         columns["file"] = [str(path)] * len(rows)
         return columns
 

@@ -81,7 +81,8 @@ class LanguageModelingDataModule(BaseDataModule):
     def _trained_tokenizer(self, spec: str) -> transformers.PreTrainedTokenizerFast:
         out = self.tokenizer_dir(spec)
         if not (out / "tokenizer.json").is_file():
-            docs = read_documents(self.files["train"], self.format, self.text_column, self.separator)
+            docs = read_documents(self.files["train"], self.format, self.text_column, self.separator,
+                                  encoding=self.encoding)
             text = self.separator.join(docs)
             text = text[: int(len(text) * self._train_text_fraction())]
             tok = train_tokenizer(spec, text)
@@ -108,7 +109,7 @@ class LanguageModelingDataModule(BaseDataModule):
                 "block_size": self.block_size, "packing": self.packing}
 
     def encode_file(self, path: Path) -> dict[str, list]:
-        docs = read_documents(path, self.format, self.text_column, self.separator)
+        docs = read_documents(path, self.format, self.text_column, self.separator, encoding=self.encoding)
         if not docs:
             raise ConfigError(f"{path} has no text; check data.format / data.text_column.")
         eos = self.tokenizer.eos_token_id

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -20,50 +22,110 @@ def existing_file(path: str | Path, keys: str = "data.train_file / data.val_file
     return path
 
 
-def read_rows(path: str | Path, fmt: str) -> list[dict[str, str]]:
-    """All rows of a csv/tsv/jsonl file as dicts of column -> raw string value."""
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """The decoded text of a data file. Undecodable bytes are a ConfigError naming file:line and the fix;
+    a UTF-8 byte-order mark is dropped (Excel writes one, and it would stick to the first column name)."""
     path = existing_file(path)
-    if fmt == "jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ConfigError(f"{path}:{line_no}: malformed JSON line ({err.msg}); fix or remove it.") from err
-        return rows
-    if fmt not in {"csv", "tsv"}:
+    try:
+        codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    except LookupError:
+        message = f"data.encoding={encoding!r} is not a known text encoding; use e.g. utf-8 or latin-1."
+        raise ConfigError(message) from None
+    try:
+        return path.read_bytes().decode(codec)
+    except UnicodeDecodeError as err:  # positions are within err.object (after a BOM the codec skipped)
+        line = err.object.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not valid {encoding} text (byte {err.object[err.start]:#04x}); save the file as "
+            "UTF-8 or set data.encoding to the file's encoding (e.g. data.encoding=latin-1)."
+        ) from None
+
+
+def read_rows(path: str | Path, fmt: str, *, encoding: str = "utf-8") -> list[dict[str, str]]:
+    """All rows of a csv/tsv/jsonl file as dicts of column -> raw string value."""
+    return read_table(path, fmt, encoding=encoding)[0]
+
+
+def read_table(path: str | Path, fmt: str, *, encoding: str = "utf-8") -> tuple[list[dict], list[int]]:
+    """The rows of a csv/tsv/jsonl file and the line each starts on (for error messages). A file without
+    rows is a ConfigError naming it."""
+    path = existing_file(path)
+    if fmt not in {"csv", "tsv", "jsonl"}:
         raise ConfigError(f"data.format={fmt!r} is not supported; use csv, tsv or jsonl.")
+    text = read_text(path, encoding)
+    rows, lines = _read_jsonl(path, text) if fmt == "jsonl" else _read_delimited(path, text, fmt)
+    if not rows:
+        raise ConfigError(f"{path} has {'a header but ' if fmt != 'jsonl' else ''}no rows; add at least one row.")
+    return rows, lines
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[int]]:
+    rows, lines = [], []
+    for line_no, line in enumerate(io.StringIO(text, newline=None), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{line_no}: malformed JSON line ({err.msg}); fix or remove it.") from err
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"{path}:{line_no}: a JSON {type(row).__name__} where a JSON object ({{\"column\": value, ...}}) "
+                "was expected; fix or remove the line."
+            )
+        rows.append(row), lines.append(line_no)
+    return rows, lines
+
+
+def _read_delimited(path: Path, text: str, fmt: str) -> tuple[list[dict], list[int]]:
     # GLUE-style TSVs are unquoted and contain bare '"' characters: read them with QUOTE_NONE
     kwargs = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(delimiter=",")
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, **kwargs)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ConfigError(f"{path} is empty; it needs a header line and at least one row.") from None
-        rows = []
-        for line_no, values in enumerate(reader, 2):
-            if not values:
-                continue
-            if len(values) != len(header):
-                raise ConfigError(
-                    f"{path}:{line_no}: {len(values)} columns where the header has {len(header)}; "
-                    f"fix the row (is data.format={fmt} right?)."
-                )
-            rows.append(dict(zip(header, values)))
-    return rows
+    reader = csv.reader(io.StringIO(text, newline=""), **kwargs)
+    rows, lines = [], []
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ConfigError(f"{path} is empty; it needs a header line and at least one row.")
+        start = reader.line_num + 1
+        for values in reader:
+            if values:
+                if len(values) != len(header):
+                    raise ConfigError(
+                        f"{path}:{start}: {len(values)} columns where the header has {len(header)}; "
+                        f"fix the row (is data.format={fmt} right?)."
+                    )
+                rows.append(dict(zip(header, values))), lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise ConfigError(f"{path}:{reader.line_num}: {err}; fix the row (is data.format={fmt} right?).") from None
+    return rows, lines
 
 
-def require_columns(rows: list[dict], columns: dict[str, str | None], path: str | Path) -> None:
-    """Fail with the available columns when a configured column is missing."""
+def require_columns(
+    rows: list[dict],
+    columns: dict[str, str | None],
+    path: str | Path,
+    *,
+    lines: list[int] | None = None,
+    non_empty: tuple[str, ...] = (),
+) -> None:
+    """Fail with the available columns when a configured column is missing. With the rows' `lines`,
+    also every row must hold every column (JSON lines may leave fields out) and the `non_empty` ones
+    (e.g. "label_column") a value: a row without one is an error naming file:line."""
     if not rows:
         return
     available = list(rows[0].keys())
     for key, column in columns.items():
         if column is not None and column not in rows[0]:
             raise ConfigError(f"data.{key}={column!r} is not a column of {path}; columns are {available}.")
+    for row, line in zip(rows, lines or ()):
+        for key, column in columns.items():
+            if column is None:
+                continue
+            if column not in row:
+                raise ConfigError(f"{path}:{line}: no {column!r} field (data.{key}); add it or remove the row.")
+            if key in non_empty and (row[column] is None or not str(row[column]).strip()):
+                raise ConfigError(f"{path}:{line}: empty {column!r} (data.{key}); fill it in or remove the row.")
 
 
 def read_conll(
@@ -72,11 +134,13 @@ def read_conll(
     token_column: int = 0,
     delimiter: str | None = None,
     skip_prefixes: tuple[str, ...] = ("-DOCSTART-",),
+    *,
+    encoding: str = "utf-8",
 ) -> list[dict]:
     """Sentences of a CoNLL-style file: one token per line, columns split by `delimiter` (None = any
     whitespace), blank (or whitespace-only) lines between sentences. Each sentence is
     {"tokens", "tags", "lines"} with the 1-based line number of every token, for error messages."""
-    path = existing_file(path)
+    text = read_text(path, encoding)
     sentences: list[dict] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -87,38 +151,43 @@ def read_conll(
             sentences.append({"tokens": list(tokens), "tags": list(tags), "lines": list(lines)})
         tokens.clear(), tags.clear(), lines.clear()
 
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                flush()
-                continue
-            if line.startswith(skip_prefixes):
-                flush()  # -DOCSTART- separates documents
-                continue
-            columns = line.split(delimiter)
-            try:
-                token, tag = columns[token_column], columns[tag_column]
-            except IndexError:
-                raise ConfigError(
-                    f"{path}:{line_no}: {len(columns)} column(s) but data.token_column={token_column} / "
-                    f"data.tag_column={tag_column}; fix the row or set data.delimiter / data.tag_column."
-                ) from None
-            tokens.append(token), tags.append(tag.strip()), lines.append(line_no)
+    for line_no, line in enumerate(io.StringIO(text, newline=None), 1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            flush()
+            continue
+        if line.startswith(skip_prefixes):
+            flush()  # -DOCSTART- separates documents
+            continue
+        columns = line.split(delimiter)
+        try:
+            token, tag = columns[token_column], columns[tag_column].strip()
+        except IndexError:
+            raise ConfigError(
+                f"{path}:{line_no}: {len(columns)} column(s) but data.token_column={token_column} / "
+                f"data.tag_column={tag_column}; fix the row or set data.delimiter / data.tag_column."
+            ) from None
+        if not tag:
+            raise ConfigError(f"{path}:{line_no}: the token {token!r} has an empty tag; fill it in or remove the line.")
+        tokens.append(token), tags.append(tag), lines.append(line_no)
     flush()
+    if not sentences:
+        raise ConfigError(f"{path} has no tokens; it needs one 'token ... tag' line per token, a blank line between "
+                          "sentences.")
     return sentences
 
 
-def read_documents(path: str | Path, fmt: str = "txt", text_column: str = "text", separator: str = "\n\n") -> list[str]:
+def read_documents(
+    path: str | Path, fmt: str = "txt", text_column: str = "text", separator: str = "\n\n", *, encoding: str = "utf-8"
+) -> list[str]:
     """Documents of a plain-text file (split on `separator`; empty = the whole file is one document)
     or of a JSON-lines file (one document per line, `text_column`)."""
-    path = Path(path)
     if fmt == "jsonl":
-        rows = read_rows(path, "jsonl")
-        require_columns(rows, {"text_column": text_column}, path)
+        rows, lines = read_table(path, "jsonl", encoding=encoding)
+        require_columns(rows, {"text_column": text_column}, path, lines=lines)
         return [str(r[text_column]) for r in rows if str(r[text_column]).strip()]
     if fmt != "txt":
         raise ConfigError(f"data.format={fmt!r} is not supported for language modelling; use txt or jsonl.")
-    text = existing_file(path).read_text(encoding="utf-8")
+    text = read_text(path, encoding)
     docs = text.split(separator) if separator else [text]
     return [d for d in docs if d.strip()]

@@ -45,7 +45,7 @@ class TokenClassificationDataModule(BaseDataModule):
                 f"token classification needs a fast tokenizer (word_ids()); {self.tokenizer_path} has none. "
                 "Set model.tokenizer to a directory with a tokenizer.json."
             )
-        sentences = read_conll(path, self.tag_column, self.token_column, self.delimiter)
+        sentences = read_conll(path, self.tag_column, self.token_column, self.delimiter, encoding=self.encoding)
         enc = self.tokenizer(
             [s["tokens"] for s in sentences], is_split_into_words=True, truncation=True, max_length=self.max_length
         )

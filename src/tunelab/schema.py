@@ -1,0 +1,267 @@
+"""The typed config: every value users set, declared once with its type and range, checked before
+anything heavy is imported (no torch / lightning / transformers here), so a wrong value is one line
+naming the fix instead of a traceback deep inside training."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tunelab.errors import ConfigError
+
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key accepts. `kind`: int | number | bool | choice | encoding | text | batches (Lightning's
+    int count or float fraction) | bool_or_count. Bounds (int / number) are inclusive unless `open_low` /
+    `open_high`; `label` replaces the generated wording (e.g. "a positive integer")."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    nullable: bool = False
+    choices: tuple = ()
+    label: str | None = None
+
+    def bounds(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.open_high else '<='} {self.high:g}"
+        return ""
+
+    def describe(self) -> str:
+        if self.label:
+            return self.label
+        noun = {"int": "an integer", "number": "a number", "bool": "true or false", "text": "a non-empty string",
+                "encoding": "a text encoding (utf-8, utf-8-sig, latin-1, cp1252, ...)",
+                "choice": f"one of {list(self.choices)}",
+                "batches": "a number of batches (an integer >= 0) or a fraction in [0, 1]",
+                "bool_or_count": "true, false or a number of batches"}[self.kind]
+        return f"{noun} {self.bounds()}".strip() + (" or null" if self.nullable else "")
+
+    def type_ok(self, value: Any) -> bool:
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "int":
+            return _is_int(value)
+        if self.kind == "number":
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if self.kind == "choice":
+            return value in self.choices
+        if self.kind == "batches":
+            return _is_int(value) and value >= 0 or isinstance(value, float) and 0 <= value <= 1
+        if self.kind == "bool_or_count":
+            return isinstance(value, bool) or _is_int(value) and value >= 0
+        if self.kind == "text":
+            return isinstance(value, str) and bool(value.strip())
+        try:  # encoding
+            codecs.lookup(value)
+            return True
+        except (LookupError, TypeError):
+            return False
+
+    def range_ok(self, value: float) -> bool:
+        low_ok = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return low_ok and high_ok
+
+
+def integer(low: int | None = None, *, nullable: bool = False, label: str | None = None) -> Rule:
+    return Rule("int", low=low, nullable=nullable, label=label)
+
+
+def number(low: float | None = None, high: float | None = None, *, open_low: bool = False, open_high: bool = False,
+           nullable: bool = False) -> Rule:
+    return Rule("number", low=low, high=high, open_low=open_low, open_high=open_high, nullable=nullable)
+
+
+def one_of(*choices: Any, nullable: bool = False) -> Rule:
+    return Rule("choice", choices=choices, nullable=nullable)
+
+
+COUNT = integer(1, label="a positive integer")
+COUNT_OR_NULL = integer(1, nullable=True, label="a positive integer or null")
+FLAG = Rule("bool")
+FLAG_OR_NULL = Rule("bool", nullable=True)
+POSITIVE = number(0, open_low=True)
+NON_NEGATIVE = number(0)
+FRACTION = number(0, 1)  # a probability or a share of steps
+DROPOUT = number(0, 1, open_high=True)
+BATCHES = Rule("batches", nullable=True)  # null = all
+
+# Every user-set value the project reads, by dotted key. Keys a config does not define are skipped.
+RULES: dict[str, Rule] = {
+    "seed": integer(),
+    "train": FLAG,
+    "test": FLAG,
+    "overwrite": FLAG,
+    "plots": FLAG,
+    "on_nan": one_of("stop", "skip", "off"),
+    "float32_matmul_precision": one_of("highest", "high", "medium", nullable=True),
+    # data
+    "data.batch_size": COUNT,
+    "data.eval_batch_size": COUNT_OR_NULL,
+    "data.max_length": COUNT,
+    "data.block_size": integer(2, label="an integer >= 2 (a token and its successor)"),
+    "data.val_fraction": number(0, 1, open_high=True),
+    "data.test_fraction": number(0, 1, open_high=True),
+    "data.split_seed": integer(),
+    "data.train_limit": COUNT_OR_NULL,
+    "data.num_workers": integer(0, nullable=True),
+    "data.pin_memory": FLAG_OR_NULL,
+    "data.group_by_length": FLAG,
+    "data.pad_to_multiple_of": COUNT_OR_NULL,
+    "data.packing": FLAG,
+    "data.token_column": integer(),
+    "data.tag_column": integer(),
+    "data.label_all_subtokens": FLAG,
+    "data.text_column": Rule("text"),
+    "data.label_column": Rule("text"),
+    "data.encoding": Rule("encoding"),
+    # model
+    "model.from_scratch": FLAG,
+    "model.dropout": number(0, 1, open_high=True, nullable=True),
+    "model.freeze_embeddings": FLAG,
+    "model.freeze_layers": integer(0),
+    "model.gradient_checkpointing": FLAG,
+    "model.compile": FLAG,
+    "model.compile_dynamic": FLAG_OR_NULL,
+    "model.compile_mode": one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
+                                 nullable=True),
+    # loss
+    "loss.label_smoothing": FRACTION,
+    "loss.gamma": NON_NEGATIVE,
+    "loss.delta": POSITIVE,
+    "loss.beta": NON_NEGATIVE,
+    # optimizer (Adafactor with relative_step takes lr=null)
+    "optimizer.lr": number(0, open_low=True, nullable=True),
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.momentum": NON_NEGATIVE,
+    "optimizer.nesterov": FLAG,
+    # scheduler
+    "scheduler.warmup_ratio": FRACTION,
+    "scheduler.warmup_steps": integer(0, nullable=True),
+    # peft
+    "peft.r": COUNT,
+    "peft.lora_alpha": POSITIVE,
+    "peft.lora_dropout": DROPOUT,
+    "peft.init_r": COUNT,
+    "peft.target_r": COUNT,
+    "peft.tinit_ratio": FRACTION,
+    "peft.tfinal_ratio": FRACTION,
+    "peft.deltaT": COUNT,
+    "peft.num_virtual_tokens": COUNT,
+    "peft.save_adapter": FLAG,
+    "peft.merge_on_save": FLAG,
+    # trainer (Lightning: -1 = no limit)
+    "trainer.max_epochs": integer(-1, nullable=True),
+    "trainer.min_epochs": integer(0, nullable=True),
+    "trainer.max_steps": integer(-1),
+    "trainer.accumulate_grad_batches": COUNT,
+    "trainer.gradient_clip_val": number(0, nullable=True),
+    "trainer.log_every_n_steps": COUNT,
+    "trainer.check_val_every_n_epoch": COUNT_OR_NULL,
+    "trainer.num_sanity_val_steps": integer(-1),
+    "trainer.precision": one_of("16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true", "16", "32",
+                                "64", "bf16", 16, 32, 64, "transformer-engine", "transformer-engine-float16",
+                                nullable=True),
+    "trainer.deterministic": one_of(True, False, "warn", nullable=True),
+    "trainer.benchmark": FLAG_OR_NULL,
+    "trainer.enable_progress_bar": FLAG_OR_NULL,
+    "trainer.enable_model_summary": FLAG_OR_NULL,
+    "trainer.enable_checkpointing": FLAG_OR_NULL,
+    "trainer.fast_dev_run": Rule("bool_or_count"),
+    "trainer.limit_train_batches": BATCHES,
+    "trainer.limit_val_batches": BATCHES,
+    "trainer.limit_test_batches": BATCHES,
+    "trainer.overfit_batches": Rule("batches"),
+    "trainer.val_check_interval": BATCHES,
+}
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line naming the key, what it accepts and the value given) for the first
+    value outside its declared type or range, then for lengths beyond the model's positions."""
+    for key, rule in RULES.items():
+        value = _value(cfg, key)
+        if value is _ABSENT or (value is None and rule.nullable):
+            continue
+        if not rule.type_ok(value):
+            raise ConfigError(f"{key} must be {rule.describe()}; got {_show(value)}")
+        if rule.kind in {"int", "number"} and not rule.range_ok(value):
+            raise ConfigError(f"{key} must be {rule.label or rule.bounds()}; got {_show(value)}")
+    _check_positions(cfg)
+
+
+def _check_positions(cfg: DictConfig) -> None:
+    """data.max_length (data.block_size for causal LM) must fit the model's position embeddings."""
+    model = _value(cfg, "model")
+    positions = model_positions(model) if isinstance(model, Mapping) else None
+    if positions is None:
+        return
+    for key in ("data.max_length", "data.block_size"):
+        length = _value(cfg, key)
+        if isinstance(length, int) and length > positions:
+            raise ConfigError(f"{key}={length} exceeds the model's {positions} positions; set {key}={positions} "
+                              "or lower.")
+
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions")
+
+
+def model_positions(model: Mapping[str, Any]) -> int | None:
+    """Positions the model embeds: model.config_overrides, else the from-scratch architecture in
+    model.config (name_or_path null), else config.json in the model.name_or_path directory. None when
+    none of them says."""
+    path = model.get("name_or_path")
+    sources = [model.get("config_overrides") or {}]
+    sources.append(model.get("config") or {} if path is None else _config_json(Path(str(path)) / "config.json"))
+    for source in sources:
+        for key in POSITION_KEYS:
+            if isinstance(source, Mapping) and _is_int(source.get(key)):
+                return source[key]
+    return None
+
+
+def _config_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # a missing / unreadable model dir is reported when the model loads
+    return data if isinstance(data, dict) else {}
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    """The resolved value at `key`, or _ABSENT when the config does not define it (or leaves it ???)."""
+    try:
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except OmegaConfBaseException:
+        return _ABSENT  # an interpolation that does not resolve is reported where it is used
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    """The value as the user wrote it on the command line."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value) if isinstance(value, str) else str(value)
