@@ -25,17 +25,9 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 import tunelab  # noqa: E402,F401  (registers resolvers)
 from tunelab.config import compose_config  # noqa: E402
 
-# small, quiet and fast: tiny random model, fixture rows, no progress bar or tracker
-FAST = [
-    "model=tiny",
-    f"paths.data_dir={FIXTURES}",
-    "logger=csv",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
-    "trainer.accelerator=cpu",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.enable_model_summary=false",
-]
+# small, quiet and fast: conf/debug/quick.yaml (tiny random model, CPU, CSV logs, no progress bar) on the
+# fixture rows
+FAST = ["debug=quick", f"paths.data_dir={FIXTURES}"]
 
 
 @pytest.fixture(scope="session")

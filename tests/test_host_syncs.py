@@ -1,4 +1,4 @@
-"""Issue 7, waste removal: a training step must not make the host wait for the device. The audit
+"""A training step must not make the host wait for the device. The audit
 intercepts the tensor calls that would sync a GPU (`.item()`, `.tolist()`, `bool(t)`, boolean-mask
 indexing, ...), so it runs on CPU; it puts the non-finite-loss guard on its accelerator path."""
 

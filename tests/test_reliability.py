@@ -1,4 +1,4 @@
-"""Interruption, resume, bad numbers, secrets and run dirs (issue: reliability)."""
+"""Interruption, resume, bad numbers, secrets and run dirs."""
 
 import json
 import os
@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, ROOT, read_metrics, run_script
+from conftest import FIXTURES, ROOT, compose_cfg, read_metrics, run_script
 from tunelab.errors import ConfigError, TrainingError
 
 # a deterministic CPU run long enough to interrupt: 400 rows / batch 8 = 50 steps per epoch, 2 epochs
-LONG = ["model=tiny", "logger=csv", f"paths.data_dir={FIXTURES}", "trainer.accelerator=cpu", "data.train_limit=400",
-        "data.batch_size=8", "trainer.max_epochs=2", "optimizer.lr=1e-3", "model.dropout=0.1", "seed=5",
-        "callbacks.progress_bar=null", "trainer.num_sanity_val_steps=0", "test=false"]
+LONG = ["debug=quick", f"paths.data_dir={FIXTURES}", "data.train_limit=400", "data.batch_size=8",
+        "trainer.max_epochs=2", "optimizer.lr=1e-3", "model.dropout=0.1", "seed=5", "test=false"]
 
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -161,18 +160,23 @@ def test_redact_secrets() -> None:
     assert out == {"logger": {"api_key": "***", "url": "https://u:***@h"}, "lr": 0.1}
 
 
-def test_run_dirs_are_unique_and_never_overwritten(tmp_path) -> None:
+def test_run_dirs_are_unique_and_never_overwritten(tmp_path, cache_dir) -> None:
     args = ["debug=fdr", "model=tiny", "trainer=cpu", f"paths.data_dir={FIXTURES}", f"paths.log_dir={tmp_path}"]
-    procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+    # one thread each: two runs sharing two cores with two spinning OpenMP threads each run several times slower
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL) for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert len(list(tmp_path.glob("debug/runs/*/metrics.json"))) == 2  # started together, two dirs
 
+    from tunelab.pipeline import run
+
     run_dir = next(tmp_path.glob("debug/runs/*"))
-    again = run_script("train.py", *args, f"hydra.run.dir={run_dir}")
-    assert again.returncode == 2
-    assert f"run dir {run_dir} already holds a run; pass overwrite=true" in again.stderr
-    assert run_script("train.py", *args, f"hydra.run.dir={run_dir}", "overwrite=true").returncode == 0
+    with pytest.raises(ConfigError) as err:
+        run(compose_cfg(run_dir, "debug=fdr", cache=cache_dir))
+    assert str(err.value) == (f"run dir {run_dir} already holds a run; pass overwrite=true to replace it or choose "
+                              "another hydra.run.dir.")
+    assert run(compose_cfg(run_dir, "debug=fdr", "overwrite=true", cache=cache_dir))["test/acc"] >= 0
 
 
 def test_empty_split_and_truncation_are_reported(run_cfg, tmp_path, caplog) -> None:

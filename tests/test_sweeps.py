@@ -10,8 +10,7 @@ import yaml
 
 from conftest import FIXTURES, run_script
 
-TINY = ["model=tiny", f"paths.data_dir={FIXTURES}", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
-        "callbacks.model_summary=null", "trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0"]
+TINY = ["debug=quick", f"paths.data_dir={FIXTURES}"]
 
 
 def test_optuna_random_search_three_trials_in_a_resumable_study(tmp_path) -> None:
@@ -64,7 +63,8 @@ def test_submitit_local_grid_table_plots_report_and_wandb_identity(tmp_path) -> 
     proc = run_script(
         "train.py", "-m", "hydra/launcher=submitit_local", "optimizer=sgd,adamw", *TINY, "logger=wandb",
         "data.train_limit=32", "data.batch_size=8", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
-        timeout=300, env={"WANDB_MODE": "offline"},
+        # one thread per job: the two concurrent jobs share two cores
+        timeout=300, env={"WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 2  # two jobs, two processes

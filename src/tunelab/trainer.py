@@ -5,9 +5,11 @@ AdaLoRA schedule when peft=adalora, and DDP under Hydra multirun."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import lightning.pytorch as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -28,8 +30,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     loggers = instantiate_group(sweeps.with_wandb_identity(cfg.get("logger")))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    if sweeps.is_multirun() and str(cfg.trainer.get("strategy", "")).startswith("ddp"):
-        launch_ddp_children_for_this_job_only()
+    if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+        share_cores_between_cpu_ranks(cfg.trainer)
+        if sweeps.is_multirun():
+            launch_ddp_children_for_this_job_only()
     # always on, whatever the callbacks group: graceful SIGTERM/SIGINT, exact mid-epoch resume, NaN guard
     callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
     if _is_adalora(cfg):
@@ -49,6 +53,15 @@ def _is_adalora(cfg: DictConfig) -> bool:
     import peft
 
     return issubclass(get_class(target), peft.AdaLoraConfig)
+
+
+def share_cores_between_cpu_ranks(trainer_cfg: DictConfig) -> None:
+    """DDP on CPU runs its ranks on one machine, and torch gives every process all cores by default: the
+    ranks' OpenMP threads then spin against each other (two processes on two cores, two threads each,
+    ran several times slower than one). Each rank gets its share of the cores instead."""
+    devices = trainer_cfg.get("devices")
+    if trainer_cfg.get("accelerator") == "cpu" and isinstance(devices, int) and devices > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // devices))
 
 
 def launch_ddp_children_for_this_job_only() -> None:
