@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -54,8 +54,8 @@ def select_groups(paths: list[Path], baseline: list[str] | None) -> tuple[Group,
         loaded.append(runs)
     if baseline:
         groups = group_runs([run for runs in loaded for run in runs])
-        wanted = {override_key(o): o.split("=", 1)[-1] for o in baseline}
-        matches = [g for g in groups if _carries(g, wanted)]
+        wanted = _settings(baseline)
+        matches = [g for g in groups if wanted.items() <= _settings(g.config).items()]
         if len(matches) != 1:
             found = "no config" if not matches else f"{len(matches)} configs ({', '.join(g.label for g in matches)})"
             raise ConfigError(f"--baseline {' '.join(baseline)} matches {found}; configs are: "
@@ -77,9 +77,9 @@ def select_groups(paths: list[Path], baseline: list[str] | None) -> tuple[Group,
     return groups[0], groups[1:]
 
 
-def _carries(group: Group, wanted: dict[str, str]) -> bool:
-    have = {override_key(o): o.split("=", 1)[-1] for o in group.config}
-    return all(have.get(k) == v for k, v in wanted.items())
+def _settings(overrides: Iterable[str]) -> dict[str, str]:
+    """{key: value} of overrides (`+loss=focal` -> {"loss": "focal"})."""
+    return {override_key(o): o.split("=", 1)[-1] for o in overrides}
 
 
 def pick_metric(groups: list[Group], requested: str | None) -> tuple[str, ExampleMetric]:
@@ -133,8 +133,7 @@ def check_same_test_set(reference: tuple[Run, list[dict]], other: tuple[Run, lis
     indices = [r["index"] for r in records]
     if len(set(indices)) != len(indices):
         raise ConfigError(f"{run.dir}/{PREDICTIONS_FILE} lists a test example twice; re-test the run.")
-    files = {os.path.realpath(str(r.get("file"))) for r in records}
-    ref_files = {os.path.realpath(str(r.get("file"))) for r in ref}
+    files, ref_files = _files(records), _files(ref)
     same = "compare runs tested on the same test set."
     if files != ref_files:
         raise ConfigError(f"{run.dir} was tested on {', '.join(sorted(files))} but {ref_run.dir} on "
@@ -146,6 +145,10 @@ def check_same_test_set(reference: tuple[Run, list[dict]], other: tuple[Run, lis
         if a.get("gold") != b.get("gold"):
             raise ConfigError(f"{run.dir} and {ref_run.dir} disagree on the gold answer of test example "
                               f"{a['index']}; {same}")
+
+
+def _files(records: list[dict]) -> set[str]:
+    return {os.path.realpath(str(r.get("file"))) for r in records}
 
 
 # ---- the comparison ----------------------------------------------------------------------------
@@ -229,7 +232,7 @@ def plot_differences(result: dict[str, Any], out: Path) -> Path:
     """Each config's Δ to the baseline with its bootstrap CI; 0 = no difference."""
     others = [c for c in result["configs"] if not c["baseline"]]
     plt = plots._pyplot()
-    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.5 * len(others)))
+    fig, ax = plt.subplots(figsize=(8, 1.8 + 0.5 * len(others)))
     y = np.arange(len(others))
     deltas = np.array([c["delta"] for c in others])
     errors = [deltas - [c["delta_ci_low"] for c in others], [c["delta_ci_high"] for c in others] - deltas]
@@ -237,7 +240,9 @@ def plot_differences(result: dict[str, Any], out: Path) -> Path:
     ax.axvline(0, color="grey", lw=1, ls="--")
     ax.set_yticks(y, [f"{c['config']}  (Holm p {_fmt_p(c['p_holm'])})" for c in others])
     ax.invert_yaxis()
-    ax.set(xlabel=f"Δ {result['metric']} vs {result['baseline']} (95% paired bootstrap CI)")
+    ax.locator_params(axis="x", nbins=5)
+    ax.set(xlabel=f"Δ {result['metric']} (config − baseline)",
+           title=f"vs {result['baseline']} (95% paired bootstrap CI)")
     return plots._save(plt, fig, out)
 
 
@@ -271,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resamples < 1:
             raise ConfigError(f"--resamples={args.resamples} must be a positive integer (10000 gives stable CIs).")
+        if not 0 < args.alpha < 1:
+            raise ConfigError(f"--alpha={args.alpha} must lie in (0, 1), e.g. 0.05.")
         result = build_comparison(args.paths, args.baseline, args.metric, args.resamples, args.seed, args.alpha)
         out = args.out or args.paths[0]
         out.mkdir(parents=True, exist_ok=True)
