@@ -92,7 +92,7 @@ def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
         _require_logged(metric, runs)
     metric, mode = runs_monitor(runs, metric)
     _require_logged(metric, runs)
-    groups = _group(runs)
+    groups = group_runs(runs)
     metrics = sorted({k for r in runs for k in r.metrics if k.startswith(("val/", "test/"))})
     for g in groups:
         g.stats = {m: describe(list(g.values(m).values())) for m in metrics if g.values(m)}
@@ -129,12 +129,16 @@ def _mean(values: dict) -> float:
     return sum(values.values()) / len(values) if values else math.nan
 
 
-def _group(runs: list[Run]) -> list[Group]:
+def group_runs(runs: list[Run]) -> list[Group]:
+    """The runs grouped by config (overrides minus the seed), each group labelled."""
     by_config: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
         by_config.setdefault(run.config, []).append(run)
-    groups = [Group(config, members) for config, members in by_config.items()]
-    # label a config by the overrides that differ between configs (the rest is the sweep's common part)
+    return label_groups([Group(config, members) for config, members in by_config.items()])
+
+
+def label_groups(groups: list[Group]) -> list[Group]:
+    """Label each config by the overrides that differ between the groups (the rest is their common part)."""
     settings = [{override_key(o): o for o in g.config} for g in groups]
     keys = sorted({k for s in settings for k in s})
     varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]

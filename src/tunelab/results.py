@@ -15,6 +15,7 @@ from tunelab.errors import ConfigError
 from tunelab.sweeps import RESULTS_FILE, override_key
 
 SEED_KEYS = ("seed",)
+PREDICTIONS_FILE = "predictions.jsonl"  # one record per test example, written by every test
 
 
 def monitor(cfg: Mapping[str, Any]) -> tuple[str, str]:
@@ -76,6 +77,22 @@ def load_runs(sweep_dir: Path) -> list[Run]:
         _fill_from_hydra_files(run)
         runs.append(run)
     return runs
+
+
+def load_predictions(run_dir: Path) -> list[dict]:
+    """The run's per-example test predictions, ordered by `index`; ConfigError (naming file:line for a
+    broken line) when the file is missing or a record has no `index`."""
+    from tunelab.data.readers import read_table  # the data package loads torch: only once asked for
+
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise ConfigError(f"no {PREDICTIONS_FILE} in {run_dir}: test the run again (python eval.py "
+                          f"ckpt_path=<its checkpoint>) or leave it out.")
+    records, lines = read_table(path, "jsonl")
+    for record, line in zip(records, lines):
+        if not isinstance(record.get("index"), int):
+            raise ConfigError(f"{path}:{line}: a prediction without an integer `index`; re-test the run.")
+    return sorted(records, key=lambda r: r["index"])
 
 
 def saved_config(run_dir: Path) -> DictConfig | None:

@@ -13,6 +13,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
 from tunelab.errors import ConfigError
+from tunelab import prediction_metrics
 from tunelab.losses import shift_for_next_token
 from tunelab.metrics import (
     Accuracy,
@@ -87,6 +88,10 @@ class Task:
     def report(self, state: Any, label_names: list[str]) -> tuple[dict, str]:
         return {}, ""
 
+    def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
+        """The test metrics recomputed from predictions.jsonl (tunelab.compare), by name."""
+        return {}
+
     resizes_vocab: ClassVar[bool] = False
 
     def with_labels(self, label_names: Sequence[str]) -> "Task":
@@ -129,6 +134,9 @@ class ClassificationTask(Task):
     def report(self, state: torch.Tensor, label_names: list[str]) -> tuple[dict, str]:
         return classification_report(state, label_names)
 
+    def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
+        return prediction_metrics.CLASSIFICATION
+
 
 class RegressionTask(Task):
     name = "regression"
@@ -154,6 +162,9 @@ class RegressionTask(Task):
 
     def metric_inputs(self, logits, labels):
         return logits.squeeze(-1).float(), labels.float()
+
+    def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
+        return prediction_metrics.REGRESSION
 
 
 class TokenClassificationTask(ClassificationTask):
@@ -191,6 +202,9 @@ class TokenClassificationTask(ClassificationTask):
 
     def report(self, state: torch.Tensor, label_names: list[str]) -> tuple[dict, str]:
         return entity_report(state, entity_types(label_names))
+
+    def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
+        return prediction_metrics.TOKEN_CLASSIFICATION
 
 
 class CausalLMTask(Task):

@@ -1,0 +1,187 @@
+"""Test metrics recomputed from a run's predictions.jsonl, written so that any re-weighting of the test
+examples is one matrix product: `features(records)` turns each example into a row of statistics and
+`value(weights, features)` gives the metric for each row of a [replicates, examples] weight matrix.
+Weights of ones are the test set itself; a bootstrap replicate is how often it drew each example.
+Each task lists its metrics in `Task.prediction_metrics()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from tunelab.span_metrics import spans
+
+ECE_BINS = 15
+
+
+@dataclass(frozen=True)
+class ExampleMetric:
+    """A metric that is a function of weighted sums of per-example statistics."""
+
+    features: Callable[[Sequence[dict]], np.ndarray]  # records -> [n, k]
+    of_sums: Callable[[np.ndarray], np.ndarray]  # weighted sums [r, k] -> metric [r]
+    higher_is_better: bool = True
+
+    def value(self, weights: np.ndarray, features: np.ndarray) -> np.ndarray:
+        return self.of_sums(weights @ features)
+
+    def __call__(self, records: Sequence[dict]) -> float:
+        """The metric on the test set itself."""
+        features = self.features(records)
+        return float(self.value(np.ones((1, len(features))), features)[0])
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den is 0 (an empty class or no entities, as torchmetrics and seqeval score it)."""
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
+
+
+def _mean_of(per_example: Callable[[Sequence[dict]], np.ndarray], higher_is_better: bool) -> ExampleMetric:
+    """The weighted mean of one per-example value (accuracy, Brier, NLL, squared error, ...)."""
+    return ExampleMetric(lambda records: np.stack([per_example(records), np.ones(len(records))], 1),
+                         lambda sums: sums[:, 0] / sums[:, 1], higher_is_better)
+
+
+# ---- classification ----------------------------------------------------------------------------
+def _classes(records: Sequence[dict]) -> list[str]:
+    names = {r["gold"] for r in records} | {r["pred"] for r in records}
+    return sorted(names | {name for r in records for name in r.get("probs") or {}})
+
+
+def _confusion_features(records: Sequence[dict]) -> np.ndarray:
+    """Per example: one-hot columns of true positives, predictions and gold labels per class."""
+    index = {name: i for i, name in enumerate(_classes(records))}
+    gold = np.eye(len(index))[[index[r["gold"]] for r in records]]
+    pred = np.eye(len(index))[[index[r["pred"]] for r in records]]
+    return np.concatenate([gold * pred, pred, gold], 1)
+
+
+def _macro_f1(sums: np.ndarray) -> np.ndarray:
+    tp, pred, gold = np.split(sums, 3, axis=1)
+    present = (pred + gold) > 0  # a class neither predicted nor present is left out of the average
+    return (_ratio(2 * tp, pred + gold) * present).sum(1) / np.maximum(present.sum(1), 1)
+
+
+def _correct(records: Sequence[dict]) -> np.ndarray:
+    return np.array([r["pred"] == r["gold"] for r in records], dtype=float)
+
+
+def _probs(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """[n, classes] probabilities and the one-hot gold labels, columns in `_classes` order."""
+    classes = _classes(records)
+    if any(not r.get("probs") for r in records):
+        raise ValueError("calibration metrics need `probs` in every prediction record")
+    probs = np.array([[r["probs"].get(c, 0.0) for c in classes] for r in records], dtype=float)
+    gold = np.array([[r["gold"] == c for c in classes] for r in records], dtype=float)
+    return probs, gold
+
+
+def _calibration_features(records: Sequence[dict]) -> np.ndarray:
+    """Per example: its confidence and correctness in the column of its confidence bin. Bins are
+    [k/15, (k+1)/15) plus one for confidence 1.0, as torchmetrics' calibration_error bins them."""
+    probs, _ = _probs(records)
+    confidence = np.array([r.get("confidence", max(r["probs"].values())) for r in records], dtype=float)
+    bins = np.searchsorted(np.linspace(0, 1, ECE_BINS + 1), confidence, side="right") - 1
+    onehot = np.eye(ECE_BINS + 1)[np.clip(bins, 0, ECE_BINS)]
+    return np.concatenate([onehot * confidence[:, None], onehot * _correct(records)[:, None],
+                           np.ones((len(records), 1))], 1)
+
+
+def _ece(sums: np.ndarray) -> np.ndarray:
+    """Top-label expected calibration error: sum over bins of |accuracy - confidence| x bin share."""
+    confidence, correct = sums[:, : ECE_BINS + 1], sums[:, ECE_BINS + 1: -1]
+    return np.abs(correct - confidence).sum(1) / sums[:, -1]
+
+
+def _brier(records: Sequence[dict]) -> np.ndarray:
+    """Sum over classes of (p - one-hot gold)^2 (Brier 1950: 0 best, 2 worst)."""
+    probs, gold = _probs(records)
+    return ((probs - gold) ** 2).sum(1)
+
+
+def _nll(records: Sequence[dict]) -> np.ndarray:
+    probs, gold = _probs(records)
+    return -np.log(np.clip((probs * gold).sum(1), 1e-12, None))
+
+
+CLASSIFICATION = {
+    "acc": _mean_of(_correct, True),
+    "f1_macro": ExampleMetric(_confusion_features, _macro_f1),
+    "ece": ExampleMetric(_calibration_features, _ece, higher_is_better=False),
+    "brier": _mean_of(_brier, False),
+    "nll": _mean_of(_nll, False),
+}
+
+
+# ---- regression --------------------------------------------------------------------------------
+def _pairs(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([r["pred"] for r in records], dtype=float), np.array([r["gold"] for r in records], dtype=float))
+
+
+def _moment_features(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x, y = x - x.mean(), y - y.mean()  # centred: the weighted sums below lose no precision to large means
+    return np.stack([np.ones_like(x), x, y, x * x, y * y, x * y], 1)
+
+
+def _pearson(sums: np.ndarray) -> np.ndarray:
+    w, sx, sy, sxx, syy, sxy = sums.T
+    cov, vx, vy = sxy - sx * sy / w, sxx - sx * sx / w, syy - sy * sy / w
+    return _ratio(cov, np.sqrt(np.clip(vx * vy, 0, None)))
+
+
+def _weighted_ranks(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """For each weight row: the mid-rank each example's copies get among all copies, ties averaged
+    (what scipy's rankdata gives on the data repeated by the weights)."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    group = np.cumsum(np.r_[True, sorted_values[1:] != sorted_values[:-1]]) - 1
+    per_group = np.add.reduceat(weights[:, order], starts, axis=1)
+    midrank = np.cumsum(per_group, 1) - per_group + (per_group + 1) / 2
+    ranks = np.empty_like(weights, dtype=float)
+    ranks[:, order] = midrank[:, group]
+    return ranks
+
+
+@dataclass(frozen=True)
+class _Spearman(ExampleMetric):
+    """Pearson correlation of the weighted mid-ranks (ranks change with the weights: no fixed sums)."""
+
+    def value(self, weights: np.ndarray, features: np.ndarray) -> np.ndarray:
+        x, y = features[:, 0], features[:, 1]
+        rx, ry = _weighted_ranks(x, weights), _weighted_ranks(y, weights)
+        rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+        sums = [(weights * v).sum(1) for v in (np.ones_like(rx), rx, ry, rx * rx, ry * ry, rx * ry)]
+        return _pearson(np.stack(sums, 1))
+
+
+REGRESSION = {
+    "spearman": _Spearman(lambda records: np.stack(_pairs(records), 1), None),
+    "pearson": ExampleMetric(lambda records: _moment_features(*_pairs(records)), _pearson),
+    "mse": _mean_of(lambda records: np.subtract(*_pairs(records)) ** 2, False),
+    "mae": _mean_of(lambda records: np.abs(np.subtract(*_pairs(records))), False),
+}
+
+
+# ---- token classification (entity level, strict IOB2) ------------------------------------------
+def _entity_features(records: Sequence[dict]) -> np.ndarray:
+    """Per sentence: correct, predicted and gold entities (micro-averaged over entity types)."""
+    rows = []
+    for r in records:
+        gold, pred = spans(r["gold"]), spans(r["pred"])
+        rows.append([len(gold & pred), len(pred), len(gold)])
+    return np.array(rows, dtype=float).reshape(-1, 3)
+
+
+def _entity_score(stat: str) -> Callable[[np.ndarray], np.ndarray]:
+    def score(sums: np.ndarray) -> np.ndarray:
+        tp, pred, gold = sums.T
+        return {"precision": _ratio(tp, pred), "recall": _ratio(tp, gold), "f1": _ratio(2 * tp, pred + gold)}[stat]
+
+    return score
+
+
+TOKEN_CLASSIFICATION = {stat: ExampleMetric(_entity_features, _entity_score(stat))
+                        for stat in ("f1", "precision", "recall")}
