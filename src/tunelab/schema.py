@@ -135,6 +135,9 @@ RULES: dict[str, Rule] = {
     "data.label_column": Rule("text"),
     "data.encoding": Rule("encoding"),
     "data.predict_file": Rule("text"),
+    # callbacks
+    "callbacks.progress_bar.metrics_every": COUNT,
+    "callbacks.progress_bar.every_s": POSITIVE,
     # model
     "model.from_scratch": FLAG,
     "model.dropout": number(0, 1, open_high=True, nullable=True),
