@@ -44,7 +44,9 @@ class TransformerModule(pl.LightningModule):
         peft: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # not sent to the loggers: tunelab.tracking logs the whole run config, whose group choices these
+        # dicts would overwrite on W&B (`loss: focal` -> the loss settings)
+        self.save_hyperparameters(logger=False)
         self.task = get_task(task).with_labels(list(label_names))
         num_labels = max(len(label_names), 1)
         self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)

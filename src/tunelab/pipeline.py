@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps
+from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
 from tunelab.checkpoints import check_checkpoint
 from tunelab.module import TransformerModule
 from tunelab.resilience import find_resilience
@@ -83,7 +83,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
             predictions.write(out, module, datamodule.splits["test"].examples)
         if cfg.train:  # the tested (best) weights: hf_model, peft.save_adapter / merge_on_save
             export.export(module, cfg, datamodule.tokenizer, weights=None if cfg.test else tested)
-        write_results(cfg, metrics, tested if cfg.train else cfg.ckpt_path, trainer.global_step)
+        write_results(cfg, metrics, tested if cfg.train else cfg.ckpt_path, trainer.global_step, trainer.loggers)
     return metrics
 
 
@@ -107,14 +107,17 @@ def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
     )
 
 
-def write_results(cfg: DictConfig, metrics: dict[str, float], checkpoint: str | None, global_step: int) -> None:
-    """metrics.json, this job's line of the sweep table, and the run's plots (which never fail the run)."""
+def write_results(cfg: DictConfig, metrics: dict[str, float], checkpoint: str | None, global_step: int,
+                  loggers: Sequence[Any] = ()) -> None:
+    """metrics.json, this job's line of the sweep table, the run's plots and what the trackers show (which
+    never fail the run)."""
     out = Path(cfg.paths.output_dir)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     record = rundir.write_metrics(out, metrics, checkpoint, global_step, overrides)
     sweeps.record_job(cfg, record)  # one line in <sweep dir>/results.jsonl
     if cfg.get("plots", True):
         plots.write_run_plots(out)
+    tracking.send_run(loggers, cfg, out, metrics, checkpoint)
 
 
 def _as_floats(metrics: dict) -> dict[str, float]:
