@@ -101,7 +101,8 @@ def test_regression_predictions_of_a_carved_split_index_the_training_file(traine
     assert [r["index"] for r in rows] == sorted(r["index"] for r in rows)
     for r in rows:
         source = train[r["index"]]
-        assert (r["text"], r["text_pair"], r["gold"]) == (source["sentence1"], source["sentence2"], float(source["score"]))
+        expected = source["sentence1"], source["sentence2"], float(source["score"])
+        assert (r["text"], r["text_pair"], r["gold"]) == expected
         assert r["file"] == str(FIXTURES / "stsb" / "train.tsv") and isinstance(r["pred"], float)
     mse = sum((r["pred"] - r["gold"]) ** 2 for r in rows) / len(rows)
     mae = sum(abs(r["pred"] - r["gold"]) for r in rows) / len(rows)
@@ -155,7 +156,8 @@ def test_predict_on_unlabelled_csv_with_the_checkpoint_or_the_exported_model(tra
     ckpt = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
     from_ckpt = predict(tmp_path / "ckpt", cache_dir, f"ckpt_path={ckpt}", f"data.predict_file={new}")
     assert f"predicted 5 rows of {new}" in capsys.readouterr().out
-    from_export = predict(tmp_path / "export", cache_dir, f"ckpt_path={run_dir / 'hf_model'}", f"data.predict_file={new}")
+    from_export = predict(tmp_path / "export", cache_dir, f"ckpt_path={run_dir / 'hf_model'}",
+                          f"data.predict_file={new}")
     assert [r["index"] for r in from_ckpt] == list(range(5))
     for a, b in zip(from_ckpt, from_export):
         assert set(a) == {"index", "file", "text", "pred", "probs", "confidence"} and a["file"] == str(new)

@@ -62,7 +62,8 @@ def test_each_run_shows_report_confusion_matrix_plots_predictions_and_flat_choic
         assert {k: config[k] for k in ("data", "loss", "optimizer", "scheduler", "model", "peft")} == {
             "data": "sst2", "loss": "cross_entropy", "optimizer": "adamw", "scheduler": "linear", "model": "tiny",
             "peft": "none"}
-        assert config["config"]["seed"] == int(job) + 1 and config["config"]["loss"]["_target_"].endswith("CrossEntropyLoss")
+        assert config["config"]["seed"] == int(job) + 1  # the full config beside the flat choices
+        assert config["config"]["loss"]["_target_"].endswith("CrossEntropyLoss")
         summary = {u.key: json.loads(u.value_json) for s in of_type(records, "summary") for u in s.update}
         assert summary["params/trainable"] == summary["params/total"] > 0
         artifacts = {a.name.split("-")[0]: a.type for a in of_type(records, "artifact")}
@@ -120,4 +121,5 @@ def test_a_tracker_failure_is_a_warning_not_a_failed_run(tmp_path, caplog) -> No
 
     with caplog.at_level(logging.WARNING, logger="tunelab.tracking"):
         tracking.send_run([WandbLogger()], None, tmp_path, {}, None)
-    assert f"could not send the results (ConnectionError: no route to api.wandb.ai); they are in {tmp_path}" in caplog.text
+    expected = f"could not send the results (ConnectionError: no route to api.wandb.ai); they are in {tmp_path}"
+    assert expected in caplog.text

@@ -70,7 +70,8 @@ class LogProgress(ProgressBar):
         self._first_step = self._last_step = trainer.global_step  # a resumed run times only its own steps
         self._samples = 0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         self._samples += len(batch["input_ids"])
         step, now = trainer.global_step, time.monotonic()
         due = step != self._last_step and step % self.every_steps == 0

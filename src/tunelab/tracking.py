@@ -95,7 +95,8 @@ def _log_artifacts(run: Any, run_dir: Path, checkpoint: str | None) -> None:
     import wandb
 
     if checkpoint and Path(checkpoint).is_file():
-        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"original_filename": Path(checkpoint).name})
+        artifact = wandb.Artifact(f"model-{run.id}", type="model",
+                                  metadata={"original_filename": Path(checkpoint).name})
         artifact.add_file(checkpoint, name="model.ckpt")
         run.log_artifact(artifact, aliases=["best", "latest"])
     for name in EXPORTED_DIRS:
