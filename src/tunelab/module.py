@@ -80,9 +80,9 @@ class TransformerModule(pl.LightningModule):
             return None
         preds, targets = self.task.metric_inputs(logits.detach(), labels)
         getattr(self, f"{stage}_metrics").update(preds, targets)
-        if stage == "test" and self.test_report_metric is not None:
-            self.test_report_metric.update(preds, targets)
         if stage == "test":
+            if self.test_report_metric is not None:
+                self.test_report_metric.update(preds, targets)
             self._keep_predictions(batch, logits)
         batch_size = labels.shape[0]
         # not prog_bar in training: Lightning turns progress-bar values into Python numbers after every
