@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -61,13 +62,36 @@ def run_cfg(tmp_path, cache_dir):
     return _run
 
 
-def run_script(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run train.py / eval.py as a user would, in a subprocess."""
+def run_script(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None,
+               stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """Run train.py / eval.py as a user would, in a subprocess (stdout: captured, or an open file)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, *args], cwd=cwd, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout,
+        env=full_env,
     )
 
 
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+def wandb_records(run_file: Path):
+    """The protobuf records of an offline .wandb file: a LevelDB-style log of records in 32 KiB blocks
+    after a 7-byte header."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = run_file.read_bytes()
+    pos, payload = 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer too short for a header
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # full or last fragment
+            record = pb.Record()
+            record.ParseFromString(payload)
+            payload = b""
+            yield record

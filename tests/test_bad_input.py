@@ -205,9 +205,10 @@ def test_every_schema_key_is_a_real_config_key(tmp_path) -> None:
     """The table names keys the configs define (a typo in it would silently check nothing)."""
     groups = ["data=conll", "data=text", "model=gpt2_tiny", "loss=focal", "loss=huber", "loss=smooth_l1",
               "optimizer=sgd", "peft=adalora", "peft=prefix"]
+    configs = [("train", [override] if override else []) for override in [None, *groups]]
     defined = set()
-    for override in [None, *groups]:
-        cfg = compose_cfg(tmp_path, *([override] if override else []), fast=False)
+    for name, overrides in [*configs, ("predict", ["data.predict_file=new.csv"])]:
+        cfg = compose_cfg(tmp_path, *overrides, config_name=name, fast=False)
         defined |= {key for key in schema.RULES if OmegaConf.select(cfg, key, default="<absent>") != "<absent>"}
     assert set(schema.RULES) - defined == set()
 

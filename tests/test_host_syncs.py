@@ -10,11 +10,12 @@ import torch
 from conftest import FIXTURES
 from tunelab.host_sync import HostSyncAudit, _SyncRecorder
 
-# production callbacks (throttled progress bar, lr monitor, checkpoints), metrics refreshed and logged
-# less often than the audited steps
+# production callbacks (throttled progress bar / log lines, lr monitor, checkpoints), metrics refreshed and
+# logged less often than the audited steps
 AUDITED = [
     "model=tiny", f"paths.data_dir={FIXTURES}", "logger=csv", "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0",
-    "callbacks.model_summary=null", "callbacks.progress_bar.metrics_every=1000", "trainer.log_every_n_steps=1000",
+    "callbacks.model_summary=null", "callbacks.progress_bar.metrics_every=1000", "callbacks.progress_bar.every_s=1e6",
+    "trainer.log_every_n_steps=1000",
     "trainer.max_epochs=1", "test=false", "data.train_limit=96", "data.batch_size=8",
     "+callbacks.audit._target_=tunelab.host_sync.HostSyncAudit",
 ]

@@ -209,6 +209,8 @@ def test_adapter_save_reload_merge_same_logits(run_cfg, cache_dir, pretrained_ba
     plain_model = transformers.AutoModelForSequenceClassification.from_pretrained(merged)
     assert not isinstance(plain_model, PeftModel)
     torch.testing.assert_close(logits(plain_model, batch), expected, atol=1e-5, rtol=1e-4)
+    assert plain_model.config.id2label == {0: "negative", 1: "positive"}  # pipelines answer label names
+    assert not (run_dir / "hf_model").exists()  # adapter runs export through merge_on_save
 
     if peft == "lora":  # eval.py: base (cfg.model) + adapter dir gives the training run's test metrics
         cfg = compose_cfg(run_dir / "eval", *model_args, f"ckpt_path={adapter}", f"paths.data_dir={FIXTURES}",

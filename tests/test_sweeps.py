@@ -2,13 +2,12 @@
 jobs finish concurrently (sweep table, plots, report, W&B group/name/tags from the offline run)."""
 
 import json
-import struct
 from pathlib import Path
 
 import optuna
 import yaml
 
-from conftest import FIXTURES, run_script
+from conftest import FIXTURES, run_script, wandb_records
 
 TINY = ["debug=quick", f"paths.data_dir={FIXTURES}"]
 
@@ -36,25 +35,10 @@ def test_optuna_random_search_three_trials_in_a_resumable_study(tmp_path) -> Non
 
 
 def wandb_run_record(run_file: Path):
-    """The run record (name, group, tags) of an offline .wandb file: a LevelDB-style log of
-    protobuf records in 32 KiB blocks after a 7-byte header."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = run_file.read_bytes()
-    pos, payload = 7, b""
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # block trailer too short for a header
-            pos += 32768 - pos % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        payload += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # full or last fragment
-            record = pb.Record()
-            record.ParseFromString(payload)
-            payload = b""
-            if record.WhichOneof("record_type") == "run":
-                return record.run
+    """The run record (name, group, tags) of an offline .wandb file."""
+    for record in wandb_records(run_file):
+        if record.WhichOneof("record_type") == "run":
+            return record.run
     raise AssertionError(f"no run record in {run_file}")
 
 

@@ -82,6 +82,9 @@ def test_ddp_two_cpu_processes(tmp_path) -> None:
     # 64 rows / (8 per batch x 2 ranks) = 4 optimizer steps per epoch
     assert metrics["global_step"] == 4
     assert "test/acc" in metrics["metrics"]
+    # rank 0 gathers both ranks' test predictions: one row per test example, in file order
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(len((FIXTURES / "sst2" / "dev.tsv").read_text().splitlines()) - 1))
 
 
 def test_multirun_with_ddp_runs_each_job_once(tmp_path) -> None:

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 
-from tunelab import peft_adapters
+from tunelab import peft_adapters, predictions
 from tunelab.adalora import regularization
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
@@ -24,6 +24,7 @@ from tunelab.tasks import get_task
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
+NOT_MODEL_INPUTS = ("labels", "index")  # batch entries for the loss / predictions.jsonl, not the model
 
 
 class TransformerModule(pl.LightningModule):
@@ -43,7 +44,9 @@ class TransformerModule(pl.LightningModule):
         peft: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # not sent to the loggers: tunelab.tracking logs the whole run config, whose group choices these
+        # dicts would overwrite on W&B (`loss: focal` -> the loss settings)
+        self.save_hyperparameters(logger=False)
         self.task = get_task(task).with_labels(list(label_names))
         num_labels = max(len(label_names), 1)
         self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)
@@ -58,9 +61,11 @@ class TransformerModule(pl.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.test_report_metric = self.task.report_metric(num_labels)
         self.test_report: dict | None = None
+        self._prediction_batches: list = []
+        self.predictions: list[dict] | None = None  # the last test / predict epoch's rows (rank 0)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
         if self._cuda_graphs:  # this step's replay may overwrite the previous step's (consumed) outputs
             torch.compiler.cudagraph_mark_step_begin()
         return self.model(**inputs).logits
@@ -75,8 +80,10 @@ class TransformerModule(pl.LightningModule):
             return None
         preds, targets = self.task.metric_inputs(logits.detach(), labels)
         getattr(self, f"{stage}_metrics").update(preds, targets)
-        if stage == "test" and self.test_report_metric is not None:
-            self.test_report_metric.update(preds, targets)
+        if stage == "test":
+            if self.test_report_metric is not None:
+                self.test_report_metric.update(preds, targets)
+            self._keep_predictions(batch, logits)
         batch_size = labels.shape[0]
         # not prog_bar in training: Lightning turns progress-bar values into Python numbers after every
         # batch (a GPU sync per step); tunelab.progress shows the training loss at its own refreshes
@@ -92,6 +99,16 @@ class TransformerModule(pl.LightningModule):
         if any(m.update_called for m in metrics.values()):
             self.log_dict(metrics.compute(), prog_bar=stage != "train", sync_dist=True)
         metrics.reset()
+
+    def _keep_predictions(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor) -> None:
+        """Per-example outputs for predictions.jsonl, left on the device until the epoch ends."""
+        outputs = self.task.prediction_outputs(logits.detach())
+        if outputs is not None and "index" in batch:
+            self._prediction_batches.append((batch["index"], batch.get("labels"), outputs))
+
+    def _gather_predictions(self) -> None:
+        self.predictions = predictions.gather_rows(self._prediction_batches)
+        self._prediction_batches = []
 
     def _loss_is_usable(self, loss: torch.Tensor) -> bool:
         guard = find_resilience(self.trainer) if self._trainer is not None else None
@@ -121,6 +138,18 @@ class TransformerModule(pl.LightningModule):
     def test_step(self, batch, batch_idx):
         self.step(batch, "test")
 
+    def predict_step(self, batch, batch_idx):
+        self._keep_predictions(batch, self(batch))
+
+    def on_test_epoch_start(self) -> None:
+        self._prediction_batches = []
+
+    def on_predict_epoch_start(self) -> None:
+        self._prediction_batches = []
+
+    def on_predict_epoch_end(self) -> None:
+        self._gather_predictions()
+
     def on_train_epoch_end(self) -> None:
         self.log_epoch_metrics("train")
 
@@ -129,6 +158,7 @@ class TransformerModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch_metrics("test")
+        self._gather_predictions()
         if self.test_report_metric is None:
             return
         state = self.test_report_metric.compute()  # synced across ranks

@@ -1,12 +1,12 @@
-"""What train.py and eval.py run: check the config, build the datamodule, module and trainer from it,
-fit, test, write the run's results."""
+"""What train.py, eval.py and predict.py run: check the config, build the datamodule, module and trainer
+from it, fit, test, export the model, write the run's results (predict.py: tunelab.predict)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab import peft_adapters, plots, rundir, sweeps
+from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
 from tunelab.checkpoints import check_checkpoint
 from tunelab.module import TransformerModule
 from tunelab.resilience import find_resilience
@@ -45,6 +45,8 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     rundir.claim_run_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
+    if cfg.get("predict"):  # a trained model over an unlabelled file
+        return predict.run(cfg)
     datamodule = build_datamodule(cfg)
     ckpt_path = rundir.resolve_ckpt_path(cfg)
     check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
@@ -76,9 +78,12 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=False)
     metrics |= _as_floats(trainer.callback_metrics) | peft_adapters.parameter_counts(module.model)
     if trainer.is_global_zero:
-        if cfg.train:  # the tested (best) weights: peft.save_adapter / merge_on_save
-            peft_adapters.save(module.model, cfg, datamodule.tokenizer)
-        write_results(cfg, metrics, tested if cfg.train else cfg.ckpt_path, trainer.global_step)
+        out = Path(cfg.paths.output_dir)
+        if cfg.test:
+            predictions.write(out, module, datamodule.splits["test"].examples)
+        if cfg.train:  # the tested (best) weights: hf_model, peft.save_adapter / merge_on_save
+            export.export(module, cfg, datamodule.tokenizer, weights=None if cfg.test else tested)
+        write_results(cfg, metrics, tested if cfg.train else cfg.ckpt_path, trainer.global_step, trainer.loggers)
     return metrics
 
 
@@ -102,14 +107,17 @@ def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
     )
 
 
-def write_results(cfg: DictConfig, metrics: dict[str, float], checkpoint: str | None, global_step: int) -> None:
-    """metrics.json, this job's line of the sweep table, and the run's plots (which never fail the run)."""
+def write_results(cfg: DictConfig, metrics: dict[str, float], checkpoint: str | None, global_step: int,
+                  loggers: Sequence[Any] = ()) -> None:
+    """metrics.json, this job's line of the sweep table, the run's plots and what the trackers show (which
+    never fail the run)."""
     out = Path(cfg.paths.output_dir)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     record = rundir.write_metrics(out, metrics, checkpoint, global_step, overrides)
     sweeps.record_job(cfg, record)  # one line in <sweep dir>/results.jsonl
     if cfg.get("plots", True):
         plots.write_run_plots(out)
+    tracking.send_run(loggers, cfg, out, metrics, checkpoint)
 
 
 def _as_floats(metrics: dict) -> dict[str, float]:

@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tunelab import plots
+from tunelab import plots, tracking
 from tunelab.results import Run, load_runs, runs_monitor
 from tunelab.sweeps import job_name, override_key
 
@@ -241,6 +241,7 @@ class SweepReport(Callback):
             _, markdown = write_report(sweep_dir, runs=runs)
             plots.plot_sweep(sweep_dir, runs=runs)
             log.info("sweep report (%s):\n%s", sweep_dir / "report.md", markdown)
+            tracking.send_sweep(sweep_dir, runs)  # the W&B summary run of the sweep's group
         except Exception as err:  # noqa: BLE001 - the jobs are done; a report problem must not hide that
             log.warning("no sweep report for %s: %s (run python -m tunelab.report %s)", sweep_dir, err, sweep_dir)
 

@@ -110,6 +110,8 @@ RULES: dict[str, Rule] = {
     "test": FLAG,
     "overwrite": FLAG,
     "plots": FLAG,
+    "export": FLAG,
+    "predict": FLAG,
     "on_nan": one_of("stop", "skip", "off"),
     "float32_matmul_precision": one_of("highest", "high", "medium", nullable=True),
     # data
@@ -132,6 +134,10 @@ RULES: dict[str, Rule] = {
     "data.text_column": Rule("text"),
     "data.label_column": Rule("text"),
     "data.encoding": Rule("encoding"),
+    "data.predict_file": Rule("text"),
+    # callbacks
+    "callbacks.progress_bar.metrics_every": COUNT,
+    "callbacks.progress_bar.every_s": POSITIVE,
     # model
     "model.from_scratch": FLAG,
     "model.dropout": number(0, 1, open_high=True, nullable=True),

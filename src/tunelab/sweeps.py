@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 RESULTS_FILE = "results.jsonl"
 # the config-group choices that identify a run (W&B tags, results table)
-CHOICE_GROUPS = ("data", "loss", "optimizer", "scheduler", "model")
+CHOICE_GROUPS = ("data", "loss", "optimizer", "scheduler", "model", "peft")
 TAG_GROUPS = ("data", "loss", "optimizer")
 # overrides that say where/how a job runs, not what it trains: left out of W&B run names
 _PLUMBING = ("paths.", "hydra.", "logger", "callbacks", "trainer.accelerator", "trainer.enable_", "experiment",
@@ -80,9 +80,14 @@ def with_wandb_identity(logger_group: DictConfig | None) -> DictConfig | None:
         entry.tags = [*(entry.get("tags") or []), *(f"{g}:{picked[g]}" for g in TAG_GROUPS if g in picked)]
         if is_multirun():
             hydra_cfg = HydraConfig.get()
-            entry.group = entry.get("group") or Path(hydra_cfg.sweep.dir).name
+            entry.group = wandb_group(entry, Path(hydra_cfg.sweep.dir))
             entry.name = job_name(list(hydra_cfg.overrides.task), swept_keys()) or entry.get("name")
     return group
+
+
+def wandb_group(entry: DictConfig, sweep: Path) -> str:
+    """The W&B group of a sweep's runs: logger.wandb.group, else the sweep dir's name."""
+    return OmegaConf.select(entry, "group", default=None) or Path(sweep).name
 
 
 def append_result(directory: Path, record: dict[str, Any]) -> Path:

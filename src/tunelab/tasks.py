@@ -92,6 +92,19 @@ class Task:
         """The test metrics recomputed from predictions.jsonl (tunelab.compare), by name."""
         return {}
 
+    def prediction_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Per-example tensors kept (on the device) at test / predict time for predictions.jsonl; None:
+        the task writes no predictions (causal LM)."""
+        return None
+
+    def prediction_record(self, outputs: dict[str, Any], gold: Any, label_names: list[str]) -> dict[str, Any]:
+        """The predictions.jsonl fields of one example from its row of `prediction_outputs` (host tensors,
+        merged with the example's own fields) and its gold target as the batch held it (None: predicting)."""
+        raise NotImplementedError
+
+    def writes_predictions(self) -> bool:
+        return type(self).prediction_outputs is not Task.prediction_outputs
+
     resizes_vocab: ClassVar[bool] = False
 
     def with_labels(self, label_names: Sequence[str]) -> "Task":
@@ -137,6 +150,15 @@ class ClassificationTask(Task):
     def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
         return prediction_metrics.CLASSIFICATION
 
+    def prediction_outputs(self, logits):
+        # pred is the metrics' argmax (not re-derived from rounded probabilities): the file recomputes them
+        return {"pred": logits.argmax(-1), "probs": logits.float().softmax(-1)}
+
+    def prediction_record(self, outputs, gold, label_names):
+        probs, pred = decimals(outputs["probs"]), int(outputs["pred"])
+        record = {} if gold is None else {"gold": label_names[int(gold)]}
+        return record | {"pred": label_names[pred], "probs": dict(zip(label_names, probs)), "confidence": probs[pred]}
+
 
 class RegressionTask(Task):
     name = "regression"
@@ -165,6 +187,13 @@ class RegressionTask(Task):
 
     def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
         return prediction_metrics.REGRESSION
+
+    def prediction_outputs(self, logits):
+        return {"pred": logits.squeeze(-1).float()}
+
+    def prediction_record(self, outputs, gold, label_names):
+        record = {} if gold is None else {"gold": decimals(gold)[0]}
+        return record | {"pred": decimals(outputs["pred"])[0]}
 
 
 class TokenClassificationTask(ClassificationTask):
@@ -206,6 +235,20 @@ class TokenClassificationTask(ClassificationTask):
     def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
         return prediction_metrics.TOKEN_CLASSIFICATION
 
+    def prediction_outputs(self, logits):
+        return {"pred": logits.argmax(-1)}
+
+    def prediction_record(self, outputs, gold, label_names):
+        """One tag per word, read at the word's first sub-token; words cut off by data.max_length were
+        neither seen nor scored: null."""
+        starts, missing = outputs["word_starts"], [None] * (len(outputs["tokens"]) - len(outputs["word_starts"]))
+
+        def tags(ids: torch.Tensor) -> list[str | None]:
+            ids = ids.tolist()
+            return [label_names[ids[i]] for i in starts] + missing
+
+        return ({} if gold is None else {"gold": tags(gold)}) | {"pred": tags(outputs["pred"])}
+
 
 class CausalLMTask(Task):
     name = "causal_lm"
@@ -231,6 +274,11 @@ class CausalLMTask(Task):
 
     def metric_inputs(self, logits, labels):
         return shift_for_next_token(logits, labels)
+
+
+def decimals(values: torch.Tensor) -> list[float]:
+    """float32 values as the shortest decimals that read back to them (4.8, not 4.800000190734863)."""
+    return [float(str(v)) for v in values.float().reshape(-1).numpy()]
 
 
 TASKS: dict[str, Task] = {

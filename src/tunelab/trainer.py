@@ -13,13 +13,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
-from tunelab import sweeps
+from tunelab import sweeps, tracking
 from tunelab.resilience import Resilience
 from tunelab.results import monitor
-from tunelab.rundir import redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +25,7 @@ log = logging.getLogger(__name__)
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = instantiate_group(cfg.get("callbacks"), monitor=monitor(cfg))
     # W&B: tags for the data/loss/optimizer choices; in a sweep, group = sweep and name = overrides
-    loggers = instantiate_group(sweeps.with_wandb_identity(cfg.get("logger")))
+    loggers = instantiate_group(tracking.logger_group(cfg))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
@@ -42,7 +40,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         callbacks.append(AdaLoraSchedule(cfg.peft.get("tinit_ratio", 0.0), cfg.peft.get("tfinal_ratio", 0.0)))
     # the datamodule's batch sampler shards batches across ranks itself (keeps length grouping intact)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False)
-    log_config(trainer, cfg)
+    tracking.log_config(trainer, cfg)
     return trainer
 
 
@@ -99,10 +97,3 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
         return None
     return monitored[0].best_model_path
 
-
-@rank_zero_only
-def log_config(trainer: pl.Trainer, cfg: DictConfig) -> None:
-    """The full resolved config as hyper-parameters of every logger (W&B, TensorBoard, CSV)."""
-    hparams = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
-    for logger in trainer.loggers:
-        logger.log_hyperparams(hparams)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
 from tunelab.errors import ConfigError
@@ -19,11 +19,17 @@ def validate(cfg: DictConfig) -> None:
     schema.check(cfg)  # types and ranges of every value first: the checks below rely on them
     task = get_task(cfg.data.task)
     task.check_data(cfg.data)
-    _check_loss(cfg, task)
+    if not cfg.get("predict"):  # predicting computes no loss: loss=... need not be named to fit
+        _check_loss(cfg, task)
     if cfg.get("train") and cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be at least 1.")
     _check_devices(cfg)
+    if cfg.get("predict") and not OmegaConf.select(cfg, "data.predict_file", throw_on_missing=False):
+        raise ConfigError("predict.py needs the rows to predict on: pass data.predict_file=<csv / tsv / jsonl file, "
+                          "or CoNLL tokens>.")
     if not cfg.get("train") and not cfg.get("ckpt_path"):
+        if cfg.get("predict"):
+            raise ConfigError("predict.py runs a trained model: pass ckpt_path=<path to .ckpt> or <run dir>/hf_model.")
         raise ConfigError("train=false tests a checkpoint: pass ckpt_path=<path to .ckpt>.")
     _check_sweeper_direction(cfg)
     peft_adapters.validate(cfg)

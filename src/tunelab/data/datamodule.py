@@ -23,7 +23,7 @@ from tunelab.model import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -41,8 +41,9 @@ class ListDataset(Dataset):
 class BaseDataModule(pl.LightningDataModule):
     """Shared by every task: file -> cached encoded examples -> train/val/test splits -> loaders.
 
-    Subclasses implement `encode_file(path) -> dict[str, list]` (the tokenized columns, plus a raw
-    "label" column when the task has per-example labels) and may override `finalize_labels`.
+    Subclasses implement `encode_file(path, labelled) -> dict[str, list]` (the tokenized columns, a raw
+    "label" column when the task has per-example labels and `labelled`, and each row's "index" and
+    "file" and its input text for predictions.jsonl) and may override `finalize_labels`.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class BaseDataModule(pl.LightningDataModule):
         train_file: str,
         val_file: str | None = None,
         test_file: str | None = None,
+        predict_file: str | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 42,
@@ -73,6 +75,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.tokenizer_path = tokenizer
         self.name, self.task = name, task
         self.files = {"train": train_file, "val": val_file, "test": test_file}
+        self.predict_file = predict_file  # unlabelled rows for predict.py
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split_seed, self.train_limit = split_seed, train_limit
         self.max_length = max_length
@@ -145,7 +148,7 @@ class BaseDataModule(pl.LightningDataModule):
             os.replace(tmp, cache)  # atomic: concurrent runs never read a half-written cache
         return columns
 
-    def encode_file(self, path: Path) -> dict[str, list]:
+    def encode_file(self, path: Path, labelled: bool = True) -> dict[str, list]:
         raise NotImplementedError
 
     # ---- Lightning hooks -----------------------------------------------------------------------
@@ -155,7 +158,12 @@ class BaseDataModule(pl.LightningDataModule):
                 self.encoded(file)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if stage == "predict":  # only the unlabelled file: label names come with the trained model
+            if "predict" not in self.splits:
+                path = existing_file(self.predict_file or "", "data.predict_file")
+                self.splits["predict"] = ListDataset(_rows(self.encode_file(path, labelled=False)))
+            return
+        if set(SPLITS) <= set(self.splits):
             return
         columns = {s: self.encoded(f) for s, f in self.files.items() if f}
         examples = {s: _rows(c) for s, c in columns.items()}
@@ -236,6 +244,9 @@ class BaseDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", self.eval_batch_size, shuffle=False)
+
     @property
     def num_labels(self) -> int:
         return len(self.label_names) if self.label_names else 1
@@ -269,24 +280,29 @@ class TextDataModule(BaseDataModule):
     def encoding_options(self) -> dict:
         return {"format": self.format, "columns": [self.text_column, self.text_pair_column, self.label_column]}
 
-    def encode_file(self, path: Path) -> dict[str, list]:
-        rows, lines = read_table(path, self.format, encoding=self.encoding)
-        require_columns(
-            rows,
-            {"text_column": self.text_column, "text_pair_column": self.text_pair_column, "label_column": self.label_column},
-            path,
-            lines=lines,
-            non_empty=("label_column",),
-        )
+    def encode_file(self, path: Path, labelled: bool = True) -> dict[str, list]:
+        # a file to predict on is read by its extension when that names a format (new.csv beside tsv data)
+        fmt = self.format if labelled or path.suffix[1:] not in {"csv", "tsv", "jsonl"} else path.suffix[1:]
+        rows, lines = read_table(path, fmt, encoding=self.encoding)
+        columns = {"text_column": self.text_column, "text_pair_column": self.text_pair_column}
+        if labelled:
+            columns["label_column"] = self.label_column
+        require_columns(rows, columns, path, lines=lines, non_empty=("label_column",))
         texts = [str(r[self.text_column]) for r in rows]
         pairs = [str(r[self.text_pair_column]) for r in rows] if self.text_pair_column else None
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
         columns = {"input_ids": enc["input_ids"]}
         if "token_type_ids" in enc and pairs is not None:
             columns["token_type_ids"] = enc["token_type_ids"]
-        columns["label"] = [str(r[self.label_column]) for r in rows]
+        if labelled:
+            columns["label"] = [str(r[self.label_column]) for r in rows]
         columns["row"] = lines  # for error messages
+        # where each example comes from and what it says: the fields of predictions.jsonl
         columns["file"] = [str(path)] * len(rows)
+        columns["index"] = list(range(len(rows)))
+        columns["text"] = texts
+        if pairs is not None:
+            columns["text_pair"] = pairs
         return columns
 
     def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
@@ -305,7 +321,7 @@ class TextDataModule(BaseDataModule):
         for rows in examples.values():
             for e in rows:
                 e["labels"] = labels.id(e["label"], f"{e['file']}:{e['row']}")
-                del e["label"], e["row"], e["file"]
+                del e["label"], e["row"]
         self.label_names = labels.names
         self.class_counts = labels.counts(e["labels"] for e in examples["train"])
 
@@ -343,7 +359,7 @@ def _as_float(e: dict) -> float:
         raise ConfigError(
             f"{e['file']}:{e['row']}: regression target {e['label']!r} is not a number; fix the row."
         ) from None
-    del e["label"], e["row"], e["file"]
+    del e["label"], e["row"]
     return value
 
 

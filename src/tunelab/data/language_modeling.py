@@ -108,7 +108,7 @@ class LanguageModelingDataModule(BaseDataModule):
         return {"format": self.format, "text_column": self.text_column, "separator": self.separator,
                 "block_size": self.block_size, "packing": self.packing}
 
-    def encode_file(self, path: Path) -> dict[str, list]:
+    def encode_file(self, path: Path, labelled: bool = True) -> dict[str, list]:
         docs = read_documents(path, self.format, self.text_column, self.separator, encoding=self.encoding)
         if not docs:
             raise ConfigError(f"{path} has no text; check data.format / data.text_column.")

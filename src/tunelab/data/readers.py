@@ -130,7 +130,7 @@ def require_columns(
 
 def read_conll(
     path: str | Path,
-    tag_column: int = -1,
+    tag_column: int | None = -1,
     token_column: int = 0,
     delimiter: str | None = None,
     skip_prefixes: tuple[str, ...] = ("-DOCSTART-",),
@@ -139,7 +139,8 @@ def read_conll(
 ) -> list[dict]:
     """Sentences of a CoNLL-style file: one token per line, columns split by `delimiter` (None = any
     whitespace), blank (or whitespace-only) lines between sentences. Each sentence is
-    {"tokens", "tags", "lines"} with the 1-based line number of every token, for error messages."""
+    {"tokens", "tags", "lines"} with the 1-based line number of every token, for error messages;
+    tag_column=None reads untagged text (tokens only, "tags" empty)."""
     text = read_text(path, encoding)
     sentences: list[dict] = []
     tokens: list[str] = []
@@ -161,15 +162,18 @@ def read_conll(
             continue
         columns = line.split(delimiter)
         try:
-            token, tag = columns[token_column], columns[tag_column].strip()
+            token = columns[token_column]
+            tag = columns[tag_column].strip() if tag_column is not None else None
         except IndexError:
             raise ConfigError(
                 f"{path}:{line_no}: {len(columns)} column(s) but data.token_column={token_column} / "
                 f"data.tag_column={tag_column}; fix the row or set data.delimiter / data.tag_column."
             ) from None
-        if not tag:
+        if tag_column is not None and not tag:
             raise ConfigError(f"{path}:{line_no}: the token {token!r} has an empty tag; fill it in or remove the line.")
-        tokens.append(token), tags.append(tag), lines.append(line_no)
+        tokens.append(token), lines.append(line_no)
+        if tag is not None:
+            tags.append(tag)
     flush()
     if not sentences:
         raise ConfigError(f"{path} has no tokens; it needs one 'token ... tag' line per token, a blank line between "

@@ -107,6 +107,10 @@ class Collator:
         }
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], width, 0)
+        if "index" in examples[0]:  # the row in its source file: predictions.jsonl
+            batch["index"] = torch.tensor([e["index"] for e in examples])
+        if "labels" not in examples[0]:  # a file to predict on
+            return batch
         labels = [e["labels"] for e in examples]
         if isinstance(labels[0], (list, tuple)):
             batch["labels"] = _pad(labels, width, IGNORE_INDEX)

@@ -39,13 +39,14 @@ class TokenClassificationDataModule(BaseDataModule):
     def encoding_options(self) -> dict:
         return {"columns": [self.token_column, self.tag_column], "delimiter": self.delimiter}
 
-    def encode_file(self, path: Path) -> dict[str, list]:
+    def encode_file(self, path: Path, labelled: bool = True) -> dict[str, list]:
         if not self.tokenizer.is_fast:
             raise ConfigError(
                 f"token classification needs a fast tokenizer (word_ids()); {self.tokenizer_path} has none. "
                 "Set model.tokenizer to a directory with a tokenizer.json."
             )
-        sentences = read_conll(path, self.tag_column, self.token_column, self.delimiter, encoding=self.encoding)
+        tag_column = self.tag_column if labelled else None  # a file to predict on: tokens only
+        sentences = read_conll(path, tag_column, self.token_column, self.delimiter, encoding=self.encoding)
         enc = self.tokenizer(
             [s["tokens"] for s in sentences], is_split_into_words=True, truncation=True, max_length=self.max_length
         )
@@ -55,7 +56,11 @@ class TokenClassificationDataModule(BaseDataModule):
             "word_ids": word_ids,  # sub-token -> word index (-1: special token)
             "tags": [s["tags"] for s in sentences],
             "lines": [s["lines"] for s in sentences],
+            # predictions.jsonl: source, words, and the sub-token that carries each word's prediction
             "file": [str(path)] * len(sentences),
+            "index": list(range(len(sentences))),
+            "tokens": [s["tokens"] for s in sentences],
+            "word_starts": [word_starts(w) for w in word_ids],
         }
 
     def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
@@ -66,7 +71,7 @@ class TokenClassificationDataModule(BaseDataModule):
                 word_labels = [labels.id(tag, f"{e['file']}:{line}") for tag, line in zip(e["tags"], e["lines"])]
                 e["labels"] = align_labels(e["word_ids"], word_labels, labels.names, self.label_all_subtokens)
                 truncated += max(e["word_ids"]) + 1 < len(e["tags"])
-                for key in ("word_ids", "tags", "lines", "file"):
+                for key in ("word_ids", "tags", "lines"):
                     del e[key]
         if truncated:
             log.warning("%d sentences were truncated to data.max_length=%d tokens (their tail is not scored)",
@@ -74,6 +79,11 @@ class TokenClassificationDataModule(BaseDataModule):
         self.truncated = truncated
         self.label_names = labels.names
         self.class_counts = labels.counts(i for e in examples["train"] for i in e["labels"])
+
+
+def word_starts(word_ids: Sequence[int]) -> list[int]:
+    """Position of each word's first sub-token (words cut off by max_length have none)."""
+    return [i for i, w in enumerate(word_ids) if w >= 0 and (i == 0 or word_ids[i - 1] != w)]
 
 
 def align_labels(word_ids: Sequence[int], word_labels: Sequence[int], names: Sequence[str], all_subtokens: bool) -> list[int]:

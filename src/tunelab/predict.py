@@ -1,0 +1,58 @@
+"""What predict.py runs: a trained model (a .ckpt, or an exported hf_model / merged dir) over the unlabelled
+rows of data.predict_file (the data config's text columns; CoNLL: tokens only), writing predictions.jsonl
+(the test predictions' fields without gold) into the run dir and a one-line summary."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from tunelab import export, predictions, rundir
+from tunelab.checkpoints import check_checkpoint
+from tunelab.errors import ConfigError
+from tunelab.module import TransformerModule
+from tunelab.trainer import build_trainer
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    module, tokenizer = load(cfg)
+    if not module.task.writes_predictions():
+        raise ConfigError(f"data.task={module.task.name} has no per-example predictions; predict.py takes a "
+                          "classification, regression or token classification model.")
+    # only the file to predict on: label names and tokenizer come with the trained model
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed, train_file=None, val_file=None,
+                             test_file=None, _recursive_=False)
+    trainer = build_trainer(cfg)
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    if trainer.is_global_zero:
+        path = predictions.write(Path(cfg.paths.output_dir), module, datamodule.splits["predict"].examples)
+        print(summary(path, cfg.data.predict_file), flush=True)
+    return {}
+
+
+def load(cfg: DictConfig) -> tuple[TransformerModule, str]:
+    """The module to predict with and its tokenizer: from an exported dir, or a checkpoint's hyper-parameters."""
+    if export.is_model_dir(cfg.ckpt_path):
+        return export.load_module(cfg.ckpt_path, cfg), str(cfg.ckpt_path)
+    path = rundir.resolve_ckpt_path(cfg)
+    if Path(path).is_dir():  # an adapter dir: its base model and label names are the training run's config
+        raise ConfigError(f"ckpt_path={path} is an adapter; predict with the run's checkpoint (.ckpt) or its merged "
+                          "model (peft.merge_on_save=true).")
+    check_checkpoint(path, cfg)
+    module = TransformerModule.load_from_checkpoint(path, map_location="cpu")
+    model = module.hparams.model
+    return module, str(model.get("tokenizer") or model["name_or_path"])
+
+
+def summary(path: Path, source: str) -> str:
+    """One line: how many rows were predicted, where they went, and the predicted labels' counts."""
+    rows = predictions.read(path)
+    preds = Counter(r["pred"] for r in rows if isinstance(r["pred"], str))
+    counts = f" ({', '.join(f'{label} {n}' for label, n in preds.most_common())})" if preds else ""
+    return f"predicted {len(rows)} rows of {source}{counts}: {path}"

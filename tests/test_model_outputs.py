@@ -1,0 +1,201 @@
+"""What a trained run gives out: predictions.jsonl of the test split (one row per example in file order, the
+logged test metrics recomputed from it), the exported hf_model dir that transformers.pipeline() loads with
+the label names (the merged adapter's: test_peft), and predict.py over unlabelled files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import transformers
+
+from conftest import FIXTURES, compose_cfg, read_metrics
+from tunelab import predictions
+from tunelab.data.readers import read_conll, read_rows
+from tunelab.errors import ConfigError
+from tunelab.module import TransformerModule
+from tunelab.pipeline import run
+from tunelab.span_metrics import spans
+
+SHORT = ["data.train_limit=64", "trainer.max_epochs=1"]
+RUNS = {
+    "classification": [],
+    "ner": ["data=conll2003", "loss=token_cross_entropy"],
+    # test carved out of the training file: indices are rows of train.tsv
+    "regression": ["data=stsb", "loss=mse", "data.test_file=null", "data.test_fraction=0.2"],
+}
+SST2 = ["negative", "positive"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir):
+    """trained(name) -> (metrics, run dir): each run of RUNS once per module."""
+    done: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in done:
+            out = tmp_path_factory.mktemp(name)
+            done[name] = run(compose_cfg(out, *SHORT, *RUNS[name], cache=cache_dir)), out
+        return done[name]
+
+    return get
+
+
+def best_module(run_dir) -> TransformerModule:
+    record = json.loads((run_dir / "metrics.json").read_text())
+    return TransformerModule.load_from_checkpoint(record["best_checkpoint"], map_location="cpu").eval()
+
+
+def f32(value: float) -> float:
+    """A Python float rounded as the logged float32 metrics are."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+# ---- predictions.jsonl of the test split ---------------------------------------------------------------
+def test_classification_predictions_follow_the_file_and_give_the_logged_metrics(trained) -> None:
+    metrics, run_dir = trained("classification")
+    rows = predictions.read(run_dir / "predictions.jsonl")
+    source = read_rows(FIXTURES / "sst2" / "dev.tsv", "tsv")
+    assert [r["index"] for r in rows] == list(range(len(source)))
+    assert [r["text"] for r in rows] == [s["sentence"] for s in source]
+    assert [r["gold"] for r in rows] == [SST2[int(s["label"])] for s in source]
+    assert {r["file"] for r in rows} == {str(FIXTURES / "sst2" / "dev.tsv")}
+    for r in rows:
+        assert set(r["probs"]) == set(SST2) and math.isclose(sum(r["probs"].values()), 1, rel_tol=1e-5)
+        assert r["confidence"] == r["probs"][r["pred"]] == max(r["probs"].values())
+    assert f32(sum(r["gold"] == r["pred"] for r in rows) / len(rows)) == metrics["test/acc"]
+    f1s = []
+    for label in SST2:
+        tp = sum(r["gold"] == r["pred"] == label for r in rows)
+        predicted, gold = sum(r["pred"] == label for r in rows), sum(r["gold"] == label for r in rows)
+        f1s.append(2 * tp / (predicted + gold) if predicted + gold else 0.0)
+    assert sum(f1s) / len(f1s) == pytest.approx(metrics["test/f1_macro"], rel=1e-6, abs=1e-7)
+
+
+def test_ner_predictions_are_word_tags_that_give_the_logged_entity_scores(trained) -> None:
+    metrics, run_dir = trained("ner")
+    rows = predictions.read(run_dir / "predictions.jsonl")
+    sentences = read_conll(FIXTURES / "conll2003" / "test.txt")
+    assert [r["index"] for r in rows] == list(range(len(sentences)))
+    assert [r["tokens"] for r in rows] == [s["tokens"] for s in sentences]
+    assert [r["gold"] for r in rows] == [s["tags"] for s in sentences]  # no sentence is cut off here
+    tp = predicted = gold = 0
+    for r in rows:
+        assert len(r["pred"]) == len(r["tokens"])
+        g, p = spans(r["gold"]), spans(r["pred"])
+        tp, predicted, gold = tp + len(g & p), predicted + len(p), gold + len(g)
+    precision, recall = tp / max(predicted, 1), tp / max(gold, 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    assert precision == pytest.approx(metrics["test/precision"], abs=1e-6)
+    assert recall == pytest.approx(metrics["test/recall"], abs=1e-6)
+    assert f1 == pytest.approx(metrics["test/f1"], abs=1e-6)
+
+
+def test_regression_predictions_of_a_carved_split_index_the_training_file(trained) -> None:
+    metrics, run_dir = trained("regression")
+    rows = predictions.read(run_dir / "predictions.jsonl")
+    train = read_rows(FIXTURES / "stsb" / "train.tsv", "tsv")
+    assert len(rows) == round(0.2 * len(train))
+    assert [r["index"] for r in rows] == sorted(r["index"] for r in rows)
+    for r in rows:
+        source = train[r["index"]]
+        expected = source["sentence1"], source["sentence2"], float(source["score"])
+        assert (r["text"], r["text_pair"], r["gold"]) == expected
+        assert r["file"] == str(FIXTURES / "stsb" / "train.tsv") and isinstance(r["pred"], float)
+    mse = sum((r["pred"] - r["gold"]) ** 2 for r in rows) / len(rows)
+    mae = sum(abs(r["pred"] - r["gold"]) for r in rows) / len(rows)
+    assert mse == pytest.approx(metrics["test/mse"], rel=1e-5)
+    assert mae == pytest.approx(metrics["test/mae"], rel=1e-5)
+
+
+# ---- the exported model ----------------------------------------------------------------------------------
+def test_exported_classifier_is_the_checkpoint_in_a_pipeline_with_label_names(trained) -> None:
+    _, run_dir = trained("classification")
+    texts = [s["sentence"] for s in read_rows(FIXTURES / "sst2" / "dev.tsv", "tsv")[:6]]
+    pipe = transformers.pipeline("text-classification", model=str(run_dir / "hf_model"), top_k=None)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "hf_model")
+    with torch.no_grad():
+        probs = best_module(run_dir)(dict(tokenizer(texts, padding=True, return_tensors="pt"))).softmax(-1)
+    for answer, expected in zip(pipe(texts), probs):
+        scores = {a["label"]: a["score"] for a in answer}
+        assert set(scores) == set(SST2)
+        torch.testing.assert_close(torch.tensor([scores[n] for n in SST2]), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_exported_tagger_is_the_checkpoint_in_a_pipeline_with_label_names(trained) -> None:
+    _, run_dir = trained("ner")
+    module = best_module(run_dir)
+    names = list(module.hparams.label_names)
+    pipe = transformers.pipeline("token-classification", model=str(run_dir / "hf_model"), ignore_labels=[])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "hf_model")
+    for sentence in read_conll(FIXTURES / "conll2003" / "test.txt")[:4]:
+        text = " ".join(sentence["tokens"])
+        with torch.no_grad():
+            expected = module(dict(tokenizer(text, return_tensors="pt")))[0].argmax(-1)
+        answer = pipe(text)
+        assert [a["index"] for a in answer] == list(range(1, len(expected) - 1))  # every sub-token but [CLS] [SEP]
+        assert [a["entity"] for a in answer] == [names[i] for i in expected[1:-1].tolist()]
+
+
+# ---- predict.py --------------------------------------------------------------------------------------------
+def predict(out, cache_dir, *overrides: str) -> list[dict]:
+    cfg = compose_cfg(out, "model=tiny", f"paths.data_dir={FIXTURES}", "trainer.accelerator=cpu", *overrides,
+                      config_name="predict", fast=False, cache=cache_dir)
+    run(cfg)
+    return predictions.read(out / "predictions.jsonl")
+
+
+def test_predict_on_unlabelled_csv_with_the_checkpoint_or_the_exported_model(trained, tmp_path, cache_dir,
+                                                                                capsys) -> None:
+    _, run_dir = trained("classification")
+    tested = {r["text"]: r for r in predictions.read(run_dir / "predictions.jsonl")[:5]}
+    new = tmp_path / "new.csv"  # csv beside the tsv data: read by its extension; no label column
+    new.write_text("sentence\n" + "".join(f'"{t}"\n' for t in tested))
+    ckpt = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+    from_ckpt = predict(tmp_path / "ckpt", cache_dir, f"ckpt_path={ckpt}", f"data.predict_file={new}")
+    assert f"predicted 5 rows of {new}" in capsys.readouterr().out
+    from_export = predict(tmp_path / "export", cache_dir, f"ckpt_path={run_dir / 'hf_model'}",
+                          f"data.predict_file={new}")
+    assert [r["index"] for r in from_ckpt] == list(range(5))
+    for a, b in zip(from_ckpt, from_export):
+        assert set(a) == {"index", "file", "text", "pred", "probs", "confidence"} and a["file"] == str(new)
+        expected = tested[a["text"]]
+        assert a["pred"] == b["pred"] == expected["pred"]
+        assert a["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
+        assert b["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
+
+
+def test_predict_on_conll_tokens_without_tags(trained, tmp_path, cache_dir) -> None:
+    _, run_dir = trained("ner")
+    sentences = [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]
+    new = tmp_path / "new.conll"
+    new.write_text("\n\n".join("\n".join(words) for words in sentences) + "\n")
+    rows = predict(tmp_path / "out", cache_dir, "data=conll2003", f"ckpt_path={run_dir / 'hf_model'}",
+                   f"data.predict_file={new}")
+    names = set(best_module(run_dir).hparams.label_names)
+    assert [r["tokens"] for r in rows] == sentences
+    assert all("gold" not in r and len(r["pred"]) == len(r["tokens"]) and set(r["pred"]) <= names for r in rows)
+
+
+def test_predict_without_the_text_column_is_one_line_naming_it(trained, tmp_path, cache_dir) -> None:
+    _, run_dir = trained("classification")
+    new = tmp_path / "new.csv"
+    new.write_text("review\ngreat fun\n")
+    with pytest.raises(ConfigError) as err:
+        predict(tmp_path / "out", cache_dir, f"ckpt_path={run_dir / 'hf_model'}", f"data.predict_file={new}")
+    assert str(err.value) == f"data.text_column='sentence' is not a column of {new}; columns are ['review']."
+    with pytest.raises(ConfigError, match="pass data.predict_file="):
+        predict(tmp_path / "none", cache_dir, f"ckpt_path={run_dir / 'hf_model'}")
+
+
+def test_eval_writes_the_same_predictions_as_the_training_run(trained, tmp_path, cache_dir) -> None:
+    _, run_dir = trained("classification")
+    ckpt = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+    cfg = compose_cfg(tmp_path, "model=tiny", f"paths.data_dir={FIXTURES}", "trainer.accelerator=cpu",
+                      f"ckpt_path={ckpt}", config_name="eval", fast=False, cache=cache_dir)
+    run(cfg)
+    assert read_metrics(tmp_path)["test/acc"] == read_metrics(run_dir)["test/acc"]
+    evaluated, trained_rows = (predictions.read(d / "predictions.jsonl") for d in (tmp_path, run_dir))
+    assert [(r["index"], r["pred"]) for r in evaluated] == [(r["index"], r["pred"]) for r in trained_rows]
