@@ -108,7 +108,9 @@ class Collator:
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], width, 0)
         labels = [e["labels"] for e in examples]
-        if isinstance(labels[0], (list, tuple)):
+        if isinstance(labels[0], torch.Tensor):  # multi-label 0/1 vectors
+            batch["labels"] = torch.stack(labels)
+        elif isinstance(labels[0], (list, tuple)):
             batch["labels"] = _pad(labels, width, IGNORE_INDEX)
         else:
             batch["labels"] = torch.tensor(labels)
