@@ -1,7 +1,7 @@
-"""The task abstraction: everything that differs between classification, regression, token
-classification and causal LM lives here (model head, peft task type, the data modules that serve it,
-metrics and which of them is monitored, test report), so one LightningModule and one pipeline serve
-them all."""
+"""The task abstraction: everything that differs between classification, multi-label classification,
+regression, token classification and causal LM lives here (model head, peft task type, the data modules that
+serve it, the targets the loss sees, metrics and which of them is monitored, test report), so one
+LightningModule and one pipeline serve them all."""
 
 from __future__ import annotations
 
@@ -102,11 +102,16 @@ class Task:
         return self
 
 
-class ClassificationTask(Task):
-    name = "classification"
+class SequenceTask(Task):
+    """One prediction per text (or text pair): a head on the pooled sequence, served by TextDataModule."""
+
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     data_modules = frozenset({"TextDataModule"})
+
+
+class ClassificationTask(SequenceTask):
+    name = "classification"
     default_loss = "cross_entropy"
     monitor = "acc"
     mode = "max"
@@ -144,11 +149,8 @@ class ClassificationTask(Task):
         return report, f"{text}\n\n{calibration_text}"
 
 
-class RegressionTask(Task):
+class RegressionTask(SequenceTask):
     name = "regression"
-    auto_model = "AutoModelForSequenceClassification"
-    peft_task_type = "SEQ_CLS"
-    data_modules = frozenset({"TextDataModule"})
     default_loss = "mse"
     monitor = "spearman"
     mode = "max"
@@ -189,14 +191,11 @@ class RegressionTask(Task):
         return self.to_label_units(logits), labels.float()
 
 
-class MultiLabelTask(Task):
+class MultiLabelTask(SequenceTask):
     """Several labels per example (data.task=multilabel): one sigmoid per label, a label predicted when its
     probability exceeds data.threshold; the test report is per label."""
 
     name = "multilabel"
-    auto_model = "AutoModelForSequenceClassification"
-    peft_task_type = "SEQ_CLS"
-    data_modules = frozenset({"TextDataModule"})
     default_loss = "bce"
     monitor = "f1_micro"
     mode = "max"
