@@ -65,3 +65,23 @@ def test_standardized_targets_learn_faster_than_raw_ones(run_cfg) -> None:
     raw, _ = run_cfg(*args, "data.standardize_targets=false")
     assert standardized["val/pearson"] > raw["val/pearson"] + 0.1, (standardized, raw)
     assert standardized["val/mse"] < raw["val/mse"]
+
+
+def test_merged_lora_export_predicts_in_target_units(run_cfg) -> None:
+    """peft.merge_on_save writes a plain transformers model; with standardized targets its raw outputs are
+    already in score units (the mean / std folded into the output layer), equal to the run's predictions."""
+    import transformers
+
+    metrics, run_dir = run_cfg("data=stsb", "loss=mse", "peft=lora", "peft.merge_on_save=true", "trainer.max_steps=4",
+                               "data.train_limit=64", "data.batch_size=16")
+    best = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+    module = TransformerModule.load_from_checkpoint(best, map_location="cpu").eval()
+    merged = transformers.AutoModelForSequenceClassification.from_pretrained(run_dir / "merged").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "merged")
+    batch = dict(tokenizer(["a man plays a guitar", "the cat sleeps"], ["a man plays music", "stocks fell"],
+                           padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        expected = module.task.to_label_units(module(batch))
+        exported = merged(**batch).logits.squeeze(-1)
+    torch.testing.assert_close(exported, expected, atol=1e-5, rtol=1e-4)
+    assert module.task.target_std != 1.0  # standardized: the fold was not the identity

@@ -77,7 +77,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     metrics |= _as_floats(trainer.callback_metrics) | peft_adapters.parameter_counts(module.model)
     if trainer.is_global_zero:
         if cfg.train:  # the tested (best) weights: peft.save_adapter / merge_on_save
-            peft_adapters.save(module.model, cfg, datamodule.tokenizer)
+            peft_adapters.save(module.model, cfg, datamodule.tokenizer, module.task)
         write_results(cfg, metrics, tested if cfg.train else cfg.ckpt_path, trainer.global_step)
     return metrics
 

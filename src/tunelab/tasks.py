@@ -6,6 +6,7 @@ LightningModule and one pipeline serve them all."""
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -29,6 +30,8 @@ from tunelab.metrics import (
 )
 from tunelab.report_tables import calibration_report, classification_report, entity_report, multilabel_report
 from tunelab.span_metrics import EntityCounts, entity_types
+
+log = logging.getLogger(__name__)
 
 
 class Task:
@@ -100,6 +103,10 @@ class Task:
         """The task bound to a run's label names and the data's label info (TextDataModule.label_info:
         target mean / std, decision threshold); tasks whose metrics need them override this."""
         return self
+
+    def prepare_export(self, model: torch.nn.Module) -> None:
+        """Make a plain transformers copy of the trained model (peft.merge_on_save) predict on its own as the
+        task does (in place); nothing to do for most tasks."""
 
 
 class SequenceTask(Task):
@@ -189,6 +196,19 @@ class RegressionTask(SequenceTask):
 
     def metric_inputs(self, logits, labels):
         return self.to_label_units(logits), labels.float()
+
+    def prepare_export(self, model: torch.nn.Module) -> None:
+        # to_label_units folded into the output layer: y = (w x + b) * std + mean
+        layers = [m for name in self.trained_head(model) for m in getattr(model, name).modules()
+                  if isinstance(m, torch.nn.Linear)]
+        out = layers[-1] if layers else None
+        if out is None or out.bias is None:  # e.g. GPT-2's bias-free score layer: nowhere to add the mean
+            log.warning("the exported model's outputs are z-scores: multiply by %g and add %g for target units",
+                        self.target_std, self.target_mean)
+            return
+        with torch.no_grad():
+            out.weight.mul_(self.target_std)
+            out.bias.mul_(self.target_std).add_(self.target_mean)
 
 
 class MultiLabelTask(SequenceTask):
