@@ -9,7 +9,8 @@ import pytest
 from conftest import FIXTURES
 
 DATA = FIXTURES / "multilabel"
-MULTILABEL = ["data=tsv", "data.task=multilabel", f"data.train_file={DATA}/train.tsv", f"data.test_file={DATA}/test.tsv",
+MULTILABEL = ["data=tsv", "data.task=multilabel", f"data.train_file={DATA}/train.tsv",
+              f"data.test_file={DATA}/test.tsv",
               "data.text_column=sentence", "data.label_column=labels", "loss=bce"]
 
 
@@ -48,9 +49,9 @@ def test_json_lines_with_label_lists_and_empty_rows(run_cfg, tmp_path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert any(not r["tags"] for r in records)
-    metrics, run_dir = run_cfg("data=jsonl", "data.task=multilabel", f"data.train_file={path}", "data.label_column=tags",
-                               "data.label_names=[acting,humor,music,story,visuals]", "loss=focal", "data.batch_size=8",
-                               "trainer=debug")
+    metrics, run_dir = run_cfg("data=jsonl", "data.task=multilabel", f"data.train_file={path}",
+                               "data.label_column=tags", "data.label_names=[acting,humor,music,story,visuals]",
+                               "loss=focal", "data.batch_size=8", "trainer=debug")
     report = json.loads((run_dir / "test_report.json").read_text())
     assert list(report["classes"]) == ["acting", "humor", "music", "story", "visuals"]
     assert 0 <= metrics["test/hamming"] <= 1

@@ -85,7 +85,8 @@ def entity_report(counts: torch.Tensor, types: Sequence[str]) -> tuple[dict, str
     return report, format_table(report, "entity", ("micro_avg", "macro_avg"))
 
 
-def multilabel_report(counts: dict[str, torch.Tensor], label_names: Sequence[str], threshold: float) -> tuple[dict, str]:
+def multilabel_report(counts: dict[str, torch.Tensor], label_names: Sequence[str], threshold: float
+                      ) -> tuple[dict, str]:
     """Per-label and micro/macro precision/recall/F1/support, subset accuracy and Hamming loss from
     MultiLabelCounts' "counts" state."""
     report = per_class_report(counts["tp"], counts["pred"], counts["gold"], label_names)

@@ -169,8 +169,8 @@ class RegressionTask(SequenceTask):
     def with_labels(self, label_names: Sequence[str], label_info: Mapping[str, Any] | None = None
                     ) -> "RegressionTask":
         task = copy.copy(self)
-        task.target_mean = float((label_info or {}).get("target_mean", 0.0))
-        task.target_std = float((label_info or {}).get("target_std", 1.0))
+        task.target_mean = float((label_info or {}).get("target_mean", self.target_mean))
+        task.target_std = float((label_info or {}).get("target_std", self.target_std))
         return task
 
     def model_head(self, num_labels: int) -> dict[str, Any]:
@@ -224,16 +224,16 @@ class MultiLabelTask(SequenceTask):
     def with_labels(self, label_names: Sequence[str], label_info: Mapping[str, Any] | None = None
                     ) -> "MultiLabelTask":
         task = copy.copy(self)
-        task.threshold = float((label_info or {}).get("threshold", 0.5))
+        task.threshold = float((label_info or {}).get("threshold", self.threshold))
         return task
 
     def model_head(self, num_labels: int) -> dict[str, Any]:
         return {"num_labels": num_labels, "problem_type": "multi_label_classification"}
 
     def metrics(self, num_labels: int) -> MetricCollection:
-        n = num_labels
-        return MetricCollection({"f1_micro": MultiLabelCounts(n, "f1_micro"), "f1_macro": MultiLabelCounts(n, "f1_macro"),
-                                 "subset_acc": MultiLabelCounts(n, "subset_acc"), "hamming": HammingLoss(n)})
+        # one state, counted once: MetricCollection's compute groups share it between the four
+        stats = {stat: MultiLabelCounts(num_labels, stat) for stat in ("f1_micro", "f1_macro", "subset_acc")}
+        return MetricCollection({**stats, "hamming": HammingLoss(num_labels)})
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """[batch, labels] 0/1: the labels whose probability exceeds the threshold."""

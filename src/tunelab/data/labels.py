@@ -55,7 +55,8 @@ def split_labels(cell: str | list, separator: str) -> list[str]:
 
 def _single(cell: str | list, where: str, kind: str) -> None:
     if isinstance(cell, list):
-        raise ConfigError(f"{where}: the {kind} is a list {cell!r}; rows with several labels need data.task=multilabel.")
+        raise ConfigError(f"{where}: the {kind} is a list {cell!r}; rows with several labels need "
+                          "data.task=multilabel.")
 
 
 def regression_target(cell: str, where: str) -> float:
