@@ -133,7 +133,7 @@ def plot_reliability_diagram(run_dir: Path) -> Path | None:
            label="accuracy")
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.plot([calibration["confidence"][i] for i in filled], [calibration["accuracy"][i] for i in filled], "o",
-            color="red", label="mean confidence")
+            color="red", label="(mean confidence, accuracy)")
     ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
            title=f"test reliability (ECE {calibration['ece']:.4f}, {calibration['n_bins']} bins)")
     ax.legend(loc="upper left")
