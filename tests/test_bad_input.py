@@ -159,6 +159,8 @@ BAD_VALUES = {
     "trainer.precision": (["17", "fp32"], ["bf16-mixed", 32, None]),
     "data.encoding": (["utf-9", 8], ["utf-8", "latin-1", "utf-8-sig"]),  # a codec
     "data.text_column": (["", " ", 3], ["review"]),  # non-empty string
+    "data.label_separator": (["", 3, None], [",", " ", " | "]),  # separator: whitespace counts
+    "data.threshold": ([0, 1, 1.5, "half"], [0.05, 0.5, 0.95]),  # number in (0, 1)
     "trainer.limit_train_batches": ([-1, 1.5, "half"], [0, 10, 0.25, 1.0, None]),  # count or fraction
     "trainer.fast_dev_run": ([-1, "once"], [True, False, 3]),
 }

@@ -50,9 +50,10 @@ def test_bad_rows_name_file_and_line(run_cfg, tmp_path) -> None:
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
-    proc = run_script("train.py", "loss=mse", "data=sst2", f"paths.data_dir={FIXTURES}", f"hydra.run.dir={tmp_path}")
+    proc = run_script("train.py", "loss=cross_entropy", "data=stsb", f"paths.data_dir={FIXTURES}",
+                      f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
-    assert "error: loss=mse needs a regression task; got data=sst2 (classification). Use loss=cross_entropy." in proc.stderr
+    assert "error: loss=cross_entropy needs a classification task; got data=stsb (regression). Use loss=mse." in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -64,15 +65,28 @@ def test_sweep_values_without_multirun_name_the_fix() -> None:
     assert "Traceback" not in proc.stderr
 
 
+MULTILABEL = ["data=tsv", "data.task=multilabel", "data.train_file=x.tsv"]
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["loss=mse", "data=sst2"], "loss=mse needs a regression task; got data=sst2 (classification). Use loss=cross_entropy."),
         (["loss=cross_entropy", "data=stsb"], "loss=cross_entropy needs a classification task; got data=stsb (regression). Use loss=mse."),
+        (["loss=token_cross_entropy", "data=stsb"],
+         "loss=token_cross_entropy needs a token_classification task; got data=stsb (regression). Use loss=mse."),
+        (["loss=focal", "data=stsb"],
+         "loss=focal needs a classification, multilabel or token_classification task; got data=stsb (regression). "
+         "Use loss=mse."),
+        (["loss=bce", "data=sst2"], "loss=bce needs a multilabel task; got data=sst2 (classification). Use loss=cross_entropy."),
+        (["loss=cross_entropy", *MULTILABEL],
+         "loss=cross_entropy needs a classification task; got data=tsv (multilabel). Use loss=bce."),
+        (["loss=mse", *MULTILABEL],
+         "loss=mse needs a classification or regression task; got data=tsv (multilabel). Use loss=bce."),
         (["loss=next_token_cross_entropy", "data=sst2"],
          "loss=next_token_cross_entropy needs a causal_lm task; got data=sst2 (classification). Use loss=cross_entropy."),
         (["loss=mse", "data=wnut17"],
-         "loss=mse needs a regression task; got data=wnut17 (token_classification). Use loss=token_cross_entropy."),
+         "loss=mse needs a classification or regression task; got data=wnut17 (token_classification). "
+         "Use loss=token_cross_entropy."),
         (["loss=cross_entropy", "data=conll2003"],
          "loss=cross_entropy needs a classification task; got data=conll2003 (token_classification). "
          "Use loss=token_cross_entropy."),
@@ -86,7 +100,10 @@ def test_sweep_values_without_multirun_name_the_fix() -> None:
          "loss=cross_entropy needs a classification task; got data=tiny_shakespeare (causal_lm). "
          "Use loss=next_token_cross_entropy."),
         (["loss=mse", "data=text", "data.train_file=x.txt"],
-         "loss=mse needs a regression task; got data=text (causal_lm). Use loss=next_token_cross_entropy."),
+         "loss=mse needs a classification or regression task; got data=text (causal_lm). "
+         "Use loss=next_token_cross_entropy."),
+        (["loss=bce", "data=tiny_shakespeare", "model=gpt2_tiny"],
+         "loss=bce needs a multilabel task; got data=tiny_shakespeare (causal_lm). Use loss=next_token_cross_entropy."),
     ],
 )
 def test_loss_that_does_not_fit_the_task_is_exactly_one_line(run_cfg, overrides, message) -> None:

@@ -22,7 +22,10 @@ AUDITED = [
 TASKS = {
     "classification": [],
     "classification_focal": ["loss=focal"],
+    "classification_mse": ["loss=mse"],
     "regression": ["data=stsb", "loss=mse"],
+    "multilabel": ["data=tsv", "data.task=multilabel", f"data.train_file={FIXTURES}/multilabel/train.tsv",
+                   "data.text_column=sentence", "data.label_column=labels", "loss=bce", "loss.pos_weight=balanced"],
     "token_classification": ["data=conll2003", "loss=token_cross_entropy"],
     "causal_lm": ["data=tiny_shakespeare", "model=gpt2_tiny", "loss=next_token_cross_entropy"],
 }

@@ -158,7 +158,8 @@ def test_sweeper_direction_must_match_the_metric(tmp_path) -> None:
     ("classification", None, ("val/acc", "max")), ("classification", "val/loss", ("val/loss", "min")),
     ("classification", "val/mcc", ("val/mcc", "max")), ("regression", None, ("val/spearman", "max")),
     ("regression", "val/mae", ("val/mae", "min")), ("token_classification", "val/acc", ("val/acc", "max")),
-    ("causal_lm", None, ("val/perplexity", "min")),
+    ("causal_lm", None, ("val/perplexity", "min")), ("classification", "val/ece", ("val/ece", "min")),
+    ("multilabel", None, ("val/f1_micro", "max")), ("multilabel", "val/hamming", ("val/hamming", "min")),
 ])
 def test_monitor_is_the_optimized_metric_with_its_direction(task, metric, mode) -> None:
     assert monitor({"data": {"task": task}, "optimized_metric": metric}) == mode
@@ -166,7 +167,8 @@ def test_monitor_is_the_optimized_metric_with_its_direction(task, metric, mode) 
 
 @pytest.mark.parametrize("metric,message", [
     ("test/acc", "optimized_metric=test/acc is not a validation metric; use val/acc."),
-    ("val/nope", "val/nope is not a metric of classification runs; use one of acc, f1_macro, f1_micro, loss, mcc, precision, recall"),
+    ("val/nope", "val/nope is not a metric of classification runs; use one of acc, brier, ece, f1_macro, f1_micro, "
+                 "loss, mcc, nll, precision, recall"),
 ])
 def test_monitor_refuses_metrics_it_cannot_rank_by(metric, message) -> None:
     with pytest.raises(ConfigError) as err:

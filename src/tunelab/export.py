@@ -5,6 +5,7 @@ the tokenizer, the data's label names as id2label / label2id), which `transforme
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,10 +40,12 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
         state = torch.load(weights, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
     set_label_names(module.model, module.hparams.label_names)
-    written = peft_adapters.save(module.model, cfg, tokenizer)
+    written = peft_adapters.save(module.model, cfg, tokenizer, module.task)
     if cfg.get("export") and not peft_adapters.is_peft_model(module.model):
         out = Path(cfg.paths.output_dir) / EXPORT_DIR
-        module.model.save_pretrained(out)
+        model = copy.deepcopy(module.model)  # the module keeps its own head
+        module.task.prepare_export(model)  # e.g. standardized regression answers in target units
+        model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         log.info("exported the model to %s (transformers.pipeline(model=...) loads it)", out)
         written.append(out)

@@ -14,34 +14,41 @@ IGNORE_INDEX = -100
 
 
 class Loss(nn.Module):
-    """Base class: `name` is the config choice (loss=<name>), `tasks` the tasks it fits."""
+    """Base class: `name` is the config choice (loss=<name>), `tasks` the tasks it fits. Integer labels
+    are class ids (classification, token classification), float labels targets (regression values,
+    multi-label 0/1 vectors): a loss that fits several tasks tells them apart by that."""
 
     name: ClassVar[str]
     tasks: ClassVar[frozenset[str]]
+    weights_key: ClassVar[str] = "class_weights"  # the config key of the per-label weights
 
     def __init__(self, class_weights: Sequence[float] | str | None = None) -> None:
         super().__init__()
         self.class_weights_spec = class_weights
         self.register_buffer("class_weights", None, persistent=False)
 
-    def fit_class_weights(self, class_counts: Sequence[int] | None) -> None:
-        """Resolve `class_weights` ("balanced" or an explicit list) once the label counts are known."""
-        spec = self.class_weights_spec
+    def fit_class_weights(self, class_counts: Sequence[int] | None, examples: int | None = None) -> None:
+        """Resolve the weights ("balanced" or an explicit list) once the training split's label counts (and,
+        for multi-label data, its number of examples) are known."""
+        spec, key = self.class_weights_spec, self.weights_key
         if spec is None:
             return
         if isinstance(spec, str):
             if spec != "balanced":
-                raise ValueError(f"loss.class_weights={spec!r} is not supported; use null, 'balanced' or a list.")
-            counts = torch.as_tensor(list(class_counts or []), dtype=torch.float)
-            weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+                raise ValueError(f"loss.{key}={spec!r} is not supported; use null, 'balanced' or a list.")
+            weights = self.balanced_weights(torch.as_tensor(list(class_counts or []), dtype=torch.float), examples)
         else:
             weights = torch.as_tensor(list(spec), dtype=torch.float)
         if class_counts is not None and len(weights) != len(class_counts):
             raise ValueError(
-                f"loss.class_weights has {len(weights)} entries but the data has {len(class_counts)} labels; "
-                "give one weight per label or use class_weights=balanced."
+                f"loss.{key} has {len(weights)} entries but the data has {len(class_counts)} labels; "
+                f"give one weight per label or use {key}=balanced."
             )
         self.class_weights = weights
+
+    def balanced_weights(self, counts: torch.Tensor, examples: int | None) -> torch.Tensor:
+        """Inverse training-set frequency, 1 on average over the labels."""
+        return counts.sum() / (len(counts) * counts.clamp(min=1))
 
 
 class CrossEntropyLoss(Loss):
@@ -70,16 +77,20 @@ class TokenCrossEntropyLoss(CrossEntropyLoss):
 
 
 class FocalLoss(Loss):
-    """Focal loss (Lin et al. 2017): (1 - p_t)^gamma * CE; gamma=0 is plain (weighted) cross-entropy."""
+    """Focal loss (Lin et al. 2017): (1 - p_t)^gamma * CE; gamma=0 is plain (weighted) cross-entropy.
+    Multi-label (0/1 targets): the sigmoid focal loss per label, mean over labels and examples (gamma=0:
+    loss=bce); class_weights then weight each label's term."""
 
     name = "focal"
-    tasks = frozenset({"classification", "token_classification"})
+    tasks = frozenset({"classification", "token_classification", "multilabel"})
 
     def __init__(self, gamma: float = 2.0, class_weights=None) -> None:
         super().__init__(class_weights)
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.is_floating_point():
+            return self._sigmoid_focal(logits.float(), labels.float())
         logits, labels = logits.flatten(0, -2).float(), labels.flatten()
         # ignored positions get weight 0 (not dropped by boolean indexing: that syncs the GPU every step)
         keep = labels != IGNORE_INDEX
@@ -89,44 +100,85 @@ class FocalLoss(Loss):
         w = keep.float() if self.class_weights is None else self.class_weights[labels] * keep
         return (loss * w).sum() / w.sum()
 
+    def _sigmoid_focal(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        loss = (1 - torch.exp(-bce)) ** self.gamma * bce  # exp(-bce) = p_t, the probability of the target
+        return (loss if self.class_weights is None else loss * self.class_weights).mean()
 
-class _RegressionLoss(Loss):
-    tasks = frozenset({"regression"})
 
-    def __init__(self) -> None:
-        super().__init__(None)
+class BCELoss(Loss):
+    """Multi-label classification: an independent sigmoid per label, binary cross-entropy against the
+    label's 0/1 target, mean over labels and examples. `pos_weight` multiplies each label's positive
+    term: a list, or "balanced" (negatives / positives of each label in the training split)."""
+
+    name = "bce"
+    tasks = frozenset({"multilabel"})
+    weights_key = "pos_weight"
+
+    def __init__(self, pos_weight: Sequence[float] | str | None = None) -> None:
+        super().__init__(pos_weight)
+
+    def balanced_weights(self, counts: torch.Tensor, examples: int | None) -> torch.Tensor:
+        return (float(examples or 0) - counts) / counts.clamp(min=1)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.criterion(logits.squeeze(-1).float(), labels.float())
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=self.class_weights)
 
 
-class MSELoss(_RegressionLoss):
+class _SquareLoss(Loss):
+    """The square-loss family on either task. Regression (float targets): the output against the target.
+    Classification (class ids): every output regresses onto the one-hot target, as in Hui & Belkin (ICLR
+    2021): per example (1/C) [k (f_c - M)^2 + sum_{i != c} f_i^2] with k = `scale_k` weighting the true
+    class c and M = `scale_m` its target value (k = M = 1: plain square loss; the paper rescales for
+    many classes). Predictions are the argmax of the outputs."""
+
+    tasks = frozenset({"regression", "classification"})
+
+    def __init__(self, scale_k: float = 1.0, scale_m: float = 1.0) -> None:
+        super().__init__(None)
+        self.scale_k, self.scale_m = scale_k, scale_m
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.is_floating_point():  # regression targets
+            return self.criterion(logits.squeeze(-1).float(), labels.float()).mean()
+        logits = logits.float()
+        # one-hot by scatter (F.one_hot validates the ids on the host: a GPU sync per step)
+        true_class = torch.zeros_like(logits).scatter_(-1, labels[..., None], 1.0)
+        weight = 1 + (self.scale_k - 1) * true_class
+        return (weight * self.criterion(logits, self.scale_m * true_class)).mean()
+
+    def criterion(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Element-wise loss (reduction="none")."""
+        raise NotImplementedError
+
+
+class MSELoss(_SquareLoss):
     name = "mse"
 
     def criterion(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(pred, target)
+        return F.mse_loss(pred, target, reduction="none")
 
 
-class HuberLoss(_RegressionLoss):
+class HuberLoss(_SquareLoss):
     name = "huber"
 
-    def __init__(self, delta: float = 1.0) -> None:
-        super().__init__()
+    def __init__(self, delta: float = 1.0, scale_k: float = 1.0, scale_m: float = 1.0) -> None:
+        super().__init__(scale_k, scale_m)
         self.delta = delta
 
     def criterion(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.huber_loss(pred, target, delta=self.delta)
+        return F.huber_loss(pred, target, delta=self.delta, reduction="none")
 
 
-class SmoothL1Loss(_RegressionLoss):
+class SmoothL1Loss(_SquareLoss):
     name = "smooth_l1"
 
-    def __init__(self, beta: float = 1.0) -> None:
-        super().__init__()
+    def __init__(self, beta: float = 1.0, scale_k: float = 1.0, scale_m: float = 1.0) -> None:
+        super().__init__(scale_k, scale_m)
         self.beta = beta
 
     def criterion(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.smooth_l1_loss(pred, target, beta=self.beta)
+        return F.smooth_l1_loss(pred, target, beta=self.beta, reduction="none")
 
 
 class NextTokenCrossEntropyLoss(Loss):

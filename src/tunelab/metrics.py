@@ -17,6 +17,7 @@ from torchmetrics.classification import (
 )
 
 from tunelab.losses import IGNORE_INDEX
+from tunelab.report_tables import prf
 
 
 def confusion_matrix(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -28,10 +29,13 @@ def confusion_matrix(preds: torch.Tensor, target: torch.Tensor, num_classes: int
 
 
 class _CountsFromConfusion:
-    """For torchmetrics' multiclass metrics over class-index predictions (top_k=1, global average, no
-    ignore_index): the update counts through `confusion_matrix`; states and compute() stay torchmetrics'."""
+    """For torchmetrics' multiclass metrics over class-index predictions or logits (argmax: top_k=1, global
+    average, no ignore_index): the update counts through `confusion_matrix`; states and compute() stay
+    torchmetrics'."""
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if preds.is_floating_point():  # logits / probabilities: the predicted class is their argmax
+            preds = preds.argmax(-1)
         cm = confusion_matrix(preds, target, self.num_classes)
         if hasattr(self, "confmat"):  # confusion-matrix metrics (MCC)
             self.confmat += cm
@@ -66,6 +70,102 @@ class MatthewsCorrCoef(_CountsFromConfusion, MulticlassMatthewsCorrCoef):
 
 class ConfusionMatrix(_CountsFromConfusion, MulticlassConfusionMatrix):
     pass
+
+
+class Calibration(Metric):
+    """How well the softmax of the outputs matches the class frequencies, from [batch, classes] logits
+    and class ids. `stat`: "ece" (expected calibration error, top-label, equal-width confidence bins
+    [lo, hi), confidence 1 in the last), "brier" (mean over examples of sum over classes of
+    (p - onehot)^2), "nll" (mean negative log-likelihood) or "bins" (a [3, n_bins] tensor: examples,
+    summed confidence, correct predictions per bin, for the reliability diagram). Fixed-size sum states
+    updated by scatter-add. Not torchmetrics' MulticlassCalibrationError: it keeps every example, and
+    takes outputs that all lie in [0, 1] for probabilities, which square-loss outputs often do."""
+
+    full_state_update = False
+    higher_is_better = False
+    STATS = ("ece", "brier", "nll", "bins")
+
+    def __init__(self, stat: str = "ece", n_bins: int = 15) -> None:
+        super().__init__()
+        if stat not in self.STATS:
+            raise ValueError(f"stat={stat!r}: use one of {', '.join(self.STATS)}")
+        self.stat, self.n_bins = stat, n_bins
+        self.register_buffer("edges", torch.linspace(0, 1, n_bins + 1)[1:-1], persistent=False)  # inner edges
+        for name in ("count", "confidence", "correct"):
+            self.add_state(name, default=torch.zeros(n_bins), dist_reduce_fx="sum")
+        for name in ("brier", "nll", "examples"):
+            self.add_state(name, default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        logits = logits.float()
+        probs = logits.softmax(-1)
+        confidence, pred = probs.max(-1)
+        bins = torch.bucketize(confidence, self.edges, right=True)
+        self.count.scatter_add_(0, bins, torch.ones_like(confidence))
+        self.confidence.scatter_add_(0, bins, confidence)
+        self.correct.scatter_add_(0, bins, (pred == target).float())
+        true_class = torch.zeros_like(probs).scatter_(-1, target[..., None], 1.0)
+        self.brier += ((probs - true_class) ** 2).sum()
+        self.nll += nn.functional.cross_entropy(logits, target, reduction="sum")
+        self.examples += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        if self.stat == "bins":
+            return torch.stack([self.count, self.confidence, self.correct])
+        n = self.examples.clamp(min=1)
+        if self.stat == "ece":
+            return (self.correct - self.confidence).abs().sum() / n
+        return {"brier": self.brier, "nll": self.nll}[self.stat] / n
+
+
+class MultiLabelCounts(Metric):
+    """Multi-label metrics from [batch, labels] 0/1 predictions and targets, counted per label. `stat`:
+    "f1_micro", "f1_macro" (mean of the per-label F1, 0 where undefined), "subset_acc" (exact match of the
+    whole label set), "hamming" (share of wrong label decisions: HammingLoss) or "counts" (the test
+    report's state)."""
+
+    full_state_update = False
+    higher_is_better = True
+    STATS = ("f1_micro", "f1_macro", "subset_acc", "hamming", "counts")
+
+    def __init__(self, num_labels: int, stat: str = "f1_micro") -> None:
+        super().__init__()
+        if stat not in self.STATS:
+            raise ValueError(f"stat={stat!r}: use one of {', '.join(self.STATS)}")
+        self.stat = stat
+        for name in ("tp", "pred", "gold"):
+            self.add_state(name, default=torch.zeros(num_labels, dtype=torch.long), dist_reduce_fx="sum")
+        for name in ("exact", "examples"):
+            self.add_state(name, default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        preds, target = preds.long(), target.long()
+        self.tp += (preds & target).sum(0)
+        self.pred += preds.sum(0)
+        self.gold += target.sum(0)
+        self.exact += (preds == target).all(-1).sum()
+        self.examples += target.shape[0]
+
+    def compute(self) -> torch.Tensor | dict[str, torch.Tensor]:
+        if self.stat == "counts":
+            return {"tp": self.tp, "pred": self.pred, "gold": self.gold, "exact": self.exact,
+                    "examples": self.examples}
+        if self.stat == "f1_micro":
+            return prf(self.tp.sum(), self.pred.sum(), self.gold.sum())[2]
+        if self.stat == "f1_macro":
+            return prf(self.tp, self.pred, self.gold)[2].mean()
+        examples = self.examples.clamp(min=1)
+        if self.stat == "subset_acc":
+            return self.exact.float() / examples
+        wrong = (self.pred - self.tp) + (self.gold - self.tp)  # false positives + false negatives
+        return wrong.sum().float() / (examples * len(self.tp))
+
+
+class HammingLoss(MultiLabelCounts):
+    higher_is_better = False
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__(num_labels, "hamming")
 
 
 class TokenAccuracy(Metric):

@@ -40,6 +40,7 @@ class TransformerModule(pl.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         label_names: Sequence[str] = (),
         class_counts: Sequence[int] | None = None,
+        label_info: Mapping[str, Any] | None = None,
         vocab_size: int | None = None,
         peft: Mapping[str, Any] | None = None,
     ) -> None:
@@ -47,13 +48,16 @@ class TransformerModule(pl.LightningModule):
         # not sent to the loggers: tunelab.tracking logs the whole run config, whose group choices these
         # dicts would overwrite on W&B (`loss: focal` -> the loss settings)
         self.save_hyperparameters(logger=False)
-        self.task = get_task(task).with_labels(list(label_names))
+        # label_info: what the data says beyond the names (target mean / std, decision threshold, training
+        # examples), stored with them so a checkpoint maps outputs to labels as its training run did
+        label_info = dict(label_info or {})
+        self.task = get_task(task).with_labels(list(label_names), label_info)
         num_labels = max(len(label_names), 1)
         self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)
         self._cuda_graphs = uses_cuda_graphs(model)
         self.model = peft_adapters.apply_peft(self.model, peft, self.task)  # conf/peft (none: unchanged)
         self.loss_fn = instantiate(dict(loss))
-        self.loss_fn.fit_class_weights(class_counts)
+        self.loss_fn.fit_class_weights(class_counts, label_info.get("train_examples"))
         metrics = self.task.metrics(num_labels)
         # one collection, cloned per stage (separate state for train/val/test)
         self.train_metrics = metrics.clone(prefix="train/")
@@ -75,7 +79,7 @@ class TransformerModule(pl.LightningModule):
         a training batch the non-finite-loss guard skips (Lightning then skips the optimizer step)."""
         labels = batch["labels"]
         logits = self(batch)
-        loss = self.loss_fn(logits, labels)
+        loss = self.loss_fn(logits, self.task.loss_targets(labels))
         if stage == "train" and not self._loss_is_usable(loss):
             return None
         preds, targets = self.task.metric_inputs(logits.detach(), labels)

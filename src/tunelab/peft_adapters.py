@@ -157,9 +157,10 @@ def is_adapter_dir(path: str | Path | None) -> bool:
     return path is not None and (Path(path) / "adapter_config.json").is_file()
 
 
-def save(model: nn.Module, cfg: DictConfig, tokenizer: Any = None) -> list[Path]:
+def save(model: nn.Module, cfg: DictConfig, tokenizer: Any = None, task: Task | None = None) -> list[Path]:
     """peft.save_adapter: <run dir>/adapter (adapter weights + head only); peft.merge_on_save:
-    <run dir>/merged (a plain transformers model with the adapter merged in). Returns the dirs written."""
+    <run dir>/merged (a plain transformers model with the adapter merged in, predicting as `task` does, e.g.
+    regression in the targets' units). Returns the dirs written."""
     peft_cfg = cfg.get("peft")
     if not is_peft_model(model) or not peft_cfg:
         return []
@@ -169,7 +170,10 @@ def save(model: nn.Module, cfg: DictConfig, tokenizer: Any = None) -> list[Path]
         written.append(run_dir / ADAPTER_DIR)
     if peft_cfg.get("merge_on_save"):
         # on a copy: the module keeps its adapter (and merge_and_unload would unwrap it in place)
-        copy.deepcopy(model).merge_and_unload().save_pretrained(run_dir / MERGED_DIR)
+        merged = copy.deepcopy(model).merge_and_unload()
+        if task is not None:
+            task.prepare_export(merged)
+        merged.save_pretrained(run_dir / MERGED_DIR)
         written.append(run_dir / MERGED_DIR)
     for out in written:
         if tokenizer is not None:

@@ -102,6 +102,7 @@ def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
         scheduler=container(cfg.get("scheduler")) or None,
         label_names=list(datamodule.label_names),
         class_counts=datamodule.class_counts,
+        label_info=datamodule.label_info,
         vocab_size=getattr(datamodule, "vocab_size", None),
         peft=container(cfg.get("peft")),
     )

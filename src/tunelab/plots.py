@@ -1,7 +1,7 @@
 """PNG plots read from what a run logs to disk (csv/metrics.csv, metrics.json, test_report.json), so
 they work with any logger, W&B offline included.
 
-    python -m tunelab.plots <run dir>     # learning_curves.png, confusion_matrix.png
+    python -m tunelab.plots <run dir>     # learning_curves.png, confusion_matrix.png, reliability_diagram.png
     python -m tunelab.plots <sweep dir>   # metric_vs_lr.png (+ each job's plots with --runs)
 """
 
@@ -116,10 +116,36 @@ def plot_confusion_matrix(run_dir: Path) -> Path | None:
     return _save(plt, fig, run_dir / "confusion_matrix.png")
 
 
+def plot_reliability_diagram(run_dir: Path) -> Path | None:
+    """Test accuracy against confidence per confidence bin (test_report.json's "calibration"), with the
+    diagonal of perfect calibration and the share of examples per bin."""
+    run_dir = Path(run_dir)
+    path = run_dir / "test_report.json"
+    calibration = json.loads(path.read_text()).get("calibration") if path.is_file() else None
+    if not calibration or not sum(calibration["count"]):
+        return None
+    edges, count = calibration["edges"], calibration["count"]
+    filled = [i for i, c in enumerate(count) if c]
+    lows, widths = [edges[i] for i in filled], [edges[i + 1] - edges[i] for i in filled]
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(lows, [calibration["accuracy"][i] for i in filled], widths, align="edge", edgecolor="black",
+           label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot([calibration["confidence"][i] for i in filled], [calibration["accuracy"][i] for i in filled], "o",
+            color="red", label="(mean confidence, accuracy)")
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"test reliability (ECE {calibration['ece']:.4f}, {calibration['n_bins']} bins)")
+    ax.legend(loc="upper left")
+    hist.bar(lows, [count[i] / sum(count) for i in filled], widths, align="edge", edgecolor="black")
+    hist.set(xlabel="confidence (top-label softmax probability)", ylabel="share of examples")
+    return _save(plt, fig, run_dir / "reliability_diagram.png")
+
+
 def write_run_plots(run_dir: Path) -> list[Path]:
     """All plots of one run. Called at the end of every run: a plotting problem only logs a warning."""
     written = []
-    for plot in (plot_learning_curves, plot_confusion_matrix):
+    for plot in (plot_learning_curves, plot_confusion_matrix, plot_reliability_diagram):
         try:
             path = plot(Path(run_dir))
         except Exception as err:  # noqa: BLE001 - a plot must never fail a finished training run

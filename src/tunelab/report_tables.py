@@ -1,5 +1,6 @@
-"""Precision / recall / F1 tables of the test report, from counts: per class (classification, from the
-confusion matrix) or per entity type (token classification, from span counts). One formula, one layout."""
+"""The tables of the test report, from counts: precision / recall / F1 per class (classification, from the
+confusion matrix), per label (multi-label) or per entity type (token classification, from span counts), one
+formula and one layout; and the calibration table of the reliability diagram."""
 
 from __future__ import annotations
 
@@ -82,3 +83,43 @@ def entity_report(counts: torch.Tensor, types: Sequence[str]) -> tuple[dict, str
     del report["weighted_avg"]
     report["types"] = list(types)
     return report, format_table(report, "entity", ("micro_avg", "macro_avg"))
+
+
+def multilabel_report(counts: dict[str, torch.Tensor], label_names: Sequence[str], threshold: float
+                      ) -> tuple[dict, str]:
+    """Per-label and micro/macro precision/recall/F1/support, subset accuracy and Hamming loss from
+    MultiLabelCounts' "counts" state."""
+    report = per_class_report(counts["tp"], counts["pred"], counts["gold"], label_names)
+    del report["weighted_avg"]
+    examples = max(int(counts["examples"]), 1)
+    wrong = int((counts["pred"] + counts["gold"] - 2 * counts["tp"]).sum())
+    report |= {"labels": list(label_names), "threshold": threshold, "examples": examples,
+               "subset_accuracy": int(counts["exact"]) / examples,
+               "hamming_loss": wrong / (examples * max(len(label_names), 1))}
+    text = format_table(report, "label", ("micro_avg", "macro_avg"))
+    text += (f"\n\n{examples} examples, threshold {threshold:g}: subset accuracy {report['subset_accuracy']:.4f}, "
+             f"Hamming loss {report['hamming_loss']:.4f}")
+    return report, text
+
+
+def calibration_report(bins: torch.Tensor) -> tuple[dict, str]:
+    """ECE and per-bin examples / mean confidence / accuracy from Calibration's [3, n_bins] "bins" state
+    (equal-width confidence bins over [0, 1]; empty bins have null means)."""
+    count, confidence, correct = bins.double().cpu()
+    n_bins, total = len(count), max(float(count.sum()), 1.0)
+    mean = lambda sums: [float(s / c) if c > 0 else None for s, c in zip(sums, count)]  # noqa: E731
+    report = {
+        "n_bins": n_bins,
+        "edges": [i / n_bins for i in range(n_bins + 1)],
+        "count": [int(c) for c in count],
+        "confidence": mean(confidence),
+        "accuracy": mean(correct),
+        "ece": float((correct - confidence).abs().sum() / total),
+    }
+    lines = [f"calibration (softmax of the outputs, {n_bins} equal-width confidence bins): ECE {report['ece']:.4f}",
+             f"{'confidence bin':>14} {'confidence':>10} {'accuracy':>9} {'examples':>9}"]
+    for i in range(n_bins):
+        if report["count"][i]:
+            lines.append(f"{report['edges'][i]:>6.3f}-{report['edges'][i + 1]:<7.3f} {report['confidence'][i]:10.4f} "
+                         f"{report['accuracy'][i]:9.4f} {report['count'][i]:9d}")
+    return report, "\n".join(lines)

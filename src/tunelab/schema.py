@@ -21,9 +21,9 @@ _ABSENT = object()
 
 @dataclass(frozen=True)
 class Rule:
-    """What one key accepts. `kind`: int | number | bool | choice | encoding | text | batches (Lightning's
-    int count or float fraction) | bool_or_count. Bounds (int / number) are inclusive unless `open_low` /
-    `open_high`; `label` replaces the generated wording (e.g. "a positive integer")."""
+    """What one key accepts. `kind`: int | number | bool | choice | encoding | text | separator | batches
+    (Lightning's int count or float fraction) | bool_or_count. Bounds (int / number) are inclusive unless
+    `open_low` / `open_high`; `label` replaces the generated wording (e.g. "a positive integer")."""
 
     kind: str
     low: float | None = None
@@ -47,6 +47,7 @@ class Rule:
         if self.label:
             return self.label
         noun = {"int": "an integer", "number": "a number", "bool": "true or false", "text": "a non-empty string",
+                "separator": "a non-empty string (whitespace counts)",
                 "encoding": "a text encoding (utf-8, utf-8-sig, latin-1, cp1252, ...)",
                 "choice": f"one of {list(self.choices)}",
                 "batches": "a number of batches (an integer >= 0) or a fraction in [0, 1]",
@@ -68,6 +69,8 @@ class Rule:
             return isinstance(value, bool) or _is_int(value) and value >= 0
         if self.kind == "text":
             return isinstance(value, str) and bool(value.strip())
+        if self.kind == "separator":
+            return isinstance(value, str) and value != ""
         try:  # encoding
             codecs.lookup(value)
             return True
@@ -134,6 +137,9 @@ RULES: dict[str, Rule] = {
     "data.text_column": Rule("text"),
     "data.label_column": Rule("text"),
     "data.encoding": Rule("encoding"),
+    "data.standardize_targets": FLAG,
+    "data.label_separator": Rule("separator"),
+    "data.threshold": number(0, 1, open_low=True, open_high=True),
     "data.predict_file": Rule("text"),
     # callbacks
     "callbacks.progress_bar.metrics_every": COUNT,
@@ -153,6 +159,8 @@ RULES: dict[str, Rule] = {
     "loss.gamma": NON_NEGATIVE,
     "loss.delta": POSITIVE,
     "loss.beta": NON_NEGATIVE,
+    "loss.scale_k": POSITIVE,
+    "loss.scale_m": POSITIVE,
     # optimizer (Adafactor with relative_step takes lr=null)
     "optimizer.lr": number(0, open_low=True, nullable=True),
     "optimizer.weight_decay": NON_NEGATIVE,

@@ -1,12 +1,13 @@
-"""The task abstraction: everything that differs between classification, regression, token
-classification and causal LM lives here (model head, peft task type, the data modules that serve it,
-metrics and which of them is monitored, test report), so one LightningModule and one pipeline serve
-them all."""
+"""The task abstraction: everything that differs between classification, multi-label classification,
+regression, token classification and causal LM lives here (model head, peft task type, the data modules that
+serve it, the targets the loss sees, metrics and which of them is monitored, test report), so one
+LightningModule and one pipeline serve them all."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Sequence
+import logging
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torchmetrics import Metric, MetricCollection
@@ -17,16 +18,21 @@ from tunelab import prediction_metrics
 from tunelab.losses import shift_for_next_token
 from tunelab.metrics import (
     Accuracy,
+    Calibration,
     ConfusionMatrix,
     F1Score,
+    HammingLoss,
     MatthewsCorrCoef,
+    MultiLabelCounts,
     Perplexity,
     Precision,
     Recall,
     TokenAccuracy,
 )
-from tunelab.report_tables import classification_report, entity_report
+from tunelab.report_tables import calibration_report, classification_report, entity_report, multilabel_report
 from tunelab.span_metrics import EntityCounts, entity_types
+
+log = logging.getLogger(__name__)
 
 
 class Task:
@@ -81,6 +87,10 @@ class Task:
         """(predictions, targets) as the metrics expect them, with ignored positions dropped."""
         return logits, labels
 
+    def loss_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """The batch labels as the loss sees them (regression: standardized targets)."""
+        return labels
+
     def report_metric(self, num_labels: int) -> Metric | None:
         """A metric accumulated over the test split from which `report` builds the test report."""
         return None
@@ -107,23 +117,34 @@ class Task:
 
     resizes_vocab: ClassVar[bool] = False
 
-    def with_labels(self, label_names: Sequence[str]) -> "Task":
-        """The task bound to a run's label names (tasks whose metrics need the names override this)."""
+    def with_labels(self, label_names: Sequence[str], label_info: Mapping[str, Any] | None = None) -> "Task":
+        """The task bound to a run's label names and the data's label info (TextDataModule.label_info:
+        target mean / std, decision threshold); tasks whose metrics need them override this."""
         return self
 
+    def prepare_export(self, model: torch.nn.Module) -> None:
+        """Make a plain transformers copy of the trained model (peft.merge_on_save) predict on its own as the
+        task does (in place); nothing to do for most tasks."""
 
-class ClassificationTask(Task):
-    name = "classification"
+
+class SequenceTask(Task):
+    """One prediction per text (or text pair): a head on the pooled sequence, served by TextDataModule."""
+
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     data_modules = frozenset({"TextDataModule"})
+
+
+class ClassificationTask(SequenceTask):
+    name = "classification"
     default_loss = "cross_entropy"
     monitor = "acc"
     mode = "max"
 
     def metrics(self, num_labels: int) -> MetricCollection:
         # torchmetrics' metrics counting by scatter-add (tunelab.metrics: no GPU sync per update);
-        # validate_args=False: predictions come from argmax, so the (syncing) input checks cannot fail
+        # validate_args=False: predictions come from argmax, so the (syncing) input checks cannot fail.
+        # Calibration scores the softmax of the outputs, whatever the loss (square loss included).
         n, kw = num_labels, {"validate_args": False}
         return MetricCollection(
             {
@@ -133,19 +154,24 @@ class ClassificationTask(Task):
                 "precision": Precision(n, average="macro", **kw),
                 "recall": Recall(n, average="macro", **kw),
                 "mcc": MatthewsCorrCoef(n, **kw),
+                "ece": Calibration("ece"),
+                "brier": Calibration("brier"),
+                "nll": Calibration("nll"),
             }
         )
 
     def metric_inputs(self, logits, labels):
-        # class ids, shape kept ([batch] or, for token classification, [batch, seq]: spans need sentence
-        # boundaries); no boolean filtering of ignored labels here (a GPU sync): the metrics skip them
-        return logits.argmax(-1), labels
+        # the logits: the counting metrics take their argmax, the calibration metrics their softmax
+        return logits, labels
 
     def report_metric(self, num_labels: int) -> Metric:
-        return ConfusionMatrix(num_labels, validate_args=False)
+        return MetricCollection({"confusion": ConfusionMatrix(num_labels, validate_args=False),
+                                 "calibration": Calibration("bins")})
 
-    def report(self, state: torch.Tensor, label_names: list[str]) -> tuple[dict, str]:
-        return classification_report(state, label_names)
+    def report(self, state: dict[str, torch.Tensor], label_names: list[str]) -> tuple[dict, str]:
+        report, text = classification_report(state["confusion"], label_names)
+        report["calibration"], calibration_text = calibration_report(state["calibration"])
+        return report, f"{text}\n\n{calibration_text}"
 
     def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
         return prediction_metrics.CLASSIFICATION
@@ -160,17 +186,33 @@ class ClassificationTask(Task):
         return record | {"pred": label_names[pred], "probs": dict(zip(label_names, probs)), "confidence": probs[pred]}
 
 
-class RegressionTask(Task):
+class RegressionTask(SequenceTask):
     name = "regression"
-    auto_model = "AutoModelForSequenceClassification"
-    peft_task_type = "SEQ_CLS"
-    data_modules = frozenset({"TextDataModule"})
     default_loss = "mse"
     monitor = "spearman"
     mode = "max"
 
+    # z-scores of the training split's targets, learnt by the loss (data.standardize_targets); 0 / 1: raw
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    def with_labels(self, label_names: Sequence[str], label_info: Mapping[str, Any] | None = None
+                    ) -> "RegressionTask":
+        task = copy.copy(self)
+        task.target_mean = float((label_info or {}).get("target_mean", self.target_mean))
+        task.target_std = float((label_info or {}).get("target_std", self.target_std))
+        return task
+
     def model_head(self, num_labels: int) -> dict[str, Any]:
         return {"num_labels": 1, "problem_type": "regression"}
+
+    def loss_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        return (labels.float() - self.target_mean) / self.target_std
+
+    def to_label_units(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's [batch, 1] outputs as [batch] predictions in the targets' original units: the one
+        mapping used by the metrics and by anything that writes predictions."""
+        return logits.squeeze(-1).float() * self.target_std + self.target_mean
 
     def metrics(self, num_labels: int) -> MetricCollection:
         return MetricCollection(
@@ -183,17 +225,79 @@ class RegressionTask(Task):
         )
 
     def metric_inputs(self, logits, labels):
-        return logits.squeeze(-1).float(), labels.float()
+        return self.to_label_units(logits), labels.float()
 
     def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
         return prediction_metrics.REGRESSION
 
     def prediction_outputs(self, logits):
-        return {"pred": logits.squeeze(-1).float()}
+        return {"pred": self.to_label_units(logits)}
 
     def prediction_record(self, outputs, gold, label_names):
         record = {} if gold is None else {"gold": decimals(gold)[0]}
         return record | {"pred": decimals(outputs["pred"])[0]}
+
+    def prepare_export(self, model: torch.nn.Module) -> None:
+        # to_label_units folded into the output layer: y = (w x + b) * std + mean
+        layers = [m for name in self.trained_head(model) for m in getattr(model, name).modules()
+                  if isinstance(m, torch.nn.Linear)]
+        out = layers[-1] if layers else None
+        if out is None or out.bias is None:  # e.g. GPT-2's bias-free score layer: nowhere to add the mean
+            log.warning("the exported model's outputs are z-scores: multiply by %g and add %g for target units",
+                        self.target_std, self.target_mean)
+            return
+        with torch.no_grad():
+            out.weight.mul_(self.target_std)
+            out.bias.mul_(self.target_std).add_(self.target_mean)
+
+
+class MultiLabelTask(SequenceTask):
+    """Several labels per example (data.task=multilabel): one sigmoid per label, a label predicted when its
+    probability exceeds data.threshold; the test report is per label."""
+
+    name = "multilabel"
+    default_loss = "bce"
+    monitor = "f1_micro"
+    mode = "max"
+    threshold: float = 0.5
+
+    def with_labels(self, label_names: Sequence[str], label_info: Mapping[str, Any] | None = None
+                    ) -> "MultiLabelTask":
+        task = copy.copy(self)
+        task.threshold = float((label_info or {}).get("threshold", self.threshold))
+        return task
+
+    def model_head(self, num_labels: int) -> dict[str, Any]:
+        return {"num_labels": num_labels, "problem_type": "multi_label_classification"}
+
+    def metrics(self, num_labels: int) -> MetricCollection:
+        # one state, counted once: MetricCollection's compute groups share it between the four
+        stats = {stat: MultiLabelCounts(num_labels, stat) for stat in ("f1_micro", "f1_macro", "subset_acc")}
+        return MetricCollection({**stats, "hamming": HammingLoss(num_labels)})
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """[batch, labels] 0/1: the labels whose probability exceeds the threshold."""
+        return (logits.float().sigmoid() > self.threshold).long()
+
+    def metric_inputs(self, logits, labels):
+        return self.predict(logits), labels.long()
+
+    def report_metric(self, num_labels: int) -> Metric:
+        return MultiLabelCounts(num_labels, "counts")
+
+    def report(self, state: dict[str, torch.Tensor], label_names: list[str]) -> tuple[dict, str]:
+        return multilabel_report(state, label_names, self.threshold)
+
+    def prediction_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        # the decisions themselves, not re-derived from the probabilities on the host: exactly the metrics'
+        return {"probs": logits.float().sigmoid(), "pred": self.predict(logits)}
+
+    def prediction_record(self, outputs: Mapping[str, Any], gold: Any, label_names: Sequence[str]) -> dict:
+        """{"gold", "pred": label names, "probs": {label: probability}} (no "gold" when predicting)."""
+        record = {} if gold is None else {"gold": [n for n, g in zip(label_names, gold) if float(g) > 0]}
+        record["pred"] = [n for n, p in zip(label_names, outputs["pred"]) if int(p)]
+        record["probs"] = dict(zip(label_names, decimals(outputs["probs"])))
+        return record
 
 
 class TokenClassificationTask(ClassificationTask):
@@ -209,7 +313,8 @@ class TokenClassificationTask(ClassificationTask):
     mode = "max"
     label_names: tuple[str, ...] = ()
 
-    def with_labels(self, label_names: Sequence[str]) -> "TokenClassificationTask":
+    def with_labels(self, label_names: Sequence[str], label_info: Mapping[str, Any] | None = None
+                    ) -> "TokenClassificationTask":
         # the span metrics decode BIO tags, so they need the names, not just the count
         task = copy.copy(self)
         task.label_names = tuple(label_names)
@@ -225,6 +330,11 @@ class TokenClassificationTask(ClassificationTask):
                 "acc": TokenAccuracy(),
             }
         )
+
+    def metric_inputs(self, logits, labels):
+        # tag ids, shape [batch, seq] kept (spans need sentence boundaries); no boolean filtering of ignored
+        # labels here (a GPU sync): the metrics skip them
+        return logits.argmax(-1), labels
 
     def report_metric(self, num_labels: int) -> Metric:
         return EntityCounts(self.label_names, "counts")
@@ -282,7 +392,7 @@ def decimals(values: torch.Tensor) -> list[float]:
 
 
 TASKS: dict[str, Task] = {
-    t.name: t() for t in (ClassificationTask, RegressionTask, TokenClassificationTask, CausalLMTask)
+    t.name: t() for t in (ClassificationTask, RegressionTask, MultiLabelTask, TokenClassificationTask, CausalLMTask)
 }
 
 

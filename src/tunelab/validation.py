@@ -38,7 +38,8 @@ def validate(cfg: DictConfig) -> None:
 def _check_loss(cfg: DictConfig, task) -> None:
     loss_cls = get_class(cfg.loss._target_)
     if task.name not in loss_cls.tasks:
-        needs = " or ".join(sorted(loss_cls.tasks))
+        fits = sorted(loss_cls.tasks)
+        needs = " or ".join([", ".join(fits[:-1]), fits[-1]] if len(fits) > 2 else fits)
         raise ConfigError(
             f"loss={loss_cls.name} needs a {needs} task; got data={cfg.data.name} ({task.name}). "
             f"Use loss={task.default_loss}."

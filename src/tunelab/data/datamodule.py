@@ -9,13 +9,13 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from collections import Counter
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tunelab.data.labels import LabelSet, regression_target, split_labels, target_stats
 from tunelab.data.readers import existing_file, read_table, require_columns
 from tunelab.data.sampling import BatchOrderSampler, Collator
 from tunelab.errors import ConfigError
@@ -96,6 +96,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.splits: dict[str, ListDataset] = {}
         self.label_names: list[str] = []
         self.class_counts: list[int] | None = None
+        self.label_info: dict[str, Any] = {}  # TransformerModule's label_info (the task binds it)
         self.train_sampler: BatchOrderSampler | None = None
 
     # ---- tokenizer and cache -------------------------------------------------------------------
@@ -258,8 +259,8 @@ def _rows(columns: dict[str, list]) -> list[dict]:
 
 
 class TextDataModule(BaseDataModule):
-    """Sequence-level tasks (classification, regression) over single sentences or sentence pairs
-    from csv/tsv/jsonl files."""
+    """Sequence-level tasks (classification, multi-label classification, regression) over single sentences
+    or sentence pairs from csv/tsv/jsonl files."""
 
     def __init__(
         self,
@@ -269,12 +270,17 @@ class TextDataModule(BaseDataModule):
         text_pair_column: str | None = None,
         label_column: str = "label",
         label_names: Sequence[str] | None = None,
+        label_separator: str = ",",
+        threshold: float = 0.5,
+        standardize_targets: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.format = format
         self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
         self.configured_label_names = list(label_names) if label_names else None
+        self.label_separator, self.threshold = label_separator, threshold
+        self.standardize_targets = standardize_targets
         self.truncated = 0
 
     def encoding_options(self) -> dict:
@@ -287,15 +293,18 @@ class TextDataModule(BaseDataModule):
         columns = {"text_column": self.text_column, "text_pair_column": self.text_pair_column}
         if labelled:
             columns["label_column"] = self.label_column
-        require_columns(rows, columns, path, lines=lines, non_empty=("label_column",))
+        # multi-label: an empty cell is an example with no label
+        non_empty = () if self.task == "multilabel" else ("label_column",)
+        require_columns(rows, columns, path, lines=lines, non_empty=non_empty)
         texts = [str(r[self.text_column]) for r in rows]
         pairs = [str(r[self.text_pair_column]) for r in rows] if self.text_pair_column else None
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
         columns = {"input_ids": enc["input_ids"]}
         if "token_type_ids" in enc and pairs is not None:
             columns["token_type_ids"] = enc["token_type_ids"]
-        if labelled:
-            columns["label"] = [str(r[self.label_column]) for r in rows]
+        if labelled:  # JSON lists stay lists (multi-label rows); any other cell is read as text
+            cells = [r[self.label_column] for r in rows]
+            columns["label"] = [c if isinstance(c, list) else str(c) for c in cells]
         columns["row"] = lines  # for error messages
         # where each example comes from and what it says: the fields of predictions.jsonl
         columns["file"] = [str(path)] * len(rows)
@@ -310,61 +319,32 @@ class TextDataModule(BaseDataModule):
         if at_max:
             log.warning("%d examples were truncated to data.max_length=%d tokens", at_max, self.max_length)
         self.truncated = at_max
+        train = examples["train"]
         if self.task == "regression":
             for rows in examples.values():
                 for e in rows:
-                    e["labels"] = _as_float(e)
-            self.label_names = []
-            return
-        labels = LabelSet(self.configured_label_names, [e["label"] for e in examples["train"]], "label",
-                          numeric_ids=True)
+                    e["labels"] = regression_target(e["label"], f"{e['file']}:{e['row']}")
+            # the loss learns z-scores of these; metrics and predictions map the outputs back (RegressionTask)
+            self.label_info = target_stats([e["labels"] for e in train]) if self.standardize_targets else {}
+        elif self.task == "multilabel":
+            for rows in examples.values():
+                for e in rows:
+                    e["label"] = split_labels(e["label"], self.label_separator)
+            labels = LabelSet(self.configured_label_names, (n for e in train for n in e["label"]), "label",
+                              numeric_ids=True)
+            for rows in examples.values():
+                for e in rows:
+                    e["labels"] = labels.multi_hot(e["label"], f"{e['file']}:{e['row']}")
+            self.label_names = labels.names
+            self.class_counts = [int(c) for c in sum(e["labels"] for e in train)]  # positives per label
+            self.label_info = {"threshold": self.threshold, "train_examples": len(train)}
+        else:
+            labels = LabelSet(self.configured_label_names, [e["label"] for e in train], "label", numeric_ids=True)
+            for rows in examples.values():
+                for e in rows:
+                    e["labels"] = labels.id(e["label"], f"{e['file']}:{e['row']}")
+            self.label_names = labels.names
+            self.class_counts = labels.counts(e["labels"] for e in train)
         for rows in examples.values():
             for e in rows:
-                e["labels"] = labels.id(e["label"], f"{e['file']}:{e['row']}")
                 del e["label"], e["row"]
-        self.label_names = labels.names
-        self.class_counts = labels.counts(e["labels"] for e in examples["train"])
-
-
-class LabelSet:
-    """A run's label names and ids: data.label_names, else the sorted labels of the training split (the
-    names are stored in the checkpoint, so evaluation maps labels the same way)."""
-
-    def __init__(self, configured: Sequence[str] | None, train_labels: Iterable[str], kind: str,
-                 numeric_ids: bool = False) -> None:
-        self.names = [str(n) for n in configured] if configured else _sorted_labels(set(train_labels))
-        self.kind = kind
-        self.index = {n: i for i, n in enumerate(self.names)}
-        if numeric_ids:  # a file may give classes as ids 0..n-1 instead of names
-            self.index = {str(i): i for i in range(len(self.names))} | self.index
-
-    def id(self, label: str, where: str) -> int:
-        if label not in self.index:
-            raise ConfigError(
-                f"{where}: {self.kind} {label!r} is not in the label set {self.names}; "
-                f"fix the row or list every {self.kind} in data.label_names."
-            )
-        return self.index[label]
-
-    def counts(self, ids: Iterable[int]) -> list[int]:
-        """How often each label id occurs (ids -100, positions that are not scored, are skipped)."""
-        counted = Counter(ids)
-        return [counted[i] for i in range(len(self.names))]
-
-
-def _as_float(e: dict) -> float:
-    try:
-        value = float(e["label"])
-    except ValueError:
-        raise ConfigError(
-            f"{e['file']}:{e['row']}: regression target {e['label']!r} is not a number; fix the row."
-        ) from None
-    del e["label"], e["row"]
-    return value
-
-
-def _sorted_labels(labels: set[str]) -> list[str]:
-    try:
-        return sorted(labels, key=float)
-    except ValueError:
-        return sorted(labels)

@@ -112,7 +112,9 @@ class Collator:
         if "labels" not in examples[0]:  # a file to predict on
             return batch
         labels = [e["labels"] for e in examples]
-        if isinstance(labels[0], (list, tuple)):
+        if isinstance(labels[0], torch.Tensor):  # multi-label 0/1 vectors
+            batch["labels"] = torch.stack(labels)
+        elif isinstance(labels[0], (list, tuple)):
             batch["labels"] = _pad(labels, width, IGNORE_INDEX)
         else:
             batch["labels"] = torch.tensor(labels)

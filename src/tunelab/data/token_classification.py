@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from tunelab.data.datamodule import BaseDataModule, LabelSet
+from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.labels import LabelSet
 from tunelab.data.readers import read_conll
 from tunelab.errors import ConfigError
 from tunelab.losses import IGNORE_INDEX
