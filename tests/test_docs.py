@@ -16,8 +16,8 @@ def test_readme_layout_matches_the_package() -> None:
         indent = len(line) - len(line.lstrip())
         if name.group(1) == "src/tunelab/":
             folder = ""
-        elif folder is not None and indent == 2 and name.group(1) == "data/":
-            folder = "data/"
+        elif folder is not None and indent == 2 and name.group(1).endswith("/"):
+            folder = name.group(1)
         elif folder is not None and indent == 0:
             folder = None
         elif folder is not None and name.group(1).endswith(".py"):
