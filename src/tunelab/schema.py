@@ -125,6 +125,7 @@ RULES: dict[str, Rule] = {
     "data.pin_memory": FLAG_OR_NULL,
     "data.group_by_length": FLAG,
     "data.pad_to_multiple_of": COUNT_OR_NULL,
+    "data.drop_last": FLAG,
     "data.packing": FLAG,
     "data.token_column": integer(),
     "data.tag_column": integer(),
