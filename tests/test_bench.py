@@ -3,6 +3,9 @@ no timing assertions."""
 
 import json
 
+import pytest
+import torch
+
 from conftest import run_script
 
 
@@ -40,15 +43,45 @@ def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None
 
 def test_step_profiler_reports_busy_fraction_and_top_ops(run_cfg) -> None:
     _, run_dir = run_cfg("data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=1", "test=false",
-                         "+callbacks.profile._target_=bench.meters.StepProfiler",
+                         "+callbacks.profile._target_=bench.profiler.StepProfiler",
                          "+callbacks.profile.start_step=2", "+callbacks.profile.steps=3")
     prof = json.loads((run_dir / "profile.json").read_text())
     assert prof["steps"] == 3 and prof["device"] == "cpu"
-    assert 0 < prof["busy_ms_per_step"] and prof["wall_ms_per_step"] > 0
+    assert 0 < prof["busy_ms_per_step"] <= prof["wall_ms_per_step"] and 0 < prof["busy_fraction"] <= 1
     assert any("addmm" in op["op"] or "mm" in op["op"] for op in prof["top_ops"])  # the matmuls show up
 
 
-def test_busy_time_counts_overlapping_kernels_once() -> None:
-    from bench.meters import _union_us
+def test_busy_time_is_device_work_only_with_overlaps_merged() -> None:
+    """An annotation spanning the whole step (how CUDA shows `Optimizer.step#AdamW.step`) is no device
+    time: busy = kernels + memcpy / memset, overlapping kernels of two streams counted once."""
+    from bench.profiler import Event, summarize
 
-    assert _union_us([(0, 10, "a"), (5, 12, "b"), (20, 25, "c"), (21, 22, "d")]) == 17
+    events = [Event("Optimizer.step#AdamW.step", "annotation", 0, 1000, 1000),
+              Event("ProfilerStep#1", "annotation", 0, 1000, 1000),
+              Event("ampere_sgemm", "kernel", 0, 100, 100), Event("fused_adamw", "kernel", 50, 200, 150),
+              Event("Memcpy HtoD", "memcpy", 300, 400, 100), Event("cudaStreamWaitEvent", "other", 400, 900, 500)]
+    prof = summarize(events, wall_s=1e-3, steps=1, device="cuda")
+    assert prof["busy_ms_per_step"] == pytest.approx(0.3) and prof["busy_fraction"] == pytest.approx(0.3)
+    assert [op["op"] for op in prof["top_ops"]] == ["fused_adamw", "ampere_sgemm", "Memcpy HtoD"]
+
+
+def test_cpu_profile_counts_no_record_function_region_as_op_time() -> None:
+    """A record_function region that waits 60 ms around one small matmul: the region is an annotation,
+    the busy time is the matmul's, not the region's."""
+    import time
+
+    from bench.profiler import summarize, timeline
+
+    x = torch.randn(64, 64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        with torch.profiler.record_function("Optimizer.step#AdamW.step"):
+            time.sleep(0.06)
+            x @ x
+        wall = time.perf_counter() - t0
+    events = timeline(prof, "cpu")
+    assert {e.kind for e in events if e.name == "Optimizer.step#AdamW.step"} == {"annotation"}
+    assert any(e.kind == "cpu_op" and e.name == "aten::mm" for e in events)
+    summary = summarize(events, wall, steps=1, device="cpu")
+    assert summary["busy_ms_per_step"] < 30 < 60 <= summary["wall_ms_per_step"], summary
+    assert "Optimizer.step#AdamW.step" not in {op["op"] for op in summary["top_ops"]}
