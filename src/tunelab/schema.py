@@ -173,6 +173,7 @@ RULES: dict[str, Rule] = {
     "trainer.max_epochs": integer(-1, nullable=True),
     "trainer.min_epochs": integer(0, nullable=True),
     "trainer.max_steps": integer(-1),
+    "trainer.num_nodes": COUNT,
     "trainer.accumulate_grad_batches": COUNT,
     "trainer.gradient_clip_val": number(0, nullable=True),
     "trainer.log_every_n_steps": COUNT,

@@ -28,7 +28,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     loggers = instantiate_group(sweeps.with_wandb_identity(cfg.get("logger")))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    if sweeps.is_multirun() and str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+    if sweeps.is_multirun() and strategy_name(cfg.trainer.get("strategy")).startswith(("ddp", "fsdp")):
         launch_ddp_children_for_this_job_only()
     # always on, whatever the callbacks group: graceful SIGTERM/SIGINT, exact mid-epoch resume, NaN guard
     callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
@@ -42,6 +42,14 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     return trainer
 
 
+def strategy_name(strategy: str | DictConfig | None) -> str:
+    """trainer.strategy as a lower-case name: "ddp", "auto", or the class of a configured strategy
+    ("fsdpstrategy" for lightning.pytorch.strategies.FSDPStrategy)."""
+    if isinstance(strategy, DictConfig):
+        return str(strategy.get("_target_", "")).rsplit(".", 1)[-1].lower()
+    return str(strategy or "auto").lower()
+
+
 def _is_adalora(cfg: DictConfig) -> bool:
     target = (cfg.get("peft") or {}).get("_target_")
     if not target:
@@ -52,7 +60,7 @@ def _is_adalora(cfg: DictConfig) -> bool:
 
 
 def launch_ddp_children_for_this_job_only() -> None:
-    """Lightning's DDP launcher starts ranks 1..N-1 by re-running `sys.argv` with
+    """Lightning's DDP (and FSDP) launcher starts ranks 1..N-1 by re-running `sys.argv` with
     `hydra.run.dir=<HydraConfig run.dir>` appended. Under multirun, sys.argv is the whole sweep
     (`-m lr=1e-5,1e-4`), so every child would relaunch the sweep. Point both at this job instead:
     its own overrides, run in its own job dir."""
