@@ -172,10 +172,10 @@ def main() -> None:
             except Exception as err:  # keep measuring the other cases; report what broke
                 results[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
                 print(f"== {name}: FAILED {results[name]['error']}", flush=True)
-    results |= ratios(results)
+            results |= ratios(results)
+            if args.out:  # after every case: a run stopped at its time limit keeps what it measured
+                Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

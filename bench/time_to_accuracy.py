@@ -108,9 +108,9 @@ def main() -> None:
         tmp = Path(args.keep or tmpdir)
         for name in args.runs.split(","):
             results[name] = run_one(args, name, tmp)
+            if args.out:  # after every run: a call stopped at its time limit keeps what it measured
+                Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

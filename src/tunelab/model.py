@@ -112,8 +112,9 @@ def use_compile_cache(directory: str | None) -> None:
 
     # read by inductor at each cache lookup, and passed on to its compile worker processes
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(directory).expanduser().resolve())
-    torch._inductor.config.fx_graph_cache = True
-    torch._functorch.config.enable_autograd_cache = True
+    for config, name in ((torch._inductor.config, "fx_graph_cache"), (torch._functorch.config, "enable_autograd_cache")):
+        if hasattr(config, name):  # both on by default in recent torch; older ones lack the AOT cache
+            setattr(config, name, True)
 
 
 def _raise_recompile_limit(limit: int) -> None:
