@@ -41,6 +41,30 @@ def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None
     assert timed["graphs_compiled_while_timed"] == 0
 
 
+def test_throughput_meter_stops_the_clock_at_epoch_ends_and_ends_the_run(run_cfg, monkeypatch) -> None:
+    """A small dataset crosses epoch ends inside the timed steps: the clock is stopped while the epoch
+    ends (validation here), resumes with the next training batch, and the meter ends the run after its
+    steps."""
+    from bench.meters import ThroughputMeter
+    from tunelab.module import TransformerModule
+
+    clock_running = []  # at each validation, after the callbacks' hooks
+
+    def record(module) -> None:
+        meters = [c for c in module.trainer.callbacks if isinstance(c, ThroughputMeter)]
+        clock_running.append((meters[0].started, meters[0]._resumed_at is not None))
+
+    monkeypatch.setattr(TransformerModule, "on_validation_start", record)
+    metrics, run_dir = run_cfg(
+        "data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=10", "trainer.min_epochs=0", "test=false",
+        "trainer.num_sanity_val_steps=0", "+callbacks.throughput._target_=bench.meters.ThroughputMeter",
+        "+callbacks.throughput.warmup=2", "+callbacks.throughput.steps=12")
+    timed = json.loads((run_dir / "throughput.json").read_text())
+    assert timed["steps"] == 12 and timed["timed_segments"] == 2  # steps 2-13 of 8-step epochs
+    assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 14
+    assert clock_running[0] == (True, False), "the validation at the end of epoch 1 was timed"
+
+
 def test_step_profiler_reports_busy_fraction_and_top_ops(run_cfg) -> None:
     _, run_dir = run_cfg("data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=1", "test=false",
                          "+callbacks.profile._target_=bench.profiler.StepProfiler",
