@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 15's GPU measurements in ONE device call (at most 10 minutes on one H100 / H200). Every result
+# The GPU measurements of docs/PERFORMANCE.md ("GPU: prepared") in ONE device call (at most 10 minutes on one
+# H100 / H200): time to accuracy, CUDA graphs over length buckets, the compile cache, FSDP. Every result
 # names the card it ran on (gpu.csv); JSON and logs land in $OUT.
 #
 #   1. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / compile / CUDA graphs, framework
