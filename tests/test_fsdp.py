@@ -42,3 +42,21 @@ def test_slurm_launcher_asks_for_trainer_num_nodes(tmp_path) -> None:
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (3, 4, 4)
     with pytest.raises(ConfigError, match="trainer.num_nodes must be a positive integer"):
         validate(compose_cfg(tmp_path, "trainer.num_nodes=0"))
+
+
+def test_weight_decay_groups_survive_fsdp_flattening_the_parameters() -> None:
+    """FSDP shards each parameter into a 1-D view of its flat shard before configure_optimizers: the
+    matrices must still get weight decay, biases and LayerNorm weights still not."""
+    from tunelab.module import TransformerModule
+    from tunelab.optim import param_groups
+
+    module = TransformerModule(model={"name_or_path": None, "from_scratch": True, "config": {
+        "model_type": "bert", "vocab_size": 32, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 16}}, task="classification", loss={"_target_": "tunelab.losses.CrossEntropyLoss"},
+        optimizer={}, label_names=["neg", "pos"])
+    before = [len(g["params"]) for g in param_groups(module, 0.01)]
+    with torch.no_grad():
+        for p in module.parameters():
+            p.data = p.data.flatten()  # what FSDP's sharded views look like
+    assert [len(g["params"]) for g in param_groups(module, 0.01)] == before
+    assert before[0] > 0 and before[1] > 0
