@@ -1,29 +1,31 @@
-"""GPU path benchmark (issue 7): samples/s and model-FLOP utilisation (MFU) of the framework's training
-path with bf16-mixed, fused AdamW, TF32, pinned memory + loader workers, length-grouped batches padded
-to multiples of 16, eager vs torch.compile, for MiniLM-shaped and BERT-base-shaped encoders (random
-init), plus the framework / hand-written-loop ratio on the GPU.
+"""GPU path benchmark: samples/s and model-FLOP utilisation (MFU: padded tokens, what the GPU computes;
+useful MFU: real tokens only) of the framework's training path with bf16-mixed, fused AdamW, TF32, pinned
+memory + loader workers, length-grouped full batches padded to multiples of 16: eager vs torch.compile
+vs CUDA graphs (one dynamic-shape compile, one graph replayed per length bucket), each beside the
+hand-written loop (*_raw*) on the same batches, for MiniLM-shaped (SST-2 lengths, the default table) and
+BERT-base-shaped encoders (random init). Compiled cases warm up one epoch (every length bucket) before
+timing; every case reports graphs_compiled_while_timed (0 for a valid measurement).
 
-python bench/gpu.py --out gpu.json                # on a CUDA machine
-python bench/gpu.py --smoke                       # CPU, tiny shapes: correctness only (run by the tests)
+python bench/gpu.py --batch-size 32 --out gpu32.json   # on a CUDA machine: the real-length table
+python bench/gpu.py --smoke                           # CPU, tiny shapes: correctness only (run by the tests)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import METER, ROOT, raw_loop, run_framework  # noqa: E402
+from throughput import ROOT, raw_loop, run_framework  # noqa: E402
 
 import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
-from bench.meters import compiled_graphs, training_flops  # noqa: E402
+from bench.meters import compile_counts, training_flops  # noqa: E402
 from tunelab.resolvers import minilm_path  # noqa: E402
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
@@ -36,15 +38,21 @@ SHAPES = {
 
 COMPILE = ["model.compile=true"]
 STATIC = [*COMPILE, "model.compile_dynamic=false"]  # one specialised graph per length bucket
-CASES = {  # name: (shape, data, compile overrides; [] = eager)
-    "minilm": ("minilm", "sst2", []), "minilm_compile": ("minilm", "sst2", COMPILE),
+DYNAMIC = [*COMPILE, "model.compile_dynamic=true"]  # one graph for every batch shape
+CUDAGRAPHS = [*DYNAMIC, "model.compile_mode=reduce-overhead"]  # ... replayed as one CUDA graph per shape
+CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the hand-written loop
+    "minilm": ("minilm", "sst2", []), "minilm_compile": ("minilm", "sst2", DYNAMIC),
+    "minilm_cudagraphs": ("minilm", "sst2", CUDAGRAPHS),
+    "minilm_raw": ("minilm", "sst2", []), "minilm_raw_compile": ("minilm", "sst2", DYNAMIC),
+    "minilm_raw_cudagraphs": ("minilm", "sst2", CUDAGRAPHS),
     "bert_sst2": ("bert-base", "sst2", []), "bert_sst2_compile": ("bert-base", "sst2", COMPILE),
     "bert_sst2_static": ("bert-base", "sst2", STATIC),
     "bert_sst2_cudagraphs": ("bert-base", "sst2", [*STATIC, "model.compile_mode=reduce-overhead"]),
     "bert_imdb": ("bert-base", "imdb", []), "bert_imdb_compile": ("bert-base", "imdb", COMPILE),
     "bert_imdb_cudagraphs": ("bert-base", "imdb", [*STATIC, "model.compile_mode=reduce-overhead"]),
 }
-PROFILER = "+callbacks.profile._target_=bench.meters.StepProfiler"
+REAL_LENGTHS = "minilm,minilm_compile,minilm_cudagraphs,minilm_raw,minilm_raw_compile,minilm_raw_cudagraphs"
+PROFILER = "+callbacks.profile._target_=bench.profiler.StepProfiler"
 
 
 def peak_flops() -> float | None:
@@ -61,20 +69,22 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
     # IMDb: 690 training reviews, nearly all >= 128 tokens, so every batch is full length
     text = {"sst2": [f"data.batch_size={args.batch_size}"],
             "imdb": ["data.max_length=128", f"data.batch_size={args.imdb_batch_size}"]}[data]
+    gpu = torch.cuda.is_available()
     return [
         f"data={data}", f"paths.data_dir={args.data_dir}", f"paths.cache_dir={cache}",
         f"model.name_or_path={args.model_dir}", "model.from_scratch=true", *compile_opts,
+        *([f"model.compile_cache_dir={args.compile_cache}"] if args.compile_cache else []),
         *[f"+{k}={v}" for k, v in overrides.items()],
-        f"trainer=gpu" if torch.cuda.is_available() else "trainer=cpu",
-        "trainer.precision=bf16-mixed" if torch.cuda.is_available() else "trainer.precision=32-true",
+        "trainer=gpu" if gpu else "trainer=cpu", "trainer.precision=bf16-mixed" if gpu else "trainer.precision=32-true",
         "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
         "test=false", "logger=csv", "scheduler=none", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
         "trainer.enable_checkpointing=false",  # else Lightning's fallback checkpoint writes ~1.3 GB every epoch
-        "data.group_by_length=true", "data.pad_to_multiple_of=16",
-        *(["trainer.max_steps=-1", f"trainer.max_epochs={1 + args.timed_epochs}"] if timed_epoch
-          else [f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"]),
-        f"+callbacks.throughput.warmup={args.warmup}",
-        # compiled: time the epochs after the first, once every length bucket (and its recompile) was seen
+        # full batches only (one batch size per length bucket); the meter ends the run after its steps
+        "data.group_by_length=true", "data.pad_to_multiple_of=16", "data.drop_last=true",
+        *([f"data.train_limit={args.train_limit}"] if args.train_limit else []),
+        "trainer.max_steps=-1", "trainer.max_epochs=1000", "trainer.min_epochs=0",  # (a bound)
+        f"+callbacks.throughput.warmup={args.warmup}", f"+callbacks.throughput.steps={args.steps - args.warmup}",
+        # compiled: time the epochs after the first, once every length bucket (and its compile) was seen
         f"+callbacks.throughput.warmup_epochs={int(timed_epoch)}",
         # eager + --profile: profile the 5 steps just before the timed window (the profiler slows steps)
         *([PROFILER, f"+callbacks.profile.start_step={max(1, args.warmup - 6)}", "+callbacks.profile.steps=5"]
@@ -85,22 +95,44 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
 
 def run_case(args, tmp: Path, name: str, shape: str, data: str, compile_opts: list[str]) -> dict:
     torch._dynamo.reset()
+    before = compile_counts()
     t0 = time.time()
-    tp, _ = run_framework(case_overrides(args, shape, data, compile_opts, tmp / "cache"), tmp / name)
-    config = AutoConfig.from_pretrained(args.model_dir, **SHAPES[shape])
-    shapes = [tuple(s) for s in tp.get("shape_list", [])]
-    flops = sum(training_flops(config, b, s) for b, s in shapes)
+    overrides = case_overrides(args, shape, data, compile_opts, tmp / "cache")
+    if "_raw" in name:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tp = raw_loop([o for o in overrides if "throughput" not in o and "profile" not in o], tmp / name,
+                      args.steps - args.warmup, args.warmup, device=device, bf16=device == "cuda",
+                      warmup_epochs=int(bool(compile_opts) and not args.smoke))
+    else:
+        tp, _ = run_framework(overrides, tmp / name)
     row = {**tp, "wall_s": time.time() - t0}
-    row.pop("shape_list", None)
+    config = AutoConfig.from_pretrained(args.model_dir, **SHAPES[shape])
+    executed = training_flops(config, tp["padded_tokens"], tp["padded_attended_pairs"])
+    useful = training_flops(config, tp["tokens"], tp["attended_pairs"])
     if peak_flops() and tp["seconds"] > 0:
-        row["model_tflops_per_s"] = flops / tp["seconds"] / 1e12
-        row["mfu"] = flops / tp["seconds"] / peak_flops()
+        row["model_tflops_per_s"] = executed / tp["seconds"] / 1e12
+        row["mfu"] = executed / tp["seconds"] / peak_flops()  # padded tokens: what the GPU computed
+        row["useful_mfu"] = useful / tp["seconds"] / peak_flops()  # real tokens only
     if compile_opts:
-        row["compiled_graphs"] = compiled_graphs()
+        after = compile_counts()
+        row["compile"] = {k: after[k] - before.get(k, 0) for k in after}
     if (tmp / name / "profile.json").exists():
         row["profile"] = json.loads((tmp / name / "profile.json").read_text())
     print(f"== {name}: {json.dumps(row)}", flush=True)
     return row
+
+
+def ratios(results: dict) -> dict[str, float]:
+    """framework / hand-written loop per technique, and each technique / eager, where both ran."""
+    sps = {k: v["samples_per_s"] for k, v in results.items() if isinstance(v, dict) and v.get("samples_per_s")}
+    out = {}
+    for mode in ("", "_compile", "_cudagraphs"):
+        if f"minilm{mode}" in sps and f"minilm_raw{mode}" in sps:
+            out[f"framework_over_raw{mode}"] = sps[f"minilm{mode}"] / sps[f"minilm_raw{mode}"]
+        for impl in ("minilm", "minilm_raw"):
+            if mode and f"{impl}{mode}" in sps and impl in sps:
+                out[f"{impl}{mode}_over_eager"] = sps[f"{impl}{mode}"] / sps[impl]
+    return out
 
 
 def main() -> None:
@@ -111,18 +143,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--imdb-batch-size", type=int, default=64)
-    parser.add_argument("--cases", default="minilm_raw,minilm,minilm_compile,bert_sst2,bert_sst2_compile,bert_imdb,bert_imdb_compile",
-                        help=f"comma-separated, from minilm_raw and {', '.join(CASES)}")
-    parser.add_argument("--timed-epochs", type=int, default=1, help="compiled cases: epochs timed after the warm-up epoch")
+    parser.add_argument("--cases", default=REAL_LENGTHS, help=f"comma-separated, from {', '.join(CASES)}")
+    parser.add_argument("--train-limit", type=int, default=None, help="SST-2 training rows (a random subset)")
+    parser.add_argument("--compile-cache", default=None, help="model.compile_cache_dir (default: the config's)")
     parser.add_argument("--profile", action="store_true", help="eager cases: profile 5 steps before timing (profile.json)")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every case")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     args.model_dir = args.model_dir or minilm_path()
-    if args.smoke:
+    if args.smoke:  # compiled cases trace only (aot_eager): inductor's C++ builds take minutes on CPU
         args.steps, args.warmup, args.batch_size = 4, 1, 8
         args.data_dir = str(ROOT / "tests" / "fixtures")
+        args.override = [*args.override, "model.compile_backend=aot_eager"]
     big = "tiny" if args.smoke else "bert-base"
     small = "tiny" if args.smoke else "minilm"
     cases = {name: (small if shape == "minilm" else big, data, opts) for name, (shape, data, opts) in CASES.items()}
@@ -132,25 +165,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for name in args.cases.split(","):
-            if name == "minilm_raw":
-                overrides = [o for o in case_overrides(args, small, "sst2", [], tmp / "cache")
-                             if "throughput" not in o and "profile" not in o]
-                row = raw_loop(overrides, tmp / name, args.steps, args.warmup, device=device, bf16=device == "cuda")
-                row.pop("shape_list", None)
-                print(f"== {name}: {json.dumps(row)}", flush=True)
-                results[name] = row
-            elif not args.smoke or not (cases[name][2] or "imdb" in name):
-                # smoke: no inductor builds on CPU (slow), no IMDb fixture
-                try:
-                    results[name] = run_case(args, tmp, name, *cases[name])
-                except Exception as err:  # keep measuring the other cases; report what broke
-                    results[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
-                    print(f"== {name}: FAILED {results[name]['error']}", flush=True)
-    if "minilm_raw" in results and "minilm" in results:
-        results["framework_over_raw"] = results["minilm"]["samples_per_s"] / results["minilm_raw"]["samples_per_s"]
+            if args.smoke and "imdb" in name:
+                continue  # no IMDb fixture
+            try:
+                results[name] = run_case(args, tmp, name, *cases[name])
+            except Exception as err:  # keep measuring the other cases; report what broke
+                results[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+                print(f"== {name}: FAILED {results[name]['error']}", flush=True)
+            results |= ratios(results)
+            if args.out:  # after every case: a run stopped at its time limit keeps what it measured
+                Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ from tunelab.data import sampling
 from tunelab.data.datamodule import ListDataset
 
 
-def datamodule(n: int, batch_size: int, group_by_length: bool, seed: int) -> TextDataModule:
+def datamodule(n: int, batch_size: int, group_by_length: bool, seed: int, drop_last: bool = False) -> TextDataModule:
     dm = TextDataModule(tokenizer="unused", name="t", task="classification", train_file="unused",
-                        batch_size=batch_size, group_by_length=group_by_length, seed=seed)
+                        batch_size=batch_size, group_by_length=group_by_length, seed=seed, drop_last=drop_last)
     # varied lengths so that grouping reorders; "i" identifies the example in the served batch
-    dm.splits = {"train": ListDataset([{"i": i, "input_ids": [1] * (1 + (i * 7) % 11)} for i in range(n)])}
+    rows = ListDataset([{"i": i, "input_ids": [1] * (1 + (i * 7) % 11)} for i in range(n)])
+    dm.splits = {"train": rows, "val": rows}
     dm.collator = lambda: (lambda examples: [e["i"] for e in examples])
     return dm
 
@@ -57,3 +58,20 @@ def test_resume_skips_exactly_the_consumed_batches() -> None:
     dm.train_sampler.skip_batches = 3  # what Resilience sets from a checkpoint taken after 3 batches
     assert list(loader) == full[3:]
     assert list(loader) == full  # the skip applies to the resumed epoch only
+
+
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_drop_last_leaves_out_only_the_short_training_batch(monkeypatch, group_by_length: bool) -> None:
+    """Every training batch has the full size (one shape for compiled training), alone and dealt to 2
+    ranks; each epoch leaves out other rows; evaluation still serves every row."""
+    served, planned = served_and_planned(datamodule(10, 4, group_by_length, seed=1, drop_last=True))
+    assert served == planned and [len(b) for b in served] == [4, 4]
+    assert len({i for b in served for i in b}) == 8
+    dm = datamodule(10, 4, group_by_length, seed=1, drop_last=True)
+    epochs = [{i for b in served_and_planned(dm, epoch)[0] for i in b} for epoch in range(4)]
+    assert set().union(*epochs) == set(range(10)), "the left-out rows must change with the epoch"
+    assert sorted(i for b in dm.val_dataloader() for i in b) == list(range(10))
+    for rank in (0, 1):
+        monkeypatch.setattr(sampling, "_rank_and_world", lambda rank=rank: (rank, 2))
+        served, _ = served_and_planned(datamodule(45, 8, group_by_length, seed=3, drop_last=True))
+        assert [len(b) for b in served] == [8, 8, 8]  # 5 full batches of 8 dealt to 2 x 3 slots

@@ -3,6 +3,9 @@ no timing assertions."""
 
 import json
 
+import pytest
+import torch
+
 from conftest import run_script
 
 
@@ -38,17 +41,71 @@ def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None
     assert timed["graphs_compiled_while_timed"] == 0
 
 
+def test_throughput_meter_stops_the_clock_at_epoch_ends_and_ends_the_run(run_cfg, monkeypatch) -> None:
+    """A small dataset crosses epoch ends inside the timed steps: the clock is stopped while the epoch
+    ends (validation here), resumes with the next training batch, and the meter ends the run after its
+    steps."""
+    from bench.meters import ThroughputMeter
+    from tunelab.module import TransformerModule
+
+    clock_running = []  # at each validation, after the callbacks' hooks
+
+    def record(module) -> None:
+        meters = [c for c in module.trainer.callbacks if isinstance(c, ThroughputMeter)]
+        clock_running.append((meters[0].started, meters[0]._resumed_at is not None))
+
+    monkeypatch.setattr(TransformerModule, "on_validation_start", record)
+    metrics, run_dir = run_cfg(
+        "data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=10", "trainer.min_epochs=0", "test=false",
+        "trainer.num_sanity_val_steps=0", "+callbacks.throughput._target_=bench.meters.ThroughputMeter",
+        "+callbacks.throughput.warmup=2", "+callbacks.throughput.steps=12")
+    timed = json.loads((run_dir / "throughput.json").read_text())
+    assert timed["steps"] == 12 and timed["timed_segments"] == 2  # steps 2-13 of 8-step epochs
+    assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 14
+    assert clock_running[0] == (True, False), "the validation at the end of epoch 1 was timed"
+
+
 def test_step_profiler_reports_busy_fraction_and_top_ops(run_cfg) -> None:
     _, run_dir = run_cfg("data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=1", "test=false",
-                         "+callbacks.profile._target_=bench.meters.StepProfiler",
+                         "+callbacks.profile._target_=bench.profiler.StepProfiler",
                          "+callbacks.profile.start_step=2", "+callbacks.profile.steps=3")
     prof = json.loads((run_dir / "profile.json").read_text())
     assert prof["steps"] == 3 and prof["device"] == "cpu"
-    assert 0 < prof["busy_ms_per_step"] and prof["wall_ms_per_step"] > 0
+    assert 0 < prof["busy_ms_per_step"] <= prof["wall_ms_per_step"] and 0 < prof["busy_fraction"] <= 1
     assert any("addmm" in op["op"] or "mm" in op["op"] for op in prof["top_ops"])  # the matmuls show up
 
 
-def test_busy_time_counts_overlapping_kernels_once() -> None:
-    from bench.meters import _union_us
+def test_busy_time_is_device_work_only_with_overlaps_merged() -> None:
+    """An annotation spanning the whole step (how CUDA shows `Optimizer.step#AdamW.step`) is no device
+    time: busy = kernels + memcpy / memset, overlapping kernels of two streams counted once."""
+    from bench.profiler import Event, summarize
 
-    assert _union_us([(0, 10, "a"), (5, 12, "b"), (20, 25, "c"), (21, 22, "d")]) == 17
+    events = [Event("Optimizer.step#AdamW.step", "annotation", 0, 1000, 1000),
+              Event("ProfilerStep#1", "annotation", 0, 1000, 1000),
+              Event("ampere_sgemm", "kernel", 0, 100, 100), Event("fused_adamw", "kernel", 50, 200, 150),
+              Event("Memcpy HtoD", "memcpy", 300, 400, 100), Event("cudaStreamWaitEvent", "other", 400, 900, 500)]
+    prof = summarize(events, wall_s=1e-3, steps=1, device="cuda")
+    assert prof["busy_ms_per_step"] == pytest.approx(0.3) and prof["busy_fraction"] == pytest.approx(0.3)
+    assert [op["op"] for op in prof["top_ops"]] == ["fused_adamw", "ampere_sgemm", "Memcpy HtoD"]
+
+
+def test_cpu_profile_counts_no_record_function_region_as_op_time() -> None:
+    """A record_function region that waits 60 ms around one small matmul: the region is an annotation,
+    the busy time is the matmul's, not the region's."""
+    import time
+
+    from bench.profiler import summarize, timeline
+
+    x = torch.randn(64, 64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        with torch.profiler.record_function("Optimizer.step#AdamW.step"):
+            time.sleep(0.06)
+            x @ x
+        wall = time.perf_counter() - t0
+    events = timeline(prof, "cpu")
+    assert {e.kind for e in events if e.name == "Optimizer.step#AdamW.step"} == {"annotation"}
+    assert any(e.kind == "cpu_op" and e.name == "aten::mm" for e in events)
+    summary = summarize(events, wall, steps=1, device="cpu")
+    assert summary["busy_ms_per_step"] < 30 < 60 <= summary["wall_ms_per_step"], summary
+    assert "Optimizer.step#AdamW.step" not in {op["op"] for op in summary["top_ops"]}

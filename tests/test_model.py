@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import transformers
 
@@ -34,4 +37,34 @@ def test_static_compile_keeps_one_graph_per_length_bucket_beyond_dynamos_default
         ids = torch.randint(0, 64, (2, length))
         model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == len(lengths)
+    torch._dynamo.reset()
+
+
+def test_compile_cache_dir_serves_the_next_compile_from_disk(tmp_path, monkeypatch) -> None:
+    """model.compile_cache_dir holds inductor's compiled graphs: after the in-process caches are
+    dropped (a new run, a sweep's next job), the same graph loads from that dir instead of compiling."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored after the test
+    cache = tmp_path / "inductor"
+    build_model({"name_or_path": None, "from_scratch": True, "compile": True, "compile_backend": "eager",
+                 "compile_cache_dir": str(cache),
+                 "config": {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
+                            "num_attention_heads": 2, "intermediate_size": 32}},
+                get_task("classification"), num_labels=2)
+    assert Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) == cache.resolve()
+
+    def compile_fwd_bwd() -> dict[str, int]:
+        torch._dynamo.reset()
+        counters.clear()
+        x = torch.randn(4, 8, requires_grad=True)
+        torch.compile(lambda t: torch.nn.functional.gelu(t * 3).sum())(x).backward()
+        return {**counters["inductor"], **counters["aot_autograd"]}
+
+    cold = compile_fwd_bwd()
+    assert cold.get("fxgraph_cache_miss", 0) >= 1 and not cold.get("fxgraph_cache_hit")
+    assert any(cache.rglob("*.py")), "compiled code must land in model.compile_cache_dir"
+    warm = compile_fwd_bwd()
+    assert warm.get("fxgraph_cache_hit", 0) >= 1 and not warm.get("fxgraph_cache_miss"), warm
+    assert warm.get("autograd_cache_hit", 0) >= 1
     torch._dynamo.reset()

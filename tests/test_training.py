@@ -71,20 +71,30 @@ def test_eval_script_tests_a_checkpoint(run_cfg, tmp_path) -> None:
 
 
 def test_ddp_two_cpu_processes(tmp_path) -> None:
-    """Lightning DDP with 2 gloo processes on CPU: both ranks train, rank 0 writes the run dir once."""
+    """Lightning DDP with 2 gloo processes on CPU: both ranks train, rank 0 writes the run dir once, and
+    together the ranks train on every row exactly once per epoch, apart from the one batch repeated to
+    give both ranks the same number of batches."""
+    from collections import Counter
+
     proc = run_script(
         "train.py", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "model=tiny", "logger=csv",
-        f"paths.data_dir={FIXTURES}", "data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=1",
-        f"hydra.run.dir={tmp_path}",
+        f"paths.data_dir={FIXTURES}", "data.train_limit=72", "data.batch_size=8", "trainer.max_epochs=1",
+        "+callbacks.rows._target_=tests.ddp_rows.RecordTrainingRows", f"hydra.run.dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    # 64 rows / (8 per batch x 2 ranks) = 4 optimizer steps per epoch
-    assert metrics["global_step"] == 4
+    # 72 rows = 9 batches of 8, dealt round-robin: 5 per rank (the 10th slot repeats the first batch)
+    assert metrics["global_step"] == 5
     assert "test/acc" in metrics["metrics"]
     # rank 0 gathers both ranks' test predictions: one row per test example, in file order
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(len((FIXTURES / "sst2" / "dev.tsv").read_text().splitlines()) - 1))
+    ranks = [json.loads((tmp_path / f"rows_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [len(r["seen"]) for r in ranks] == [40, 40]
+    seen = Counter(tuple(row) for r in ranks for row in r["seen"])
+    train = Counter(tuple(row) for row in ranks[0]["train"])
+    assert not train - seen, "rows no rank trained on"
+    assert sum((seen - train).values()) == 8, "only the one padding batch may repeat rows"
 
 
 def test_multirun_with_ddp_runs_each_job_once(tmp_path) -> None:

@@ -18,7 +18,7 @@ from tunelab.adalora import regularization
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import collect_rng_states, set_rng_states
-from tunelab.optim import build_optimizer, build_scheduler
+from tunelab.optim import build_optimizer, build_scheduler, remember_weight_decay
 from tunelab.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class TransformerModule(pl.LightningModule):
         self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)
         self._cuda_graphs = uses_cuda_graphs(model)
         self.model = peft_adapters.apply_peft(self.model, peft, self.task)  # conf/peft (none: unchanged)
+        remember_weight_decay(self.model)  # before a strategy (FSDP) reshapes the parameters
         self.loss_fn = instantiate(dict(loss))
         self.loss_fn.fit_class_weights(class_counts, label_info.get("train_examples"))
         metrics = self.task.metrics(num_labels)

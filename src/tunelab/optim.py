@@ -11,12 +11,19 @@ from hydra.utils import instantiate
 from torch import nn
 
 
+def remember_weight_decay(model: nn.Module) -> None:
+    """Decide each parameter's weight decay while it has its own shape: FSDP later turns parameters
+    into 1-D views of their shard (the same Parameter objects, so the mark stays)."""
+    for p in model.parameters():
+        p.tunelab_weight_decay = p.ndim >= 2
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only: biases and LayerNorm weights (all 1-D parameters) are excluded."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if getattr(p, "tunelab_weight_decay", p.ndim >= 2) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

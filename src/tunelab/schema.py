@@ -130,6 +130,7 @@ RULES: dict[str, Rule] = {
     "data.pin_memory": FLAG_OR_NULL,
     "data.group_by_length": FLAG,
     "data.pad_to_multiple_of": COUNT_OR_NULL,
+    "data.drop_last": FLAG,
     "data.packing": FLAG,
     "data.token_column": integer(),
     "data.tag_column": integer(),
@@ -152,6 +153,7 @@ RULES: dict[str, Rule] = {
     "model.gradient_checkpointing": FLAG,
     "model.compile": FLAG,
     "model.compile_dynamic": FLAG_OR_NULL,
+    "model.compile_cache_dir": Rule("text", nullable=True),
     "model.compile_mode": one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
                                  nullable=True),
     # loss
@@ -185,6 +187,7 @@ RULES: dict[str, Rule] = {
     "trainer.max_epochs": integer(-1, nullable=True),
     "trainer.min_epochs": integer(0, nullable=True),
     "trainer.max_steps": integer(-1),
+    "trainer.num_nodes": COUNT,
     "trainer.accumulate_grad_batches": COUNT,
     "trainer.gradient_clip_val": number(0, nullable=True),
     "trainer.log_every_n_steps": COUNT,

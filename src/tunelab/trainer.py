@@ -28,10 +28,11 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     loggers = instantiate_group(tracking.logger_group(cfg))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+    strategy = strategy_name(cfg.trainer.get("strategy"))
+    if strategy.startswith("ddp"):
         share_cores_between_cpu_ranks(cfg.trainer)
-        if sweeps.is_multirun():
-            launch_ddp_children_for_this_job_only()
+    if sweeps.is_multirun() and strategy.startswith(("ddp", "fsdp")):
+        launch_ddp_children_for_this_job_only()
     # always on, whatever the callbacks group: graceful SIGTERM/SIGINT, exact mid-epoch resume, NaN guard
     callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
     if _is_adalora(cfg):
@@ -42,6 +43,14 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False)
     tracking.log_config(trainer, cfg)
     return trainer
+
+
+def strategy_name(strategy: str | DictConfig | None) -> str:
+    """trainer.strategy as a lower-case name: "ddp", "auto", or the class of a configured strategy
+    ("fsdpstrategy" for lightning.pytorch.strategies.FSDPStrategy)."""
+    if isinstance(strategy, DictConfig):
+        return str(strategy.get("_target_", "")).rsplit(".", 1)[-1].lower()
+    return str(strategy or "auto").lower()
 
 
 def _is_adalora(cfg: DictConfig) -> bool:
@@ -63,7 +72,7 @@ def share_cores_between_cpu_ranks(trainer_cfg: DictConfig) -> None:
 
 
 def launch_ddp_children_for_this_job_only() -> None:
-    """Lightning's DDP launcher starts ranks 1..N-1 by re-running `sys.argv` with
+    """Lightning's DDP (and FSDP) launcher starts ranks 1..N-1 by re-running `sys.argv` with
     `hydra.run.dir=<HydraConfig run.dir>` appended. Under multirun, sys.argv is the whole sweep
     (`-m lr=1e-5,1e-4`), so every child would relaunch the sweep. Point both at this job instead:
     its own overrides, run in its own job dir."""

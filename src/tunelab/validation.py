@@ -13,6 +13,7 @@ from tunelab.errors import ConfigError
 from tunelab.results import monitor
 from tunelab.sweeps import is_multirun
 from tunelab.tasks import get_task
+from tunelab.trainer import strategy_name
 
 
 def validate(cfg: DictConfig) -> None:
@@ -49,9 +50,11 @@ def _check_loss(cfg: DictConfig, task) -> None:
 def _check_devices(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     devices, accelerator = trainer.get("devices", 1), trainer.get("accelerator", "auto")
+    gpus = torch.cuda.device_count()
+    if strategy_name(trainer.get("strategy")).startswith("fsdp") and (accelerator == "cpu" or not gpus):
+        raise ConfigError("trainer=fsdp needs GPUs (Lightning's FSDPStrategy refuses CPU); use trainer=ddp on CPU.")
     if not isinstance(devices, int) or devices < 1:
         return  # "auto", -1 or a list of ids: Lightning resolves and validates them
-    gpus = torch.cuda.device_count()
     if accelerator in {"gpu", "cuda"} and devices > gpus:
         raise ConfigError(
             f"trainer.devices={devices} but {gpus} GPU(s) are available; lower trainer.devices "

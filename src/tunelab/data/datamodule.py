@@ -66,6 +66,7 @@ class BaseDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         group_by_length: bool = False,
         pad_to_multiple_of: int | None = None,
+        drop_last: bool = False,
         cache_dir: str | None = None,
         seed: int = 0,
         encoding: str = "utf-8",
@@ -88,6 +89,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory if pin_memory is not None else gpu
         self.group_by_length = group_by_length
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.drop_last = drop_last
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.seed = seed
         self.encoding = encoding
@@ -221,6 +223,7 @@ class BaseDataModule(pl.LightningDataModule):
             seed=self.seed,
             shuffle=shuffle,
             group_by_length=self.group_by_length and shuffle,
+            drop_last=self.drop_last and split == "train",  # evaluation always sees every row
         )
         if split == "train":
             self.train_sampler = sampler

@@ -29,6 +29,9 @@ class BatchOrderSampler(Sampler[list[int]]):
       shuffle the batch order so lengths do not trend through the epoch.
     * DDP: whole batches are dealt round-robin to ranks (each rank gets the same count; the last few
       are repeated to even out), so length grouping survives sharding.
+    * drop_last: n % batch_size rows, drawn anew each epoch, are left out (before grouping and dealing
+      to ranks), so every training batch has the same size: torch.compile / CUDA graphs see no extra
+      shape at each epoch end, and no row is left out every epoch.
     """
 
     WINDOW_BATCHES = 50
@@ -40,12 +43,14 @@ class BatchOrderSampler(Sampler[list[int]]):
         seed: int = 0,
         shuffle: bool = True,
         group_by_length: bool = False,
+        drop_last: bool = False,
     ) -> None:
         self.lengths = torch.as_tensor(list(lengths))
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
         self.group_by_length = group_by_length
+        self.drop_last = drop_last
         self.epoch = 0
         self.skip_batches = 0  # batches of the current epoch already consumed (mid-epoch resume)
         self._cached: tuple[tuple[int, int, int], list[list[int]]] | None = None
@@ -64,6 +69,9 @@ class BatchOrderSampler(Sampler[list[int]]):
         n = len(self.lengths)
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        if self.drop_last:  # random rows left out, before length grouping would pick the shortest ones
+            n -= n % self.batch_size
+            order = order[:n]
         if self.group_by_length:
             window = self.batch_size * self.WINDOW_BATCHES
             chunks = [order[i : i + window] for i in range(0, n, window)]

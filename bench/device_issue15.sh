@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/PERFORMANCE.md ("GPU: prepared") in ONE device call (at most 10 minutes on one
+# H100 / H200): time to accuracy, CUDA graphs over length buckets, the compile cache, FSDP. Every result
+# names the card it ran on (gpu.csv); JSON and logs land in $OUT.
+#
+#   1. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / compile / CUDA graphs, framework
+#                                             and hand-written loop, useful and padded MFU, busy fraction
+#   2. bench/time_to_accuracy.py            : sst2_minilm_gpu and stsb_minilm_gpu from process start to the
+#                                             test metric with cold caches, then SST-2 again on the warm
+#                                             compile cache (a sweep's next job), the transformers.Trainer
+#                                             anchors, and eager runs
+#   3. bench/gpu.py at batch 128            : the same table
+#   4. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
+#   5. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
+# Sections run in that order while time is left (DEADLINE seconds in all); each writes its JSON as it goes.
+# SECTIONS=b32,tta,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped.
+#
+# Before the call (here, with network for pip; .whl/ and .carry/ are git-ignored, about 50 MiB):
+#   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
+#                                                 # .carry: SST-2 / STS-B TSVs, MiniLM (fp16 weights)
+# The call (the device tool):
+#   run(command="PYTHONUNBUFFERED=1 bash bench/device_issue15.sh", carry=[".whl", ".carry"], timeout_s=600)
+# CPU dry run (tiny model, fixture rows, a few steps; writes to /tmp/issue15_out unless OUT is set):
+#   SMOKE=1 PYTHON=.venv/bin/python bash bench/device_issue15.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/issue15_out}
+WORK=${WORK:-/tmp/issue15_work}  # run dirs, compile caches: not sent back
+SMOKE=${SMOKE:-0}
+SECTIONS=",${SECTIONS:-b32,tta,b128,eager,fsdp,imdb},"
+PY=${PYTHON:-python3}
+DEADLINE=${DEADLINE:-560}  # seconds; the call's limit is 600
+mkdir -p "$OUT" "$WORK"
+exec > >(tee "$OUT/device_issue15.log") 2>&1
+
+if compgen -G ".whl/*.whl" > /dev/null && ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+MODEL=$PWD/.carry/minilm
+DATA=$PWD/.carry/data
+[ -f "$MODEL/config.json" ] || { echo "missing $MODEL: run bench/device_carry.py first"; exit 1; }
+
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || printf 'name\ncpu\n') | tee "$OUT/gpu.csv"
+"$PY" -c "import torch, transformers, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__)"
+
+# section KEY NAME MIN_SECONDS COMMAND...: runs COMMAND if KEY is in SECTIONS and MIN_SECONDS are left,
+# killed at the deadline
+section() {
+  local key=$1 name=$2 need=$3; shift 3
+  [[ $SECTIONS == *",$key,"* ]] || return 0
+  local left=$((DEADLINE - SECONDS))
+  if [ "$left" -lt "$need" ]; then echo "== skipped $name: ${left}s left, needs ${need}s"; return; fi
+  echo "== $name (t=${SECONDS}s, ${left}s left)"
+  timeout --signal=INT --kill-after=10 "$left" "$@"
+  echo "== $name: exit $? at t=${SECONDS}s"
+}
+
+if [ "$SMOKE" = 1 ]; then
+  GPU=(--smoke --model-dir "$MODEL" --cases minilm,minilm_cudagraphs,minilm_raw,minilm_raw_cudagraphs)
+  TTA=(--smoke --model-dir "$MODEL")
+  RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor
+  EXTRA_RUNS=sst2_minilm_gpu_eager
+else
+  # 8,192 SST-2 rows: 256 batches of 32 (64 of 128) per epoch; compiled cases warm up one epoch
+  GPU=(--model-dir "$MODEL" --data-dir "$DATA" --train-limit 8192 --steps 230 --warmup 30 --compile-cache "$WORK/inductor_bench")
+  TTA=(--model-dir "$MODEL" --data-dir "$DATA")
+  RUNS=sst2_minilm_gpu,stsb_minilm_gpu,sst2_minilm_gpu_anchor,stsb_minilm_gpu_anchor,sst2_minilm_gpu_warm
+  EXTRA_RUNS=sst2_minilm_gpu_eager,stsb_minilm_gpu_eager
+fi
+
+section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile --out "$OUT/gpu_b32.json"
+section tta "time to accuracy" 150 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$RUNS" --out "$OUT/tta.json"
+section b128 "real lengths, batch 128" 60 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 128 --out "$OUT/gpu_b128.json"
+section eager "time to accuracy, eager" 90 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$EXTRA_RUNS" --out "$OUT/tta_eager.json"
+if [ "$SMOKE" = 1 ]; then
+  echo "== skipped fsdp: Lightning's FSDPStrategy needs a GPU"
+else
+  section fsdp "fsdp, one GPU" 45 "$PY" train.py experiment=stsb_minilm_gpu trainer=fsdp trainer.devices=1 \
+    model.compile=false trainer.max_epochs=1 "model.name_or_path=$MODEL" "paths.data_dir=$DATA" \
+    "paths.cache_dir=$WORK/tokens" "hydra.run.dir=$WORK/fsdp_run"
+  cp "$WORK/fsdp_run/metrics.json" "$OUT/fsdp_metrics.json" 2>/dev/null
+  section imdb "imdb, bert-base" 120 "$PY" bench/gpu.py --model-dir "$MODEL" --data-dir "$DATA" \
+    --cases bert_imdb,bert_imdb_compile,bert_imdb_cudagraphs --imdb-batch-size 64 --compile-cache "$WORK/inductor_bench" \
+    --out "$OUT/gpu_imdb.json"
+fi
+echo "== done at t=${SECONDS}s"

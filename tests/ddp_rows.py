@@ -1,0 +1,27 @@
+"""A callback for the DDP tests (importable by the rank processes Lightning starts, which re-run
+train.py from the project root): which training rows each rank trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+
+class RecordTrainingRows(pl.Callback):
+    """Writes <run dir>/rows_rank<k>.json: the real token ids of every row this rank trained on; rank 0
+    adds those of the whole training split."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        for ids, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist()):
+            self.seen.append([t for t, m in zip(ids, mask) if m])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        out = {"seen": self.seen}
+        if trainer.is_global_zero:
+            out["train"] = [e["input_ids"] for e in trainer.datamodule.splits["train"].examples]
+        Path(trainer.default_root_dir, f"rows_rank{trainer.global_rank}.json").write_text(json.dumps(out))

@@ -1,0 +1,62 @@
+"""Past one GPU: trainer=fsdp builds Lightning's FSDPStrategy from the config (Lightning refuses FSDP on
+CPU, so the real run is in bench/device_issue15.sh), and multi-node settings reach the SLURM launcher."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import compose_cfg
+from tunelab.errors import ConfigError
+from tunelab.trainer import strategy_name
+from tunelab.validation import validate
+
+
+def test_fsdp_config_instantiates_the_strategy_it_describes(tmp_path) -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import ShardingStrategy
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    cfg = compose_cfg(tmp_path, "trainer=fsdp", "trainer.strategy.sharding_strategy=HYBRID_SHARD", fast=False)
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy) and strategy_name(cfg.trainer.strategy) == "fsdpstrategy"
+    assert strategy.sharding_strategy == ShardingStrategy.HYBRID_SHARD
+    precision = strategy.mixed_precision
+    assert (precision.param_dtype, precision.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert BertLayer in strategy.kwargs["auto_wrap_policy"]._module_classes
+    # the original parameters stay visible: tunelab's weight-decay groups go by parameter shape
+    assert strategy.kwargs["use_orig_params"] is True
+
+
+def test_fsdp_on_cpu_fails_before_training_naming_the_fix(tmp_path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU machine runs FSDP")
+    with pytest.raises(ConfigError, match="use trainer=ddp on CPU"):
+        validate(compose_cfg(tmp_path, "trainer=fsdp", "trainer.devices=2"))
+
+
+def test_slurm_launcher_asks_for_trainer_num_nodes(tmp_path) -> None:
+    cfg = compose_cfg(tmp_path, "hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=3", "trainer.devices=4")
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (3, 4, 4)
+    with pytest.raises(ConfigError, match="trainer.num_nodes must be a positive integer"):
+        validate(compose_cfg(tmp_path, "trainer.num_nodes=0"))
+
+
+def test_weight_decay_groups_survive_fsdp_flattening_the_parameters() -> None:
+    """FSDP shards each parameter into a 1-D view of its flat shard before configure_optimizers: the
+    matrices must still get weight decay, biases and LayerNorm weights still not."""
+    from tunelab.module import TransformerModule
+    from tunelab.optim import param_groups
+
+    module = TransformerModule(model={"name_or_path": None, "from_scratch": True, "config": {
+        "model_type": "bert", "vocab_size": 32, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 16}}, task="classification", loss={"_target_": "tunelab.losses.CrossEntropyLoss"},
+        optimizer={}, label_names=["neg", "pos"])
+    before = [len(g["params"]) for g in param_groups(module, 0.01)]
+    with torch.no_grad():
+        for p in module.parameters():
+            p.data = p.data.flatten()  # what FSDP's sharded views look like
+    assert [len(g["params"]) for g in param_groups(module, 0.01)] == before
+    assert before[0] > 0 and before[1] > 0

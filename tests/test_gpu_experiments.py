@@ -1,0 +1,44 @@
+"""The time-to-accuracy experiments (conf/experiment/*_gpu.yaml) hold the fast GPU settings they
+document, and run end to end on CPU at tiny sizes, as does their transformers.Trainer anchor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import compose_cfg, run_script
+
+CPU_TINY = ("model=tiny", "data.train_limit=64", "trainer=cpu", "trainer.precision=32-true")
+
+
+@pytest.mark.parametrize("experiment", ["sst2_minilm_gpu", "stsb_minilm_gpu"])
+def test_gpu_experiment_settings(tmp_path, experiment: str) -> None:
+    cfg = compose_cfg(tmp_path, f"experiment={experiment}", fast=False)
+    assert cfg.model.name_or_path.endswith("model") and not cfg.model.from_scratch  # the shipped MiniLM
+    assert cfg.data.train_limit is None  # all of the training file
+    assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("gpu", "bf16-mixed")
+    assert cfg.data.group_by_length and cfg.data.pad_to_multiple_of == 16 and cfg.data.drop_last
+    assert cfg.model.compile and cfg.model.compile_dynamic and cfg.model.compile_mode == "reduce-overhead"
+
+
+@pytest.mark.parametrize("experiment,metric,compiled", [("sst2_minilm_gpu", "test/acc", True),
+                                                        ("stsb_minilm_gpu", "test/spearman", False)])
+def test_gpu_experiment_runs_on_cpu_at_tiny_size(run_cfg, experiment: str, metric: str, compiled: bool) -> None:
+    # compiled: the experiment's compile settings traced by aot_eager (inductor builds take minutes on CPU)
+    compile_opt = "model.compile_backend=aot_eager" if compiled else "model.compile=false"
+    metrics, run_dir = run_cfg(f"experiment={experiment}", *CPU_TINY, compile_opt, "trainer.max_epochs=1")
+    assert metric in metrics and json.loads((run_dir / "metrics.json").read_text())["global_step"] > 0
+
+
+def test_trainer_anchor_runs_the_experiment_with_transformers_trainer(tmp_path, cache_dir) -> None:
+    from conftest import FIXTURES
+
+    out = tmp_path / "anchor.json"
+    proc = run_script("bench/hf_trainer_anchor.py", "experiment=stsb_minilm_gpu", *CPU_TINY, f"paths.data_dir={FIXTURES}",
+                      f"paths.cache_dir={cache_dir}", "trainer.max_epochs=2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    # 64 rows, batch 16, 2 epochs: the experiment's schedule, run by Trainer
+    assert result["anchor"] == "transformers.Trainer" and result["optimizer_steps"] == 8
+    assert -1 <= result["test/spearman"] <= 1 and result["wall_s"] > result["train_s"] > 0
