@@ -32,8 +32,10 @@ def test_multilabel_fast_dev_run_reports_per_label(run_cfg) -> None:
     assert "Hamming loss" in (run_dir / "test_report.txt").read_text()
 
 
+@pytest.mark.slow
 def test_minilm_learns_the_labels_beyond_a_constant_guess(run_cfg) -> None:
-    """One epoch of MiniLM (360 rows) beats the best constant label set (0.54 micro-F1) on the test rows."""
+    """One epoch of MiniLM (360 rows) beats the best constant label set (0.54 micro-F1) on the test rows
+    (0.62 / 0.65 with seeds 42 / 7). Slow: 25 MiniLM steps, ~1 min on 2 busy CPU cores."""
     metrics, _ = run_cfg(*MULTILABEL, "model=minilm", "loss.pos_weight=balanced", "data.batch_size=16",
                          "data.max_length=48", "optimizer.lr=1e-3", "trainer.max_epochs=1",
                          "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null")

@@ -47,7 +47,7 @@ class Loss(nn.Module):
         self.class_weights = weights
 
     def balanced_weights(self, counts: torch.Tensor, examples: int | None) -> torch.Tensor:
-        """Inverse training-set frequency, 1 on average over the labels."""
+        """Inverse training-set frequency, total / (labels x count): each label weighs the same in total."""
         return counts.sum() / (len(counts) * counts.clamp(min=1))
 
 

@@ -136,7 +136,7 @@ def plot_reliability_diagram(run_dir: Path) -> Path | None:
             color="red", label="(mean confidence, accuracy)")
     ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
            title=f"test reliability (ECE {calibration['ece']:.4f}, {calibration['n_bins']} bins)")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize="small")
     hist.bar(lows, [count[i] / sum(count) for i in filled], widths, align="edge", edgecolor="black")
     hist.set(xlabel="confidence (top-label softmax probability)", ylabel="share of examples")
     return _save(plt, fig, run_dir / "reliability_diagram.png")
