@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torchmetrics import Metric, MetricCollection
@@ -34,105 +34,7 @@ from tunelab.span_metrics import EntityCounts, entity_types
 
 log = logging.getLogger(__name__)
 
-
-class Task:
-    """Base task. Subclasses set the HF auto class, the metrics and the metric that picks checkpoints."""
-
-    name: ClassVar[str]
-    auto_model: ClassVar[str]  # transformers Auto class that adds this task's head
-    peft_task_type: ClassVar[str]  # peft's TaskType: picks the PeftModel subclass (prefix tuning needs it)
-    data_modules: ClassVar[frozenset[str]]  # tunelab.data classes that can serve this task
-    default_loss: ClassVar[str]
-    monitor: ClassVar[str]  # metric name without the stage prefix
-    mode: ClassVar[str]
-
-    def model_head(self, num_labels: int) -> dict[str, Any]:
-        """Settings of the model config that shape this task's head (transformers config kwargs)."""
-        return {"num_labels": num_labels}
-
-    def trained_head(self, model: torch.nn.Module) -> list[str]:
-        """The task head trained in full under an adapter: the top-level modules with parameters outside
-        the backbone (BERT: classifier, GPT-2: score)."""
-        backbone = getattr(model, "base_model_prefix", "")
-        return [n for n, m in model.named_children() if n != backbone and any(True for _ in m.parameters())]
-
-    def check_data(self, data_cfg: Any) -> None:
-        """ConfigError when the configured data module cannot serve this task."""
-        module = str(data_cfg.get("_target_", "")).rsplit(".", 1)[-1]
-        if module and module not in self.data_modules:
-            fits = sorted(t.name for t in TASKS.values() if module in t.data_modules)
-            raise ConfigError(
-                f"data={data_cfg.get('name')} ({module}) serves {' or '.join(fits)} data, not data.task={self.name}; "
-                f"use data.task={fits[0]} or a data config for {self.name}."
-            )
-
-    def metric_mode(self, name: str) -> str:
-        """"max" or "min": whether a larger value of a logged metric (`val/acc`, `test/loss`) is better."""
-        leaf = name.rsplit("/", 1)[-1]
-        if leaf == self.monitor:
-            return self.mode
-        if leaf.split("_")[0] == "loss":
-            return "min"
-        metrics = dict(self.metrics(2).items())
-        metric = metrics.get(leaf)
-        if metric is None or metric.higher_is_better is None:
-            known = sorted(["loss", *metrics])
-            raise ConfigError(f"{name} is not a metric of {self.name} runs; use one of {', '.join(known)} (val/ or test/).")
-        return "max" if metric.higher_is_better else "min"
-
-    def metrics(self, num_labels: int) -> MetricCollection:
-        raise NotImplementedError
-
-    def metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(predictions, targets) as the metrics expect them, with ignored positions dropped."""
-        return logits, labels
-
-    def loss_targets(self, labels: torch.Tensor) -> torch.Tensor:
-        """The batch labels as the loss sees them (regression: standardized targets)."""
-        return labels
-
-    def report_metric(self, num_labels: int) -> Metric | None:
-        """A metric accumulated over the test split from which `report` builds the test report."""
-        return None
-
-    def report(self, state: Any, label_names: list[str]) -> tuple[dict, str]:
-        return {}, ""
-
-    def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
-        """The test metrics recomputed from predictions.jsonl (tunelab.compare), by name."""
-        return {}
-
-    def prediction_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """Per-example tensors kept (on the device) at test / predict time for predictions.jsonl; None:
-        the task writes no predictions (causal LM)."""
-        return None
-
-    def prediction_record(self, outputs: dict[str, Any], gold: Any, label_names: list[str]) -> dict[str, Any]:
-        """The predictions.jsonl fields of one example from its row of `prediction_outputs` (host tensors,
-        merged with the example's own fields) and its gold target as the batch held it (None: predicting)."""
-        raise NotImplementedError
-
-    def writes_predictions(self) -> bool:
-        return type(self).prediction_outputs is not Task.prediction_outputs
-
-    resizes_vocab: ClassVar[bool] = False
-
-    def with_labels(self, label_names: Sequence[str], label_info: Mapping[str, Any] | None = None) -> "Task":
-        """The task bound to a run's label names and the data's label info (TextDataModule.label_info:
-        target mean / std, decision threshold); tasks whose metrics need them override this."""
-        return self
-
-    def prepare_export(self, model: torch.nn.Module) -> None:
-        """Make a plain transformers copy of the trained model (peft.merge_on_save) predict on its own as the
-        task does (in place); nothing to do for most tasks."""
-
-
-class SequenceTask(Task):
-    """One prediction per text (or text pair): a head on the pooled sequence, served by TextDataModule."""
-
-    auto_model = "AutoModelForSequenceClassification"
-    peft_task_type = "SEQ_CLS"
-    data_modules = frozenset({"TextDataModule"})
+from tunelab.task_base import SequenceTask, Task, decimals
 
 
 class ClassificationTask(SequenceTask):
@@ -384,11 +286,6 @@ class CausalLMTask(Task):
 
     def metric_inputs(self, logits, labels):
         return shift_for_next_token(logits, labels)
-
-
-def decimals(values: torch.Tensor) -> list[float]:
-    """float32 values as the shortest decimals that read back to them (4.8, not 4.800000190734863)."""
-    return [float(str(v)) for v in values.float().reshape(-1).numpy()]
 
 
 TASKS: dict[str, Task] = {

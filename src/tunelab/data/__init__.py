@@ -1,4 +1,5 @@
-from tunelab.data.datamodule import BaseDataModule, TextDataModule
+from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.text import TextDataModule
 from tunelab.data.language_modeling import LanguageModelingDataModule
 from tunelab.data.token_classification import TokenClassificationDataModule
 

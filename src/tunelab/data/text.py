@@ -1,0 +1,106 @@
+"""Sentence-level data (classification, multi-label, regression) from csv / tsv / jsonl files: one text or
+a text pair per row and its label(s) or target."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.labels import LabelSet, regression_target, split_labels, target_stats
+from tunelab.data.readers import read_table, require_columns
+
+log = logging.getLogger(__name__)
+
+
+class TextDataModule(BaseDataModule):
+    """Sequence-level tasks (classification, multi-label classification, regression) over single sentences
+    or sentence pairs from csv/tsv/jsonl files."""
+
+    def __init__(
+        self,
+        *args: Any,
+        format: str = "csv",
+        text_column: str = "text",
+        text_pair_column: str | None = None,
+        label_column: str = "label",
+        label_names: Sequence[str] | None = None,
+        label_separator: str = ",",
+        threshold: float = 0.5,
+        standardize_targets: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.format = format
+        self.text_column, self.text_pair_column, self.label_column = text_column, text_pair_column, label_column
+        self.configured_label_names = list(label_names) if label_names else None
+        self.label_separator, self.threshold = label_separator, threshold
+        self.standardize_targets = standardize_targets
+        self.truncated = 0
+
+    def encoding_options(self) -> dict:
+        return {"format": self.format, "columns": [self.text_column, self.text_pair_column, self.label_column]}
+
+    def encode_file(self, path: Path, labelled: bool = True) -> dict[str, list]:
+        # a file to predict on is read by its extension when that names a format (new.csv beside tsv data)
+        fmt = self.format if labelled or path.suffix[1:] not in {"csv", "tsv", "jsonl"} else path.suffix[1:]
+        rows, lines = read_table(path, fmt, encoding=self.encoding)
+        columns = {"text_column": self.text_column, "text_pair_column": self.text_pair_column}
+        if labelled:
+            columns["label_column"] = self.label_column
+        # multi-label: an empty cell is an example with no label
+        non_empty = () if self.task == "multilabel" else ("label_column",)
+        require_columns(rows, columns, path, lines=lines, non_empty=non_empty)
+        texts = [str(r[self.text_column]) for r in rows]
+        pairs = [str(r[self.text_pair_column]) for r in rows] if self.text_pair_column else None
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        columns = {"input_ids": enc["input_ids"]}
+        if "token_type_ids" in enc and pairs is not None:
+            columns["token_type_ids"] = enc["token_type_ids"]
+        if labelled:  # JSON lists stay lists (multi-label rows); any other cell is read as text
+            cells = [r[self.label_column] for r in rows]
+            columns["label"] = [c if isinstance(c, list) else str(c) for c in cells]
+        columns["row"] = lines  # for error messages
+        # where each example comes from and what it says: the fields of predictions.jsonl
+        columns["file"] = [str(path)] * len(rows)
+        columns["index"] = list(range(len(rows)))
+        columns["text"] = texts
+        if pairs is not None:
+            columns["text_pair"] = pairs
+        return columns
+
+    def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
+        at_max = sum(len(e["input_ids"]) >= self.max_length for rows in examples.values() for e in rows)
+        if at_max:
+            log.warning("%d examples were truncated to data.max_length=%d tokens", at_max, self.max_length)
+        self.truncated = at_max
+        train = examples["train"]
+        if self.task == "regression":
+            for rows in examples.values():
+                for e in rows:
+                    e["labels"] = regression_target(e["label"], f"{e['file']}:{e['row']}")
+            # the loss learns z-scores of these; metrics and predictions map the outputs back (RegressionTask)
+            self.label_info = target_stats([e["labels"] for e in train]) if self.standardize_targets else {}
+        elif self.task == "multilabel":
+            for rows in examples.values():
+                for e in rows:
+                    e["label"] = split_labels(e["label"], self.label_separator)
+            labels = LabelSet(self.configured_label_names, (n for e in train for n in e["label"]), "label",
+                              numeric_ids=True)
+            for rows in examples.values():
+                for e in rows:
+                    e["labels"] = labels.multi_hot(e["label"], f"{e['file']}:{e['row']}")
+            self.label_names = labels.names
+            self.class_counts = [int(c) for c in sum(e["labels"] for e in train)]  # positives per label
+            self.label_info = {"threshold": self.threshold, "train_examples": len(train)}
+        else:
+            labels = LabelSet(self.configured_label_names, [e["label"] for e in train], "label", numeric_ids=True)
+            for rows in examples.values():
+                for e in rows:
+                    e["labels"] = labels.id(e["label"], f"{e['file']}:{e['row']}")
+            self.label_names = labels.names
+            self.class_counts = labels.counts(e["labels"] for e in train)
+        for rows in examples.values():
+            for e in rows:
+                del e["label"], e["row"]
