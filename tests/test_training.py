@@ -140,9 +140,10 @@ def test_metrics_are_logged_once_per_epoch_over_that_epoch_only(run_cfg) -> None
     logged = []
     module.log_dict = lambda values, **kwargs: logged.append(float(values["train/acc"]))
     labels = torch.tensor([0, 1, 1, 0])
-    module.train_metrics.update(labels, labels)  # epoch 1: all right
+    confident = lambda classes: 10.0 * torch.nn.functional.one_hot(classes, 2).float()  # noqa: E731  logits
+    module.train_metrics.update(confident(labels), labels)  # epoch 1: all right
     module.log_epoch_metrics("train")
-    module.train_metrics.update(1 - labels, labels)  # epoch 2: all wrong
+    module.train_metrics.update(confident(1 - labels), labels)  # epoch 2: all wrong
     module.log_epoch_metrics("train")
     module.log_epoch_metrics("train")  # no batches this epoch: nothing logged
     assert logged == [1.0, 0.0]
