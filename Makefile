@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 train: setup
 	$(PY) train.py experiment=sst2_minilm
 
+# two workers, one thread each: most tests are Python-bound tiny-model runs and subprocess start-ups, and two
+# processes with two OpenMP threads each on two cores spin against each other
 test: setup
-	$(PY) -m pytest -m "not slow" -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -q -n 2
 
 # also the slow quality runs (minutes each)
 test-all: setup
