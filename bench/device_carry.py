@@ -1,4 +1,4 @@
-"""Prepare what bench/device_issue15.sh needs on a GPU machine that gets only the repo (64 MiB in all) and
+"""Prepare what bench/device_gpu.sh needs on a GPU machine that gets only the repo (64 MiB in all) and
 has torch, lightning, transformers, peft, torchmetrics but no Hydra and no network. Both folders are
 git-ignored; the device call names them in `carry`.
 

@@ -1,5 +1,5 @@
 """Past one GPU: trainer=fsdp builds Lightning's FSDPStrategy from the config (Lightning refuses FSDP on
-CPU, so the real run is in bench/device_issue15.sh), and multi-node settings reach the SLURM launcher."""
+CPU, so the real run is in bench/device_gpu.sh), and multi-node settings reach the SLURM launcher."""
 
 from __future__ import annotations
 

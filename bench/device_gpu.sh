@@ -19,19 +19,19 @@
 #   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
 #                                                 # .carry: SST-2 / STS-B TSVs, MiniLM (fp16 weights)
 # The call (the device tool):
-#   run(command="PYTHONUNBUFFERED=1 bash bench/device_issue15.sh", carry=[".whl", ".carry"], timeout_s=600)
-# CPU dry run (tiny model, fixture rows, a few steps; writes to /tmp/issue15_out unless OUT is set):
-#   SMOKE=1 PYTHON=.venv/bin/python bash bench/device_issue15.sh
+#   run(command="PYTHONUNBUFFERED=1 bash bench/device_gpu.sh", carry=[".whl", ".carry"], timeout_s=600)
+# CPU dry run (tiny model, fixture rows, a few steps; writes to /tmp/device_gpu_out unless OUT is set):
+#   SMOKE=1 PYTHON=.venv/bin/python bash bench/device_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/issue15_out}
-WORK=${WORK:-/tmp/issue15_work}  # run dirs, compile caches: not sent back
+OUT=${OUT:-/tmp/device_gpu_out}
+WORK=${WORK:-/tmp/device_gpu_work}  # run dirs, compile caches: not sent back
 SMOKE=${SMOKE:-0}
 SECTIONS=",${SECTIONS:-b32,tta,b128,eager,fsdp,imdb},"
 PY=${PYTHON:-python3}
 DEADLINE=${DEADLINE:-560}  # seconds; the call's limit is 600
 mkdir -p "$OUT" "$WORK"
-exec > >(tee "$OUT/device_issue15.log") 2>&1
+exec > >(tee "$OUT/device_gpu.log") 2>&1
 
 if compgen -G ".whl/*.whl" > /dev/null && ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
