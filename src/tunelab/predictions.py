@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.distributed as dist
 
+from tunelab.data.readers import read_table
 from tunelab.results import PREDICTIONS_FILE as FILE_NAME
 
 INPUT_FIELDS = ("text", "text_pair", "tokens")
@@ -68,5 +69,5 @@ def write(out_dir: Path, module: Any, examples: Sequence[dict]) -> Path | None:
 
 
 def read(path: Path) -> list[dict]:
-    """The records of a predictions.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The records of a predictions.jsonl file (the project's JSON-lines reader: a broken line names file:line)."""
+    return read_table(path, "jsonl")[0]
