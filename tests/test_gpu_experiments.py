@@ -42,3 +42,23 @@ def test_trainer_anchor_runs_the_experiment_with_transformers_trainer(tmp_path, 
     # 64 rows, batch 16, 2 epochs: the experiment's schedule, run by Trainer
     assert result["anchor"] == "transformers.Trainer" and result["optimizer_steps"] == 8
     assert -1 <= result["test/spearman"] <= 1 and result["wall_s"] > result["train_s"] > 0
+
+
+def test_compiled_run_evaluates_eager_compiling_its_training_graphs_only(run_cfg) -> None:
+    # model.compile_eval=false (the default): validation and test run eager under
+    # torch.compiler.set_stance, so no second set of graphs is compiled for eval mode; same metrics
+    import torch
+    from torch._dynamo.utils import counters
+
+    def run(*extra: str) -> tuple[int, dict]:
+        torch._dynamo.reset()
+        counters.clear()
+        metrics, _ = run_cfg("experiment=sst2_minilm_gpu", *CPU_TINY, "model.compile_backend=aot_eager",
+                             "trainer.max_epochs=1", *extra)
+        return counters["stats"]["unique_graphs"], metrics
+
+    eager_eval, eager_metrics = run()
+    compiled_eval, compiled_metrics = run("model.compile_eval=true")
+    assert 0 < eager_eval < compiled_eval
+    for key in ("val/loss", "test/loss", "test/acc"):
+        assert eager_metrics[key] == pytest.approx(compiled_metrics[key], abs=1e-5)

@@ -55,6 +55,7 @@ class TransformerModule(pl.LightningModule):
         num_labels = max(len(label_names), 1)
         self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)
         self._cuda_graphs = uses_cuda_graphs(model)
+        self._eager_eval = bool(model.get("compile")) and not model.get("compile_eval", False)
         self.model = peft_adapters.apply_peft(self.model, peft, self.task)  # conf/peft (none: unchanged)
         remember_weight_decay(self.model)  # before a strategy (FSDP) reshapes the parameters
         self.loss_fn = instantiate(dict(loss))
@@ -73,6 +74,9 @@ class TransformerModule(pl.LightningModule):
         inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
         if self._cuda_graphs:  # this step's replay may overwrite the previous step's (consumed) outputs
             torch.compiler.cudagraph_mark_step_begin()
+        if self._eager_eval and not self.training and hasattr(torch.compiler, "set_stance"):  # torch >= 2.6
+            with torch.compiler.set_stance("force_eager"):
+                return self.model(**inputs).logits
         return self.model(**inputs).logits
 
     def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor | None:

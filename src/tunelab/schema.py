@@ -153,6 +153,7 @@ RULES: dict[str, Rule] = {
     "model.gradient_checkpointing": FLAG,
     "model.compile": FLAG,
     "model.compile_dynamic": FLAG_OR_NULL,
+    "model.compile_eval": FLAG,
     "model.compile_cache_dir": Rule("text", nullable=True),
     "model.compile_mode": one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
                                  nullable=True),
