@@ -149,3 +149,13 @@ def test_metrics_are_logged_once_per_epoch_over_that_epoch_only(run_cfg) -> None
     module.log_epoch_metrics("train")
     module.log_epoch_metrics("train")  # no batches this epoch: nothing logged
     assert logged == [1.0, 0.0]
+
+
+def test_train_metrics_false_logs_the_training_loss_only(run_cfg) -> None:
+    """train_metrics=false: no metric updates on training batches (the GPU experiments' setting);
+    validation and test metrics and the training loss are unchanged in kind."""
+    metrics, _ = run_cfg("data.train_limit=32", "train_metrics=false")
+    assert "train/loss" in metrics and {"val/acc", "test/acc"} <= set(metrics)
+    assert not [k for k in metrics if k.startswith("train/") and k.split("/")[1] in ("acc", "f1_macro", "ece")]
+    with_metrics, _ = run_cfg("data.train_limit=32")
+    assert "train/acc" in with_metrics

@@ -43,6 +43,7 @@ class TransformerModule(pl.LightningModule):
         label_info: Mapping[str, Any] | None = None,
         vocab_size: int | None = None,
         peft: Mapping[str, Any] | None = None,
+        train_metrics: bool = True,
     ) -> None:
         super().__init__()
         # not sent to the loggers: tunelab.tracking logs the whole run config, whose group choices these
@@ -55,6 +56,7 @@ class TransformerModule(pl.LightningModule):
         num_labels = max(len(label_names), 1)
         self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)
         self._cuda_graphs = uses_cuda_graphs(model)
+        self._update_train_metrics = train_metrics
         self._eager_eval = bool(model.get("compile")) and not model.get("compile_eval", False)
         self.model = peft_adapters.apply_peft(self.model, peft, self.task)  # conf/peft (none: unchanged)
         remember_weight_decay(self.model)  # before a strategy (FSDP) reshapes the parameters
@@ -87,8 +89,9 @@ class TransformerModule(pl.LightningModule):
         loss = self.loss_fn(logits, self.task.loss_targets(labels))
         if stage == "train" and not self._loss_is_usable(loss):
             return None
-        preds, targets = self.task.metric_inputs(logits.detach(), labels)
-        getattr(self, f"{stage}_metrics").update(preds, targets)
+        if stage != "train" or self._update_train_metrics:
+            preds, targets = self.task.metric_inputs(logits.detach(), labels)
+            getattr(self, f"{stage}_metrics").update(preds, targets)
         if stage == "test":
             if self.test_report_metric is not None:
                 self.test_report_metric.update(preds, targets)

@@ -105,6 +105,7 @@ def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
         label_info=datamodule.label_info,
         vocab_size=getattr(datamodule, "vocab_size", None),
         peft=container(cfg.get("peft")),
+        train_metrics=bool(cfg.get("train_metrics", True)),
     )
 
 

@@ -113,6 +113,7 @@ RULES: dict[str, Rule] = {
     "test": FLAG,
     "overwrite": FLAG,
     "plots": FLAG,
+    "train_metrics": FLAG,
     "export": FLAG,
     "predict": FLAG,
     "on_nan": one_of("stop", "skip", "off"),
