@@ -77,6 +77,8 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
         *[f"+{k}={v}" for k, v in overrides.items()],
         "trainer=gpu" if gpu else "trainer=cpu", "trainer.precision=bf16-mixed" if gpu else "trainer.precision=32-true",
         "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
+        # like the hand-written loop, no metric updates on training batches (the loss only)
+        "train_metrics=false",
         "test=false", "logger=csv", "scheduler=none", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
         "trainer.enable_checkpointing=false",  # else Lightning's fallback checkpoint writes ~1.3 GB every epoch
         # full batches only (one batch size per length bucket); the meter ends the run after its steps
