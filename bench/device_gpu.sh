@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of docs/PERFORMANCE.md ("GPU: prepared") in ONE device call (at most 10 minutes on one
+# The GPU measurements of docs/PERFORMANCE.md ("GPU: bench/device_gpu.sh") in ONE device call (at most 10 minutes on one
 # H100 / H200): time to accuracy, CUDA graphs over length buckets, the compile cache, FSDP. Every result
 # names the card it ran on (gpu.csv); JSON and logs land in $OUT.
 #
