@@ -113,7 +113,7 @@ def test_generate_sample_leaves_the_training_rng_alone(tmp_path, cache_dir) -> N
 def test_next_token_fast_dev_run(run_cfg, optimizer: str) -> None:
     metrics, _ = run_cfg(*LM, f"optimizer={optimizer}", "trainer=debug", "data.block_size=32", "data.batch_size=8",
                          "callbacks=generate", "callbacks.progress_bar=null", "callbacks.model_summary=null")
-    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/perplexity"])
+    assert math.isfinite(metrics["train/loss_epoch"]) and math.isfinite(metrics["test/perplexity"])
 
 
 def test_lm_loss_falls_on_real_text(run_cfg) -> None:

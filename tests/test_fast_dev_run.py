@@ -23,7 +23,7 @@ CASES = [
 @pytest.mark.parametrize("loss,data,optimizer", CASES)
 def test_loss_optimizer_fast_dev_run(run_cfg, loss: str, data: str, optimizer: str) -> None:
     metrics, _ = run_cfg(f"loss={loss}", f"data={data}", f"optimizer={optimizer}", "trainer=debug")
-    assert math.isfinite(metrics["train/loss"])
+    assert math.isfinite(metrics["train/loss_epoch"])
     assert math.isfinite(metrics["test/loss"])
 
 

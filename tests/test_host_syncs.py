@@ -72,8 +72,11 @@ def test_progress_bar_shows_the_training_loss_it_reads_at_refreshes() -> None:
 
     from tunelab.progress import ThrottledRichProgressBar
 
+    from tunelab.progress import step_loss
+
     bar = ThrottledRichProgressBar()
-    metrics = {"train/loss_step": torch.tensor(0.25), "train/loss_epoch": torch.tensor(0.5)}
+    bar._loss = step_loss({"loss": torch.tensor(0.25)})  # what on_train_batch_end keeps of training_step's output
+    metrics = {"train/loss_step": torch.tensor(0.75), "train/loss_epoch": torch.tensor(0.5)}  # (the last logging step)
     trainer = SimpleNamespace(training=True, loggers=[], callback_metrics=metrics, progress_bar_metrics={"val/acc": 0.7})
     assert bar.get_metrics(trainer, None) == {"val/acc": 0.7, "train/loss": 0.25}
     trainer.training = False  # validation / epoch end: the epoch's mean loss

@@ -64,3 +64,14 @@ def test_perplexity_equals_torchmetrics() -> None:
         ours.update(logits, labels)
         ref.update(logits, labels)
     assert ours.compute().item() == pytest.approx(ref.compute().item(), rel=1e-5)
+
+
+def test_mean_loss_weights_batches_by_their_size() -> None:
+    # the epoch loss is the mean over rows: a short last batch counts for its rows only
+    mean = tm.MeanLoss()
+    mean.update(torch.tensor(1.0), 4)
+    mean.update(torch.tensor(4.0), 2)
+    assert mean.compute().item() == pytest.approx((4 * 1.0 + 2 * 4.0) / 6)
+    mean.reset()
+    mean.update(torch.tensor(0.5, requires_grad=True) * 2, 3)
+    assert mean.compute().item() == pytest.approx(1.0) and not mean.total.requires_grad

@@ -99,7 +99,7 @@ def test_classification_fast_dev_run(run_cfg, caplog, peft: str) -> None:
         return
     with caplog.at_level(logging.INFO, logger="tunelab.peft_adapters"):
         metrics, _ = run_cfg("trainer=debug", f"peft={peft}")
-    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])
+    assert math.isfinite(metrics["train/loss_epoch"]) and math.isfinite(metrics["test/loss"])
     # trainable / total parameters: logged at start and in metrics.json
     assert any(f"peft={peft}:" in r.message and "trainable of" in r.message for r in caplog.records)
     ratio = metrics["params/trainable_ratio"]
@@ -112,7 +112,7 @@ def test_causal_lm_fast_dev_run(tmp_path: Path, peft: str) -> None:
     module = make_module(tmp_path, "causal_lm", peft)
     assert peft == "none" or isinstance(module.model, PeftModel)
     trainer = fit(module, "causal_lm", fast_dev_run=True)
-    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    assert math.isfinite(float(trainer.callback_metrics["train/loss_epoch"]))
 
 
 @pytest.mark.parametrize("peft", ["lora", "ia3"])
@@ -321,7 +321,7 @@ def test_token_classification_with_adapter_through_the_pipeline(run_cfg, peft: s
     the entity metrics and per-type test report come out."""
     metrics, run_dir = run_cfg("data=wnut17", "loss=token_cross_entropy", f"peft={peft}", "trainer=debug",
                                "data.batch_size=8")
-    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])
+    assert math.isfinite(metrics["train/loss_epoch"]) and math.isfinite(metrics["test/loss"])
     assert {"val/f1", "test/f1", "test/acc"} <= set(metrics)
     assert 0 < metrics["params/trainable_ratio"] < 0.5
     assert (run_dir / "test_report.json").is_file()

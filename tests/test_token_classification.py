@@ -140,7 +140,7 @@ def test_token_cross_entropy_fast_dev_run(run_cfg, optimizer: str) -> None:
     extra = ["loss.class_weights=balanced", "loss.label_smoothing=0.1"] if optimizer == "adamw" else []
     metrics, run_dir = run_cfg("data=wnut17", "loss=token_cross_entropy", f"optimizer={optimizer}", "trainer=debug",
                                "data.batch_size=8", *extra)
-    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])
+    assert math.isfinite(metrics["train/loss_epoch"]) and math.isfinite(metrics["test/loss"])
     assert {"val/f1", "val/precision", "val/recall", "val/acc", "test/f1"} <= set(metrics)
     report = json.loads((run_dir / "test_report.json").read_text())
     assert set(report["classes"]) == {"corporation", "creative-work", "group", "location", "person", "product"}

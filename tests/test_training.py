@@ -155,7 +155,21 @@ def test_train_metrics_false_logs_the_training_loss_only(run_cfg) -> None:
     """train_metrics=false: no metric updates on training batches (the GPU experiments' setting);
     validation and test metrics and the training loss are unchanged in kind."""
     metrics, _ = run_cfg("data.train_limit=32", "train_metrics=false")
-    assert "train/loss" in metrics and {"val/acc", "test/acc"} <= set(metrics)
+    assert "train/loss_epoch" in metrics and {"val/acc", "test/acc"} <= set(metrics)
     assert not [k for k in metrics if k.startswith("train/") and k.split("/")[1] in ("acc", "f1_macro", "ece")]
     with_metrics, _ = run_cfg("data.train_limit=32")
     assert "train/acc" in with_metrics
+
+
+def test_step_values_reach_the_logger_every_log_every_n_steps(run_cfg) -> None:
+    """train/loss_step and train/grad_norm are logged on the steps Lightning writes (here every 3rd),
+    train/loss_epoch once per epoch: the rows Lightning writes, nothing logged that it would drop."""
+    import csv
+
+    _, run_dir = run_cfg("data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=2",
+                         "trainer.log_every_n_steps=3")
+    rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    step_rows = [r for r in rows if r.get("train/loss_step")]
+    assert [int(r["step"]) for r in step_rows] == [2, 5, 8, 11, 14]  # 16 steps, written at (step + 1) % 3 == 0
+    assert all(r.get("train/grad_norm") for r in step_rows)
+    assert len([r for r in rows if r.get("train/loss_epoch")]) == 2

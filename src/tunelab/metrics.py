@@ -209,3 +209,24 @@ class Perplexity(Metric):
 
     def compute(self) -> torch.Tensor:
         return (self.nll_sum / self.tokens).exp()
+
+
+class MeanLoss(Metric):
+    """A stage's epoch loss: the batch losses' mean weighted by batch size, summed across ranks at
+    compute(). torchmetrics' MeanMetric checks every update for NaNs with `.any()` (a host sync) and
+    turns a Python weight into a host-to-device copy; here an update is two ops on the device."""
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("rows", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, loss: torch.Tensor, batch_size: int) -> None:
+        self.total += loss.detach().float() * batch_size
+        self.rows += batch_size
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.rows

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from tunelab import peft_adapters, predictions
 from tunelab.adalora import regularization
+from tunelab.metrics import MeanLoss
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import collect_rng_states, set_rng_states
@@ -64,6 +65,7 @@ class TransformerModule(pl.LightningModule):
         self.loss_fn.fit_class_weights(class_counts, label_info.get("train_examples"))
         metrics = self.task.metrics(num_labels)
         # one collection, cloned per stage (separate state for train/val/test)
+        self.train_loss, self.val_loss, self.test_loss = MeanLoss(), MeanLoss(), MeanLoss()
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -96,21 +98,33 @@ class TransformerModule(pl.LightningModule):
             if self.test_report_metric is not None:
                 self.test_report_metric.update(preds, targets)
             self._keep_predictions(batch, logits)
-        batch_size = labels.shape[0]
-        # not prog_bar in training: Lightning turns progress-bar values into Python numbers after every
-        # batch (a GPU sync per step); tunelab.progress shows the training loss at its own refreshes
-        train = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=True, prog_bar=not train, batch_size=batch_size)
-        return loss  # the metrics are logged once per epoch (log_epoch_metrics)
+        getattr(self, f"{stage}_loss").update(loss, labels.shape[0])
+        # the step loss only where Lightning writes step values to the loggers: each self.log call costs
+        # ~0.5 ms of host time (Lightning moves its result object to the device on every call). Not
+        # prog_bar: that would make the loss a Python number after every batch (a GPU sync per step);
+        # tunelab.progress shows it at its own refreshes
+        if stage == "train" and self._logs_step_values():
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        return loss  # the metrics and epoch losses are logged once per epoch (log_epoch_metrics)
+
+    def _logs_step_values(self) -> bool:
+        """Lightning's own rule for the steps whose values reach the loggers (log_every_n_steps, the
+        step that stops a run, every step of fast_dev_run)."""
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True) or self.trainer.fast_dev_run)
 
     def log_epoch_metrics(self, stage: str) -> None:
-        """Log the stage's metrics (synced across ranks by compute()) and reset them. Once per epoch, not
-        self.log(metric) every step: Lightning moves and re-registers a logged Metric on every call,
-        about half of the framework's per-step host time."""
-        metrics = getattr(self, f"{stage}_metrics")
-        if any(m.update_called for m in metrics.values()):
-            self.log_dict(metrics.compute(), prog_bar=stage != "train", sync_dist=True)
+        """Log the stage's metrics and mean loss (synced across ranks by compute()) and reset them. Once per
+        epoch, not self.log every step: Lightning moves and re-registers a logged value on every call,
+        most of the framework's per-step host time."""
+        metrics, loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
+        values = metrics.compute() if any(m.update_called for m in metrics.values()) else {}
+        if loss.update_called:  # train/loss_epoch beside train/loss_step; val/loss, test/loss
+            values[f"{stage}/loss_epoch" if stage == "train" else f"{stage}/loss"] = loss.compute()
+        if values:
+            self.log_dict(values, prog_bar=stage != "train", sync_dist=True)
         metrics.reset()
+        loss.reset()
 
     def _keep_predictions(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor) -> None:
         """Per-example outputs for predictions.jsonl, left on the device until the epoch ends."""
@@ -129,7 +143,7 @@ class TransformerModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         # the gradient norm at logging steps only (computing it is a reduction over all parameters):
         # an exploding run shows in the logs before it turns into NaNs
-        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+        if self._logs_step_values():
             norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
             if norms:
                 self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True, on_epoch=False)

@@ -27,11 +27,18 @@ class ThrottledRichProgressBar(RichProgressBar):
     """Lightning's RichProgressBar reads the logged metrics (`.item()`, a host-device sync) after every
     training batch. This one advances the bar every batch but refreshes the metric columns every
     `metrics_every` batches, so the GPU can run ahead of Python. The training loss is logged without
-    prog_bar (Lightning would convert it to a number every batch); the bar reads it at its refreshes."""
+    prog_bar (Lightning would convert it to a number every batch) and only on logging steps; the bar
+    shows the last batch's loss (training_step's output) at its refreshes."""
 
     def __init__(self, metrics_every: int = 25, **kwargs) -> None:
         super().__init__(**kwargs)
         self.metrics_every = max(1, metrics_every)
+        self._loss = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        self._loss = step_loss(outputs)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.training and not trainer.sanity_checking and trainer.global_step % self.metrics_every:
@@ -40,10 +47,16 @@ class ThrottledRichProgressBar(RichProgressBar):
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
         items = super().get_metrics(trainer, pl_module)
-        loss = trainer.callback_metrics.get("train/loss_step" if trainer.training else "train/loss_epoch")
+        loss = self._loss if trainer.training else trainer.callback_metrics.get("train/loss_epoch")
         if loss is not None:
             items["train/loss"] = float(loss)
         return items
+
+
+def step_loss(outputs):
+    """The loss training_step returned (Lightning passes it to on_train_batch_end as {"loss": ...});
+    None for a batch the NaN guard skipped."""
+    return outputs.get("loss") if isinstance(outputs, dict) else outputs
 
 
 class LogProgress(ProgressBar):
@@ -77,15 +90,14 @@ class LogProgress(ProgressBar):
         due = step != self._last_step and step % self.every_steps == 0
         if self._enabled and (due or now - self._last >= self.every_s):
             self._last, self._last_step = now, step
-            log.info("%s", self.train_line(trainer, now))
+            log.info("%s", self.train_line(trainer, now, step_loss(outputs)))
 
-    def train_line(self, trainer: pl.Trainer, now: float) -> str:
+    def train_line(self, trainer: pl.Trainer, now: float, loss=None) -> str:
         total = trainer.estimated_stepping_batches
         step, elapsed = trainer.global_step, now - self._start
         done = step - self._first_step
         parts = [f"epoch {trainer.current_epoch + 1}/{_count(trainer.max_epochs)}",
                  f"step {step}/{_count(total)}"]
-        loss = trainer.callback_metrics.get("train/loss_step")
         if loss is not None:
             parts.append(f"loss {float(loss):.4f}")
         parts += [f"{self._samples / max(elapsed, 1e-9):.1f} samples/s", f"elapsed {_duration(elapsed)}"]
