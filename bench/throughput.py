@@ -6,6 +6,7 @@
              dev accuracy after the same number of training samples
   startup    `python train.py`: process start -> first training step (imports, config, data, model load)
   cache      tokenization: first vs second preparation of the same file
+  host       host time per step (model=tiny): hand-written loop vs framework, with and without train metrics
 
 python bench/throughput.py                 # all, full size (~10 min on 2 cores)
 python bench/throughput.py --only padding  # one part
@@ -114,6 +115,24 @@ def bench_framework(smoke: bool, cache: Path, tmp: Path) -> dict:
             "runs": results, "steps_timed": steps - warmup}
 
 
+def bench_host(smoke: bool, cache: Path, tmp: Path) -> dict:
+    """Host time per training step with a model so small that compute is negligible (model=tiny): the
+    hand-written loop vs the framework with and without training-batch metrics, alternating, best of 3."""
+    steps, warmup = (6, 2) if smoke else (450, 50)
+    overrides = [*base_overrides(smoke, cache), "model=tiny", "data.train_limit=4096", f"trainer.max_steps={steps}",
+                 "test=false", "export=false", f"+callbacks.throughput.warmup={warmup}"]
+    ms = {"raw": [], "framework": [], "framework_train_metrics_false": []}
+    for rep in range(1 if smoke else 3):
+        raw = raw_loop([o for o in overrides if "throughput" not in o], tmp / f"hraw{rep}", steps - warmup, warmup)
+        ms["raw"].append(1000 * raw["seconds"] / raw["steps"])
+        for name, extra in (("framework", []), ("framework_train_metrics_false", ["train_metrics=false"])):
+            fw, _ = run_framework([*overrides, *extra], tmp / f"h{name}{rep}")
+            ms[name].append(1000 * fw["seconds"] / fw["steps"])
+    best = {k: min(v) for k, v in ms.items()}
+    return {"ms_per_step": best, "runs": ms, "steps_timed": steps - warmup,
+            **{f"{k}_over_raw_speed": best["raw"] / v for k, v in best.items() if k != "raw"}}
+
+
 def bench_padding(smoke: bool, cache: Path, tmp: Path, samples: int = 2000) -> dict:
     samples = 64 if smoke else samples
     variants = {
@@ -172,7 +191,7 @@ def bench_cache(smoke: bool, tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="cache,startup,framework,padding")
+    parser.add_argument("--only", default="cache,startup,framework,padding,host")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--padding-samples", type=int, default=2000, help="training samples per padding variant")
     parser.add_argument("--out", default=None, help="write the results JSON here")
@@ -192,8 +211,10 @@ def main() -> None:
                 results[part] = bench_framework(args.smoke, cache, tmp)
             elif part == "padding":
                 results[part] = bench_padding(args.smoke, cache, tmp, args.padding_samples)
+            elif part == "host":
+                results[part] = bench_host(args.smoke, cache, tmp)
             else:
-                raise SystemExit(f"unknown part {part!r}; use cache, startup, framework, padding")
+                raise SystemExit(f"unknown part {part!r}; use cache, startup, framework, padding, host")
             results[part]["bench_wall_s"] = time.time() - t0
             print(f"== {part}\n{json.dumps(results[part], indent=2)}", flush=True)
     if args.out:

@@ -20,6 +20,8 @@ def test_throughput_bench_smoke(tmp_path) -> None:
     assert r["padding"]["pad_to_max"]["padding_fraction"] > r["padding"]["dynamic"]["padding_fraction"]
     assert r["startup"]["logger=csv"] > 0
     assert r["cache"]["tokenizations"] == r["cache"]["files"]  # the second preparation re-tokenized nothing
+    assert set(r["host"]["ms_per_step"]) == {"raw", "framework", "framework_train_metrics_false"}
+    assert all(v > 0 for v in r["host"]["ms_per_step"].values())
 
 
 def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
