@@ -99,10 +99,9 @@ class TransformerModule(pl.LightningModule):
                 self.test_report_metric.update(preds, targets)
             self._keep_predictions(batch, logits)
         getattr(self, f"{stage}_loss").update(loss, labels.shape[0])
-        # the step loss only where Lightning writes step values to the loggers: each self.log call costs
-        # ~0.5 ms of host time (Lightning moves its result object to the device on every call). Not
-        # prog_bar: that would make the loss a Python number after every batch (a GPU sync per step);
-        # tunelab.progress shows it at its own refreshes
+        # the step loss only on the steps Lightning writes to the loggers: on the others it would be
+        # stored for nobody, at the cost of a self.log call. Not prog_bar: that would make the loss a
+        # Python number after every batch (a GPU sync per step); tunelab.progress shows it at its refreshes
         if stage == "train" and self._logs_step_values():
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss  # the metrics and epoch losses are logged once per epoch (log_epoch_metrics)
@@ -115,8 +114,8 @@ class TransformerModule(pl.LightningModule):
 
     def log_epoch_metrics(self, stage: str) -> None:
         """Log the stage's metrics and mean loss (synced across ranks by compute()) and reset them. Once per
-        epoch, not self.log every step: Lightning moves and re-registers a logged value on every call,
-        most of the framework's per-step host time."""
+        epoch, not self.log(metric) every step: Lightning moves and re-registers a logged Metric on every
+        call."""
         metrics, loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
         values = metrics.compute() if any(m.update_called for m in metrics.values()) else {}
         if loss.update_called:  # train/loss_epoch beside train/loss_step; val/loss, test/loss
