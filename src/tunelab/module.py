@@ -58,7 +58,9 @@ class TransformerModule(pl.LightningModule):
         self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size)
         self._cuda_graphs = uses_cuda_graphs(model)
         self._update_train_metrics = train_metrics
-        self._eager_eval = bool(model.get("compile")) and not model.get("compile_eval", False)
+        # compile_eval=false: evaluation runs eager (torch.compiler.set_stance, torch >= 2.6)
+        self._eager_eval = (bool(model.get("compile")) and not model.get("compile_eval", False)
+                            and hasattr(torch.compiler, "set_stance"))
         self.model = peft_adapters.apply_peft(self.model, peft, self.task)  # conf/peft (none: unchanged)
         remember_weight_decay(self.model)  # before a strategy (FSDP) reshapes the parameters
         self.loss_fn = instantiate(dict(loss))
@@ -78,7 +80,7 @@ class TransformerModule(pl.LightningModule):
         inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
         if self._cuda_graphs:  # this step's replay may overwrite the previous step's (consumed) outputs
             torch.compiler.cudagraph_mark_step_begin()
-        if self._eager_eval and not self.training and hasattr(torch.compiler, "set_stance"):  # torch >= 2.6
+        if self._eager_eval and not self.training:
             with torch.compiler.set_stance("force_eager"):
                 return self.model(**inputs).logits
         return self.model(**inputs).logits
