@@ -15,6 +15,7 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters
+from tunelab.checkpoints import load_checkpoint_header
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.tasks import get_task
@@ -37,8 +38,7 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
     of peft.save_adapter / merge_on_save. `weights`: a checkpoint to export instead of the module's
     current weights (the best one, when the run did not test it). Returns the dirs written."""
     if weights:
-        state = torch.load(weights, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
+        module.load_state_dict(load_checkpoint_header(weights)["state_dict"])
     set_label_names(module.model, module.hparams.label_names)
     written = peft_adapters.save(module.model, cfg, tokenizer, module.task)
     if cfg.get("export") and not peft_adapters.is_peft_model(module.model):

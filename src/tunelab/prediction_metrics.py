@@ -71,17 +71,22 @@ def _correct(records: Sequence[dict]) -> np.ndarray:
 def _probs(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     """[n, classes] probabilities and the one-hot gold labels, columns in `_classes` order."""
     classes = _classes(records)
-    if any(not r.get("probs") for r in records):
-        raise ValueError("calibration metrics need `probs` in every prediction record")
+    _require_probs(records)
     probs = np.array([[r["probs"].get(c, 0.0) for c in classes] for r in records], dtype=float)
     gold = np.array([[r["gold"] == c for c in classes] for r in records], dtype=float)
     return probs, gold
 
 
+def _require_probs(records: Sequence[dict]) -> None:
+    if any(not r.get("probs") for r in records):
+        raise ValueError("calibration metrics (ece, brier, nll) need `probs` in every predictions.jsonl record; "
+                         "re-test the runs (python eval.py ckpt_path=<their checkpoint>) or pass --metric acc or f1_macro")
+
+
 def _calibration_features(records: Sequence[dict]) -> np.ndarray:
     """Per example: its confidence and correctness in the column of its confidence bin. Bins are
     [k/15, (k+1)/15) plus one for confidence 1.0, as torchmetrics' calibration_error bins them."""
-    probs, _ = _probs(records)
+    _require_probs(records)
     confidence = np.array([r.get("confidence", max(r["probs"].values())) for r in records], dtype=float)
     bins = np.searchsorted(np.linspace(0, 1, ECE_BINS + 1), confidence, side="right") - 1
     onehot = np.eye(ECE_BINS + 1)[np.clip(bins, 0, ECE_BINS)]
