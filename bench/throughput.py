@@ -100,16 +100,25 @@ def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: s
         meter.pause()  # the epoch end (a new loader iterator) is not timed, as in ThroughputMeter
 
 
+def alternate(overrides: list[str], tmp: Path, name: str, reps: int, steps: int, warmup: int,
+              variants: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """The hand-written loop ("raw") and each framework variant (extra overrides), alternating `reps` times
+    to cancel slow drifts of the machine: every run's throughput summary, by name."""
+    runs: dict[str, list[dict]] = {"raw": [], **{v: [] for v in variants}}
+    for rep in range(reps):
+        loop_overrides = [o for o in overrides if "throughput" not in o]
+        runs["raw"].append(raw_loop(loop_overrides, tmp / f"{name}_raw{rep}", steps - warmup, warmup))
+        for variant, extra in variants.items():
+            runs[variant].append(run_framework([*overrides, *extra], tmp / f"{name}_{variant}{rep}")[0])
+    return runs
+
+
 def bench_framework(smoke: bool, cache: Path, tmp: Path) -> dict:
     steps, warmup = (6, 2) if smoke else (60, 5)
     overrides = [*base_overrides(smoke, cache), f"trainer.max_steps={steps}", "test=false",
                  f"+callbacks.throughput.warmup={warmup}"]
-    results = {"framework": [], "raw": []}
-    for rep in range(1 if smoke else 2):  # alternate to cancel slow drifts of the machine
-        fw, _ = run_framework(overrides, tmp / f"fw{rep}")
-        results["framework"].append(fw["samples_per_s"])
-        raw = raw_loop([o for o in overrides if "throughput" not in o], tmp / f"raw{rep}", steps - warmup, warmup)
-        results["raw"].append(raw["samples_per_s"])
+    runs = alternate(overrides, tmp, "fw", 1 if smoke else 2, steps, warmup, {"framework": []})
+    results = {k: [r["samples_per_s"] for r in v] for k, v in runs.items()}
     fw_sps, raw_sps = max(results["framework"]), max(results["raw"])
     return {"framework_samples_per_s": fw_sps, "raw_loop_samples_per_s": raw_sps, "ratio": fw_sps / raw_sps,
             "runs": results, "steps_timed": steps - warmup}
@@ -121,13 +130,9 @@ def bench_host(smoke: bool, cache: Path, tmp: Path) -> dict:
     steps, warmup = (6, 2) if smoke else (450, 50)
     overrides = [*base_overrides(smoke, cache), "model=tiny", "data.train_limit=4096", f"trainer.max_steps={steps}",
                  "test=false", "export=false", f"+callbacks.throughput.warmup={warmup}"]
-    ms = {"raw": [], "framework": [], "framework_train_metrics_false": []}
-    for rep in range(1 if smoke else 3):
-        raw = raw_loop([o for o in overrides if "throughput" not in o], tmp / f"hraw{rep}", steps - warmup, warmup)
-        ms["raw"].append(1000 * raw["seconds"] / raw["steps"])
-        for name, extra in (("framework", []), ("framework_train_metrics_false", ["train_metrics=false"])):
-            fw, _ = run_framework([*overrides, *extra], tmp / f"h{name}{rep}")
-            ms[name].append(1000 * fw["seconds"] / fw["steps"])
+    runs = alternate(overrides, tmp, "host", 1 if smoke else 3, steps, warmup,
+                     {"framework": [], "framework_train_metrics_false": ["train_metrics=false"]})
+    ms = {k: [1000 * r["seconds"] / r["steps"] for r in v] for k, v in runs.items()}
     best = {k: min(v) for k, v in ms.items()}
     return {"ms_per_step": best, "runs": ms, "steps_timed": steps - warmup,
             **{f"{k}_over_raw_speed": best["raw"] / v for k, v in best.items() if k != "raw"}}

@@ -52,12 +52,11 @@ def overrides_for(args, experiment: str, kind: str, tmp: Path) -> list[str]:
         out += [f"model.name_or_path={args.model_dir}", f"model.tokenizer={args.model_dir}"]
     if args.smoke:
         out += SMOKE
-    if args.backend or args.smoke:
-        out.append(f"model.compile_backend={args.backend or 'aot_eager'}")
+    backend = "cudagraphs" if kind == "_graphs" else args.backend or ("aot_eager" if args.smoke else None)
+    if backend:
+        out.append(f"model.compile_backend={backend}")
     if kind == "_eager":
         out.append("model.compile=false")
-    if kind == "_graphs":
-        out.append("model.compile_backend=cudagraphs")
     return [*out, *args.override]
 
 
@@ -93,7 +92,7 @@ def run_one(args, name: str, tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated: <experiment>[_warm|_eager|_anchor]")
+    parser.add_argument("--runs", default=DEFAULT_RUNS, help=f"comma-separated: <experiment>[{'|'.join(KINDS[1:])}]")
     parser.add_argument("--model-dir", default=None, help="model dir (default: the config's, MiniLM)")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--backend", default=None, help="model.compile_backend (smoke: aot_eager)")

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from conftest import compose_cfg, run_script
+from bench.time_to_accuracy import SMOKE as CPU_TINY  # tiny model, 64 rows, fp32 on CPU
+from conftest import FIXTURES, compose_cfg, run_script
 
-CPU_TINY = ("model=tiny", "data.train_limit=64", "trainer=cpu", "trainer.precision=32-true")
 
 
 @pytest.mark.parametrize("experiment", ["sst2_minilm_gpu", "stsb_minilm_gpu"])
@@ -35,8 +35,6 @@ def test_gpu_experiment_runs_on_cpu_at_tiny_size(run_cfg, experiment: str, metri
 
 
 def test_trainer_anchor_runs_the_experiment_with_transformers_trainer(tmp_path, cache_dir) -> None:
-    from conftest import FIXTURES
-
     out = tmp_path / "anchor.json"
     proc = run_script("bench/hf_trainer_anchor.py", "experiment=stsb_minilm_gpu", *CPU_TINY, f"paths.data_dir={FIXTURES}",
                       f"paths.cache_dir={cache_dir}", "trainer.max_epochs=2", "--out", str(out))

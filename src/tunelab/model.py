@@ -98,7 +98,7 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
             # 8 recompiles would silently drop the model back to eager after the 8th shape
             _raise_recompile_limit(64)
         # in place (nn.Module.compile): parameter names, hence checkpoints, stay those of the eager model
-        backend = cfg.get("compile_backend") or "inductor"
+        backend = compile_backend(cfg)
         mode = cfg.get("compile_mode") if backend == "inductor" else None  # modes are inductor's
         model.compile(dynamic=dynamic, mode=mode, backend=backend)
 
@@ -125,13 +125,17 @@ def _raise_recompile_limit(limit: int) -> None:
     setattr(config, name, max(getattr(config, name), limit))
 
 
+def compile_backend(model_cfg: Mapping[str, Any]) -> str:
+    return model_cfg.get("compile_backend") or "inductor"
+
+
 def uses_cuda_graphs(model_cfg: Mapping[str, Any]) -> bool:
     """torch.compile settings that replay CUDA graphs (inductor's reduce-overhead / max-autotune modes, or
     the cudagraphs backend): each step must be marked so a replay may reuse the previous step's output
     memory (torch.compiler.cudagraph_mark_step_begin)."""
     if not model_cfg.get("compile"):
         return False
-    if (model_cfg.get("compile_backend") or "inductor") == "cudagraphs":
+    if compile_backend(model_cfg) == "cudagraphs":
         return True
     return str(model_cfg.get("compile_mode") or "") in {"reduce-overhead", "max-autotune"}
 

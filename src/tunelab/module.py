@@ -96,9 +96,9 @@ class TransformerModule(pl.LightningModule):
         if stage != "train" or self._update_train_metrics:
             preds, targets = self.task.metric_inputs(logits.detach(), labels)
             getattr(self, f"{stage}_metrics").update(preds, targets)
-        if stage == "test":
-            if self.test_report_metric is not None:
+            if stage == "test" and self.test_report_metric is not None:
                 self.test_report_metric.update(preds, targets)
+        if stage == "test":
             self._keep_predictions(batch, logits)
         getattr(self, f"{stage}_loss").update(loss, labels.shape[0])
         # the step loss only on the steps Lightning writes to the loggers: on the others it would be

@@ -179,7 +179,10 @@ class MultiLabelTask(SequenceTask):
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         """[batch, labels] 0/1: the labels whose probability exceeds the threshold."""
-        return (logits.float().sigmoid() > self.threshold).long()
+        return self._decide(logits.float().sigmoid())
+
+    def _decide(self, probs: torch.Tensor) -> torch.Tensor:
+        return (probs > self.threshold).long()
 
     def metric_inputs(self, logits, labels):
         return self.predict(logits), labels.long()
@@ -192,7 +195,8 @@ class MultiLabelTask(SequenceTask):
 
     def prediction_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         # the decisions themselves, not re-derived from the probabilities on the host: exactly the metrics'
-        return {"probs": logits.float().sigmoid(), "pred": self.predict(logits)}
+        probs = logits.float().sigmoid()
+        return {"probs": probs, "pred": self._decide(probs)}
 
     def prediction_record(self, outputs: Mapping[str, Any], gold: Any, label_names: Sequence[str]) -> dict:
         """{"gold", "pred": label names, "probs": {label: probability}} (no "gold" when predicting)."""
