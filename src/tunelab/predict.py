@@ -31,8 +31,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg)
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     if trainer.is_global_zero:
-        path = predictions.write(Path(cfg.paths.output_dir), module, datamodule.splits["predict"].examples)
-        print(summary(path, cfg.data.predict_file), flush=True)
+        out = Path(cfg.paths.output_dir)
+        rows = predictions.write(out, module, datamodule.splits["predict"].examples)
+        print(summary(rows, out / predictions.FILE_NAME, cfg.data.predict_file), flush=True)
     return {}
 
 
@@ -50,9 +51,8 @@ def load(cfg: DictConfig) -> tuple[TransformerModule, str]:
     return module, str(model.get("tokenizer") or model["name_or_path"])
 
 
-def summary(path: Path, source: str) -> str:
+def summary(rows: list[dict], path: Path, source: str) -> str:
     """One line: how many rows were predicted, where they went, and the predicted labels' counts."""
-    rows = predictions.read(path)
     preds = Counter(r["pred"] for r in rows if isinstance(r["pred"], str))
     counts = f" ({', '.join(f'{label} {n}' for label, n in preds.most_common())})" if preds else ""
     return f"predicted {len(rows)} rows of {source}{counts}: {path}"

@@ -53,19 +53,19 @@ def records(rows: Iterable[dict], examples: Sequence[dict], task: Any, label_nam
         }
 
 
-def write(out_dir: Path, module: Any, examples: Sequence[dict]) -> Path | None:
-    """<out_dir>/predictions.jsonl from the module's last test / predict epoch (written atomically); None
-    when the task writes no predictions."""
+def write(out_dir: Path, module: Any, examples: Sequence[dict]) -> list[dict]:
+    """<out_dir>/predictions.jsonl from the module's last test / predict epoch (written atomically); returns
+    the records written ([] and no file when the task writes no predictions)."""
     if not module.predictions:
-        return None
+        return []
     path = Path(out_dir) / FILE_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
+    written = list(records(module.predictions, examples, module.task, module.hparams.label_names))
     tmp = path.with_name(f".{FILE_NAME}.tmp{os.getpid()}")
     with tmp.open("w", encoding="utf-8") as f:
-        for record in records(module.predictions, examples, module.task, module.hparams.label_names):
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in written)
     os.replace(tmp, path)
-    return path
+    return written
 
 
 def read(path: Path) -> list[dict]:
