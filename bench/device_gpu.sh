@@ -10,11 +10,14 @@
 #   2. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / CUDA graphs of eager kernels /
 #                                             compile / compile + CUDA graphs, framework and hand-written
 #                                             loop, useful and padded MFU, busy fraction
+#   2b. bench/gpu.py --host-profile         : where each step's host time goes, by package (lightning,
+#                                             tunelab, torch, ...), framework beside the loop, eager and
+#                                             CUDA graphs: what the framework adds to a host-bound step
 #   3. bench/gpu.py at batch 128            : the same table (then the eager time-to-accuracy runs)
 #   4. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
 #   5. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
 # Sections run in that order while time is left (DEADLINE seconds in all); each writes its JSON as it goes.
-# SECTIONS=tta,b32,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped.
+# SECTIONS=tta,b32,host,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped.
 #
 # Before the call (here, with network for pip; .whl/ and .carry/ are git-ignored, about 50 MiB):
 #   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
@@ -28,7 +31,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_gpu_out}
 WORK=${WORK:-/tmp/device_gpu_work}  # run dirs, compile caches: not sent back
 SMOKE=${SMOKE:-0}
-SECTIONS=",${SECTIONS:-tta,b32,b128,eager,fsdp,imdb},"
+SECTIONS=",${SECTIONS:-tta,b32,host,b128,eager,fsdp,imdb},"
 PY=${PYTHON:-python3}
 DEADLINE=${DEADLINE:-560}  # seconds; the call's limit is 600
 mkdir -p "$OUT" "$WORK"
@@ -61,12 +64,14 @@ section() {
 if [ "$SMOKE" = 1 ]; then
   GPU=(--smoke --model-dir "$MODEL" --cases minilm,minilm_graphs,minilm_cudagraphs,minilm_raw,minilm_raw_graphs,minilm_raw_cudagraphs)
   TTA=(--smoke --model-dir "$MODEL")
+  HOST_STEPS=()
   RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor
   EXTRA_RUNS=sst2_minilm_gpu_eager
 else
   # 8,192 SST-2 rows: 256 batches of 32 (64 of 128) per epoch; compiled cases warm up one epoch
   GPU=(--model-dir "$MODEL" --data-dir "$DATA" --train-limit 8192 --steps 230 --warmup 30 --compile-cache "$WORK/inductor_bench")
   TTA=(--model-dir "$MODEL" --data-dir "$DATA")
+  HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
   # the warm run right after the cold one: the compile cache (item 2) is measured even if time runs short
   RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,stsb_minilm_gpu,sst2_minilm_gpu_anchor,stsb_minilm_gpu_anchor
   EXTRA_RUNS=sst2_minilm_gpu_eager,stsb_minilm_gpu_eager
@@ -74,6 +79,8 @@ fi
 
 section tta "time to accuracy" 150 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$RUNS" --out "$OUT/tta.json"
 section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile --out "$OUT/gpu_b32.json"
+section host "host time by package, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --cases "" \
+  --host-profile "${HOST_STEPS[@]}" --out "$OUT/gpu_host.json"
 section b128 "real lengths, batch 128" 60 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 128 --out "$OUT/gpu_b128.json"
 section eager "time to accuracy, eager" 90 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$EXTRA_RUNS" --out "$OUT/tta_eager.json"
 if [ "$SMOKE" = 1 ]; then

@@ -5,7 +5,9 @@ vs CUDA graphs (one dynamic-shape compile, one graph replayed per length bucket)
 eager kernels (`model.compile_backend=cudagraphs`, *_graphs: no inductor compile), each beside the
 hand-written loop (*_raw*) on the same batches, for MiniLM-shaped (SST-2 lengths, the default table) and
 BERT-base-shaped encoders (random init). Compiled cases warm up one epoch (every length bucket) before
-timing; every case reports graphs_compiled_while_timed (0 for a valid measurement).
+timing; every case reports graphs_compiled_while_timed (0 for a valid measurement). Probes run after the
+timed cases: `<case>+profile` (torch.profiler: GPU busy fraction, top kernels; --profile) and `<case>+host`
+(cProfile: host time per step by package, framework beside loop; --host-profile).
 
 python bench/gpu.py --batch-size 32 --out gpu32.json   # on a CUDA machine: the real-length table
 python bench/gpu.py --smoke                           # CPU, tiny shapes: correctness only (run by the tests)
@@ -26,7 +28,7 @@ from throughput import ROOT, raw_loop, run_framework  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
-from bench.meters import compile_counts, training_flops  # noqa: E402
+from bench.meters import compile_counts, device_name, training_flops  # noqa: E402
 from tunelab.resolvers import minilm_path  # noqa: E402
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
@@ -57,6 +59,8 @@ CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the han
 REAL_LENGTHS = ("minilm,minilm_graphs,minilm_compile,minilm_cudagraphs,"
                 "minilm_raw,minilm_raw_graphs,minilm_raw_compile,minilm_raw_cudagraphs")
 PROFILER = "+callbacks.profile._target_=bench.profiler.StepProfiler"
+PROFILED = "minilm+profile"
+HOST_PROFILED = "minilm+host,minilm_raw+host,minilm_graphs+host,minilm_raw_graphs+host"
 
 
 def peak_flops() -> float | None:
@@ -66,7 +70,7 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: Path) -> list[str]:
+def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: Path, probe: str = "") -> list[str]:
     overrides = {f"model.config_overrides.{k}": v for k, v in SHAPES[shape].items()}
     compile_model = bool(compile_opts)
     timed_epoch = compile_model and not args.smoke  # compiled: warm up one epoch, time the next ones
@@ -92,23 +96,30 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
         f"+callbacks.throughput.warmup={args.warmup}", f"+callbacks.throughput.steps={args.steps - args.warmup}",
         # compiled: time the epochs after the first, once every length bucket (and its compile) was seen
         f"+callbacks.throughput.warmup_epochs={int(timed_epoch)}",
-        # eager + --profile: profile the 5 steps just before the timed window (the profiler slows steps)
+        *(["+callbacks.throughput.host_profile=true"] if probe == "host" else []),
+        # the 5 steps just before the (then not measured) timed window
         *([PROFILER, f"+callbacks.profile.start_step={max(1, args.warmup - 6)}", "+callbacks.profile.steps=5"]
-          if args.profile and not compile_model else []),
+          if probe == "profile" else []),
         *text, *args.override,
     ]
 
 
-def run_case(args, tmp: Path, name: str, shape: str, data: str, compile_opts: list[str]) -> dict:
+def run_case(args, tmp: Path, name: str) -> dict:
+    """One case; `<case>+profile` (torch.profiler: busy fraction, top kernels) and `<case>+host` (cProfile:
+    host time by package) probe it instead: their samples/s are not measurements."""
+    case, _, probe = name.partition("+")
+    shape, data, compile_opts = CASES[case]
+    if args.smoke:
+        shape = "tiny"
     torch._dynamo.reset()
     before = compile_counts()
     t0 = time.time()
-    overrides = case_overrides(args, shape, data, compile_opts, tmp / "cache")
-    if "_raw" in name:
+    overrides = case_overrides(args, shape, data, compile_opts, tmp / "cache", probe)
+    if "_raw" in case:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tp = raw_loop([o for o in overrides if "throughput" not in o and "profile" not in o], tmp / name,
                       args.steps - args.warmup, args.warmup, device=device, bf16=device == "cuda",
-                      warmup_epochs=int(bool(compile_opts) and not args.smoke))
+                      warmup_epochs=int(bool(compile_opts) and not args.smoke), host_profile=probe == "host")
     else:
         tp, _ = run_framework(overrides, tmp / name)
     row = {**tp, "wall_s": time.time() - t0}
@@ -149,10 +160,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--imdb-batch-size", type=int, default=64)
-    parser.add_argument("--cases", default=REAL_LENGTHS, help=f"comma-separated, from {', '.join(CASES)}")
+    parser.add_argument("--cases", default=REAL_LENGTHS,
+                        help=f"comma-separated, from {', '.join(CASES)} (each may end in +profile or +host)")
     parser.add_argument("--train-limit", type=int, default=None, help="SST-2 training rows (a random subset)")
     parser.add_argument("--compile-cache", default=None, help="model.compile_cache_dir (default: the config's)")
-    parser.add_argument("--profile", action="store_true", help="eager cases: profile 5 steps before timing (profile.json)")
+    parser.add_argument("--profile", action="store_true",
+                        help=f"then run {PROFILED}: torch.profiler on 5 eager steps (busy fraction, top kernels)")
+    parser.add_argument("--host-profile", action="store_true",
+                        help=f"then run {HOST_PROFILED}: cProfile, host time per step by package")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every case")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", default=None)
@@ -162,19 +177,18 @@ def main() -> None:
         args.steps, args.warmup, args.batch_size = 4, 1, 8
         args.data_dir = str(ROOT / "tests" / "fixtures")
         args.override = [*args.override, "model.compile_backend=aot_eager"]
-    big = "tiny" if args.smoke else "bert-base"
-    small = "tiny" if args.smoke else "minilm"
-    cases = {name: (small if shape == "minilm" else big, data, opts) for name, (shape, data, opts) in CASES.items()}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+    # the probes after every timed case: a profiler can leave CUPTI attached, slowing later launches
+    names = [*filter(None, args.cases.split(",")), *([PROFILED] if args.profile else []),
+             *(HOST_PROFILED.split(",") if args.host_profile else [])]
+    results = {"device": device_name(), "torch": torch.__version__,
                "peak_bf16_flops": peak_flops(), "batch_size": args.batch_size, "steps_timed": args.steps - args.warmup}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        for name in args.cases.split(","):
+        for name in names:
             if args.smoke and "imdb" in name:
                 continue  # no IMDb fixture
             try:
-                results[name] = run_case(args, tmp, name, *cases[name])
+                results[name] = run_case(args, tmp, name)
             except Exception as err:  # keep measuring the other cases; report what broke
                 results[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
                 print(f"== {name}: FAILED {results[name]['error']}", flush=True)

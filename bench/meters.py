@@ -5,12 +5,31 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMER = "+callbacks.startup._target_=bench.meters.StartupTimer"
+
+
+def device_name() -> str:
+    """The card a result was measured on ("cpu" without one)."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def run_fresh(cmd: list[str], **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `cmd` in a new process from the project root, output captured, with BENCH_T0 set to the moment
+    just before it starts (StartupTimer counts from there): the process and its wall seconds."""
+    env = {**os.environ, **env, "BENCH_T0": repr(time.time())}
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    return proc, time.time() - t0
 
 
 def sync_device() -> None:
@@ -42,10 +61,12 @@ class ThroughputMeter(pl.Callback):
     validation are not timed: the clock pauses there and resumes at the next training batch, so a small
     dataset's many epoch ends do not count against steady state. Counts samples, real and padded tokens
     and attended token pairs (for MFU) of the timed batches. Graphs compiled while the clock runs are
-    reported: a measurement with any is not steady state."""
+    reported: a measurement with any is not steady state. `host_profile`: cProfile the timed steps
+    (HostProfile; it slows them, so a profiled run's samples/s is not a measurement)."""
 
-    def __init__(self, warmup: int = 3, warmup_epochs: int = 0, steps: int = 0) -> None:
+    def __init__(self, warmup: int = 3, warmup_epochs: int = 0, steps: int = 0, host_profile: bool = False) -> None:
         self.warmup, self.warmup_epochs, self.target_steps = warmup, warmup_epochs, steps
+        self.host_profile = HostProfile() if host_profile else None
         self.reset()
 
     def reset(self) -> None:
@@ -67,6 +88,8 @@ class ThroughputMeter(pl.Callback):
         self.started = True
         self.segments += 1
         self._graphs_at_resume = compiled_graphs()
+        if self.host_profile is not None:
+            self.host_profile.start()
         self._resumed_at = time.perf_counter()
 
     def pause(self) -> None:
@@ -74,6 +97,8 @@ class ThroughputMeter(pl.Callback):
             return
         sync_device()
         self.elapsed += time.perf_counter() - self._resumed_at
+        if self.host_profile is not None:
+            self.host_profile.stop()
         self.graphs_compiled_while_timed += compiled_graphs() - self._graphs_at_resume
         self._resumed_at = None
 
@@ -132,7 +157,61 @@ class ThroughputMeter(pl.Callback):
             "graphs_compiled_while_timed": self.graphs_compiled_while_timed,
             "tokens": tokens, "padded_tokens": self.padded_tokens,
             "attended_pairs": pairs, "padded_attended_pairs": self.padded_pairs,
+            **({"host_profile": self.host_profile.summary(self.steps)} if self.host_profile is not None else {}),
         }
+
+
+class HostProfile:
+    """Where the host's time goes, by owning package: cProfile's self time of every Python function and
+    C call, summed per owner (lightning, tunelab, transformers, torch's Python, torch's C++ calls, the
+    standard library, ...). On a GPU that waits for the host (busy fraction well below 1) the step time
+    is this time, so the framework's owners beside a hand-written loop's show where its extra time goes.
+    cProfile slows Python calls (C calls much less), so the shares are what to read, not the totals."""
+
+    def __init__(self) -> None:
+        import cProfile
+
+        self._profile = cProfile.Profile()
+
+    def start(self) -> None:
+        self._profile.enable()
+
+    def stop(self) -> None:
+        self._profile.disable()
+
+    def summary(self, steps: int, top: int = 15) -> dict[str, Any]:
+        import pstats
+
+        stats = pstats.Stats(self._profile).stats  # (file, line, name) -> (calls, ncalls, self s, cum s, ...)
+        owners: dict[str, float] = {}
+        ranked = []
+        for (file, line, name), (_, calls, self_s, _, _) in stats.items():
+            owner = host_owner(file, name)
+            owners[owner] = owners.get(owner, 0.0) + self_s
+            ranked.append((self_s, calls, f"{owner}: {Path(file).name}:{line}({name})" if file != "~" else name))
+        steps = max(steps, 1)
+        ranked.sort(reverse=True)
+        return {
+            "steps": steps,
+            "ms_per_step": 1e3 * sum(owners.values()) / steps,
+            "by_owner_ms_per_step": {o: 1e3 * s / steps for o, s in sorted(owners.items(), key=lambda kv: -kv[1])},
+            "top_functions": [{"function": f[:140], "calls_per_step": n / steps, "self_ms_per_step": 1e3 * s / steps}
+                              for s, n, f in ranked[:top]],
+        }
+
+
+def host_owner(file: str, function: str) -> str:
+    """The package a profiled function belongs to. C calls (file "~") are torch's when their name
+    says so (`{method 'run_backward' of 'torch._C._EngineBase' objects}`, `{built-in method torch.…}`)."""
+    if file == "~":
+        return "torch (C++)" if "torch" in function else "python (C)"
+    path = file.replace("\\", "/")
+    if "/site-packages/" in path:
+        return path.split("/site-packages/", 1)[1].split("/", 1)[0]
+    for owner in ("tunelab", "bench"):
+        if f"/{owner}/" in path:
+            return owner
+    return "python"
 
 
 class StartupTimer(pl.Callback):

@@ -7,6 +7,7 @@
   startup    `python train.py`: process start -> first training step (imports, config, data, model load)
   cache      tokenization: first vs second preparation of the same file
   host       host time per step (model=tiny): hand-written loop vs framework, with and without train metrics
+             (--host-profile: where that time goes, by package)
 
 python bench/throughput.py                 # all, full size (~10 min on 2 cores)
 python bench/throughput.py --only padding  # one part
@@ -34,7 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.meters import ThroughputMeter  # noqa: E402
+from bench.meters import STARTUP_TIMER, ThroughputMeter, run_fresh  # noqa: E402
 from tunelab.config import compose_config  # noqa: E402
 from tunelab.model import build_model, uses_cuda_graphs  # noqa: E402
 from tunelab.optim import param_groups  # noqa: E402
@@ -61,7 +62,7 @@ def run_framework(overrides: list[str], out: Path) -> tuple[dict, dict]:
 
 
 def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: str = "cpu", bf16: bool = False,
-             warmup_epochs: int = 0) -> dict:
+             warmup_epochs: int = 0, host_profile: bool = False) -> dict:
     """The hand-written baseline: the same model (compiled as cfg.model says, CUDA graphs included),
     loader (same seeded batches, epoch after epoch) and AdamW parameter groups, timed like the
     framework: `steps` steps after `warmup` steps and `warmup_epochs` epochs, epoch ends not timed."""
@@ -75,7 +76,7 @@ def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: s
     cuda_graphs = uses_cuda_graphs(cfg.model)
     fused = True if device == "cuda" else None
     opt = torch.optim.AdamW(param_groups(model, cfg.optimizer.weight_decay), lr=cfg.optimizer.lr, fused=fused)
-    meter = ThroughputMeter(warmup, warmup_epochs, steps)
+    meter = ThroughputMeter(warmup, warmup_epochs, steps, host_profile)
     loader, step = dm.train_dataloader(), 0
     for epoch in itertools.count():
         dm.train_sampler.set_epoch(epoch)
@@ -101,13 +102,16 @@ def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: s
 
 
 def alternate(overrides: list[str], tmp: Path, name: str, reps: int, steps: int, warmup: int,
-              variants: dict[str, list[str]]) -> dict[str, list[dict]]:
+              variants: dict[str, list[str]], host_profile: bool = False) -> dict[str, list[dict]]:
     """The hand-written loop ("raw") and each framework variant (extra overrides), alternating `reps` times
     to cancel slow drifts of the machine: every run's throughput summary, by name."""
     runs: dict[str, list[dict]] = {"raw": [], **{v: [] for v in variants}}
+    if host_profile:
+        overrides = [*overrides, "+callbacks.throughput.host_profile=true"]
     for rep in range(reps):
         loop_overrides = [o for o in overrides if "throughput" not in o]
-        runs["raw"].append(raw_loop(loop_overrides, tmp / f"{name}_raw{rep}", steps - warmup, warmup))
+        runs["raw"].append(raw_loop(loop_overrides, tmp / f"{name}_raw{rep}", steps - warmup, warmup,
+                                    host_profile=host_profile))
         for variant, extra in variants.items():
             runs[variant].append(run_framework([*overrides, *extra], tmp / f"{name}_{variant}{rep}")[0])
     return runs
@@ -124,18 +128,23 @@ def bench_framework(smoke: bool, cache: Path, tmp: Path) -> dict:
             "runs": results, "steps_timed": steps - warmup}
 
 
-def bench_host(smoke: bool, cache: Path, tmp: Path) -> dict:
+def bench_host(smoke: bool, cache: Path, tmp: Path, host_profile: bool = False) -> dict:
     """Host time per training step with a model so small that compute is negligible (model=tiny): the
-    hand-written loop vs the framework with and without training-batch metrics, alternating, best of 3."""
+    hand-written loop vs the framework with and without training-batch metrics, alternating, best of 3.
+    host_profile: one more round under cProfile, its host time by package (not timed)."""
     steps, warmup = (6, 2) if smoke else (450, 50)
     overrides = [*base_overrides(smoke, cache), "model=tiny", "data.train_limit=4096", f"trainer.max_steps={steps}",
                  "test=false", "export=false", f"+callbacks.throughput.warmup={warmup}"]
-    runs = alternate(overrides, tmp, "host", 1 if smoke else 3, steps, warmup,
-                     {"framework": [], "framework_train_metrics_false": ["train_metrics=false"]})
+    variants = {"framework": [], "framework_train_metrics_false": ["train_metrics=false"]}
+    runs = alternate(overrides, tmp, "host", 1 if smoke else 3, steps, warmup, variants)
     ms = {k: [1000 * r["seconds"] / r["steps"] for r in v] for k, v in runs.items()}
     best = {k: min(v) for k, v in ms.items()}
-    return {"ms_per_step": best, "runs": ms, "steps_timed": steps - warmup,
-            **{f"{k}_over_raw_speed": best["raw"] / v for k, v in best.items() if k != "raw"}}
+    out = {"ms_per_step": best, "runs": ms, "steps_timed": steps - warmup,
+           **{f"{k}_over_raw_speed": best["raw"] / v for k, v in best.items() if k != "raw"}}
+    if host_profile:
+        profiled = alternate(overrides, tmp, "host_profiled", 1, steps, warmup, variants, host_profile=True)
+        out["host_profile"] = {k: v[0]["host_profile"] for k, v in profiled.items()}
+    return out
 
 
 def bench_padding(smoke: bool, cache: Path, tmp: Path, samples: int = 2000) -> dict:
@@ -164,10 +173,9 @@ def bench_startup(smoke: bool, cache: Path, tmp: Path) -> dict:
     for logger in ("csv",) if smoke else ("wandb", "csv"):
         run_dir = tmp / f"startup_{logger}"
         args = [*base_overrides(smoke, cache), f"logger={logger}", "trainer.max_steps=1", "test=false",
-                "+callbacks.startup._target_=bench.meters.StartupTimer", f"hydra.run.dir={run_dir}"]
-        env = {**os.environ, "BENCH_T0": repr(time.time()), "WANDB_MODE": "offline"}
-        subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, check=True,
-                       capture_output=True)
+                STARTUP_TIMER, f"hydra.run.dir={run_dir}"]
+        proc, _ = run_fresh([sys.executable, str(ROOT / "train.py"), *args], WANDB_MODE="offline")
+        proc.check_returncode()
         out[f"logger={logger}"] = json.loads((run_dir / "startup.json").read_text())["seconds"]
     t0 = time.time()
     subprocess.run([sys.executable, "-c", "import tunelab.pipeline"], check=True)
@@ -199,6 +207,7 @@ def main() -> None:
     parser.add_argument("--only", default="cache,startup,framework,padding,host")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--padding-samples", type=int, default=2000, help="training samples per padding variant")
+    parser.add_argument("--host-profile", action="store_true", help="host part: add a cProfile round (host time by package)")
     parser.add_argument("--out", default=None, help="write the results JSON here")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -217,7 +226,7 @@ def main() -> None:
             elif part == "padding":
                 results[part] = bench_padding(args.smoke, cache, tmp, args.padding_samples)
             elif part == "host":
-                results[part] = bench_host(args.smoke, cache, tmp)
+                results[part] = bench_host(args.smoke, cache, tmp, args.host_profile)
             else:
                 raise SystemExit(f"unknown part {part!r}; use cache, startup, framework, padding, host")
             results[part]["bench_wall_s"] = time.time() - t0

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench.meters, when run as `python bench/time_to_accuracy.py`
+from bench.meters import STARTUP_TIMER, device_name, run_fresh  # noqa: E402
 EXPERIMENTS = ("sst2_minilm_gpu", "stsb_minilm_gpu")
 KINDS = ("", "_warm", "_eager", "_graphs", "_anchor")
 DEFAULT_RUNS = ",".join(f"{e}{k}" for e in EXPERIMENTS for k in KINDS)
@@ -67,13 +66,10 @@ def run_one(args, name: str, tmp: Path) -> dict:
     if kind == "_anchor":
         cmd = [sys.executable, str(ROOT / "bench" / "hf_trainer_anchor.py"), *overrides, "--out", str(run_dir / "anchor.json")]
     else:
-        cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}",
-               "+callbacks.startup._target_=bench.meters.StartupTimer"]
+        cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}", STARTUP_TIMER]
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "BENCH_T0": repr(time.time()), "PYTHONUNBUFFERED": "1"}
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    row: dict = {"wall_s": time.time() - t0, "returncode": proc.returncode, "overrides": overrides}
+    proc, wall_s = run_fresh(cmd, PYTHONUNBUFFERED="1")
+    row: dict = {"wall_s": wall_s, "returncode": proc.returncode, "overrides": overrides}
     (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         row["error"] = (proc.stderr or proc.stdout)[-1500:]
@@ -105,8 +101,7 @@ def main() -> None:
         args.data_dir = str(ROOT / "tests" / "fixtures")
     import torch
 
-    results: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                     "torch": torch.__version__}
+    results: dict = {"device": device_name(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(args.keep or tmpdir)
         for name in args.runs.split(","):

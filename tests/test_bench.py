@@ -26,11 +26,19 @@ def test_throughput_bench_smoke(tmp_path) -> None:
 
 def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
     out = tmp_path / "gpu.json"
-    proc = run_script("bench/gpu.py", "--smoke", "--profile", "--cases", "minilm_raw,minilm", "--out", str(out))
+    proc = run_script("bench/gpu.py", "--smoke", "--profile", "--cases", "minilm_raw,minilm,minilm_raw+host,minilm+host",
+                      "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["minilm"]["samples_per_s"] > 0 and r["framework_over_raw"] > 0
-    assert r["minilm"]["profile"]["steps"] >= 1 and r["minilm"]["profile"]["top_ops"]  # smoke: the run ends first
+    # probes are their own runs, after the timed ones: no timed case runs profiled
+    assert list(r)[-1] == "minilm+profile" and "profile" not in r["minilm"] and "host_profile" not in r["minilm"]
+    profile = r["minilm+profile"]["profile"]
+    assert profile["steps"] >= 1 and profile["top_ops"]  # smoke: the run ends first
+    # host time by package: Lightning's share is the framework's, never the hand-written loop's
+    framework, loop = (r[k]["host_profile"]["by_owner_ms_per_step"] for k in ("minilm+host", "minilm_raw+host"))
+    assert framework["lightning"] > 0 and "lightning" not in loop
+    assert framework["torch (C++)"] > 0 and loop["torch (C++)"] > 0
 
 
 def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None:
