@@ -32,11 +32,12 @@ from tunelab.sweeps import override_key
 
 @dataclass
 class Arm:
-    """One config: its runs, their predictions and the metric, each by seed."""
+    """One config: its runs, their predictions, per-example metric features and the metric, each by seed."""
 
     group: Group
     runs: dict[int, Run] = field(default_factory=dict)
     records: dict[int, list[dict]] = field(default_factory=dict)
+    features: dict[int, np.ndarray] = field(default_factory=dict)  # computed once, reused by every pairing
     values: dict[int, float] = field(default_factory=dict)
 
 
@@ -123,7 +124,8 @@ def load_arm(group: Group, metric: ExampleMetric) -> Arm:
                               "pass the dirs of one of them.")
         arm.runs[run.seed] = run
         arm.records[run.seed] = load_predictions(run.dir)
-        arm.values[run.seed] = metric(arm.records[run.seed])
+        arm.features[run.seed] = metric.features(arm.records[run.seed])
+        arm.values[run.seed] = metric.unweighted(arm.features[run.seed])
     return arm
 
 
@@ -184,7 +186,7 @@ def _row(arm: Arm, base: Arm | None, metric: ExampleMetric, resamples: int, seed
     if not common:
         raise ConfigError(f"{arm.group.label} (seeds {sorted(arm.runs)}) and the baseline (seeds "
                           f"{sorted(base.runs)}) share no seed to pair; run the baseline's seeds.")
-    pairs = [(metric.features(arm.records[s]), metric.features(base.records[s])) for s in common]
+    pairs = [(arm.features[s], base.features[s]) for s in common]
 
     def difference(weights: np.ndarray) -> np.ndarray:  # mean over seeds of config - baseline
         return np.mean([metric.value(weights, ours) - metric.value(weights, theirs) for ours, theirs in pairs], 0)

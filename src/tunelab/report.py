@@ -238,10 +238,10 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             runs = load_runs(sweep_dir)
-            _, markdown = write_report(sweep_dir, runs=runs)
+            report, markdown = write_report(sweep_dir, runs=runs)
             plots.plot_sweep(sweep_dir, runs=runs)
             log.info("sweep report (%s):\n%s", sweep_dir / "report.md", markdown)
-            tracking.send_sweep(sweep_dir, runs)  # the W&B summary run of the sweep's group
+            tracking.send_sweep(sweep_dir, runs, report)  # the W&B summary run of the sweep's group
         except Exception as err:  # noqa: BLE001 - the jobs are done; a report problem must not hide that
             log.warning("no sweep report for %s: %s (run python -m tunelab.report %s)", sweep_dir, err, sweep_dir)
 

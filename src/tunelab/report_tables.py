@@ -43,20 +43,30 @@ def per_class_report(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor, n
     }
 
 
-def format_table(report: dict, first_column: str, averages: Sequence[str], accuracy: float | None = None) -> str:
-    """The text table: one row per class, then accuracy (when given) and the chosen averages."""
-    names = list(report["classes"])
-    width = max(12, *(len(n) for n in names)) if names else 12
-    lines = [f"{first_column:>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
-    for name, row in report["classes"].items():
-        lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:9d}")
-    lines.append("")
+def table_rows(report: dict, averages: Sequence[str], accuracy: float | None = None) -> list[list]:
+    """The report's rows, [name, precision, recall, f1, support]: one per class, then accuracy (when given;
+    no precision / recall) and the chosen averages. The one layout of the text table and the trackers' tables."""
+    rows = [[name, r["precision"], r["recall"], r["f1"], r["support"]] for name, r in report["classes"].items()]
     if accuracy is not None:
-        lines.append(f"{'accuracy':>{width}} {'':>9} {'':>9} {accuracy:9.4f} {report['support']:9d}")
+        rows.append(["accuracy", None, None, accuracy, report["support"]])
     for avg in averages:
-        row = report[avg]
-        lines.append(f"{AVERAGE_NAMES[avg]:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} "
-                     f"{report['support']:9d}")
+        rows.append([AVERAGE_NAMES[avg], report[avg]["precision"], report[avg]["recall"], report[avg]["f1"],
+                     report["support"]])
+    return rows
+
+
+def format_table(report: dict, first_column: str, averages: Sequence[str], accuracy: float | None = None) -> str:
+    """The text table of table_rows, a blank line between the classes and the summary rows."""
+    rows = table_rows(report, averages, accuracy)
+    width = max(12, *(len(row[0]) for row in rows))
+    lines = [f"{first_column:>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+    for i, (name, *values, support) in enumerate(rows):
+        if i == len(report["classes"]):
+            lines.append("")
+        cells = " ".join(f"{'':>9}" if v is None else f"{v:9.4f}" for v in values)
+        lines.append(f"{name:>{width}} {cells} {support:9d}")
+    if len(rows) == len(report["classes"]):
+        lines.append("")
     return "\n".join(lines)
 
 

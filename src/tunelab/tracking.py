@@ -124,17 +124,12 @@ def _tensorboard_write(writer: Any, images: list[Path], tag: str, text_file: Pat
 
 
 def report_table(report: dict) -> tuple[list[str], list[list]]:
-    """Columns and rows of the test report (per class or entity type, accuracy, averages)."""
-    from tunelab.report_tables import AVERAGE_NAMES
+    """Columns and rows of the test report (per class or entity type, accuracy, every average it has)."""
+    from tunelab.report_tables import AVERAGE_NAMES, table_rows
 
+    averages = [key for key in AVERAGE_NAMES if key in report]
     first = "entity" if "types" in report else "class"
-    rows = [[name, r["precision"], r["recall"], r["f1"], r["support"]] for name, r in report["classes"].items()]
-    if "accuracy" in report:
-        rows.append(["accuracy", None, None, report["accuracy"], report["support"]])
-    for key, name in AVERAGE_NAMES.items():
-        if key in report:
-            rows.append([name, report[key]["precision"], report[key]["recall"], report[key]["f1"], report["support"]])
-    return [first, "precision", "recall", "f1", "support"], rows
+    return [first, "precision", "recall", "f1", "support"], table_rows(report, averages, report.get("accuracy"))
 
 
 def prediction_sample(path: Path, n: int = SAMPLE_ROWS) -> tuple[list[str], list[list]] | None:
@@ -173,20 +168,20 @@ def _pairs(matrix: list[list[int]]) -> tuple[list[int], list[int]]:
 
 
 # ---- end of a sweep ----------------------------------------------------------------------------------
-def send_sweep(sweep_dir: Path, runs: Sequence[Any]) -> None:
+def send_sweep(sweep_dir: Path, runs: Sequence[Any], report: dict) -> None:
     """At the end of a multirun whose jobs logged to W&B: one more run in the sweep's group holding the
-    report (mean ± std / 95% CI per config, t-tests) as a table, its plots and report.md; jobs that
-    logged to TensorBoard get the report as text and the plots in <sweep dir>/tensorboard."""
+    report (report.build_report's dict: mean ± std / 95% CI per config, t-tests) as a table, its plots and
+    report.md; jobs that logged to TensorBoard get the report as text and the plots in <sweep dir>/tensorboard."""
     sweep_dir = Path(sweep_dir)
     loggers = [OmegaConf.select(r.saved, "logger", default=None) for r in runs if r.saved is not None]
     loggers = [entry for entry in loggers if entry]
     if any("wandb" in entry for entry in loggers):
-        _safely("W&B", sweep_dir, _wandb_sweep, sweep_dir, next(e.wandb for e in loggers if "wandb" in e))
+        _safely("W&B", sweep_dir, _wandb_sweep, sweep_dir, next(e.wandb for e in loggers if "wandb" in e), report)
     if any("tensorboard" in entry for entry in loggers):
         _safely("TensorBoard", sweep_dir, _tensorboard_sweep, sweep_dir)
 
 
-def _wandb_sweep(sweep_dir: Path, entry: DictConfig) -> None:
+def _wandb_sweep(sweep_dir: Path, entry: DictConfig, report: dict) -> None:
     import wandb
 
     from tunelab.resolvers import wandb_offline
@@ -194,7 +189,6 @@ def _wandb_sweep(sweep_dir: Path, entry: DictConfig) -> None:
     def setting(key: str) -> Any:  # the job's saved (unresolved) config: ${hydra:...} does not resolve here
         return OmegaConf.select(entry, key, default=None, throw_on_resolution_failure=False)
 
-    report = json.loads((sweep_dir / "report.json").read_text())
     offline = setting("offline")
     run = wandb.init(
         project=setting("project") or "tunelab", entity=setting("entity"), group=sweeps.wandb_group(entry, sweep_dir),
