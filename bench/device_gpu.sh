@@ -62,7 +62,7 @@ section() {
 }
 
 if [ "$SMOKE" = 1 ]; then
-  GPU=(--smoke --model-dir "$MODEL" --cases minilm,minilm_graphs,minilm_cudagraphs,minilm_raw,minilm_raw_graphs,minilm_raw_cudagraphs)
+  GPU=(--smoke --model-dir "$MODEL" --cases minilm,minilm_raw,minilm_graphs,minilm_raw_graphs,minilm_cudagraphs,minilm_raw_cudagraphs)
   TTA=(--smoke --model-dir "$MODEL")
   HOST_STEPS=()
   RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor

@@ -3,6 +3,7 @@ transformer FLOP counts (for MFU). The step profiler is bench/profiler.py."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -61,12 +62,14 @@ class ThroughputMeter(pl.Callback):
     validation are not timed: the clock pauses there and resumes at the next training batch, so a small
     dataset's many epoch ends do not count against steady state. Counts samples, real and padded tokens
     and attended token pairs (for MFU) of the timed batches. Graphs compiled while the clock runs are
-    reported: a measurement with any is not steady state. `host_profile`: cProfile the timed steps
-    (HostProfile; it slows them, so a profiled run's samples/s is not a measurement)."""
+    reported: a measurement with any is not steady state, and so is the time Python's garbage collector
+    took inside the window (GcTimer). `host_profile`: cProfile the timed steps (HostProfile; it slows them,
+    so a profiled run's samples/s is not a measurement)."""
 
     def __init__(self, warmup: int = 3, warmup_epochs: int = 0, steps: int = 0, host_profile: bool = False) -> None:
         self.warmup, self.warmup_epochs, self.target_steps = warmup, warmup_epochs, steps
         self.host_profile = HostProfile() if host_profile else None
+        self.gc = GcTimer()
         self.reset()
 
     def reset(self) -> None:
@@ -90,6 +93,7 @@ class ThroughputMeter(pl.Callback):
         self._graphs_at_resume = compiled_graphs()
         if self.host_profile is not None:
             self.host_profile.start()
+        self.gc.start()
         self._resumed_at = time.perf_counter()
 
     def pause(self) -> None:
@@ -97,6 +101,7 @@ class ThroughputMeter(pl.Callback):
             return
         sync_device()
         self.elapsed += time.perf_counter() - self._resumed_at
+        self.gc.stop()
         if self.host_profile is not None:
             self.host_profile.stop()
         self.graphs_compiled_while_timed += compiled_graphs() - self._graphs_at_resume
@@ -155,10 +160,40 @@ class ThroughputMeter(pl.Callback):
             "padding_fraction": 1 - tokens / max(self.padded_tokens, 1),
             "distinct_shapes": len(self.shapes),
             "graphs_compiled_while_timed": self.graphs_compiled_while_timed,
+            "gc_ms_per_step": 1e3 * self.gc.seconds / max(self.steps, 1),
+            "gc_collections": dict(self.gc.collections),  # by generation
             "tokens": tokens, "padded_tokens": self.padded_tokens,
             "attended_pairs": pairs, "padded_attended_pairs": self.padded_pairs,
             **({"host_profile": self.host_profile.summary(self.steps)} if self.host_profile is not None else {}),
         }
+
+
+class GcTimer:
+    """Time spent in Python's cyclic garbage collector while started, and its collections by generation:
+    host time a step pays for the objects the code around it allocates (a full collection walks every
+    live container, data sets held as Python lists included)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections: dict[int, int] = {}
+        self._began: float | None = None
+
+    def start(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+        self._began = None
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        elif self._began is not None:
+            self.seconds += time.perf_counter() - self._began
+            self.collections[info["generation"]] = self.collections.get(info["generation"], 0) + 1
+            self._began = None
 
 
 class HostProfile:

@@ -140,6 +140,7 @@ def bench_host(smoke: bool, cache: Path, tmp: Path, host_profile: bool = False) 
     ms = {k: [1000 * r["seconds"] / r["steps"] for r in v] for k, v in runs.items()}
     best = {k: min(v) for k, v in ms.items()}
     out = {"ms_per_step": best, "runs": ms, "steps_timed": steps - warmup,
+           "gc_ms_per_step": {k: sum(r["gc_ms_per_step"] for r in v) / len(v) for k, v in runs.items()},
            **{f"{k}_over_raw_speed": best["raw"] / v for k, v in best.items() if k != "raw"}}
     if host_profile:
         profiled = alternate(overrides, tmp, "host_profiled", 1, steps, warmup, variants, host_profile=True)

@@ -119,3 +119,18 @@ def test_cpu_profile_counts_no_record_function_region_as_op_time() -> None:
     summary = summarize(events, wall, steps=1, device="cpu")
     assert summary["busy_ms_per_step"] < 30 < 60 <= summary["wall_ms_per_step"], summary
     assert "Optimizer.step#AdamW.step" not in {op["op"] for op in summary["top_ops"]}
+
+
+def test_gc_timer_counts_collections_only_while_started() -> None:
+    import gc
+
+    from bench.meters import GcTimer
+
+    timer = GcTimer()
+    timer.start()
+    gc.collect()  # a full collection: generation 2
+    timer.stop()
+    assert timer.collections.get(2) == 1 and timer.seconds > 0
+    seconds = timer.seconds
+    gc.collect()  # stopped: not counted
+    assert timer.collections.get(2) == 1 and timer.seconds == seconds
