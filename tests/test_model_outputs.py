@@ -12,11 +12,11 @@ import torch
 import transformers
 
 from conftest import FIXTURES, compose_cfg, read_metrics
-from tunelab import predictions
 from tunelab.data.readers import read_conll, read_rows
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.pipeline import run
+from tunelab.results import load_predictions
 from tunelab.span_metrics import spans
 
 SHORT = ["data.train_limit=64", "trainer.max_epochs=1"]
@@ -56,7 +56,7 @@ def f32(value: float) -> float:
 # ---- predictions.jsonl of the test split ---------------------------------------------------------------
 def test_classification_predictions_follow_the_file_and_give_the_logged_metrics(trained) -> None:
     metrics, run_dir = trained("classification")
-    rows = predictions.read(run_dir / "predictions.jsonl")
+    rows = read_rows(run_dir / "predictions.jsonl", "jsonl")  # in file order
     source = read_rows(FIXTURES / "sst2" / "dev.tsv", "tsv")
     assert [r["index"] for r in rows] == list(range(len(source)))
     assert [r["text"] for r in rows] == [s["sentence"] for s in source]
@@ -76,7 +76,7 @@ def test_classification_predictions_follow_the_file_and_give_the_logged_metrics(
 
 def test_ner_predictions_are_word_tags_that_give_the_logged_entity_scores(trained) -> None:
     metrics, run_dir = trained("ner")
-    rows = predictions.read(run_dir / "predictions.jsonl")
+    rows = read_rows(run_dir / "predictions.jsonl", "jsonl")  # in file order
     sentences = read_conll(FIXTURES / "conll2003" / "test.txt")
     assert [r["index"] for r in rows] == list(range(len(sentences)))
     assert [r["tokens"] for r in rows] == [s["tokens"] for s in sentences]
@@ -95,7 +95,7 @@ def test_ner_predictions_are_word_tags_that_give_the_logged_entity_scores(traine
 
 def test_regression_predictions_of_a_carved_split_index_the_training_file(trained) -> None:
     metrics, run_dir = trained("regression")
-    rows = predictions.read(run_dir / "predictions.jsonl")
+    rows = load_predictions(run_dir)
     train = read_rows(FIXTURES / "stsb" / "train.tsv", "tsv")
     assert len(rows) == round(0.2 * len(train))
     assert [r["index"] for r in rows] == sorted(r["index"] for r in rows)
@@ -144,13 +144,13 @@ def predict(out, cache_dir, *overrides: str) -> list[dict]:
     cfg = compose_cfg(out, "model=tiny", f"paths.data_dir={FIXTURES}", "trainer.accelerator=cpu", *overrides,
                       config_name="predict", fast=False, cache=cache_dir)
     run(cfg)
-    return predictions.read(out / "predictions.jsonl")
+    return load_predictions(out)
 
 
 def test_predict_on_unlabelled_csv_with_the_checkpoint_or_the_exported_model(trained, tmp_path, cache_dir,
                                                                                 capsys) -> None:
     _, run_dir = trained("classification")
-    tested = {r["text"]: r for r in predictions.read(run_dir / "predictions.jsonl")[:5]}
+    tested = {r["text"]: r for r in load_predictions(run_dir)[:5]}
     new = tmp_path / "new.csv"  # csv beside the tsv data: read by its extension; no label column
     new.write_text("sentence\n" + "".join(f'"{t}"\n' for t in tested))
     ckpt = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
@@ -197,5 +197,5 @@ def test_eval_writes_the_same_predictions_as_the_training_run(trained, tmp_path,
                       f"ckpt_path={ckpt}", config_name="eval", fast=False, cache=cache_dir)
     run(cfg)
     assert read_metrics(tmp_path)["test/acc"] == read_metrics(run_dir)["test/acc"]
-    evaluated, trained_rows = (predictions.read(d / "predictions.jsonl") for d in (tmp_path, run_dir))
+    evaluated, trained_rows = (load_predictions(d) for d in (tmp_path, run_dir))
     assert [(r["index"], r["pred"]) for r in evaluated] == [(r["index"], r["pred"]) for r in trained_rows]

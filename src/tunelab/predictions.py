@@ -13,7 +13,6 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from tunelab.data.readers import read_table
 from tunelab.results import PREDICTIONS_FILE as FILE_NAME
 
 INPUT_FIELDS = ("text", "text_pair", "tokens")
@@ -67,7 +66,3 @@ def write(out_dir: Path, module: Any, examples: Sequence[dict]) -> list[dict]:
     os.replace(tmp, path)
     return written
 
-
-def read(path: Path) -> list[dict]:
-    """The records of a predictions.jsonl file (the project's JSON-lines reader: a broken line names file:line)."""
-    return read_table(path, "jsonl")[0]

@@ -80,8 +80,9 @@ def load_runs(sweep_dir: Path) -> list[Run]:
 
 
 def load_predictions(run_dir: Path) -> list[dict]:
-    """The run's per-example test predictions, ordered by `index`; ConfigError (naming file:line for a
-    broken line) when the file is missing or a record has no `index`."""
+    """The run's per-example predictions (predictions.jsonl of a test or predict.py run), ordered by `index`;
+    ConfigError (naming file:line for a broken line) when the file is missing or a record has no `index`.
+    The one reader of the file tunelab.predictions writes."""
     from tunelab.data.readers import read_table  # the data package loads torch: only once asked for
 
     path = Path(run_dir) / PREDICTIONS_FILE

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tunelab import sweeps
-from tunelab.results import PREDICTIONS_FILE
+from tunelab.results import PREDICTIONS_FILE, load_predictions
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _wandb_run(logger: Any, cfg: DictConfig, run_dir: Path, metrics: dict[str, f
         gold, pred = _pairs(report["confusion_matrix"])
         content["test/confusion_matrix"] = wandb.plot.confusion_matrix(
             y_true=gold, preds=pred, class_names=report["labels"], title="test confusion matrix")
-    sample = prediction_sample(run_dir / PREDICTIONS_FILE)
+    sample = prediction_sample(run_dir)
     if sample:
         content["test/predictions"] = wandb.Table(columns=sample[0], data=sample[1])
     run.log(content)
@@ -132,14 +132,12 @@ def report_table(report: dict) -> tuple[list[str], list[list]]:
     return [first, "precision", "recall", "f1", "support"], table_rows(report, averages, report.get("accuracy"))
 
 
-def prediction_sample(path: Path, n: int = SAMPLE_ROWS) -> tuple[list[str], list[list]] | None:
-    """Columns and up to n rows (a fixed random sample, in file order) of predictions.jsonl: the input
-    text, gold, pred and confidence (word lists and tag lists joined by spaces)."""
-    if not path.is_file():
+def prediction_sample(run_dir: Path, n: int = SAMPLE_ROWS) -> tuple[list[str], list[list]] | None:
+    """Columns and up to n rows (a fixed random sample, in index order) of the run's predictions.jsonl: the
+    input text, gold, pred and confidence (word lists and tag lists joined by spaces)."""
+    if not (run_dir / PREDICTIONS_FILE).is_file():
         return None
-    from tunelab.predictions import read
-
-    records = read(path)
+    records = load_predictions(run_dir)
     if not records:
         return None
     picked = sorted(random.Random(0).sample(range(len(records)), min(n, len(records))))
