@@ -7,17 +7,18 @@
 #                                             caches, again on the warm compile cache (a sweep's next job),
 #                                             with the cudagraphs backend (no inductor compile), then
 #                                             stsb_minilm_gpu and the transformers.Trainer anchors
-#   2. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / CUDA graphs of eager kernels /
-#                                             compile / compile + CUDA graphs, framework and hand-written
-#                                             loop, useful and padded MFU, busy fraction
-#   2b. bench/gpu.py --host-profile         : where each step's host time goes, by package (lightning,
+#   2. bench/gpu.py --host-profile          : where each step's host time goes, by package (lightning,
 #                                             tunelab, torch, ...), framework beside the loop, eager and
-#                                             CUDA graphs: what the framework adds to a host-bound step
-#   3. bench/gpu.py at batch 128            : the same table (then the eager time-to-accuracy runs)
-#   4. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
-#   5. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
+#                                             CUDA graphs at batch 32: what the framework adds to a
+#                                             host-bound step
+#   3. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / CUDA graphs of eager kernels /
+#                                             compile / compile + CUDA graphs, framework beside hand-written
+#                                             loop, useful and padded MFU; then the busy fraction
+#   4. bench/gpu.py at batch 128            : the same table (then the eager time-to-accuracy runs)
+#   5. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
+#   6. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
 # Sections run in that order while time is left (DEADLINE seconds in all); each writes its JSON as it goes.
-# SECTIONS=tta,b32,host,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped.
+# SECTIONS=tta,host,b32,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped.
 #
 # Before the call (here, with network for pip; .whl/ and .carry/ are git-ignored, about 50 MiB):
 #   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
@@ -31,7 +32,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_gpu_out}
 WORK=${WORK:-/tmp/device_gpu_work}  # run dirs, compile caches: not sent back
 SMOKE=${SMOKE:-0}
-SECTIONS=",${SECTIONS:-tta,b32,host,b128,eager,fsdp,imdb},"
+SECTIONS=",${SECTIONS:-tta,host,b32,b128,eager,fsdp,imdb},"
 PY=${PYTHON:-python3}
 DEADLINE=${DEADLINE:-560}  # seconds; the call's limit is 600
 mkdir -p "$OUT" "$WORK"
@@ -78,9 +79,9 @@ else
 fi
 
 section tta "time to accuracy" 150 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$RUNS" --out "$OUT/tta.json"
-section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile --out "$OUT/gpu_b32.json"
 section host "host time by package, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --cases "" \
   --host-profile "${HOST_STEPS[@]}" --out "$OUT/gpu_host.json"
+section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile --out "$OUT/gpu_b32.json"
 section b128 "real lengths, batch 128" 60 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 128 --out "$OUT/gpu_b128.json"
 section eager "time to accuracy, eager" 90 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$EXTRA_RUNS" --out "$OUT/tta_eager.json"
 if [ "$SMOKE" = 1 ]; then
