@@ -66,9 +66,7 @@ HOST_PROFILED = "minilm+host,minilm_raw+host,minilm_graphs+host,minilm_raw_graph
 
 
 def peak_flops() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
+    name = device_name()
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
@@ -104,6 +102,15 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
           if probe == "profile" else []),
         *text, *args.override,
     ]
+
+
+def check_probe(case: str, probe: str, compile_opts: list[str]) -> None:
+    if probe not in ("", "profile", "host"):
+        raise SystemExit(f"{case}+{probe}: a case takes +profile or +host")
+    if probe == "profile" and ("_raw" in case or compile_opts):
+        # the step profiler is a Lightning callback on warm-up steps: the loop has none, a compiled
+        # case would be profiled while it still compiles
+        raise SystemExit(f"{case}+profile: +profile probes eager framework cases only")
 
 
 def run_case(args, tmp: Path, name: str) -> dict:
@@ -179,9 +186,14 @@ def main() -> None:
         args.steps, args.warmup, args.batch_size = 4, 1, 8
         args.data_dir = str(ROOT / "tests" / "fixtures")
         args.override = [*args.override, "model.compile_backend=aot_eager"]
-    # the probes after every timed case: a profiler can leave CUPTI attached, slowing later launches
-    names = [*filter(None, args.cases.split(",")), *([PROFILED] if args.profile else []),
-             *(HOST_PROFILED.split(",") if args.host_profile else [])]
+    # the probes after every timed case, torch.profiler last: it can leave CUPTI attached, slowing later launches
+    names = [*filter(None, args.cases.split(",")), *(HOST_PROFILED.split(",") if args.host_profile else []),
+             *([PROFILED] if args.profile else [])]
+    for name in names:  # a misspelt case fails here, not after an hour of measuring
+        case, _, probe = name.partition("+")
+        if case not in CASES:
+            raise SystemExit(f"unknown case {case!r}; cases: {', '.join(CASES)}")
+        check_probe(case, probe, CASES[case][2])
     results = {"device": device_name(), "torch": torch.__version__,
                "peak_bf16_flops": peak_flops(), "batch_size": args.batch_size, "steps_timed": args.steps - args.warmup}
     with tempfile.TemporaryDirectory() as tmpdir:

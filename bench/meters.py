@@ -7,6 +7,8 @@ import gc
 import json
 import os
 import subprocess
+import sys
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -201,7 +203,9 @@ class HostProfile:
     C call, summed per owner (lightning, tunelab, transformers, torch's Python, torch's C++ calls, the
     standard library, ...). On a GPU that waits for the host (busy fraction well below 1) the step time
     is this time, so the framework's owners beside a hand-written loop's show where its extra time goes.
-    cProfile slows Python calls (C calls much less), so the shares are what to read, not the totals."""
+    cProfile slows Python calls (C calls much less), so the shares are what to read, not the totals; and
+    it sees only frames entered while enabled, so the own time of a loop that was already running when it
+    started (the hand-written loop's body, Lightning's outer loop) is not counted."""
 
     def __init__(self) -> None:
         import cProfile
@@ -217,6 +221,8 @@ class HostProfile:
     def summary(self, steps: int, top: int = 15) -> dict[str, Any]:
         import pstats
 
+        if not self._profile.getstats():  # nothing timed (pstats refuses an empty profile)
+            return {"steps": steps, "ms_per_step": 0.0, "by_owner_ms_per_step": {}, "top_functions": []}
         stats = pstats.Stats(self._profile).stats  # (file, line, name) -> (calls, ncalls, self s, cum s, ...)
         owners: dict[str, float] = {}
         ranked = []
@@ -236,17 +242,33 @@ class HostProfile:
 
 
 def host_owner(file: str, function: str) -> str:
-    """The package a profiled function belongs to. C calls (file "~") are torch's when their name
-    says so (`{method 'run_backward' of 'torch._C._EngineBase' objects}`, `{built-in method torch.…}`)."""
+    """The package a profiled function belongs to: the first path component under site- or dist-packages,
+    else under the longest import root (sys.path: the project's src/, a `pip --target` dir), a module file
+    directly on a root naming itself; the standard library and frozen modules are "python". C calls (file
+    "~") are torch's when their name says so (`{method 'run_backward' of 'torch._C._EngineBase' objects}`)."""
     if file == "~":
         return "torch (C++)" if "torch" in function else "python (C)"
-    path = file.replace("\\", "/")
-    if "/site-packages/" in path:
-        return path.split("/site-packages/", 1)[1].split("/", 1)[0]
-    for owner in ("tunelab", "bench"):
-        if f"/{owner}/" in path:
-            return owner
+    path = os.path.abspath(file).replace("\\", "/")
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in path:
+            return path.split(marker, 1)[1].split("/", 1)[0].removesuffix(".py")
+    if path.startswith(_STDLIB + "/") or file.startswith("<"):
+        return "python"
+    for root in _import_roots():
+        if path.startswith(root + "/"):
+            first, _, rest = path[len(root) + 1:].partition("/")
+            if rest:  # a package dir; a lone module file on a script's own dir (bench/x.py) tries the next root
+                return first
     return "python"
+
+
+_STDLIB = os.path.abspath(sysconfig.get_paths()["stdlib"]).replace("\\", "/")
+
+
+def _import_roots() -> list[str]:
+    """sys.path's entries, longest first (the most specific root of a file wins)."""
+    roots = {os.path.abspath(p).replace("\\", "/") for p in sys.path if p}
+    return sorted(roots, key=len, reverse=True)
 
 
 class StartupTimer(pl.Callback):

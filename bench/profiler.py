@@ -142,4 +142,3 @@ class StepProfiler(pl.Callback):
         self._profiler = None
         if trainer.is_global_zero:
             Path(trainer.default_root_dir, "profile.json").write_text(json.dumps(self.summary, indent=2))
-

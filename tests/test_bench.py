@@ -134,3 +134,16 @@ def test_gc_timer_counts_collections_only_while_started() -> None:
     seconds = timer.seconds
     gc.collect()  # stopped: not counted
     assert timer.collections.get(2) == 1 and timer.seconds == seconds
+
+
+def test_host_owner_names_the_package_wherever_it_is_installed() -> None:
+    import json as stdlib_module
+
+    from bench.meters import host_owner
+
+    assert host_owner("/venv/lib/python3.12/site-packages/lightning/pytorch/loops/loop.py", "run") == "lightning"
+    assert host_owner("/usr/lib/python3/dist-packages/torch/nn/modules/module.py", "_call_impl") == "torch"
+    assert host_owner(stdlib_module.__file__, "loads") == "python"
+    assert host_owner("<frozen importlib._bootstrap>", "_find_and_load") == "python"
+    assert host_owner("~", "<method 'run_backward' of 'torch._C._EngineBase' objects>") == "torch (C++)"
+    assert host_owner("~", "<built-in method builtins.isinstance>") == "python (C)"

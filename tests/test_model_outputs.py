@@ -95,7 +95,7 @@ def test_ner_predictions_are_word_tags_that_give_the_logged_entity_scores(traine
 
 def test_regression_predictions_of_a_carved_split_index_the_training_file(trained) -> None:
     metrics, run_dir = trained("regression")
-    rows = load_predictions(run_dir)
+    rows = read_rows(run_dir / "predictions.jsonl", "jsonl")  # in file order
     train = read_rows(FIXTURES / "stsb" / "train.tsv", "tsv")
     assert len(rows) == round(0.2 * len(train))
     assert [r["index"] for r in rows] == sorted(r["index"] for r in rows)
