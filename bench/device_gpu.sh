@@ -19,6 +19,8 @@
 #   6. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
 # Sections run in that order while time is left (DEADLINE seconds in all); each writes its JSON as it goes.
 # SECTIONS=tta,host,b32,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped.
+# tta's six runs take most of one call (the cold SST-2 run alone took 145 s on an H200), so with the usual
+# 15 minutes of device time: the default call first, then SECTIONS=host,b32 DEADLINE=<what is left>.
 #
 # Before the call (here, with network for pip; .whl/ and .carry/ are git-ignored, about 50 MiB):
 #   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
