@@ -44,9 +44,11 @@ def test_mid_epoch_resume_equals_uninterrupted(run_cfg) -> None:
 
 
 def _start(run_dir: Path, *extra: str) -> subprocess.Popen:
+    # its own process group: a test that fails can kill the run with every rank it started
     return subprocess.Popen(
         [sys.executable, "train.py", *LONG, *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
     )
 
 
@@ -205,3 +207,54 @@ def test_config_typos_are_one_readable_line(override, message, mode, tmp_path) -
     proc = run_script("train.py", *extra, override)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {message}" + (" (to add a new key write +optimizer.lrr=...)" if "lrr" in override else "")
+
+
+def test_ranks_agree_on_a_stop_every_few_batches_not_every_step(tmp_path) -> None:
+    """Under DDP the stop agreement is a collective and a host sync: Resilience reduces the decision every
+    stop_check_every batches (the same batches on every rank) and stops all ranks at the first check after
+    a signal."""
+    from types import SimpleNamespace
+
+    from tunelab.resilience import Resilience
+
+    reductions = []
+
+    def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:
+        reductions.append(decision)
+        return decision
+
+    saved = []
+    trainer = SimpleNamespace(world_size=2, should_stop=False, global_step=0, default_root_dir=str(tmp_path),
+                              strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision),
+                              save_checkpoint=saved.append)
+    guard = Resilience(stop_check_every=10)
+    for batch in range(1, 26):
+        if batch == 12:
+            guard._request_stop(signal.SIGTERM, None)
+        guard.on_train_batch_end(trainer, None, None, None, batch - 1)
+        if trainer.should_stop:
+            break
+    assert reductions == [False, True]  # batches 10 and 20 only
+    assert batch == 20 and len(saved) == 1 and saved[0].name == "last.ckpt"
+
+
+def test_sigterm_to_one_ddp_rank_stops_both_with_a_resumable_checkpoint(tmp_path) -> None:
+    """SIGTERM to rank 0 only (rank 1 never sees it): at the next agreement both ranks write last.ckpt and
+    stop at the same step; the run exits cleanly instead of leaving rank 1 waiting in a collective."""
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+                  "callbacks.last_checkpoint.every_n_train_steps=5")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        _wait_for(last, proc)
+        proc.send_signal(signal.SIGTERM)  # the launching process is rank 0
+        out, _ = proc.communicate(timeout=180)  # ranks that disagree hang in a collective until this
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # every rank still running (none after a clean exit)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, out[-3000:]
+    assert "resume with ckpt_path=" in out
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert 5 <= ckpt["global_step"] < 50 and "tunelab_loop_position" in ckpt  # 2 epochs of 25 steps per rank

@@ -21,7 +21,10 @@ LOOP_POSITION_KEY = "tunelab_loop_position"
 
 class Resilience(pl.Callback):
     """* SIGTERM (what SLURM sends before preemption) or SIGINT: finish the current optimizer step,
-      write <run dir>/checkpoints/last.ckpt, stop. Resume with ckpt_path=last (or the path).
+      write <run dir>/checkpoints/last.ckpt, stop. Resume with ckpt_path=last (or the path). Under DDP /
+      FSDP the ranks agree on stopping (a signal may reach one rank only) every `stop_check_every`
+      batches, the same batches on every rank: the agreement is a collective and a host sync, so not
+      every step.
     * Mid-epoch resume: checkpoints record how many batches of the epoch were consumed; on resume
       the sampler skips exactly those (same order, from (seed, epoch)), so the run continues as if
       uninterrupted.
@@ -34,7 +37,7 @@ class Resilience(pl.Callback):
     """
 
     def __init__(self, on_nan: str = "stop", handle_signals: bool = True, defer_nan_check: bool | None = None,
-                 nan_check_every: int = 50) -> None:
+                 nan_check_every: int = 50, stop_check_every: int = 10) -> None:
         if on_nan not in {"stop", "skip", "off"}:
             raise ValueError(f"on_nan={on_nan!r}: use stop, skip or off.")
         self.on_nan = on_nan
@@ -42,6 +45,8 @@ class Resilience(pl.Callback):
         self.nan_check_every = max(1, nan_check_every)
         self._first_bad_step: torch.Tensor | None = None  # on the device; -1 while every loss was finite
         self.handle_signals = handle_signals
+        self.stop_check_every = max(1, stop_check_every)
+        self._batches = 0  # training batches this process ran in this fit: equal on every rank
         self.stop_signal: int | None = None
         self.interrupted_checkpoint: str | None = None
         self.skipped_batches = 0
@@ -66,8 +71,11 @@ class Resilience(pl.Callback):
         log.warning("received %s: stopping after this step with a resumable checkpoint", signal.Signals(signum).name)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batches += 1
         stop = self.stop_signal is not None
         if trainer.world_size > 1:  # every rank must stop at the same step
+            if self._batches % self.stop_check_every:
+                return
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop and not trainer.should_stop:
             path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
