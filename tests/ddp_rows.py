@@ -25,3 +25,28 @@ class RecordTrainingRows(pl.Callback):
         if trainer.is_global_zero:
             out["train"] = [e["input_ids"] for e in trainer.datamodule.splits["train"].examples]
         Path(trainer.default_root_dir, f"rows_rank{trainer.global_rank}.json").write_text(json.dumps(out))
+
+
+class CountBroadcasts(pl.Callback):
+    """Writes <run dir>/broadcasts_rank<k>.json: the torch.distributed.broadcast calls made while this rank
+    trained (Lightning >= 2.5.2 makes one before every batch unless tunelab's Resilience turns it off)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import torch.distributed as dist
+
+        self._broadcast = dist.broadcast
+
+        def counting(*args, **kwargs):
+            self.calls += 1
+            return self._broadcast(*args, **kwargs)
+
+        dist.broadcast = counting
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch.distributed as dist
+
+        dist.broadcast = self._broadcast
+        Path(trainer.default_root_dir, f"broadcasts_rank{trainer.global_rank}.json").write_text(json.dumps(self.calls))

@@ -81,12 +81,15 @@ def test_ddp_two_cpu_processes(tmp_path) -> None:
     proc = run_script(
         "train.py", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "model=tiny", "logger=csv",
         f"paths.data_dir={FIXTURES}", "data.train_limit=72", "data.batch_size=8", "trainer.max_epochs=1",
-        "+callbacks.rows._target_=tests.ddp_rows.RecordTrainingRows", f"hydra.run.dir={tmp_path}",
+        "+callbacks.rows._target_=tests.ddp_rows.RecordTrainingRows",
+        "+callbacks.broadcasts._target_=tests.ddp_rows.CountBroadcasts", f"hydra.run.dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     # 72 rows = 9 batches of 8, dealt round-robin: 5 per rank (the 10th slot repeats the first batch)
     assert metrics["global_step"] == 5
+    # no collective per step: Lightning's per-batch SIGTERM broadcast is off (Resilience handles signals)
+    assert [json.loads((tmp_path / f"broadcasts_rank{r}.json").read_text()) for r in (0, 1)] == [0, 0]
     assert "test/acc" in metrics["metrics"]
     # rank 0 gathers both ranks' test predictions: one row per test example, in file order
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]

@@ -58,11 +58,16 @@ class Resilience(pl.Callback):
         self._skip_consumed_batches(trainer)
         if not self.handle_signals:
             return
+        installed = True
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
             except ValueError:  # not the main thread (e.g. some launchers): leave signals alone
-                return
+                installed = False
+                break
+        # one collective at the start: every rank must skip Lightning's broadcast, or none
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(installed, all=True):
+            _skip_lightning_sigterm_broadcast(trainer)
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         if self.stop_signal is not None and signum == signal.SIGINT:
@@ -158,6 +163,21 @@ class Resilience(pl.Callback):
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
         self._previous_handlers.clear()
+        vars(trainer.fit_loop.epoch_loop).pop(_LIGHTNING_BROADCAST, None)  # Lightning's own method again
+
+
+_LIGHTNING_BROADCAST = "_broadcast_sigterm_tensor"
+
+
+def _skip_lightning_sigterm_broadcast(trainer: pl.Trainer) -> None:
+    """Lightning (>= 2.5.2) broadcasts rank 0's SIGTERM flag before every DDP / FSDP batch and reads it with
+    `.item()`: a collective and a device sync per step (Lightning-AI/pytorch-lightning#21487). The flag is set
+    by Lightning's SIGTERM handler, which Resilience's replaces, so it stays 0 and the broadcast only costs;
+    the ranks agree on stopping every stop_check_every batches instead. A Lightning without the method is
+    left as it is."""
+    loop = trainer.fit_loop.epoch_loop
+    if callable(getattr(loop, _LIGHTNING_BROADCAST, None)):
+        setattr(loop, _LIGHTNING_BROADCAST, lambda: None)
 
 
 def find_resilience(trainer: pl.Trainer) -> Resilience | None:
