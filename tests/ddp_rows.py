@@ -50,3 +50,22 @@ class CountBroadcasts(pl.Callback):
 
         dist.broadcast = self._broadcast
         Path(trainer.default_root_dir, f"broadcasts_rank{trainer.global_rank}.json").write_text(json.dumps(self.calls))
+
+
+class NonFiniteLossOnRank1(pl.Callback):
+    """Rank 1's training loss is NaN at optimizer step `step`; rank 0's stays finite."""
+
+    def __init__(self, step: int = 2) -> None:
+        self.step = step
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_rank != 1:
+            return
+        loss_fn = pl_module.loss_fn
+        original = loss_fn.forward
+
+        def forward(*args, **kwargs):
+            loss = original(*args, **kwargs)
+            return loss * float("nan") if trainer.global_step == self.step else loss
+
+        loss_fn.forward = forward

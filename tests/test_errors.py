@@ -23,6 +23,7 @@ def write(path: Path, text: str) -> Path:
         (["trainer.accelerator=gpu", "trainer.devices=8"], "trainer.devices=8 but 0 GPU(s) are available"),
         (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt does not exist"),
         (["model.freeze_layers=9"], "model.freeze_layers=9 but the model has 2 layers"),
+        (["trainer.devices=2", "on_nan=skip"], "on_nan=skip needs one process, not 2; use on_nan=stop"),
     ],
 )
 def test_misconfiguration_raises_documented_error(run_cfg, overrides, message) -> None:

@@ -258,3 +258,20 @@ def test_sigterm_to_one_ddp_rank_stops_both_with_a_resumable_checkpoint(tmp_path
     assert "resume with ckpt_path=" in out
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert 5 <= ckpt["global_step"] < 50 and "tunelab_loop_position" in ckpt  # 2 epochs of 25 steps per rank
+
+
+def test_a_nan_loss_on_one_ddp_rank_stops_every_rank(tmp_path) -> None:
+    """Under DDP a non-finite loss on one rank stops all of them with the error naming its step (the
+    ranks read their deferred flags together). A rank stopping alone fails the other in its next collective,
+    and the run ends with gloo's "Connection closed by peer" in place of the loss error."""
+    proc = _start(tmp_path / "run", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+                  "+callbacks.nan._target_=tests.ddp_rows.NonFiniteLossOnRank1", "+callbacks.nan.step=2")
+    try:
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode != 0
+    assert "non-finite training loss at step 2 (epoch 0)" in out, out[-3000:]

@@ -33,7 +33,9 @@ class Resilience(pl.Callback):
       On an accelerator the stop check is deferred (`defer_nan_check`): reading the loss on the host
       every step is a device sync that stalls the step pipeline, so the flag accumulates on the device
       and is read every `nan_check_every` steps, at epoch end and before any checkpoint is written
-      (a checkpoint never holds weights updated from a non-finite loss).
+      (a checkpoint never holds weights updated from a non-finite loss). Under DDP / FSDP it is deferred
+      on CPUs too, and the ranks read their flags together: a rank that stopped alone would leave the
+      others waiting in a collective. on_nan=skip needs a single process (validation refuses it).
     """
 
     def __init__(self, on_nan: str = "stop", handle_signals: bool = True, defer_nan_check: bool | None = None,
@@ -118,7 +120,9 @@ class Resilience(pl.Callback):
         """True if the step may proceed. on_nan=skip must decide now (one host sync per step)."""
         if self.on_nan == "off":
             return True
-        defer = self.defer_nan_check if self.defer_nan_check is not None else loss.device.type != "cpu"
+        defer = self.defer_nan_check
+        if defer is None:  # ranks must stop together: a rank stopping alone leaves the others in a collective
+            defer = loss.device.type != "cpu" or trainer.world_size > 1
         if self.on_nan == "stop" and defer:
             self._record_deferred(trainer, loss.detach())
             return True
@@ -140,12 +144,18 @@ class Resilience(pl.Callback):
             self.flush_nan_check(trainer)
 
     def flush_nan_check(self, trainer: pl.Trainer) -> None:
-        """Read the deferred flag (one sync) and stop if a loss since the last read was non-finite."""
+        """Read the deferred flag (one sync) and stop if a loss since the last read was non-finite. Under
+        DDP / FSDP every rank flushes at the same points (each records every step), gathers the ranks'
+        flags and stops, naming the earliest bad step, if any rank saw one."""
         if self._first_bad_step is None:
             return
-        step, self._first_bad_step = int(self._first_bad_step), None
-        if step >= 0:
-            self._stop_for_nan(trainer, step)
+        first_bad, self._first_bad_step = self._first_bad_step, None
+        if trainer.world_size > 1:
+            first_bad = trainer.strategy.all_gather(first_bad)
+        first_bad = first_bad.reshape(-1)  # one entry per rank
+        bad = first_bad[first_bad >= 0]
+        if bad.numel():
+            self._stop_for_nan(trainer, int(bad.min()))
 
     def _stop_for_nan(self, trainer: pl.Trainer, step: int, value: str = "") -> None:
         last = newest_checkpoint(Path(trainer.default_root_dir) / "checkpoints")

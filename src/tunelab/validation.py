@@ -53,6 +53,13 @@ def _check_devices(cfg: DictConfig) -> None:
     gpus = torch.cuda.device_count()
     if strategy_name(trainer.get("strategy")).startswith("fsdp") and (accelerator == "cpu" or not gpus):
         raise ConfigError("trainer=fsdp needs GPUs (Lightning's FSDPStrategy refuses CPU); use trainer=ddp on CPU.")
+    processes = (len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices)
+                 else devices if isinstance(devices, int) else 1) * int(trainer.get("num_nodes") or 1)
+    if cfg.get("on_nan") == "skip" and processes > 1:
+        # a batch skipped on one rank leaves the others waiting for its gradients (Lightning: a None
+        # training_step is unsupported with several devices)
+        raise ConfigError(f"on_nan=skip needs one process, not {processes}; use on_nan=stop, which stops every rank "
+                          "at a non-finite loss.")
     if not isinstance(devices, int) or devices < 1:
         return  # "auto", -1 or a list of ids: Lightning resolves and validates them
     if accelerator in {"gpu", "cuda"} and devices > gpus:
