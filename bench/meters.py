@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,6 +270,42 @@ def _import_roots() -> list[str]:
     """sys.path's entries, longest first (the most specific root of a file wins)."""
     roots = {os.path.abspath(p).replace("\\", "/") for p in sys.path if p}
     return sorted(roots, key=len, reverse=True)
+
+
+class OpCount(TorchDispatchMode):
+    """Counts the tensor ops dispatched while active (after autograd: what runs on the device, where each is
+    a kernel launch or more). Backward ops count where the autograd engine runs them on this thread: on CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+class StepOps(pl.Callback):
+    """The ops of training step `step` (on_train_batch_start to on_train_batch_end: forward, loss, metric
+    updates, backward, optimizer, the callbacks' per-step work), in <run dir>/step_ops.json."""
+
+    def __init__(self, step: int = 21) -> None:
+        self.step = step
+        self._count: OpCount | None = None
+        self.ops: int | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and self.ops is None:
+            self._count = OpCount()
+            self._count.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._count is None:
+            return
+        self._count.__exit__(None, None, None)
+        self.ops, self._count = self._count.ops, None
+        if trainer.is_global_zero:
+            Path(trainer.default_root_dir, "step_ops.json").write_text(json.dumps(self.ops))
 
 
 class StartupTimer(pl.Callback):

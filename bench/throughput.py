@@ -17,6 +17,7 @@ python bench/throughput.py --smoke         # tiny model, fixture rows: correctne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -35,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.meters import STARTUP_TIMER, ThroughputMeter, run_fresh  # noqa: E402
+from bench.meters import STARTUP_TIMER, OpCount, ThroughputMeter, run_fresh  # noqa: E402
 from tunelab.config import compose_config  # noqa: E402
 from tunelab.model import build_model, uses_cuda_graphs  # noqa: E402
 from tunelab.optim import param_groups  # noqa: E402
@@ -43,6 +44,7 @@ from tunelab.tasks import get_task  # noqa: E402
 from tunelab.pipeline import build_datamodule, run  # noqa: E402
 
 METER = "+callbacks.throughput._target_=bench.meters.ThroughputMeter"
+STEP_OPS = "bench.meters.StepOps"
 
 
 def base_overrides(smoke: bool, cache: Path) -> list[str]:
@@ -63,10 +65,11 @@ def run_framework(overrides: list[str], out: Path) -> tuple[dict, dict]:
 
 
 def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: str = "cpu", bf16: bool = False,
-             warmup_epochs: int = 0, host_profile: bool = False) -> dict:
+             warmup_epochs: int = 0, host_profile: bool = False, count_ops_at: int | None = None) -> dict:
     """The hand-written baseline: the same model (compiled as cfg.model says, CUDA graphs included),
     loader (same seeded batches, epoch after epoch) and AdamW parameter groups, timed like the
-    framework: `steps` steps after `warmup` steps and `warmup_epochs` epochs, epoch ends not timed."""
+    framework: `steps` steps after `warmup` steps and `warmup_epochs` epochs, epoch ends not timed.
+    count_ops_at: also count the ops of that step (as bench.meters.StepOps does for the framework)."""
     cfg = compose_config(overrides, out)
     torch.manual_seed(cfg.seed)
     dm = build_datamodule(cfg)
@@ -78,13 +81,15 @@ def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: s
     fused = True if device == "cuda" else None
     opt = torch.optim.AdamW(param_groups(model, cfg.optimizer.weight_decay), lr=cfg.optimizer.lr, fused=fused)
     meter = ThroughputMeter(warmup, warmup_epochs, steps, host_profile)
-    loader, step = dm.train_dataloader(), 0
+    loader, step, step_ops = dm.train_dataloader(), 0, None
     for epoch in itertools.count():
         dm.train_sampler.set_epoch(epoch)
         for batch in loader:
             if step >= warmup and epoch >= warmup_epochs:
                 meter.begin()
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            counting = OpCount() if step == count_ops_at else contextlib.nullcontext()
+            counting.__enter__()
             if cuda_graphs:  # as TransformerModule.forward: this replay may reuse the last one's outputs
                 torch.compiler.cudagraph_mark_step_begin()
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
@@ -93,28 +98,38 @@ def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: s
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            counting.__exit__(None, None, None)
+            if isinstance(counting, OpCount):
+                step_ops = counting.ops
             step += 1
             if meter.started and not meter.done:
                 meter.count(batch)
                 if meter.steps >= steps:
                     meter.stop()
-                    return meter.summary()
+                    return {**meter.summary(), **({"step_ops": step_ops} if count_ops_at is not None else {})}
         meter.pause()  # the epoch end (a new loader iterator) is not timed, as in ThroughputMeter
 
 
 def alternate(overrides: list[str], tmp: Path, name: str, reps: int, steps: int, warmup: int,
-              variants: dict[str, list[str]], host_profile: bool = False) -> dict[str, list[dict]]:
+              variants: dict[str, list[str]], host_profile: bool = False,
+              count_ops_at: int | None = None) -> dict[str, list[dict]]:
     """The hand-written loop ("raw") and each framework variant (extra overrides), alternating `reps` times
-    to cancel slow drifts of the machine: every run's throughput summary, by name."""
+    to cancel slow drifts of the machine: every run's throughput summary, by name (with `step_ops`, the
+    ops of step `count_ops_at`, when given: a warm-up step, so the count does not slow the timed ones)."""
     runs: dict[str, list[dict]] = {"raw": [], **{v: [] for v in variants}}
-    if host_profile:
-        overrides = [*overrides, "+callbacks.throughput.host_profile=true"]
+    measures = [*(["+callbacks.throughput.host_profile=true"] if host_profile else []),
+                *([f"+callbacks.ops._target_={STEP_OPS}", f"+callbacks.ops.step={count_ops_at}"]
+                  if count_ops_at is not None else [])]
     for rep in range(reps):
         loop_overrides = [o for o in overrides if "throughput" not in o]
         runs["raw"].append(raw_loop(loop_overrides, tmp / f"{name}_raw{rep}", steps - warmup, warmup,
-                                    host_profile=host_profile))
+                                    host_profile=host_profile, count_ops_at=count_ops_at))
         for variant, extra in variants.items():
-            runs[variant].append(run_framework([*overrides, *extra], tmp / f"{name}_{variant}{rep}")[0])
+            out = tmp / f"{name}_{variant}{rep}"
+            summary = run_framework([*overrides, *measures, *extra], out)[0]
+            if count_ops_at is not None:
+                summary["step_ops"] = json.loads((out / "step_ops.json").read_text())
+            runs[variant].append(summary)
     return runs
 
 
@@ -131,16 +146,19 @@ def bench_framework(smoke: bool, cache: Path, tmp: Path) -> dict:
 
 def bench_host(smoke: bool, cache: Path, tmp: Path, host_profile: bool = False) -> dict:
     """Host time per training step with a model so small that compute is negligible (model=tiny): the
-    hand-written loop vs the framework with and without training-batch metrics, alternating, best of 3.
+    hand-written loop vs the framework with and without training-batch metrics, alternating, best of 3,
+    and the ops one training step dispatches (step 21: a warm-up step, not a logging one).
     host_profile: one more round under cProfile, its host time by package (not timed)."""
     steps, warmup = (6, 2) if smoke else (450, 50)
+    count_ops_at = 1 if smoke else 21
     overrides = [*base_overrides(smoke, cache), "model=tiny", "data.train_limit=4096", f"trainer.max_steps={steps}",
                  "test=false", "export=false", f"+callbacks.throughput.warmup={warmup}"]
     variants = {"framework": [], "framework_train_metrics_false": ["train_metrics=false"]}
-    runs = alternate(overrides, tmp, "host", 1 if smoke else 3, steps, warmup, variants)
+    runs = alternate(overrides, tmp, "host", 1 if smoke else 3, steps, warmup, variants, count_ops_at=count_ops_at)
     ms = {k: [1000 * r["seconds"] / r["steps"] for r in v] for k, v in runs.items()}
     best = {k: min(v) for k, v in ms.items()}
     out = {"ms_per_step": best, "runs": ms, "steps_timed": steps - warmup,
+           "ops_per_step": {k: v[0]["step_ops"] for k, v in runs.items()},
            "gc_ms_per_step": {k: sum(r["gc_ms_per_step"] for r in v) / len(v) for k, v in runs.items()},
            **{f"{k}_over_raw_speed": best["raw"] / v for k, v in best.items() if k != "raw"}}
     if host_profile:

@@ -22,6 +22,8 @@ def test_throughput_bench_smoke(tmp_path) -> None:
     assert r["cache"]["tokenizations"] == r["cache"]["files"]  # the second preparation re-tokenized nothing
     assert set(r["host"]["ms_per_step"]) == {"raw", "framework", "framework_train_metrics_false"}
     assert all(v > 0 for v in r["host"]["ms_per_step"].values())
+    ops = r["host"]["ops_per_step"]  # the framework dispatches more per step than the loop; metrics add more
+    assert ops["raw"] < ops["framework_train_metrics_false"] < ops["framework"]
 
 
 def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:

@@ -1,5 +1,5 @@
 """tunelab.metrics: sync-free updates must give exactly torchmetrics' numbers (the classification
-metrics keep torchmetrics' states and compute(); only the counting differs)."""
+metrics keep torchmetrics' compute(); their one state is the confusion matrix it reads tp / fp / tn / fn off)."""
 
 import pytest
 import torch
@@ -75,3 +75,14 @@ def test_mean_loss_weights_batches_by_their_size() -> None:
     mean.reset()
     mean.update(torch.tensor(0.5, requires_grad=True) * 2, 3)
     assert mean.compute().item() == pytest.approx(1.0) and not mean.total.requires_grad
+
+
+def test_classification_metrics_update_as_two_compute_groups() -> None:
+    """The six counting metrics share one confusion-matrix state (one argmax and one scatter-add per batch),
+    the three calibration metrics one set of sums: a split state would count the same batch again."""
+    from tunelab.tasks import get_task
+
+    metrics = get_task("classification").metrics(3)
+    metrics.update(torch.randn(8, 3), torch.randint(0, 3, (8,)))
+    groups = sorted(sorted(g) for g in metrics.compute_groups.values())
+    assert groups == [["acc", "f1_macro", "f1_micro", "mcc", "precision", "recall"], ["brier", "ece", "nll"]]

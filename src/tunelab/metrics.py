@@ -30,22 +30,27 @@ def confusion_matrix(preds: torch.Tensor, target: torch.Tensor, num_classes: int
 
 class _CountsFromConfusion:
     """For torchmetrics' multiclass metrics over class-index predictions or logits (argmax: top_k=1, global
-    average, no ignore_index): the update counts through `confusion_matrix`; states and compute() stay
-    torchmetrics'."""
+    average, no ignore_index). One state, the confusion matrix, counted by scatter-add; compute() is
+    torchmetrics' own, over the true / false positives and negatives read off that matrix. Every such
+    metric of a collection holds the same state, so MetricCollection updates them all as one compute group:
+    one argmax and one scatter-add per batch, whatever the number of metrics."""
+
+    def _create_state(self, size: int, multidim_average: str = "global") -> None:
+        # in place of torchmetrics' tp / fp / tn / fn states (called from its __init__)
+        n = self.num_classes
+        self.add_state("confmat", torch.zeros(n, n, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         if preds.is_floating_point():  # logits / probabilities: the predicted class is their argmax
             preds = preds.argmax(-1)
-        cm = confusion_matrix(preds, target, self.num_classes)
-        if hasattr(self, "confmat"):  # confusion-matrix metrics (MCC)
-            self.confmat += cm
-            return
+        self.confmat += confusion_matrix(preds, target, self.num_classes)
+
+    def _final_state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        # per class; torchmetrics' reductions sum them for average="micro"
+        cm = self.confmat
         tp = cm.diag()
         fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
-        tn = cm.sum() - tp - fp - fn
-        if self.average == "micro":
-            tp, fp, tn, fn = tp.sum(), fp.sum(), tn.sum(), fn.sum()
-        self._update_state(tp, fp, tn, fn)
+        return tp, fp, cm.sum() - tp - fp - fn, fn
 
 
 class Accuracy(_CountsFromConfusion, MulticlassAccuracy):

@@ -44,8 +44,9 @@ class ClassificationTask(SequenceTask):
     mode = "max"
 
     def metrics(self, num_labels: int) -> MetricCollection:
-        # torchmetrics' metrics counting by scatter-add (tunelab.metrics: no GPU sync per update);
-        # validate_args=False: predictions come from argmax, so the (syncing) input checks cannot fail.
+        # torchmetrics' metrics over one confusion matrix counted by scatter-add (tunelab.metrics: no GPU
+        # sync per update; the six share it, one compute group); validate_args=False: predictions come
+        # from argmax, so the (syncing) input checks cannot fail.
         # Calibration scores the softmax of the outputs, whatever the loss (square loss included).
         n, kw = num_labels, {"validate_args": False}
         return MetricCollection(
