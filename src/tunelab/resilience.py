@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from tunelab.errors import TrainingError
+from tunelab.errors import ConfigError, TrainingError
 from tunelab.rundir import newest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,12 @@ class Resilience(pl.Callback):
         self._resume_position: dict | None = None
         self._previous_handlers: dict[int, Any] = {}
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # validation refuses this from the config; devices="auto" / -1 / "0,1" only resolve here
+        if self.on_nan == "skip" and trainer.world_size > 1 and stage == "fit":
+            raise ConfigError(f"on_nan=skip needs one process, not {trainer.world_size}; use on_nan=stop, which "
+                              "stops every rank at a non-finite loss.")
+
     # ---- signals ---------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._skip_consumed_batches(trainer)
@@ -67,9 +73,12 @@ class Resilience(pl.Callback):
             except ValueError:  # not the main thread (e.g. some launchers): leave signals alone
                 installed = False
                 break
-        # one collective at the start: every rank must skip Lightning's broadcast, or none
-        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(installed, all=True):
-            _skip_lightning_sigterm_broadcast(trainer)
+        # one collective at the start: every rank skips Lightning's broadcast, or none. None when a SIGTERM
+        # came before this handler (sanity check): Lightning's flag is set, its broadcast stops every rank
+        if trainer.world_size > 1:
+            ours = installed and not getattr(trainer, "received_sigterm", False)
+            if trainer.strategy.reduce_boolean_decision(ours, all=True):
+                _skip_lightning_sigterm_broadcast(trainer)
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         if self.stop_signal is not None and signum == signal.SIGINT:
@@ -81,7 +90,8 @@ class Resilience(pl.Callback):
         self._batches += 1
         stop = self.stop_signal is not None
         if trainer.world_size > 1:  # every rank must stop at the same step
-            if self._batches % self.stop_check_every:
+            last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # a late signal is not lost
+            if self._batches % self.stop_check_every and not last_of_epoch:
                 return
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop and not trainer.should_stop:
@@ -89,6 +99,8 @@ class Resilience(pl.Callback):
             trainer.save_checkpoint(path)  # Lightning writes atomically (temp file + rename)
             self.interrupted_checkpoint = str(path)
             trainer.should_stop = True
+            # now, not after min_epochs / min_steps: Lightning would train on to the end of the epoch
+            trainer.fit_loop.min_epochs, trainer.fit_loop.epoch_loop.min_steps = 0, None
             log.warning("interrupted at step %d: resume with ckpt_path=%s", trainer.global_step, path)
 
     # ---- mid-epoch position ----------------------------------------------------------------------
@@ -120,9 +132,10 @@ class Resilience(pl.Callback):
         """True if the step may proceed. on_nan=skip must decide now (one host sync per step)."""
         if self.on_nan == "off":
             return True
-        defer = self.defer_nan_check
-        if defer is None:  # ranks must stop together: a rank stopping alone leaves the others in a collective
-            defer = loss.device.type != "cpu" or trainer.world_size > 1
+        # ranks must stop together (deferred checks are read by all at once): a rank stopping alone leaves
+        # the others in a collective
+        defer = trainer.world_size > 1 or (
+            self.defer_nan_check if self.defer_nan_check is not None else loss.device.type != "cpu")
         if self.on_nan == "stop" and defer:
             self._record_deferred(trainer, loss.detach())
             return True
@@ -169,7 +182,13 @@ class Resilience(pl.Callback):
         self.flush_nan_check(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore(trainer)
         self.flush_nan_check(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore(trainer)
+
+    def _restore(self, trainer: pl.Trainer) -> None:
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
         self._previous_handlers.clear()

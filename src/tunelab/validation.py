@@ -53,9 +53,8 @@ def _check_devices(cfg: DictConfig) -> None:
     gpus = torch.cuda.device_count()
     if strategy_name(trainer.get("strategy")).startswith("fsdp") and (accelerator == "cpu" or not gpus):
         raise ConfigError("trainer=fsdp needs GPUs (Lightning's FSDPStrategy refuses CPU); use trainer=ddp on CPU.")
-    processes = (len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices)
-                 else devices if isinstance(devices, int) else 1) * int(trainer.get("num_nodes") or 1)
-    if cfg.get("on_nan") == "skip" and processes > 1:
+    processes = _device_count(devices) * int(trainer.get("num_nodes") or 1)
+    if cfg.get("on_nan") == "skip" and processes > 1:  # "auto" / -1: Resilience refuses it once resolved
         # a batch skipped on one rank leaves the others waiting for its gradients (Lightning: a None
         # training_step is unsupported with several devices)
         raise ConfigError(f"on_nan=skip needs one process, not {processes}; use on_nan=stop, which stops every rank "
@@ -67,6 +66,17 @@ def _check_devices(cfg: DictConfig) -> None:
             f"trainer.devices={devices} but {gpus} GPU(s) are available; lower trainer.devices "
             "or use trainer.accelerator=cpu."
         )
+
+
+def _device_count(devices) -> int:
+    """Devices per node as the config writes them (2, "2", "0,1", [0, 1]); 1 for "auto" and -1, which
+    Lightning resolves."""
+    if isinstance(devices, str):
+        ids = [d for d in devices.split(",") if d.strip()]
+        return len(ids) if "," in devices else int(devices) if devices.strip().isdigit() else 1
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    return devices if isinstance(devices, int) and devices > 0 else 1
 
 
 def _check_sweeper_direction(cfg: DictConfig) -> None:
