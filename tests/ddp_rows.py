@@ -1,5 +1,5 @@
-"""A callback for the DDP tests (importable by the rank processes Lightning starts, which re-run
-train.py from the project root): which training rows each rank trained on."""
+"""Callbacks for the DDP and interruption tests (importable by the rank processes Lightning starts, which
+re-run train.py from the project root)."""
 
 from __future__ import annotations
 
@@ -70,3 +70,21 @@ class NonFiniteLossOnRank1(pl.Callback):
             return loss + float("nan") * loss.detach() if trainer.global_step == self.step else loss
 
         loss_fn.forward = forward
+
+
+class SignalAtBatch(pl.Callback):
+    """Delivers SIGTERM to the run's Resilience guard at the end of training batch `batch` (counted over the
+    whole fit), as the signal handler would: a stop requested at an exact batch."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self._seen = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import signal
+
+        from tunelab.resilience import find_resilience
+
+        if self._seen == self.batch:
+            find_resilience(trainer)._request_stop(signal.SIGTERM, None)
+        self._seen += 1

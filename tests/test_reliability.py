@@ -43,6 +43,21 @@ def test_mid_epoch_resume_equals_uninterrupted(run_cfg) -> None:
     assert_same_weights(state_dict(full / "checkpoints" / "last.ckpt"), state_dict(resumed / "checkpoints" / "last.ckpt"))
 
 
+def test_a_stop_between_accumulated_batches_waits_for_the_step_and_resumes_exactly(run_cfg) -> None:
+    """With gradient accumulation a signal after the first batch of a pair stops after the second, at the
+    optimizer step (a checkpoint between them would drop the gradients summed so far), and resuming from it
+    ends with the weights of an uninterrupted run."""
+    args = ("data.train_limit=48", "data.batch_size=8", "trainer.accumulate_grad_batches=2", "trainer.max_epochs=2",
+            "optimizer.lr=1e-3", "model.dropout=0.1", "seed=3")
+    _, straight = run_cfg(*args)
+    _, stopped = run_cfg(*args, "+callbacks.signal._target_=tests.ddp_rows.SignalAtBatch", "+callbacks.signal.batch=2")
+    last = stopped / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["tunelab_loop_position"]["batches_done"] == 4  # not 3
+    _, resumed = run_cfg(*args, f"ckpt_path={last}")
+    assert_same_weights(state_dict(straight / "checkpoints" / "last.ckpt"), state_dict(resumed / "checkpoints" / "last.ckpt"))
+
+
 def _start(run_dir: Path, *extra: str) -> subprocess.Popen:
     # its own process group: a test that fails can kill the run with every rank it started
     return subprocess.Popen(
@@ -217,7 +232,7 @@ def test_ranks_agree_on_a_stop_every_few_batches_not_every_step(tmp_path) -> Non
     a signal."""
     from types import SimpleNamespace
 
-    from tunelab.resilience import Resilience
+    from tunelab.resilience import Interrupted, Resilience
 
     reductions = []
 
@@ -230,14 +245,15 @@ def test_ranks_agree_on_a_stop_every_few_batches_not_every_step(tmp_path) -> Non
         saved = []
         trainer = SimpleNamespace(world_size=2, should_stop=False, global_step=0, default_root_dir=str(tmp_path),
                                   num_training_batches=batches_per_epoch, save_checkpoint=saved.append,
-                                  strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision),
-                                  fit_loop=SimpleNamespace(min_epochs=1, epoch_loop=SimpleNamespace(min_steps=None)))
+                                  strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision))
         guard = Resilience(stop_check_every=10)
         for batch in range(1, 101):
             if batch == signal_at:
                 guard._request_stop(signal.SIGTERM, None)
-            guard.on_train_batch_end(trainer, None, None, None, (batch - 1) % batches_per_epoch)
-            if trainer.should_stop:
+            trainer.global_step = batch  # an optimizer step per batch
+            try:
+                guard.on_train_batch_end(trainer, None, None, None, (batch - 1) % batches_per_epoch)
+            except Interrupted:
                 assert [p.name for p in saved] == ["last.ckpt"]
                 return batch, list(reductions)
         return batch, list(reductions)

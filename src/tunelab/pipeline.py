@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
 from tunelab.checkpoints import check_checkpoint
 from tunelab.module import TransformerModule
-from tunelab.resilience import find_resilience
+from tunelab.resilience import Interrupted, find_resilience
 from tunelab.trainer import best_checkpoint, build_trainer
 from tunelab.validation import validate
 
@@ -64,7 +64,10 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg)
 
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except Interrupted:  # a stop signal: last.ckpt written, nothing after it (see below)
+            pass
     metrics = _as_floats(trainer.callback_metrics)
     guard = find_resilience(trainer)
     if guard is not None and guard.skipped_batches:

@@ -19,12 +19,18 @@ log = logging.getLogger(__name__)
 LOOP_POSITION_KEY = "tunelab_loop_position"
 
 
+class Interrupted(Exception):
+    """Raised out of Trainer.fit by Resilience once a stop signal's last.ckpt is written; the pipeline ends
+    the run there (no test on half-trained weights)."""
+
+
 class Resilience(pl.Callback):
-    """* SIGTERM (what SLURM sends before preemption) or SIGINT: finish the current optimizer step,
-      write <run dir>/checkpoints/last.ckpt, stop. Resume with ckpt_path=last (or the path). Under DDP /
-      FSDP the ranks agree on stopping (a signal may reach one rank only) every `stop_check_every`
-      batches, the same batches on every rank: the agreement is a collective and a host sync, so not
-      every step.
+    """* SIGTERM (what SLURM sends before preemption) or SIGINT: finish the current optimizer step (with
+      gradient accumulation: the step the current batches add up to), write <run dir>/checkpoints/last.ckpt
+      and end fit at once (Interrupted). Resume with ckpt_path=last (or the path). Under DDP / FSDP the
+      ranks agree on stopping (a signal may reach one rank only) every `stop_check_every` batches and at
+      each epoch's last, the same batches on every rank: the agreement is a collective and a host sync,
+      so not every step.
     * Mid-epoch resume: checkpoints record how many batches of the epoch were consumed; on resume
       the sampler skips exactly those (same order, from (seed, epoch)), so the run continues as if
       uninterrupted.
@@ -49,6 +55,8 @@ class Resilience(pl.Callback):
         self.handle_signals = handle_signals
         self.stop_check_every = max(1, stop_check_every)
         self._batches = 0  # training batches this process ran in this fit: equal on every rank
+        self._step_seen = 0  # the global step at the previous batch end
+        self._stopping = False  # a stop was requested (agreed by every rank): at the next optimizer step
         self.stop_signal: int | None = None
         self.interrupted_checkpoint: str | None = None
         self.skipped_batches = 0
@@ -64,6 +72,7 @@ class Resilience(pl.Callback):
     # ---- signals ---------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._skip_consumed_batches(trainer)
+        self._step_seen = trainer.global_step
         if not self.handle_signals:
             return
         installed = True
@@ -88,20 +97,26 @@ class Resilience(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batches += 1
-        stop = self.stop_signal is not None
-        if trainer.world_size > 1:  # every rank must stop at the same step
-            last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # a late signal is not lost
-            if self._batches % self.stop_check_every and not last_of_epoch:
-                return
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop and not trainer.should_stop:
+        stepped = trainer.global_step != self._step_seen  # this batch ended an optimizer step
+        self._step_seen = trainer.global_step
+        if not self._stopping:
+            stop = self.stop_signal is not None
+            if trainer.world_size > 1:  # every rank must stop at the same step
+                last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # a late signal is not lost
+                if self._batches % self.stop_check_every and not last_of_epoch:
+                    return
+                stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            self._stopping = stop
+        # only after an optimizer step: mid-accumulation, the checkpoint would lose the gradients summed so far
+        if self._stopping and stepped:
             path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             trainer.save_checkpoint(path)  # Lightning writes atomically (temp file + rename)
             self.interrupted_checkpoint = str(path)
-            trainer.should_stop = True
-            # now, not after min_epochs / min_steps: Lightning would train on to the end of the epoch
-            trainer.fit_loop.min_epochs, trainer.fit_loop.epoch_loop.min_steps = 0, None
             log.warning("interrupted at step %d: resume with ckpt_path=%s", trainer.global_step, path)
+            # ends fit here (on every rank: the stop was agreed). trainer.should_stop would not: Lightning
+            # trains on to min_epochs, then validates and lets the checkpoint callbacks rewrite last.ckpt
+            # with the epoch marked done, so a resume would skip the rest of it
+            raise Interrupted(str(path))
 
     # ---- mid-epoch position ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
