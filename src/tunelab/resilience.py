@@ -64,10 +64,8 @@ class Resilience(pl.Callback):
         self._previous_handlers: dict[int, Any] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # validation refuses this from the config; devices="auto" / -1 / "0,1" only resolve here
-        if self.on_nan == "skip" and trainer.world_size > 1 and stage == "fit":
-            raise ConfigError(f"on_nan=skip needs one process, not {trainer.world_size}; use on_nan=stop, which "
-                              "stops every rank at a non-finite loss.")
+        if stage == "fit":  # validation checked the config; devices="auto" / -1 only resolve here
+            check_skip_runs_alone(self.on_nan, trainer.world_size)
 
     # ---- signals ---------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -222,6 +220,14 @@ def _skip_lightning_sigterm_broadcast(trainer: pl.Trainer) -> None:
     loop = trainer.fit_loop.epoch_loop
     if callable(getattr(loop, _LIGHTNING_BROADCAST, None)):
         setattr(loop, _LIGHTNING_BROADCAST, lambda: None)
+
+
+def check_skip_runs_alone(on_nan: str, processes: int) -> None:
+    """on_nan=skip drops a batch on one rank, leaving the others waiting for its gradients (Lightning: a None
+    training_step is unsupported with several devices)."""
+    if on_nan == "skip" and processes > 1:
+        raise ConfigError(f"on_nan=skip needs one process, not {processes}; use on_nan=stop, which stops every rank "
+                          "at a non-finite loss.")
 
 
 def find_resilience(trainer: pl.Trainer) -> Resilience | None:

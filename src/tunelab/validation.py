@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
 from tunelab.errors import ConfigError
+from tunelab.resilience import check_skip_runs_alone
 from tunelab.results import monitor
 from tunelab.sweeps import is_multirun
 from tunelab.tasks import get_task
@@ -53,12 +54,8 @@ def _check_devices(cfg: DictConfig) -> None:
     gpus = torch.cuda.device_count()
     if strategy_name(trainer.get("strategy")).startswith("fsdp") and (accelerator == "cpu" or not gpus):
         raise ConfigError("trainer=fsdp needs GPUs (Lightning's FSDPStrategy refuses CPU); use trainer=ddp on CPU.")
-    processes = _device_count(devices) * int(trainer.get("num_nodes") or 1)
-    if cfg.get("on_nan") == "skip" and processes > 1:  # "auto" / -1: Resilience refuses it once resolved
-        # a batch skipped on one rank leaves the others waiting for its gradients (Lightning: a None
-        # training_step is unsupported with several devices)
-        raise ConfigError(f"on_nan=skip needs one process, not {processes}; use on_nan=stop, which stops every rank "
-                          "at a non-finite loss.")
+    # "auto" / -1 count 1 here: Resilience checks again once Lightning resolves them
+    check_skip_runs_alone(cfg.get("on_nan", "stop"), _device_count(devices) * int(trainer.get("num_nodes") or 1))
     if not isinstance(devices, int) or devices < 1:
         return  # "auto", -1 or a list of ids: Lightning resolves and validates them
     if accelerator in {"gpu", "cuda"} and devices > gpus:
