@@ -36,7 +36,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.meters import STARTUP_TIMER, OpCount, ThroughputMeter, run_fresh  # noqa: E402
+from bench.host_time import OpCount  # noqa: E402
+from bench.meters import STARTUP_TIMER, ThroughputMeter, run_fresh  # noqa: E402
 from tunelab.config import compose_config  # noqa: E402
 from tunelab.model import build_model, uses_cuda_graphs  # noqa: E402
 from tunelab.optim import param_groups  # noqa: E402
@@ -44,7 +45,7 @@ from tunelab.tasks import get_task  # noqa: E402
 from tunelab.pipeline import build_datamodule, run  # noqa: E402
 
 METER = "+callbacks.throughput._target_=bench.meters.ThroughputMeter"
-STEP_OPS = "bench.meters.StepOps"
+STEP_OPS = "bench.host_time.StepOps"
 
 
 def base_overrides(smoke: bool, cache: Path) -> list[str]:
@@ -69,7 +70,7 @@ def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: s
     """The hand-written baseline: the same model (compiled as cfg.model says, CUDA graphs included),
     loader (same seeded batches, epoch after epoch) and AdamW parameter groups, timed like the
     framework: `steps` steps after `warmup` steps and `warmup_epochs` epochs, epoch ends not timed.
-    count_ops_at: also count the ops of that step (as bench.meters.StepOps does for the framework)."""
+    count_ops_at: also count the ops of that step (as bench.host_time.StepOps does for the framework)."""
     cfg = compose_config(overrides, out)
     torch.manual_seed(cfg.seed)
     dm = build_datamodule(cfg)

@@ -126,7 +126,7 @@ def test_cpu_profile_counts_no_record_function_region_as_op_time() -> None:
 def test_gc_timer_counts_collections_only_while_started() -> None:
     import gc
 
-    from bench.meters import GcTimer
+    from bench.host_time import GcTimer
 
     timer = GcTimer()
     timer.start()
@@ -141,7 +141,7 @@ def test_gc_timer_counts_collections_only_while_started() -> None:
 def test_host_owner_names_the_package_wherever_it_is_installed() -> None:
     import json as stdlib_module
 
-    from bench.meters import host_owner
+    from bench.host_time import host_owner
 
     assert host_owner("/venv/lib/python3.12/site-packages/lightning/pytorch/loops/loop.py", "run") == "lightning"
     assert host_owner("/usr/lib/python3/dist-packages/torch/nn/modules/module.py", "_call_impl") == "torch"
