@@ -73,8 +73,9 @@ class HostProfile:
         stats = pstats.Stats(self._profile).stats  # (file, line, name) -> (calls, ncalls, self s, cum s, ...)
         owners: dict[str, float] = {}
         ranked = []
+        roots = _import_roots()  # once, not per profiled function
         for (file, line, name), (_, calls, self_s, _, _) in stats.items():
-            owner = host_owner(file, name)
+            owner = host_owner(file, name, roots)
             owners[owner] = owners.get(owner, 0.0) + self_s
             ranked.append((self_s, calls, f"{owner}: {Path(file).name}:{line}({name})" if file != "~" else name))
         steps = max(steps, 1)
@@ -88,7 +89,7 @@ class HostProfile:
         }
 
 
-def host_owner(file: str, function: str) -> str:
+def host_owner(file: str, function: str, roots: list[str] | None = None) -> str:
     """The package a profiled function belongs to: the first path component under site- or dist-packages,
     else under the longest import root (sys.path: the project's src/, a `pip --target` dir), a module file
     directly on a root naming itself; the standard library and frozen modules are "python". C calls (file
@@ -101,7 +102,7 @@ def host_owner(file: str, function: str) -> str:
             return path.split(marker, 1)[1].split("/", 1)[0].removesuffix(".py")
     if path.startswith(_STDLIB + "/") or file.startswith("<"):
         return "python"
-    for root in _import_roots():
+    for root in _import_roots() if roots is None else roots:
         if path.startswith(root + "/"):
             first, _, rest = path[len(root) + 1:].partition("/")
             if rest:  # a package dir; a lone module file on a script's own dir (bench/x.py) tries the next root

@@ -89,19 +89,18 @@ def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: s
             if step >= warmup and epoch >= warmup_epochs:
                 meter.begin()
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            counting = OpCount() if step == count_ops_at else contextlib.nullcontext()
-            counting.__enter__()
-            if cuda_graphs:  # as TransformerModule.forward: this replay may reuse the last one's outputs
-                torch.compiler.cudagraph_mark_step_begin()
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            loss = F.cross_entropy(logits.float(), batch["labels"])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            counting.__exit__(None, None, None)
-            if isinstance(counting, OpCount):
-                step_ops = counting.ops
+            counter = OpCount() if step == count_ops_at else None
+            with counter or contextlib.nullcontext():
+                if cuda_graphs:  # as TransformerModule.forward: this replay may reuse the last one's outputs
+                    torch.compiler.cudagraph_mark_step_begin()
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                loss = F.cross_entropy(logits.float(), batch["labels"])
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if counter is not None:
+                step_ops = counter.ops
             step += 1
             if meter.started and not meter.done:
                 meter.count(batch)
