@@ -2,7 +2,7 @@
 useful MFU: real tokens only) of the framework's training path with bf16-mixed, fused AdamW, TF32, pinned
 memory + loader workers, length-grouped full batches padded to multiples of 16: eager vs torch.compile
 vs CUDA graphs (one dynamic-shape compile, one graph replayed per length bucket) vs CUDA graphs of the
-eager kernels (`model.compile_backend=cudagraphs`, *_graphs: no inductor compile), each beside the
+eager kernels (`model.compile_backend=cudagraphs`, *_graphs: a static trace per bucket, no inductor compile), each beside the
 hand-written loop (*_raw*) on the same batches, for MiniLM-shaped (SST-2 lengths, the default table) and
 BERT-base-shaped encoders (random init). Compiled cases warm up one epoch (every length bucket) before
 timing; every case reports graphs_compiled_while_timed (0 for a valid measurement). Probes run after the
@@ -43,7 +43,9 @@ COMPILE = ["model.compile=true"]
 STATIC = [*COMPILE, "model.compile_dynamic=false"]  # one specialised graph per length bucket
 DYNAMIC = [*COMPILE, "model.compile_dynamic=true"]  # one graph for every batch shape
 CUDAGRAPHS = [*DYNAMIC, "model.compile_mode=reduce-overhead"]  # ... replayed as one CUDA graph per shape
-GRAPHS = [*DYNAMIC, "model.compile_backend=cudagraphs"]  # the eager kernels as CUDA graphs, no inductor
+# the eager kernels as CUDA graphs, no inductor: one static graph per length bucket (the backend cannot
+# replay a dynamic-shape graph, pytorch#131009)
+GRAPHS = [*STATIC, "model.compile_backend=cudagraphs"]
 CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the hand-written loop
     "minilm": ("minilm", "sst2", []), "minilm_compile": ("minilm", "sst2", DYNAMIC),
     "minilm_cudagraphs": ("minilm", "sst2", CUDAGRAPHS),

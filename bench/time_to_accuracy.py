@@ -5,8 +5,8 @@ its test metric, beside its transformers.Trainer anchor (bench/hf_trainer_anchor
   <exp>_warm    the same run again on the caches <exp> filled (a sweep's next job): compiled graphs load
                 from model.compile_cache_dir instead of compiling (fxgraph_cache_miss must be 0)
   <exp>_eager   cold, model.compile=false
-  <exp>_graphs  cold, model.compile_backend=cudagraphs: the eager kernels replayed as CUDA graphs, no
-                inductor compile
+  <exp>_graphs  cold, model.compile_backend=cudagraphs model.compile_dynamic=false: the eager kernels
+                replayed as CUDA graphs, one static trace per length bucket, no inductor compile
   <exp>_anchor  transformers.Trainer, same data and hyper-parameters, cold tokenization cache
 
 Each row: wall_s (process start to exit; the test metric is written just before), the test metric,
@@ -54,6 +54,8 @@ def overrides_for(args, experiment: str, kind: str, tmp: Path) -> list[str]:
     backend = "cudagraphs" if kind == "_graphs" else args.backend or ("aot_eager" if args.smoke else None)
     if backend:
         out.append(f"model.compile_backend={backend}")
+    if kind == "_graphs":  # the backend records a static graph per length bucket (validation's rule)
+        out.append("model.compile_dynamic=false")
     if kind == "_eager":
         out.append("model.compile=false")
     return [*out, *args.override]

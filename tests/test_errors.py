@@ -24,6 +24,8 @@ def write(path: Path, text: str) -> Path:
         (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt does not exist"),
         (["model.freeze_layers=9"], "model.freeze_layers=9 but the model has 2 layers"),
         (["trainer.devices=2", "on_nan=skip"], "on_nan=skip needs one process, not 2; use on_nan=stop"),
+        (["model.compile=true", "model.compile_backend=cudagraphs", "model.compile_dynamic=true"],
+         "model.compile_backend=cudagraphs replays the graph recorded for the first batch shape"),
     ],
 )
 def test_misconfiguration_raises_documented_error(run_cfg, overrides, message) -> None:

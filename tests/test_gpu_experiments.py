@@ -22,16 +22,54 @@ def test_gpu_experiment_settings(tmp_path, experiment: str) -> None:
     assert cfg.model.compile and cfg.model.compile_dynamic and cfg.model.compile_mode == "reduce-overhead"
 
 
-@pytest.mark.parametrize("experiment,metric,compile_opt", [
+@pytest.mark.parametrize("experiment,metric,compile_opts", [
     # the experiment's compile settings traced by aot_eager (inductor builds take minutes on CPU)
-    ("sst2_minilm_gpu", "test/acc", "model.compile_backend=aot_eager"),
+    ("sst2_minilm_gpu", "test/acc", ["model.compile_backend=aot_eager"]),
     # the cudagraphs backend (bench/time_to_accuracy.py's *_graphs runs): on CPU it runs the traced graph
-    ("sst2_minilm_gpu", "test/acc", "model.compile_backend=cudagraphs"),
-    ("stsb_minilm_gpu", "test/spearman", "model.compile=false"),
+    ("sst2_minilm_gpu", "test/acc", ["model.compile_backend=cudagraphs", "model.compile_dynamic=false"]),
+    ("stsb_minilm_gpu", "test/spearman", ["model.compile=false"]),
 ])
-def test_gpu_experiment_runs_on_cpu_at_tiny_size(run_cfg, experiment: str, metric: str, compile_opt: str) -> None:
-    metrics, run_dir = run_cfg(f"experiment={experiment}", *CPU_TINY, compile_opt, "trainer.max_epochs=1")
+def test_gpu_experiment_runs_on_cpu_at_tiny_size(run_cfg, experiment: str, metric: str, compile_opts: list[str]) -> None:
+    metrics, run_dir = run_cfg(f"experiment={experiment}", *CPU_TINY, *compile_opts, "trainer.max_epochs=1")
     assert metric in metrics and json.loads((run_dir / "metrics.json").read_text())["global_step"] > 0
+
+
+def test_cuda_graph_steps_are_marked_in_training_only(run_cfg, monkeypatch) -> None:
+    # a step mark invalidates the previous replay's outputs: eager evaluation (compile_eval=false) has
+    # none to protect and marks nothing
+    import torch
+
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    _, run_dir = run_cfg("experiment=sst2_minilm_gpu", *CPU_TINY, "model.compile_backend=cudagraphs",
+                         "model.compile_dynamic=false", "trainer.max_epochs=2")
+    steps = json.loads((run_dir / "metrics.json").read_text())["global_step"]
+    assert steps > 1 and len(marks) == steps  # the sanity check, validation and test ran unmarked
+
+
+def test_an_error_in_a_cuda_graph_step_is_reported_as_itself(run_cfg, monkeypatch) -> None:
+    """On the H200 a failing graph step was reported as "accessing tensor output of CUDAGraphs that has
+    been overwritten": Lightning's teardown moved the module to the CPU with the previous step's gradients,
+    which the failing step's mark had invalidated. The gradients are dropped before teardown."""
+    import torch
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    marks, grads_at_teardown = [], []
+
+    def mark() -> None:
+        marks.append(1)
+        if len(marks) == 2:  # the second training step fails after its mark, before zero_grad
+            raise RuntimeError("the graph step failed")
+
+    def teardown(self) -> None:
+        grads_at_teardown.extend(p for p in self.lightning_module.parameters() if p.grad is not None)
+
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", mark)
+    monkeypatch.setattr(SingleDeviceStrategy, "teardown", teardown)
+    with pytest.raises(RuntimeError, match="the graph step failed"):
+        run_cfg("experiment=sst2_minilm_gpu", *CPU_TINY, "model.compile_backend=cudagraphs",
+                "model.compile_dynamic=false", "data.batch_size=16", "trainer.max_epochs=1")
+    assert grads_at_teardown == []
 
 
 def test_trainer_anchor_runs_the_experiment_with_transformers_trainer(tmp_path, cache_dir) -> None:

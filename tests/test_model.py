@@ -41,6 +41,23 @@ def test_static_compile_keeps_one_graph_per_length_bucket_beyond_dynamos_default
     torch._dynamo.reset()
 
 
+def test_cudagraphs_backend_traces_one_static_graph_per_length() -> None:
+    # the backend replays its first recording on every later shape (pytorch#131009): with compile_dynamic
+    # left null, dynamo would make the second length dynamic and share one graph between lengths
+    torch._dynamo.reset()
+    model = build_model({"name_or_path": None, "from_scratch": True, "compile": True, "compile_dynamic": None,
+                         "compile_backend": "cudagraphs",
+                         "config": {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
+                                    "num_attention_heads": 2, "intermediate_size": 32}},
+                        get_task("classification"), num_labels=2)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for length in (16, 32, 48):
+        ids = torch.randint(0, 64, (2, length))
+        model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 3
+    torch._dynamo.reset()
+
+
 def test_compile_cache_dir_serves_the_next_compile_from_disk(tmp_path, monkeypatch) -> None:
     """model.compile_cache_dir holds inductor's compiled graphs: after the in-process caches are
     dropped (a new run, a sweep's next job), the same graph loads from that dir instead of compiling."""

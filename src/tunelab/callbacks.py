@@ -12,6 +12,17 @@ from lightning.pytorch.utilities import rank_zero_only
 log = logging.getLogger(__name__)
 
 
+class ReleaseGradsOnException(pl.Callback):
+    """An error inside a CUDA-graph training step (forward, before Lightning zeroes the gradients) leaves
+    the previous step's gradients in graph memory that this step's cudagraph_mark_step_begin invalidated;
+    Lightning's teardown then moves them to the CPU with the module and raises "accessing tensor output of
+    CUDAGraphs that has been overwritten" in place of the error itself. Dropping them first keeps the
+    error the user sees the one that happened."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        pl_module.zero_grad(set_to_none=True)
+
+
 class GenerateSample(pl.Callback):
     """After each validation, continue `prompt` by `max_new_tokens` tokens with the causal LM being
     trained and log the text (python logger, W&B table, TensorBoard text). Sampling runs under a forked

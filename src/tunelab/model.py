@@ -92,13 +92,15 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.get("compile"):
         use_compile_cache(cfg.get("compile_cache_dir"))
-        dynamic = cfg.get("compile_dynamic")
+        backend = compile_backend(cfg)
+        # the cudagraphs backend replays the graph it recorded for the first shape on every later one
+        # (pytorch#131009): one static graph per length bucket (validation refuses compile_dynamic=true)
+        dynamic = False if backend == "cudagraphs" else cfg.get("compile_dynamic")
         if dynamic is False:
             # one specialised graph per length bucket (and per last-batch size): dynamo's default limit of
             # 8 recompiles would silently drop the model back to eager after the 8th shape
             _raise_recompile_limit(64)
         # in place (nn.Module.compile): parameter names, hence checkpoints, stay those of the eager model
-        backend = compile_backend(cfg)
         mode = cfg.get("compile_mode") if backend == "inductor" else None  # modes are inductor's
         model.compile(dynamic=dynamic, mode=mode, backend=backend)
 

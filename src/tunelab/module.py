@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from tunelab import peft_adapters, predictions
 from tunelab.adalora import regularization
+from tunelab.callbacks import ReleaseGradsOnException
 from tunelab.metrics import MeanLoss
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
@@ -78,11 +79,11 @@ class TransformerModule(pl.LightningModule):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
-        if self._cuda_graphs:  # this step's replay may overwrite the previous step's (consumed) outputs
-            torch.compiler.cudagraph_mark_step_begin()
         if self._eager_eval and not self.training:
             with torch.compiler.set_stance("force_eager"):
                 return self.model(**inputs).logits
+        if self._cuda_graphs:  # this step's replay may overwrite the previous step's (consumed) outputs
+            torch.compiler.cudagraph_mark_step_begin()
         return self.model(**inputs).logits
 
     def step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor | None:
@@ -176,6 +177,9 @@ class TransformerModule(pl.LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         self._gather_predictions()
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [ReleaseGradsOnException()] if self._cuda_graphs else []
 
     def on_train_epoch_end(self) -> None:
         self.log_epoch_metrics("train")

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
 from tunelab.errors import ConfigError
+from tunelab.model import compile_backend
 from tunelab.resilience import check_skip_runs_alone
 from tunelab.results import monitor
 from tunelab.sweeps import is_multirun
@@ -26,6 +27,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("train") and cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be at least 1.")
     _check_devices(cfg)
+    _check_compile(cfg.model)
     if cfg.get("predict") and not OmegaConf.select(cfg, "data.predict_file", throw_on_missing=False):
         raise ConfigError("predict.py needs the rows to predict on: pass data.predict_file=<csv / tsv / jsonl file, "
                           "or CoNLL tokens>.")
@@ -46,6 +48,13 @@ def _check_loss(cfg: DictConfig, task) -> None:
             f"loss={loss_cls.name} needs a {needs} task; got data={cfg.data.name} ({task.name}). "
             f"Use loss={task.default_loss}."
         )
+
+
+def _check_compile(model: DictConfig) -> None:
+    if model.get("compile") and compile_backend(model) == "cudagraphs" and model.get("compile_dynamic"):
+        raise ConfigError("model.compile_backend=cudagraphs replays the graph recorded for the first batch shape "
+                          "on every later one (pytorch#131009): set model.compile_dynamic=false (one graph per "
+                          "length bucket).")
 
 
 def _check_devices(cfg: DictConfig) -> None:
