@@ -1,7 +1,7 @@
 """The transformers.Trainer anchor of a time-to-accuracy experiment: the same model and task head, the
 same training and test rows (read from the same TSVs by tunelab's datamodule: same tokenization,
 max_length and carved val split), batch size, learning rate, linear warmup / decay, epochs, weight
-decay, bf16 autocast, fused AdamW, length grouping and padding multiple, trained and tested by
+decay, gradient clipping, bf16 autocast, fused AdamW, length grouping and padding multiple, trained and tested by
 transformers.Trainer. Writes the wall time from process start to the test metric.
 
 python bench/hf_trainer_anchor.py experiment=sst2_minilm_gpu --out anchor.json   # overrides as train.py's
@@ -52,6 +52,7 @@ def training_arguments(cfg: DictConfig, out: Path, compile_model: bool) -> trans
         per_device_train_batch_size=cfg.data.batch_size, per_device_eval_batch_size=cfg.data.eval_batch_size,
         num_train_epochs=cfg.trainer.max_epochs, learning_rate=opt.lr, weight_decay=opt.weight_decay,
         adam_beta1=opt.betas[0], adam_beta2=opt.betas[1], adam_epsilon=opt.eps, lr_scheduler_type="linear",
+        max_grad_norm=float(cfg.trainer.get("gradient_clip_val") or 0.0),  # Trainer's default: 1.0; 0 = off
         optim="adamw_torch_fused" if gpu else "adamw_torch", bf16=gpu and "bf16" in str(cfg.trainer.precision),
         tf32=gpu and cfg.get("float32_matmul_precision") == "high",
         group_by_length=cfg.data.group_by_length, dataloader_drop_last=cfg.data.get("drop_last", False),

@@ -20,6 +20,7 @@ def test_gpu_experiment_settings(tmp_path, experiment: str) -> None:
     assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("gpu", "bf16-mixed")
     assert cfg.data.group_by_length and cfg.data.pad_to_multiple_of == 16 and cfg.data.drop_last
     assert cfg.model.compile and cfg.model.compile_dynamic and cfg.model.compile_mode == "reduce-overhead"
+    assert cfg.trainer.gradient_clip_val == 1.0  # transformers.Trainer's max_grad_norm: the anchor's settings
 
 
 @pytest.mark.parametrize("experiment,metric,compile_opts", [

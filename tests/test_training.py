@@ -176,3 +176,19 @@ def test_step_values_reach_the_logger_every_log_every_n_steps(run_cfg) -> None:
     assert [int(r["step"]) for r in step_rows] == [2, 5, 8, 11, 14]  # 16 steps, written at (step + 1) % 3 == 0
     assert all(r.get("train/grad_norm") for r in step_rows)
     assert len([r for r in rows if r.get("train/loss_epoch")]) == 2
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_bf16_mixed_clips_the_gradients_of_a_fused_optimizer(run_cfg, monkeypatch, algorithm: str) -> None:
+    # trainer=gpu's settings (bf16-mixed, fused AdamW) with gradient clipping, on CPU: Lightning's
+    # mixed-precision plugin raised "does not allow for gradient clipping" for any fused optimizer
+    import torch
+
+    clipped = []
+    name = f"clip_grad_{algorithm}_"
+    original = getattr(torch.nn.utils, name)
+    monkeypatch.setattr(torch.nn.utils, name, lambda params, *a, **k: clipped.append(1) or original(params, *a, **k))
+    _, run_dir = run_cfg("trainer.precision=bf16-mixed", "optimizer=adamw", "optimizer.fused=true",
+                         "trainer.gradient_clip_val=0.5", f"trainer.gradient_clip_algorithm={algorithm}")
+    steps = json.loads((run_dir / "metrics.json").read_text())["global_step"]
+    assert steps > 0 and len(clipped) == steps

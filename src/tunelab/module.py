@@ -11,7 +11,8 @@ from typing import Any, Mapping, Sequence
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_only
 
 from tunelab import peft_adapters, predictions
 from tunelab.adalora import regularization
@@ -177,6 +178,17 @@ class TransformerModule(pl.LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         self._gather_predictions()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            # bf16-mixed has no GradScaler: the gradients are true ones. Lightning's mixed-precision plugin
+            # still refuses to clip for every optimizer able to unscale in its step (fused AdamW on a GPU),
+            # a guard meant for fp16's scaler: clip as its base plugin does
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [ReleaseGradsOnException()] if self._cuda_graphs else []

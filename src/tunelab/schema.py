@@ -193,6 +193,7 @@ RULES: dict[str, Rule] = {
     "trainer.num_nodes": COUNT,
     "trainer.accumulate_grad_batches": COUNT,
     "trainer.gradient_clip_val": number(0, nullable=True),
+    "trainer.gradient_clip_algorithm": one_of("norm", "value", nullable=True),
     "trainer.log_every_n_steps": COUNT,
     "trainer.check_val_every_n_epoch": COUNT_OR_NULL,
     "trainer.num_sanity_val_steps": integer(-1),
