@@ -19,8 +19,9 @@
 #   6. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
 # Sections run in that order while time is left (DEADLINE seconds in all); each writes its JSON as it goes.
 # SECTIONS=tta,host,b32,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped.
-# tta's six runs take most of one call (the cold SST-2 run alone took 145 s on an H200), so with the usual
-# 15 minutes of device time: the default call first, then SECTIONS=host,b32 DEADLINE=<what is left>.
+# tta's six runs fill one call (about 560 s on an H200), so with the usual 15 minutes of device time: the
+# default call first, then SECTIONS=host,b32 DEADLINE=<what is left> (CASES=<gpu.py cases> narrows b32 and
+# b128; all eight real-length cases with the profile took 344 s).
 #
 # Before the call (here, with network for pip; .whl/ and .carry/ are git-ignored, about 50 MiB):
 #   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
@@ -75,17 +76,20 @@ else
   GPU=(--model-dir "$MODEL" --data-dir "$DATA" --train-limit 8192 --steps 230 --warmup 30 --compile-cache "$WORK/inductor_bench")
   TTA=(--model-dir "$MODEL" --data-dir "$DATA")
   HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
-  # what the issue must show first: the warm run right after the cold one (the compile cache, item 2), each
-  # experiment's Trainer anchor right after it (item 1); the cudagraphs-backend experiment last
-  RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor,sst2_minilm_gpu_graphs
+  # H200 wall seconds per run: 128 cold, 69 warm, 103 STS-B, 112 and 84 the two Trainer anchors. The warm
+  # run right after the cold one (the compile cache, item 2), then the cudagraphs-backend run (no inductor
+  # compile), STS-B, and the anchors last (same settings as their last measurement)
+  RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,stsb_minilm_gpu,sst2_minilm_gpu_anchor,stsb_minilm_gpu_anchor
   EXTRA_RUNS=sst2_minilm_gpu_eager,stsb_minilm_gpu_eager
 fi
 
 section tta "time to accuracy" 150 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$RUNS" --out "$OUT/tta.json"
 section host "host time by package, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --cases "" \
   --host-profile "${HOST_STEPS[@]}" --out "$OUT/gpu_host.json"
-section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile --out "$OUT/gpu_b32.json"
-section b128 "real lengths, batch 128" 60 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 128 --out "$OUT/gpu_b128.json"
+section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile ${CASES:+--cases "$CASES"} \
+  --out "$OUT/gpu_b32.json"
+section b128 "real lengths, batch 128" 60 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 128 ${CASES:+--cases "$CASES"} \
+  --out "$OUT/gpu_b128.json"
 section eager "time to accuracy, eager" 90 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$EXTRA_RUNS" --out "$OUT/tta_eager.json"
 if [ "$SMOKE" = 1 ]; then
   echo "== skipped fsdp: Lightning's FSDPStrategy needs a GPU"

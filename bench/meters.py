@@ -170,16 +170,25 @@ class ThroughputMeter(pl.Callback):
 
 class StartupTimer(pl.Callback):
     """Writes <run dir>/startup.json, seconds from BENCH_T0 (set by the launcher just before starting
-    the process): `seconds` to the first training batch (imports + config + data + model load) and
-    `first_step_s` to the end of the first step (+ its compilation under torch.compile), with the
+    the process) to each point of a run's start: `callbacks_s` (imports, config, tokenized data, model
+    load: the callbacks are built last, with the Trainer), `fit_start_s` (Trainer set up, model on the
+    device), `sanity_end_s` (the sanity-check validation), `seconds` (the first training batch) and
+    `first_step_s` (the end of the first step, its compilation under torch.compile included), with the
     run's compile counts (compile_counts())."""
 
     def __init__(self) -> None:
         self.t0 = float(os.environ.get("BENCH_T0", time.time()))
-        self.result: dict[str, Any] = {}
+        self.result: dict[str, Any] = {"callbacks_s": time.time() - self.t0}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.result["fit_start_s"] = time.time() - self.t0
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        sync_device()
+        self.result["sanity_end_s"] = time.time() - self.t0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if not self.result:
+        if "seconds" not in self.result:
             self.result["seconds"] = time.time() - self.t0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

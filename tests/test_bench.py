@@ -149,3 +149,18 @@ def test_host_owner_names_the_package_wherever_it_is_installed() -> None:
     assert host_owner("<frozen importlib._bootstrap>", "_find_and_load") == "python"
     assert host_owner("~", "<method 'run_backward' of 'torch._C._EngineBase' objects>") == "torch (C++)"
     assert host_owner("~", "<built-in method builtins.isinstance>") == "python (C)"
+
+
+def test_time_to_accuracy_smoke_times_each_point_of_a_run_start(tmp_path) -> None:
+    out = tmp_path / "tta.json"
+    proc = run_script("bench/time_to_accuracy.py", "--smoke", "--runs", "sst2_minilm_gpu,sst2_minilm_gpu_graphs",
+                      "--override", "trainer.max_steps=2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    for name in ("sst2_minilm_gpu", "sst2_minilm_gpu_graphs"):
+        row = r[name]
+        assert row["returncode"] == 0 and row["optimizer_steps"] == 2, row.get("error")
+        points = [row[k] for k in ("callbacks_s", "fit_start_s", "sanity_end_s", "seconds_to_first_batch",
+                                   "first_step_s", "wall_s")]
+        assert 0 < points[0] and points == sorted(points)
+    assert "model.compile_dynamic=false" in r["sst2_minilm_gpu_graphs"]["overrides"]
