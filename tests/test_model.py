@@ -23,39 +23,35 @@ def test_half_precision_checkpoint_loads_with_fp32_master_weights(tmp_path) -> N
     assert model.training
 
 
-def test_static_compile_keeps_one_graph_per_length_bucket_beyond_dynamos_default_limit() -> None:
-    # compile_dynamic=false specialises a graph per shape; with dynamo's default limit (8) the 9th
-    # length would silently run eager again
+TINY_BERT = {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "intermediate_size": 32}
+
+
+def graphs_for_lengths(lengths: list[int], **compile_cfg) -> int:
+    """Graphs dynamo traces for a tiny compiled BERT trained one step at each sequence length."""
     torch._dynamo.reset()
-    model = build_model({"name_or_path": None, "from_scratch": True, "compile": True, "compile_dynamic": False,
-                         "compile_backend": "eager",
-                         "config": {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
-                                    "num_attention_heads": 2, "intermediate_size": 32}},
-                        get_task("classification"), num_labels=2)
-    lengths = [16 * k for k in range(1, 11)]  # 10 buckets of pad_to_multiple_of=16
+    model = build_model({"name_or_path": None, "from_scratch": True, "compile": True, "config": TINY_BERT,
+                         **compile_cfg}, get_task("classification"), num_labels=2)
     before = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # reset() keeps earlier tests' counts
     for length in lengths:
         ids = torch.randint(0, 64, (2, length))
         model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == len(lengths)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - before
     torch._dynamo.reset()
+    return graphs
+
+
+def test_static_compile_keeps_one_graph_per_length_bucket_beyond_dynamos_default_limit() -> None:
+    # compile_dynamic=false specialises a graph per shape; with dynamo's default limit (8) the 9th
+    # length would silently run eager again
+    lengths = [16 * k for k in range(1, 11)]  # 10 buckets of pad_to_multiple_of=16
+    assert graphs_for_lengths(lengths, compile_dynamic=False, compile_backend="eager") == len(lengths)
 
 
 def test_cudagraphs_backend_traces_one_static_graph_per_length() -> None:
     # the backend replays its first recording on every later shape (pytorch#131009): with compile_dynamic
     # left null, dynamo would make the second length dynamic and share one graph between lengths
-    torch._dynamo.reset()
-    model = build_model({"name_or_path": None, "from_scratch": True, "compile": True, "compile_dynamic": None,
-                         "compile_backend": "cudagraphs",
-                         "config": {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
-                                    "num_attention_heads": 2, "intermediate_size": 32}},
-                        get_task("classification"), num_labels=2)
-    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    for length in (16, 32, 48):
-        ids = torch.randint(0, 64, (2, length))
-        model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 3
-    torch._dynamo.reset()
+    assert graphs_for_lengths([16, 32, 48], compile_dynamic=None, compile_backend="cudagraphs") == 3
 
 
 def test_compile_cache_dir_serves_the_next_compile_from_disk(tmp_path, monkeypatch) -> None:
@@ -67,8 +63,7 @@ def test_compile_cache_dir_serves_the_next_compile_from_disk(tmp_path, monkeypat
     cache = tmp_path / "inductor"
     build_model({"name_or_path": None, "from_scratch": True, "compile": True, "compile_backend": "eager",
                  "compile_cache_dir": str(cache),
-                 "config": {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
-                            "num_attention_heads": 2, "intermediate_size": 32}},
+                 "config": TINY_BERT},
                 get_task("classification"), num_labels=2)
     assert Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) == cache.resolve()
 
