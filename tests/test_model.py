@@ -54,6 +54,30 @@ def test_cudagraphs_backend_traces_one_static_graph_per_length() -> None:
     assert graphs_for_lengths([16, 32, 48], compile_dynamic=None, compile_backend="cudagraphs") == 3
 
 
+def test_dynamic_compile_traces_the_step_once() -> None:
+    # with the model's float attributes traced as symbols, dynamo traced the step and built its joint
+    # graph, then restarted specialised: that first pass was half of a warm run's compile time
+    import logging
+
+    restarts: list[str] = []
+
+    class Restarts(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Restarting analysis" in record.getMessage():
+                restarts.append(record.getMessage())
+
+    logger = logging.getLogger("torch._dynamo.convert_frame")
+    handler, level = Restarts(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert graphs_for_lengths([16, 32], compile_dynamic=True, compile_backend="aot_eager") == 1
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert restarts == []
+
+
 def test_compile_cache_dir_serves_the_next_compile_from_disk(tmp_path, monkeypatch) -> None:
     """model.compile_cache_dir holds inductor's compiled graphs: after the in-process caches are
     dropped (a new run, a sweep's next job), the same graph loads from that dir instead of compiling."""

@@ -100,6 +100,10 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
             # one specialised graph per length bucket (and per last-batch size): dynamo's default limit of
             # 8 recompiles would silently drop the model back to eager after the 8th shape
             _raise_recompile_limit(64)
+        # the model's float attributes (dropout p, LayerNorm eps, attention scaling) are constants: traced
+        # as symbols (dynamo's default under dynamic shapes), they made dynamo trace the whole step and
+        # build its joint graph once, then throw both away and start again specialised
+        torch._dynamo.config.specialize_float = True
         # in place (nn.Module.compile): parameter names, hence checkpoints, stay those of the eager model
         mode = cfg.get("compile_mode") if backend == "inductor" else None  # modes are inductor's
         model.compile(dynamic=dynamic, mode=mode, backend=backend)
