@@ -60,3 +60,27 @@ def test_weight_decay_groups_survive_fsdp_flattening_the_parameters() -> None:
             p.data = p.data.flatten()  # what FSDP's sharded views look like
     assert [len(g["params"]) for g in param_groups(module, 0.01)] == before
     assert before[0] > 0 and before[1] > 0
+
+
+def test_fsdp_clips_by_norm_through_its_root_module() -> None:
+    # Lightning's FSDP precision plugin raises for gradient_clip_algorithm=norm (the GPU experiments clip
+    # at 1.0); the norm over every rank's shard is the root FSDP module's clip_grad_norm_
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from tunelab.optim import clip_gradients
+
+    clipped = []
+
+    class Root(torch.nn.Module):
+        def clip_grad_norm_(self, max_norm: float) -> None:
+            clipped.append(max_norm)
+
+    strategy = FSDPStrategy()
+    strategy.model = Root()
+    trainer = SimpleNamespace(strategy=strategy, precision_plugin=FSDPPrecision("bf16-mixed"))
+    assert clip_gradients(trainer, None, 1.0, "norm") and clipped == [1.0]
+    assert not clip_gradients(trainer, None, 1.0, "value")  # by value: Lightning's plugin does it
+    assert not clip_gradients(trainer, None, None, "norm") and clipped == [1.0]

@@ -11,8 +11,7 @@ from typing import Any, Mapping, Sequence
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only
 
 from tunelab import peft_adapters, predictions
 from tunelab.adalora import regularization
@@ -21,7 +20,7 @@ from tunelab.metrics import MeanLoss
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import collect_rng_states, set_rng_states
-from tunelab.optim import build_optimizer, build_scheduler, remember_weight_decay
+from tunelab.optim import build_optimizer, build_scheduler, clip_gradients, remember_weight_decay
 from tunelab.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -180,15 +179,8 @@ class TransformerModule(pl.LightningModule):
         self._gather_predictions()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        plugin = self.trainer.precision_plugin
-        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
-            # bf16-mixed has no GradScaler: the gradients are true ones. Lightning's mixed-precision plugin
-            # still refuses to clip for every optimizer able to unscale in its step (fused AdamW on a GPU),
-            # a guard meant for fp16's scaler: clip as its base plugin does
-            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
-            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if not clip_gradients(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [ReleaseGradsOnException()] if self._cuda_graphs else []

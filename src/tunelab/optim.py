@@ -6,8 +6,12 @@ from __future__ import annotations
 import inspect
 from typing import Any, Mapping
 
+import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
 
@@ -36,6 +40,27 @@ def build_optimizer(cfg: Mapping[str, Any], model: nn.Module) -> torch.optim.Opt
         kwargs["fused"] = True if on_gpu else None
     groups = param_groups(model, float(factory.keywords.get("weight_decay", 0.0) or 0.0))
     return factory(groups, **kwargs)
+
+
+def clip_gradients(trainer: pl.Trainer, optimizer: torch.optim.Optimizer, value: float | None,
+                   algorithm: str | GradClipAlgorithmType | None) -> bool:
+    """trainer.gradient_clip_val where Lightning's own clipping refuses it; False leaves it to Lightning.
+    * FSDP, by norm: Lightning's FSDP plugin refuses (it holds no reference to the root module); only the
+      root FSDP module computes the norm over every rank's shard.
+    * bf16-mixed (no GradScaler) with a fused optimizer (trainer=gpu's AdamW): Lightning's mixed-precision
+      plugin refuses any optimizer able to unscale in its step, a guard for fp16's scaler; the gradients
+      are true ones, clipped as its base plugin does."""
+    if not value:
+        return False
+    algorithm = GradClipAlgorithmType(algorithm or GradClipAlgorithmType.NORM)
+    plugin = trainer.precision_plugin
+    if isinstance(trainer.strategy, FSDPStrategy) and algorithm == GradClipAlgorithmType.NORM:
+        trainer.strategy.model.clip_grad_norm_(value)
+    elif isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+        Precision.clip_gradients(plugin, optimizer, value, algorithm)
+    else:
+        return False
+    return True
 
 
 def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimizer, total_steps: int) -> Any | None:
