@@ -192,3 +192,17 @@ def test_bf16_mixed_clips_the_gradients_of_a_fused_optimizer(run_cfg, monkeypatc
                          "trainer.gradient_clip_val=0.5", f"trainer.gradient_clip_algorithm={algorithm}")
     steps = json.loads((run_dir / "metrics.json").read_text())["global_step"]
     assert steps > 0 and len(clipped) == steps
+
+
+def test_fp16_gradient_clipping_keeps_the_optimizer_unfused() -> None:
+    # a fused optimizer unscales fp16 gradients in its step, after clipping: Lightning refuses to clip then
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from tunelab.optim import may_fuse
+
+    fp16, bf16 = MixedPrecision("16-mixed", "cuda"), MixedPrecision("bf16-mixed", "cuda")
+    assert not may_fuse(SimpleNamespace(precision_plugin=fp16, gradient_clip_val=1.0))
+    assert may_fuse(SimpleNamespace(precision_plugin=fp16, gradient_clip_val=None))
+    assert may_fuse(SimpleNamespace(precision_plugin=bf16, gradient_clip_val=1.0))

@@ -20,7 +20,7 @@ from tunelab.metrics import MeanLoss
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import collect_rng_states, set_rng_states
-from tunelab.optim import build_optimizer, build_scheduler, clip_gradients, remember_weight_decay
+from tunelab.optim import build_optimizer, build_scheduler, clip_gradients, may_fuse, remember_weight_decay
 from tunelab.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ class TransformerModule(pl.LightningModule):
             set_rng_states(checkpoint["rng_states"])
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.hparams.optimizer, self)
+        optimizer = build_optimizer(self.hparams.optimizer, self, may_fuse(self.trainer))
         scheduler = build_scheduler(self.hparams.scheduler, optimizer, int(self.trainer.estimated_stepping_batches))
         if scheduler is None:
             return optimizer

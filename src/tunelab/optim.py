@@ -31,15 +31,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(cfg: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Mapping[str, Any], model: nn.Module, may_fuse: bool = True) -> torch.optim.Optimizer:
+    """optimizer.fused: null = fused kernels when the parameters live on a GPU and `may_fuse`."""
     factory = instantiate(dict(cfg))  # functools.partial of the optimizer class (_partial_: true)
     kwargs = {}
     accepts = inspect.signature(factory.func).parameters
     if "fused" in accepts and factory.keywords.get("fused") is None:
         on_gpu = all(p.is_cuda for p in model.parameters())
-        kwargs["fused"] = True if on_gpu else None
+        kwargs["fused"] = True if on_gpu and may_fuse else None
     groups = param_groups(model, float(factory.keywords.get("weight_decay", 0.0) or 0.0))
     return factory(groups, **kwargs)
+
+
+def may_fuse(trainer: pl.Trainer) -> bool:
+    """A fused optimizer unscales fp16's gradients inside its step, after Lightning would clip them
+    (Lightning then refuses to clip): with a GradScaler and gradient clipping, the unfused kernels."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return not (trainer.gradient_clip_val and scaler is not None)
 
 
 def clip_gradients(trainer: pl.Trainer, optimizer: torch.optim.Optimizer, value: float | None,
