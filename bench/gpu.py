@@ -2,8 +2,8 @@
 useful MFU: real tokens only) of the framework's training path with bf16-mixed, fused AdamW, TF32, pinned
 memory + loader workers, length-grouped full batches padded to multiples of 16: eager vs torch.compile
 vs CUDA graphs (one dynamic-shape compile, one graph replayed per length bucket) vs CUDA graphs of the
-eager kernels (`model.compile_backend=cudagraphs`, *_graphs: a static trace per bucket, no inductor compile), each beside the
-hand-written loop (*_raw*) on the same batches, for MiniLM-shaped (SST-2 lengths, the default table) and
+eager kernels (`model.compile_backend=cudagraphs`, *_graphs: a static trace per bucket, no inductor
+compile), each beside the hand-written loop (*_raw*) on the same batches, for MiniLM-shaped (SST-2 lengths, the default table) and
 BERT-base-shaped encoders (random init). Compiled cases warm up one epoch (every length bucket) before
 timing; every case reports graphs_compiled_while_timed (0 for a valid measurement). Probes run after the
 timed cases: `<case>+profile` (torch.profiler: GPU busy fraction, top kernels; --profile) and `<case>+host`

@@ -1,8 +1,8 @@
 """The transformers.Trainer anchor of a time-to-accuracy experiment: the same model and task head, the
 same training and test rows (read from the same TSVs by tunelab's datamodule: same tokenization,
 max_length and carved val split), batch size, learning rate, linear warmup / decay, epochs, weight
-decay, gradient clipping, bf16 autocast, fused AdamW, length grouping and padding multiple, trained and tested by
-transformers.Trainer. Writes the wall time from process start to the test metric.
+decay, gradient clipping, bf16 autocast, fused AdamW, length grouping and padding multiple, trained and
+tested by transformers.Trainer. Writes the wall time from process start to the test metric.
 
 python bench/hf_trainer_anchor.py experiment=sst2_minilm_gpu --out anchor.json   # overrides as train.py's
 """

@@ -10,6 +10,9 @@ import pytest
 from bench.time_to_accuracy import SMOKE as CPU_TINY  # tiny model, 64 rows, fp32 on CPU
 from conftest import FIXTURES, compose_cfg, run_script
 
+# the eager kernels replayed as CUDA graphs, one static graph per length bucket (the backend's only mode)
+CUDAGRAPHS_BACKEND = ["model.compile_backend=cudagraphs", "model.compile_dynamic=false"]
+
 
 
 @pytest.mark.parametrize("experiment", ["sst2_minilm_gpu", "stsb_minilm_gpu"])
@@ -27,10 +30,11 @@ def test_gpu_experiment_settings(tmp_path, experiment: str) -> None:
     # the experiment's compile settings traced by aot_eager (inductor builds take minutes on CPU)
     ("sst2_minilm_gpu", "test/acc", ["model.compile_backend=aot_eager"]),
     # the cudagraphs backend (bench/time_to_accuracy.py's *_graphs runs): on CPU it runs the traced graph
-    ("sst2_minilm_gpu", "test/acc", ["model.compile_backend=cudagraphs", "model.compile_dynamic=false"]),
+    ("sst2_minilm_gpu", "test/acc", CUDAGRAPHS_BACKEND),
     ("stsb_minilm_gpu", "test/spearman", ["model.compile=false"]),
 ])
-def test_gpu_experiment_runs_on_cpu_at_tiny_size(run_cfg, experiment: str, metric: str, compile_opts: list[str]) -> None:
+def test_gpu_experiment_runs_on_cpu_at_tiny_size(run_cfg, experiment: str, metric: str,
+                                                compile_opts: list[str]) -> None:
     metrics, run_dir = run_cfg(f"experiment={experiment}", *CPU_TINY, *compile_opts, "trainer.max_epochs=1")
     assert metric in metrics and json.loads((run_dir / "metrics.json").read_text())["global_step"] > 0
 
@@ -42,8 +46,7 @@ def test_cuda_graph_steps_are_marked_in_training_only(run_cfg, monkeypatch) -> N
 
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    _, run_dir = run_cfg("experiment=sst2_minilm_gpu", *CPU_TINY, "model.compile_backend=cudagraphs",
-                         "model.compile_dynamic=false", "trainer.max_epochs=2")
+    _, run_dir = run_cfg("experiment=sst2_minilm_gpu", *CPU_TINY, *CUDAGRAPHS_BACKEND, "trainer.max_epochs=2")
     steps = json.loads((run_dir / "metrics.json").read_text())["global_step"]
     assert steps > 1 and len(marks) == steps  # the sanity check, validation and test ran unmarked
 
@@ -68,8 +71,8 @@ def test_an_error_in_a_cuda_graph_step_is_reported_as_itself(run_cfg, monkeypatc
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", mark)
     monkeypatch.setattr(SingleDeviceStrategy, "teardown", teardown)
     with pytest.raises(RuntimeError, match="the graph step failed"):
-        run_cfg("experiment=sst2_minilm_gpu", *CPU_TINY, "model.compile_backend=cudagraphs",
-                "model.compile_dynamic=false", "data.batch_size=16", "trainer.max_epochs=1")
+        run_cfg("experiment=sst2_minilm_gpu", *CPU_TINY, *CUDAGRAPHS_BACKEND, "data.batch_size=16",
+                "trainer.max_epochs=1")
     assert grads_at_teardown == []
 
 

@@ -182,8 +182,6 @@ def test_step_values_reach_the_logger_every_log_every_n_steps(run_cfg) -> None:
 def test_bf16_mixed_clips_the_gradients_of_a_fused_optimizer(run_cfg, monkeypatch, algorithm: str) -> None:
     # trainer=gpu's settings (bf16-mixed, fused AdamW) with gradient clipping, on CPU: Lightning's
     # mixed-precision plugin raised "does not allow for gradient clipping" for any fused optimizer
-    import torch
-
     clipped = []
     name = f"clip_grad_{algorithm}_"
     original = getattr(torch.nn.utils, name)
