@@ -3,25 +3,28 @@
 # H100 / H200): time to accuracy, CUDA graphs over length buckets, the compile cache, FSDP. Every result
 # names the card it ran on (gpu.csv); JSON and logs land in $OUT.
 #
-#   1. bench/time_to_accuracy.py            : sst2_minilm_gpu from process start to the test metric with cold
-#                                             caches, again on the warm compile cache (a sweep's next job),
-#                                             its transformers.Trainer anchor, stsb_minilm_gpu and its anchor,
-#                                             then SST-2 with the cudagraphs backend (no inductor compile)
-#   2. bench/gpu.py --host-profile          : where each step's host time goes, by package (lightning,
+#   1. bench/gpu.py --host-profile          : where each step's host time goes, by package (lightning,
 #                                             tunelab, torch, ...), framework beside the loop, eager and
 #                                             CUDA graphs at batch 32: what the framework adds to a
 #                                             host-bound step
-#   3. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / CUDA graphs of eager kernels /
-#                                             compile / compile + CUDA graphs, framework beside hand-written
-#                                             loop, useful and padded MFU; then the busy fraction
-#   4. bench/gpu.py at batch 128            : the same table (then the eager time-to-accuracy runs)
+#   2. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / CUDA graphs of eager kernels /
+#                                             compile / compile + CUDA graphs, loop beside framework,
+#                                             useful and padded MFU; then the busy fraction
+#   3. bench/time_to_accuracy.py            : sst2_minilm_gpu from process start to the test metric with cold
+#                                             caches, again on the warm compile cache (a sweep's next job),
+#                                             then SST-2 with the cudagraphs backend (no inductor compile),
+#                                             its transformers.Trainer anchor, stsb_minilm_gpu and its anchor
+#   4. bench/gpu.py at batch 128            : the same table as 2 (then the eager time-to-accuracy runs)
 #   5. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
 #   6. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
 # Sections run in that order while time is left (DEADLINE seconds in all); each writes its JSON as it goes.
-# SECTIONS=tta,host,b32,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped.
-# tta's six runs fill one call (about 560 s on an H200), so with the usual 15 minutes of device time: the
-# default call first, then SECTIONS=host,b32 DEADLINE=<what is left> (CASES=<gpu.py cases> narrows b32 and
-# b128; all eight real-length cases with the profile took 344 s).
+# The diagnostics come first: they explain the framework's per-step host time, which sets both the
+# framework/loop ratio and most of a time-to-accuracy run's training time.
+# SECTIONS=host,b32,tta,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped;
+# CASES= the gpu.py cases of b32 and b128 (default: eager and cudagraphs-backend pairs, no inductor), RUNS= the
+# time-to-accuracy runs. host + b32 take about 4 minutes, tta's six runs about 560 s on an H200, so with
+# the usual 15 minutes of device time: the default call first, then SECTIONS=tta RUNS=<the runs it did not
+# reach> DEADLINE=<what is left>.
 #
 # Before the call (here, with network for pip; .whl/ and .carry/ are git-ignored, about 50 MiB):
 #   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
@@ -35,7 +38,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_gpu_out}
 WORK=${WORK:-/tmp/device_gpu_work}  # run dirs, compile caches: not sent back
 SMOKE=${SMOKE:-0}
-SECTIONS=",${SECTIONS:-tta,host,b32,b128,eager,fsdp,imdb},"
+SECTIONS=",${SECTIONS:-host,b32,tta,b128,eager,fsdp,imdb},"
 PY=${PYTHON:-python3}
 DEADLINE=${DEADLINE:-560}  # seconds; the call's limit is 600
 mkdir -p "$OUT" "$WORK"
@@ -66,7 +69,7 @@ section() {
 }
 
 if [ "$SMOKE" = 1 ]; then
-  GPU=(--smoke --model-dir "$MODEL" --cases minilm,minilm_raw,minilm_graphs,minilm_raw_graphs,minilm_cudagraphs,minilm_raw_cudagraphs)
+  GPU=(--smoke --model-dir "$MODEL" --cases minilm_raw,minilm,minilm_raw_graphs,minilm_graphs,minilm_raw_cudagraphs,minilm_cudagraphs)
   TTA=(--smoke --model-dir "$MODEL")
   HOST_STEPS=()
   RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor
@@ -78,16 +81,18 @@ else
   HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
   # H200 wall seconds per run: 128 cold, 69 warm, 103 STS-B, 112 and 84 the two Trainer anchors. The warm
   # run right after the cold one (the compile cache, item 2), then the cudagraphs-backend run (no inductor
-  # compile), STS-B, and the anchors last (same settings as their last measurement)
-  RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,stsb_minilm_gpu,sst2_minilm_gpu_anchor,stsb_minilm_gpu_anchor
+  # compile), then each experiment beside its anchor
+  RUNS=${RUNS:-sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor}
   EXTRA_RUNS=sst2_minilm_gpu_eager,stsb_minilm_gpu_eager
+  # b32 without inductor by default (no compile minutes); CASES= names others, e.g. the *_cudagraphs pair
+  CASES=${CASES:-minilm_raw,minilm,minilm_raw_graphs,minilm_graphs}
 fi
 
-section tta "time to accuracy" 150 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$RUNS" --out "$OUT/tta.json"
 section host "host time by package, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --cases "" \
   --host-profile "${HOST_STEPS[@]}" --out "$OUT/gpu_host.json"
 section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile ${CASES:+--cases "$CASES"} \
   --out "$OUT/gpu_b32.json"
+section tta "time to accuracy" 150 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$RUNS" --out "$OUT/tta.json"
 section b128 "real lengths, batch 128" 60 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 128 ${CASES:+--cases "$CASES"} \
   --out "$OUT/gpu_b128.json"
 section eager "time to accuracy, eager" 90 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$EXTRA_RUNS" --out "$OUT/tta_eager.json"

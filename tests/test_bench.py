@@ -33,6 +33,7 @@ def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["minilm"]["samples_per_s"] > 0 and r["framework_over_raw"] > 0
+    assert r["warm_process_s"] > 0  # the untimed warm-up ran before the first case
     # probes are their own runs, after the timed ones: no timed case runs profiled
     assert list(r)[-1] == "minilm+profile" and "profile" not in r["minilm"] and "host_profile" not in r["minilm"]
     profile = r["minilm+profile"]["profile"]
