@@ -35,8 +35,14 @@ def test_gpu_experiment_settings(tmp_path, experiment: str) -> None:
 ])
 def test_gpu_experiment_runs_on_cpu_at_tiny_size(run_cfg, experiment: str, metric: str,
                                                 compile_opts: list[str]) -> None:
+    import torch
+
     metrics, run_dir = run_cfg(f"experiment={experiment}", *CPU_TINY, *compile_opts, "trainer.max_epochs=1")
     assert metric in metrics and json.loads((run_dir / "metrics.json").read_text())["global_step"] > 0
+    # the best checkpoint (what test loads) holds the weights only: no AdamW state to write, a third the bytes
+    (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
+    saved = torch.load(best, map_location="cpu", weights_only=False)
+    assert saved["state_dict"] and "optimizer_states" not in saved
 
 
 def test_cuda_graph_steps_are_marked_in_training_only(run_cfg, monkeypatch) -> None:
