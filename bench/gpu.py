@@ -117,6 +117,13 @@ def check_probe(case: str, probe: str, compile_opts: list[str]) -> None:
         raise SystemExit(f"{case}+profile: +profile probes eager framework cases only")
 
 
+def loop(overrides: list[str], out: Path, steps: int, warmup: int, **kwargs) -> dict:
+    """The hand-written loop on a case's batches, bf16 on the GPU as the framework's trainer=gpu."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return raw_loop([o for o in overrides if "throughput" not in o and "profile" not in o], out, steps, warmup,
+                    device=device, bf16=device == "cuda", **kwargs)
+
+
 def run_case(args, tmp: Path, name: str) -> dict:
     """One case; `<case>+profile` (torch.profiler: busy fraction, top kernels) and `<case>+host` (cProfile:
     host time by package) probe it instead: their samples/s are not measurements."""
@@ -129,10 +136,8 @@ def run_case(args, tmp: Path, name: str) -> dict:
     t0 = time.time()
     overrides = case_overrides(args, shape, data, compile_opts, tmp / "cache", probe)
     if "_raw" in case:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        tp = raw_loop([o for o in overrides if "throughput" not in o and "profile" not in o], tmp / name,
-                      args.steps - args.warmup, args.warmup, device=device, bf16=device == "cuda",
-                      warmup_epochs=int(bool(compile_opts) and not args.smoke), host_profile=probe == "host")
+        tp = loop(overrides, tmp / name, args.steps - args.warmup, args.warmup,
+                  warmup_epochs=int(bool(compile_opts) and not args.smoke), host_profile=probe == "host")
     else:
         tp, _ = run_framework(overrides, tmp / name)
     row = {**tp, "wall_s": time.time() - t0}
@@ -160,10 +165,8 @@ def warm_process(args, tmp: Path) -> float:
     shape, data, _ = CASES[WARM_PROCESS]
     t0 = time.time()
     overrides = case_overrides(args, "tiny" if args.smoke else shape, data, [], tmp / "cache")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     steps = 2 if args.smoke else args.steps  # the device script's 230 of 256 batches an epoch: every bucket
-    raw_loop([o for o in overrides if "throughput" not in o], tmp / "warm_process", steps, 0,
-             device=device, bf16=device == "cuda")
+    loop(overrides, tmp / "warm_process", steps, 0)
     return time.time() - t0
 
 
