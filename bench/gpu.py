@@ -3,12 +3,13 @@ useful MFU: real tokens only) of the framework's training path with bf16-mixed, 
 memory + loader workers, length-grouped full batches padded to multiples of 16: eager vs torch.compile
 vs CUDA graphs (one dynamic-shape compile, one graph replayed per length bucket) vs CUDA graphs of the
 eager kernels (`model.compile_backend=cudagraphs`, *_graphs: a static trace per bucket, no inductor
-compile), each beside the hand-written loop (*_raw*) on the same batches, for MiniLM-shaped (SST-2 lengths, the default table) and
-BERT-base-shaped encoders (random init). Compiled cases warm up one epoch (every length bucket) before
-timing; every case reports graphs_compiled_while_timed (0 for a valid measurement). An untimed eager run
-of the loop warms the process first (warm_process_s), so no case pays its one-time costs. Probes run after the
-timed cases: `<case>+profile` (torch.profiler: GPU busy fraction, top kernels; --profile) and `<case>+host`
-(cProfile: host time per step by package, framework beside loop; --host-profile).
+compile), each beside the hand-written loop (*_raw*) on the same batches, for MiniLM-shaped (SST-2
+lengths, the default table) and BERT-base-shaped encoders (random init). Compiled cases warm up one epoch
+(every length bucket) before timing; every case reports graphs_compiled_while_timed (0 for a valid
+measurement). An untimed eager run of the loop (MiniLM, SST-2) warms the process first (warm_process_s),
+so no case pays its one-time costs. Probes run after the timed cases: `<case>+profile` (torch.profiler:
+GPU busy fraction, top kernels; --profile) and `<case>+host` (cProfile: host time per step by package,
+framework beside loop; --host-profile).
 
 python bench/gpu.py --batch-size 32 --out gpu32.json   # on a CUDA machine: the real-length table
 python bench/gpu.py --smoke                           # CPU, tiny shapes: correctness only (run by the tests)
@@ -158,14 +159,14 @@ def run_case(args, tmp: Path, name: str) -> dict:
 
 
 def warm_process(args, tmp: Path) -> float:
-    """An untimed eager run of the loop over every length bucket before the first timed case: the costs a
+    """An untimed eager run of the MiniLM loop on SST-2 before the first timed case: the costs a
     process pays once (CUDA context, cuBLAS handles and workspaces, lazily loaded kernels, per-shape GEMM
     heuristics, the pinned and device allocators' growth) would otherwise land in whichever case runs
     first. Returns its wall seconds."""
     shape, data, _ = CASES[WARM_PROCESS]
     t0 = time.time()
     overrides = case_overrides(args, "tiny" if args.smoke else shape, data, [], tmp / "cache")
-    steps = 2 if args.smoke else args.steps  # the device script's 230 of 256 batches an epoch: every bucket
+    steps = 2 if args.smoke else args.steps  # the device script's: 230 of an epoch's 256 batches
     loop(overrides, tmp / "warm_process", steps, 0)
     return time.time() - t0
 
