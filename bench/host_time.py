@@ -1,14 +1,16 @@
 """Where a training step's host time goes, for the bench scripts: Python's garbage collector (GcTimer),
-cProfile's self time by owning package (HostProfile), and the tensor ops one step dispatches (OpCount,
-StepOps). On a GPU that waits for the host these are the step's cost."""
+each thread's CPU time (ThreadCpu), cProfile's self time by owning package (HostProfile), and the tensor
+ops one step dispatches (OpCount, StepOps). On a GPU that waits for the host these are the step's cost."""
 
 from __future__ import annotations
 
 import gc
 import json
 import os
+import re
 import sys
 import sysconfig
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,80 @@ class GcTimer:
             self.seconds += time.perf_counter() - self._began
             self.collections[info["generation"]] = self.collections.get(info["generation"], 0) + 1
             self._began = None
+
+
+class ThreadCpu:
+    """CPU seconds of each thread of this process while started, by thread name ("main", a Python thread's
+    target such as "_pin_memory_loop", else the OS name: "pt_autograd_0" runs backward on CUDA device 0,
+    "unnamed native" sums the threads that never named themselves, such as the OpenMP intra-op pool). A host-bound step whose threads together use much less CPU than its wall time is
+    waiting: on the device (a sync), on the GIL or on data; a busy thread beside "main" is what it waits
+    behind. Linux reads every thread (/proc/self/task, nanoseconds where schedstat exists); elsewhere only
+    the thread that calls start and stop."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._began: dict[int, tuple[str, float]] | None = None
+
+    def start(self) -> None:
+        self._began = thread_cpu_seconds()
+
+    def stop(self) -> None:
+        if self._began is None:
+            return
+        for tid, (name, cpu) in thread_cpu_seconds().items():
+            began = self._began.get(tid, (name, 0.0))[1]  # a thread started inside the window: all of it
+            self.seconds[name] = self.seconds.get(name, 0.0) + cpu - began
+        self._began = None
+
+    def ms_per_step(self, steps: int) -> dict[str, float]:
+        """Milliseconds per step by thread name, busiest first (threads that used no CPU left out)."""
+        ranked = sorted(self.seconds.items(), key=lambda kv: -kv[1])
+        return {name: 1e3 * s / max(steps, 1) for name, s in ranked if s > 0}
+
+
+def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """Every thread's (name, CPU seconds so far), by native thread id (see ThreadCpu)."""
+    python_names = {t.native_id: _python_thread_name(t) for t in threading.enumerate()}
+    python_names[threading.main_thread().native_id] = "main"
+    inherited = _os_thread_name(threading.main_thread().native_id) if os.path.isdir("/proc/self/task") else ""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no procfs: the calling thread only
+        return {threading.get_native_id(): (python_names.get(threading.get_native_id(), "main"), time.thread_time())}
+    out = {}
+    for tid in tids:
+        try:
+            name = python_names.get(tid) or _os_thread_name(tid)
+            # threads that never named themselves (the OpenMP / intra-op pool) carry the process's name
+            out[tid] = ("unnamed native" if name == inherited else name, _task_cpu_seconds(tid))
+        except OSError:  # the thread ended between the listing and the read
+            continue
+    return out
+
+
+def _python_thread_name(thread: threading.Thread) -> str:
+    # "Thread-3 (_pin_memory_loop)": the target names what it does, the counter differs per run
+    match = re.fullmatch(r"Thread-\d+ \((.+)\)", thread.name)
+    return match.group(1) if match else thread.name
+
+
+def _os_thread_name(tid: int) -> str:
+    with open(f"/proc/self/task/{tid}/comm") as f:
+        return f.read().strip()
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _task_cpu_seconds(tid: int) -> float:
+    try:  # time on a CPU in nanoseconds (kernels with scheduler statistics)
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime, in clock ticks
 
 
 class HostProfile:

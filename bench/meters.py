@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from bench.host_time import GcTimer, HostProfile
+from bench.host_time import GcTimer, HostProfile, ThreadCpu
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,13 +63,15 @@ class ThroughputMeter(pl.Callback):
     dataset's many epoch ends do not count against steady state. Counts samples, real and padded tokens
     and attended token pairs (for MFU) of the timed batches. Graphs compiled while the clock runs are
     reported: a measurement with any is not steady state, and so is the time Python's garbage collector
-    took inside the window (GcTimer). `host_profile`: cProfile the timed steps (HostProfile; it slows them,
+    took inside the window (GcTimer) and each thread's CPU time per step beside the wall time (ThreadCpu:
+    what a host-bound step computes and what it waits for). `host_profile`: cProfile the timed steps (HostProfile; it slows them,
     so a profiled run's samples/s is not a measurement)."""
 
     def __init__(self, warmup: int = 3, warmup_epochs: int = 0, steps: int = 0, host_profile: bool = False) -> None:
         self.warmup, self.warmup_epochs, self.target_steps = warmup, warmup_epochs, steps
         self.host_profile = HostProfile() if host_profile else None
         self.gc = GcTimer()
+        self.threads = ThreadCpu()
         self.reset()
 
     def reset(self) -> None:
@@ -94,6 +96,7 @@ class ThroughputMeter(pl.Callback):
         if self.host_profile is not None:
             self.host_profile.start()
         self.gc.start()
+        self.threads.start()
         self._resumed_at = time.perf_counter()
 
     def pause(self) -> None:
@@ -101,6 +104,7 @@ class ThroughputMeter(pl.Callback):
             return
         sync_device()
         self.elapsed += time.perf_counter() - self._resumed_at
+        self.threads.stop()
         self.gc.stop()
         if self.host_profile is not None:
             self.host_profile.stop()
@@ -155,6 +159,9 @@ class ThroughputMeter(pl.Callback):
             "seconds": self.elapsed,
             "timed_segments": self.segments,  # epochs the timed steps fall in (their ends not timed)
             "samples_per_s": self.samples / t,
+            "ms_per_step": 1e3 * self.elapsed / max(self.steps, 1),
+            # beside ms_per_step: CPU the host spent per step, by thread (the rest of the wall time waited)
+            "thread_cpu_ms_per_step": self.threads.ms_per_step(self.steps),
             "tokens_per_s": tokens / t,
             "padded_tokens_per_s": self.padded_tokens / t,
             "padding_fraction": 1 - tokens / max(self.padded_tokens, 1),

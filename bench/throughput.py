@@ -160,6 +160,8 @@ def bench_host(smoke: bool, cache: Path, tmp: Path, host_profile: bool = False) 
     out = {"ms_per_step": best, "runs": ms, "steps_timed": steps - warmup,
            "ops_per_step": {k: v[0]["step_ops"] for k, v in runs.items()},
            "gc_ms_per_step": {k: sum(r["gc_ms_per_step"] for r in v) / len(v) for k, v in runs.items()},
+           # the best run's CPU per step by thread, beside its wall ms: host work vs waiting
+           "thread_cpu_ms_per_step": {k: v[ms[k].index(best[k])]["thread_cpu_ms_per_step"] for k, v in runs.items()},
            **{f"{k}_over_raw_speed": best["raw"] / v for k, v in best.items() if k != "raw"}}
     if host_profile:
         profiled = alternate(overrides, tmp, "host_profiled", 1, steps, warmup, variants, host_profile=True)

@@ -2,6 +2,7 @@
 no timing assertions."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ def test_throughput_bench_smoke(tmp_path) -> None:
     assert r["cache"]["tokenizations"] == r["cache"]["files"]  # the second preparation re-tokenized nothing
     assert set(r["host"]["ms_per_step"]) == {"raw", "framework", "framework_train_metrics_false"}
     assert all(v > 0 for v in r["host"]["ms_per_step"].values())
+    assert all(v["main"] > 0 for v in r["host"]["thread_cpu_ms_per_step"].values())
     ops = r["host"]["ops_per_step"]  # the framework dispatches more per step than the loop; metrics add more
     assert ops["raw"] < ops["framework_train_metrics_false"] < ops["framework"]
 
@@ -34,6 +36,8 @@ def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
     r = json.loads(out.read_text())
     assert r["minilm"]["samples_per_s"] > 0 and r["framework_over_raw"] > 0
     assert r["warm_process_s"] > 0  # the untimed warm-up ran before the first case
+    for case in ("minilm", "minilm_raw"):  # the host's CPU beside the wall time, on the main thread at least
+        assert 0 < r[case]["thread_cpu_ms_per_step"]["main"] <= 1.5 * r[case]["ms_per_step"], r[case]
     # probes are their own runs, after the timed ones: no timed case runs profiled
     assert list(r)[-1] == "minilm+profile" and "profile" not in r["minilm"] and "host_profile" not in r["minilm"]
     profile = r["minilm+profile"]["profile"]
@@ -137,6 +141,39 @@ def test_gc_timer_counts_collections_only_while_started() -> None:
     seconds = timer.seconds
     gc.collect()  # stopped: not counted
     assert timer.collections.get(2) == 1 and timer.seconds == seconds
+
+
+def test_thread_cpu_names_the_thread_a_host_bound_step_waits_behind() -> None:
+    """A busy Python thread takes the GIL from the main thread: both show about half the window's CPU,
+    under the busy thread's target name; a thread that sleeps shows none."""
+    import threading
+
+    from bench.host_time import ThreadCpu
+
+    done = threading.Event()
+
+    def spin() -> None:
+        while not done.is_set():
+            sum(range(1000))
+
+    busy = threading.Thread(target=spin)  # named "Thread-N (spin)": reported as "spin"
+    idle = threading.Thread(target=done.wait, name="sleeper")
+    busy.start(), idle.start()
+    cpu = ThreadCpu()
+    cpu.start()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.6:
+        sum(range(1000))
+    cpu.stop()
+    done.set()
+    busy.join(), idle.join()
+    ms = cpu.ms_per_step(steps=1)
+    assert 100 < ms["spin"] < 500 and 100 < ms["main"] < 500, ms
+    assert "sleeper" not in ms and list(ms)[0] in ("main", "spin")
+    cpu.start()  # another window adds to the first
+    sum(range(10**6))
+    cpu.stop()
+    assert cpu.ms_per_step(steps=1)["main"] > ms["main"]
 
 
 def test_host_owner_names_the_package_wherever_it_is_installed() -> None:
