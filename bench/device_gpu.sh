@@ -7,22 +7,25 @@
 #                                             tunelab, torch, ...), framework beside the loop, eager and
 #                                             CUDA graphs at batch 32: what the framework adds to a
 #                                             host-bound step
-#   2. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / CUDA graphs of eager kernels /
+#   2. bench/startup.py                     : the start-up of experiment=sst2_minilm_gpu stage by stage (imports,
+#                                             config, CUDA init, data, model load, Trainer) and the imports'
+#                                             time by package: the part of a time-to-accuracy run before fit
+#   3. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / CUDA graphs of eager kernels /
 #                                             compile / compile + CUDA graphs, loop beside framework,
 #                                             useful and padded MFU; then the busy fraction
-#   3. bench/time_to_accuracy.py            : sst2_minilm_gpu from process start to the test metric with cold
+#   4. bench/time_to_accuracy.py            : sst2_minilm_gpu from process start to the test metric with cold
 #                                             caches, again on the warm compile cache (a sweep's next job),
 #                                             then SST-2 with the cudagraphs backend (no inductor compile),
 #                                             its transformers.Trainer anchor, stsb_minilm_gpu and its anchor
-#   4. bench/gpu.py at batch 128            : the same table as 2 (then the eager time-to-accuracy runs)
-#   5. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
-#   6. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
+#   5. bench/gpu.py at batch 128            : the same table as 3 (then the eager time-to-accuracy runs)
+#   6. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
+#   7. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
 # Sections run in that order while time is left (DEADLINE seconds in all); each writes its JSON as it goes.
-# The diagnostics come first: they explain the framework's per-step host time, which sets both the
-# framework/loop ratio and most of a time-to-accuracy run's training time.
-# SECTIONS=host,b32,tta,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped;
+# The diagnostics come first: they explain the framework's per-step host time, which sets the
+# framework/loop ratio and a time-to-accuracy run's training time, and the start-up before fit.
+# SECTIONS=host,startup,b32,tta,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped;
 # CASES= the gpu.py cases of b32 and b128 (default: eager and cudagraphs-backend pairs, no inductor), RUNS= the
-# time-to-accuracy runs. host + b32 take about 4 minutes, tta's six runs about 560 s on an H200, so with
+# time-to-accuracy runs. host + startup + b32 take about 4-5 minutes, tta's six runs about 560 s on an H200, so with
 # the usual 15 minutes of device time: the default call first, then SECTIONS=tta RUNS=<the runs it did not
 # reach> DEADLINE=<what is left>.
 #
@@ -38,7 +41,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_gpu_out}
 WORK=${WORK:-/tmp/device_gpu_work}  # run dirs, compile caches: not sent back
 SMOKE=${SMOKE:-0}
-SECTIONS=",${SECTIONS:-host,b32,tta,b128,eager,fsdp,imdb},"
+SECTIONS=",${SECTIONS:-host,startup,b32,tta,b128,eager,fsdp,imdb},"
 PY=${PYTHON:-python3}
 DEADLINE=${DEADLINE:-560}  # seconds; the call's limit is 600
 mkdir -p "$OUT" "$WORK"
@@ -90,6 +93,9 @@ fi
 
 section host "host time by package, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --cases "" \
   --host-profile "${HOST_STEPS[@]}" --out "$OUT/gpu_host.json"
+if [ "$SMOKE" = 1 ]; then STARTUP=(--smoke); else STARTUP=(--model-dir "$MODEL" --data-dir "$DATA"); fi
+section startup "start-up by stage" 45 "$PY" bench/startup.py "${STARTUP[@]}" --cache-dir "$WORK/startup_tokens" \
+  --out "$OUT/startup.json"
 section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile ${CASES:+--cases "$CASES"} \
   --out "$OUT/gpu_b32.json"
 section tta "time to accuracy" 150 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$RUNS" --out "$OUT/tta.json"

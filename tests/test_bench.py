@@ -48,6 +48,23 @@ def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
     assert framework["torch (C++)"] > 0 and loop["torch (C++)"] > 0
 
 
+def test_startup_bench_smoke(tmp_path) -> None:
+    """The start-up stages in pipeline order, each timed once, inside the stage process's wall time; the
+    second preparation finds the tokens the first one cached."""
+    out = tmp_path / "startup.json"
+    proc = run_script("bench/startup.py", "--smoke", "--cache-dir", str(tmp_path / "tokens"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    stages = r["stages_s"]
+    assert list(stages)[:4] == ["import torch", "import transformers", "import lightning",
+                                "import tunelab.pipeline (the rest)"]
+    assert {"data: prepare (the cache as found)", "model: load", "trainer"} <= set(stages)
+    assert all(s >= 0 for s in stages.values()) and r["stages_total_s"] < r["process_wall_s"]
+    assert stages["import torch"] > 0.1 and r["import_self_s_by_package"]["torch"] > 0.1
+    assert stages["data: prepare (warm cache)"] < stages["data: prepare (the cache as found)"]
+    assert any((tmp_path / "tokens").iterdir())  # --cache-dir is where the tokens went
+
+
 def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None:
     # bench/gpu.py times compiled models only in the second epoch, after every recompile
     _, run_dir = run_cfg("data.train_limit=64", "data.batch_size=8", "data.val_fraction=0.1", "trainer.max_epochs=2",

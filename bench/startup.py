@@ -1,0 +1,142 @@
+"""Where a run's start-up goes, stage by stage, in one fresh process: the imports (torch, transformers,
+lightning, the rest of tunelab.pipeline), the config, CUDA initialisation, the data (prepared as the cache
+finds it, again on the warm cache, then set up), the model load and its move to the device, the Trainer:
+what `python train.py` pays before Lightning's fit starts (bench.meters.StartupTimer's `callbacks_s`, one
+number). Then two more fresh processes: a bare interpreter, and `python -X importtime -c "import
+tunelab.pipeline"` for the imports' self time by top-level package.
+
+python bench/startup.py --out startup.json   # experiment=sst2_minilm_gpu, shipped MiniLM (trainer=cpu without a GPU)
+python bench/startup.py --smoke              # tiny model, fixture rows: correctness only (run by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["model=tiny", f"paths.data_dir={ROOT / 'tests' / 'fixtures'}"]
+IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)")
+
+
+def stages(overrides: list[str], out: Path) -> dict[str, float]:
+    """Seconds of each start-up stage, in pipeline order, in this (fresh) process."""
+    seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(name: str):
+        t0 = time.perf_counter()
+        yield
+        seconds[name] = time.perf_counter() - t0
+
+    with stage("import torch"):
+        import torch
+    with stage("import transformers"):
+        importlib.import_module("transformers")
+    with stage("import lightning"):
+        importlib.import_module("lightning.pytorch")
+    with stage("import tunelab.pipeline (the rest)"):
+        from tunelab import pipeline
+        from tunelab.config import compose_config
+        from tunelab.module import TransformerModule
+        from tunelab.trainer import build_trainer
+        from tunelab.validation import validate
+    gpu = torch.cuda.is_available()
+    with stage("config + checks"):
+        cfg = compose_config([*overrides, *([] if gpu else ["trainer=cpu", "trainer.precision=32-true"])], out)
+        validate(cfg)
+    if gpu:
+        with stage("cuda init"):
+            torch.zeros(1, device="cuda")
+            torch.cuda.synchronize()
+    with stage("data: prepare (the cache as found)"):
+        datamodule = pipeline.build_datamodule(cfg)
+        datamodule.prepare_data()
+    with stage("data: prepare (warm cache)"):
+        datamodule.prepare_data()
+    with stage("data: setup"):
+        datamodule.setup("fit")
+    with stage("model: load"):
+        module = TransformerModule(**pipeline.module_kwargs(cfg, datamodule))
+    with stage("model: to device"):
+        module.to("cuda" if gpu else "cpu")
+        if gpu:
+            torch.cuda.synchronize()
+    with stage("trainer"):
+        build_trainer(cfg)
+    return seconds
+
+
+def import_self_time(env: dict[str, str], top: int = 15) -> dict[str, float]:
+    """`import tunelab.pipeline` under -X importtime in a fresh process: self seconds by top-level package,
+    the `top` largest and the rest as "other"."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tunelab.pipeline"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True)
+    by_package: dict[str, float] = {}
+    for match in IMPORT_LINE.finditer(proc.stderr):
+        package = match.group(2).split(".")[0]
+        by_package[package] = by_package.get(package, 0.0) + int(match.group(1)) / 1e6
+    ranked = sorted(by_package.items(), key=lambda kv: -kv[1])
+    return {**dict(ranked[:top]), "other": sum(s for _, s in ranked[top:])}
+
+
+def fresh_seconds(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="sst2_minilm_gpu")
+    parser.add_argument("--model-dir", default=None, help="model.name_or_path (default: the experiment's)")
+    parser.add_argument("--data-dir", default=None, help="paths.data_dir (default: the config's)")
+    parser.add_argument("--cache-dir", default=None, help="tokenization cache (default: a new, cold one)")
+    parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # the stage process: its overrides (JSON)
+    args = parser.parse_args()
+    if args.child:  # the fresh process timed stage by stage; its result is stdout's last line
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(stages(json.loads(args.child), Path(tmp))))
+        return
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PROJECT_ROOT": str(ROOT),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [f"experiment={args.experiment}", f"paths.cache_dir={args.cache_dir or Path(tmp) / 'tokens'}",
+                     *([f"model.name_or_path={args.model_dir}", f"model.tokenizer={args.model_dir}"]
+                       if args.model_dir else []),
+                     *([f"paths.data_dir={args.data_dir}"] if args.data_dir else []),
+                     *(SMOKE if args.smoke else []), *args.override]
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(overrides)], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"the stage process failed:\n{proc.stderr[-3000:]}")
+    seconds = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = {
+        "overrides": overrides,
+        "stages_s": seconds,
+        "stages_total_s": sum(seconds.values()),
+        "process_wall_s": wall,  # the stages plus the interpreter's start and exit
+        "bare_python_s": fresh_seconds([sys.executable, "-c", "pass"], env),
+        "import_self_s_by_package": import_self_time(env),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
