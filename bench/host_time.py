@@ -50,10 +50,11 @@ class GcTimer:
 class ThreadCpu:
     """CPU seconds of each thread of this process while started, by thread name ("main", a Python thread's
     target such as "_pin_memory_loop", else the OS name: "pt_autograd_0" runs backward on CUDA device 0,
-    "unnamed native" sums the threads that never named themselves, such as the OpenMP intra-op pool). A host-bound step whose threads together use much less CPU than its wall time is
-    waiting: on the device (a sync), on the GIL or on data; a busy thread beside "main" is what it waits
-    behind. Linux reads every thread (/proc/self/task, nanoseconds where schedstat exists); elsewhere only
-    the thread that calls start and stop."""
+    "unnamed native" sums the threads that never named themselves, such as the OpenMP intra-op pool). A
+    host-bound step whose threads together use much less CPU than its wall time is waiting: on the device
+    (a sync), on the GIL or on data; a busy thread beside "main" is what it waits behind. Linux reads every
+    thread (/proc/self/task, nanoseconds where schedstat exists; a thread that ends inside a window loses
+    that window's share); elsewhere only the thread that calls start and stop."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}

@@ -64,8 +64,8 @@ class ThroughputMeter(pl.Callback):
     and attended token pairs (for MFU) of the timed batches. Graphs compiled while the clock runs are
     reported: a measurement with any is not steady state, and so is the time Python's garbage collector
     took inside the window (GcTimer) and each thread's CPU time per step beside the wall time (ThreadCpu:
-    what a host-bound step computes and what it waits for). `host_profile`: cProfile the timed steps (HostProfile; it slows them,
-    so a profiled run's samples/s is not a measurement)."""
+    what a host-bound step computes and what it waits for). `host_profile`: cProfile the timed steps
+    (HostProfile; it slows them, so a profiled run's samples/s is not a measurement)."""
 
     def __init__(self, warmup: int = 3, warmup_epochs: int = 0, steps: int = 0, host_profile: bool = False) -> None:
         self.warmup, self.warmup_epochs, self.target_steps = warmup, warmup_epochs, steps
