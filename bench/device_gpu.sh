@@ -74,6 +74,7 @@ section() {
 if [ "$SMOKE" = 1 ]; then
   GPU=(--smoke --model-dir "$MODEL" --cases minilm_raw,minilm,minilm_raw_graphs,minilm_graphs,minilm_raw_cudagraphs,minilm_cudagraphs)
   TTA=(--smoke --model-dir "$MODEL")
+  STARTUP=(--smoke)
   HOST_STEPS=()
   RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor
   EXTRA_RUNS=sst2_minilm_gpu_eager
@@ -81,6 +82,7 @@ else
   # 8,192 SST-2 rows: 256 batches of 32 (64 of 128) per epoch; compiled cases warm up one epoch
   GPU=(--model-dir "$MODEL" --data-dir "$DATA" --train-limit 8192 --steps 230 --warmup 30 --compile-cache "$WORK/inductor_bench")
   TTA=(--model-dir "$MODEL" --data-dir "$DATA")
+  STARTUP=(--model-dir "$MODEL" --data-dir "$DATA")
   HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
   # H200 wall seconds per run: 128 cold, 69 warm, 103 STS-B, 112 and 84 the two Trainer anchors. The warm
   # run right after the cold one (the compile cache, item 2), then the cudagraphs-backend run (no inductor
@@ -93,7 +95,6 @@ fi
 
 section host "host time by package, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --cases "" \
   --host-profile "${HOST_STEPS[@]}" --out "$OUT/gpu_host.json"
-if [ "$SMOKE" = 1 ]; then STARTUP=(--smoke); else STARTUP=(--model-dir "$MODEL" --data-dir "$DATA"); fi
 section startup "start-up by stage" 45 "$PY" bench/startup.py "${STARTUP[@]}" --cache-dir "$WORK/startup_tokens" \
   --out "$OUT/startup.json"
 section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile ${CASES:+--cases "$CASES"} \

@@ -81,9 +81,9 @@ def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
     """Every thread's (name, CPU seconds so far), by native thread id (see ThreadCpu)."""
     python_names = {t.native_id: _python_thread_name(t) for t in threading.enumerate()}
     python_names[threading.main_thread().native_id] = "main"
-    inherited = _os_thread_name(threading.main_thread().native_id) if os.path.isdir("/proc/self/task") else ""
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
+        inherited = _os_thread_name(threading.main_thread().native_id)
     except OSError:  # no procfs: the calling thread only
         return {threading.get_native_id(): (python_names.get(threading.get_native_id(), "main"), time.thread_time())}
     out = {}

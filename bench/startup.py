@@ -79,8 +79,7 @@ def stages(overrides: list[str], out: Path) -> dict[str, float]:
 def import_self_time(env: dict[str, str], top: int = 15) -> dict[str, float]:
     """`import tunelab.pipeline` under -X importtime in a fresh process: self seconds by top-level package,
     the `top` largest and the rest as "other"."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tunelab.pipeline"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=True)
+    proc, _ = timed_run(["-X", "importtime", "-c", "import tunelab.pipeline"], env)
     by_package: dict[str, float] = {}
     for match in IMPORT_LINE.finditer(proc.stderr):
         package = match.group(2).split(".")[0]
@@ -89,10 +88,15 @@ def import_self_time(env: dict[str, str], top: int = 15) -> dict[str, float]:
     return {**dict(ranked[:top]), "other": sum(s for _, s in ranked[top:])}
 
 
-def fresh_seconds(cmd: list[str], env: dict[str, str]) -> float:
+def timed_run(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    """`python <args>` in a fresh process from the project root, output captured: the process and its wall
+    seconds. (bench.meters.run_fresh does the same, but importing it would load torch into this parent.)"""
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
-    return time.perf_counter() - t0
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"python {' '.join(args)[:200]} failed:\n{proc.stderr[-3000:]}")
+    return proc, seconds
 
 
 def main() -> None:
@@ -118,19 +122,14 @@ def main() -> None:
                        if args.model_dir else []),
                      *([f"paths.data_dir={args.data_dir}"] if args.data_dir else []),
                      *(SMOKE if args.smoke else []), *args.override]
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(overrides)], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"the stage process failed:\n{proc.stderr[-3000:]}")
+        proc, wall = timed_run([__file__, "--child", json.dumps(overrides)], env)
     seconds = json.loads(proc.stdout.strip().splitlines()[-1])
     result = {
         "overrides": overrides,
         "stages_s": seconds,
         "stages_total_s": sum(seconds.values()),
         "process_wall_s": wall,  # the stages plus the interpreter's start and exit
-        "bare_python_s": fresh_seconds([sys.executable, "-c", "pass"], env),
+        "bare_python_s": timed_run(["-c", "pass"], env)[1],
         "import_self_s_by_package": import_self_time(env),
     }
     print(json.dumps(result, indent=2))

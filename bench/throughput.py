@@ -155,7 +155,7 @@ def bench_host(smoke: bool, cache: Path, tmp: Path, host_profile: bool = False) 
                  "test=false", "export=false", f"+callbacks.throughput.warmup={warmup}"]
     variants = {"framework": [], "framework_train_metrics_false": ["train_metrics=false"]}
     runs = alternate(overrides, tmp, "host", 1 if smoke else 3, steps, warmup, variants, count_ops_at=count_ops_at)
-    ms = {k: [1000 * r["seconds"] / r["steps"] for r in v] for k, v in runs.items()}
+    ms = {k: [r["ms_per_step"] for r in v] for k, v in runs.items()}
     best = {k: min(v) for k, v in ms.items()}
     out = {"ms_per_step": best, "runs": ms, "steps_timed": steps - warmup,
            "ops_per_step": {k: v[0]["step_ops"] for k, v in runs.items()},
