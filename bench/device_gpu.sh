@@ -17,13 +17,16 @@
 #                                             caches, again on the warm compile cache (a sweep's next job),
 #                                             then SST-2 with the cudagraphs backend (no inductor compile),
 #                                             its transformers.Trainer anchor, stsb_minilm_gpu and its anchor
-#   5. bench/gpu.py at batch 128            : the same table as 3 (then the eager time-to-accuracy runs)
-#   6. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
-#   7. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
+#   5. train.py -m (recipe)                 : sst2_minilm_gpu over 4 seeds x 2 / 3 epochs, one multirun sweep in one
+#                                             process (its jobs share the compiled graphs), compared by
+#                                             python -m tunelab.compare: the recipe's accuracy over seeds
+#   6. bench/gpu.py at batch 128            : the same table as 3 (then the eager time-to-accuracy runs)
+#   7. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
+#   8. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
 # Sections run in that order while time is left (DEADLINE seconds in all); each writes its JSON as it goes.
 # The diagnostics come first: they explain the framework's per-step host time, which sets the
 # framework/loop ratio and a time-to-accuracy run's training time, and the start-up before fit.
-# SECTIONS=host,startup,b32,tta,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped;
+# SECTIONS=host,startup,b32,tta,recipe,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped;
 # CASES= the gpu.py cases of b32 and b128 (default: eager and cudagraphs-backend pairs, no inductor), RUNS= the
 # time-to-accuracy runs. host + startup + b32 take about 4-5 minutes, tta's six runs about 560 s on an H200, so with
 # the usual 15 minutes of device time: the default call first, then SECTIONS=tta RUNS=<the runs it did not
@@ -41,7 +44,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_gpu_out}
 WORK=${WORK:-/tmp/device_gpu_work}  # run dirs, compile caches: not sent back
 SMOKE=${SMOKE:-0}
-SECTIONS=",${SECTIONS:-host,startup,b32,tta,b128,eager,fsdp,imdb},"
+SECTIONS=",${SECTIONS:-host,startup,b32,tta,recipe,b128,eager,fsdp,imdb},"
 PY=${PYTHON:-python3}
 DEADLINE=${DEADLINE:-560}  # seconds; the call's limit is 600
 mkdir -p "$OUT" "$WORK"
@@ -75,6 +78,8 @@ if [ "$SMOKE" = 1 ]; then
   GPU=(--smoke --model-dir "$MODEL" --cases minilm_raw,minilm,minilm_raw_graphs,minilm_graphs,minilm_raw_cudagraphs,minilm_cudagraphs)
   TTA=(--smoke --model-dir "$MODEL")
   STARTUP=(--smoke)
+  RECIPE=(model=tiny data.train_limit=64 trainer=cpu trainer.precision=32-true model.compile_backend=aot_eager
+          seed=42,43 trainer.max_epochs=1,2)
   HOST_STEPS=()
   RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor
   EXTRA_RUNS=sst2_minilm_gpu_eager
@@ -83,6 +88,9 @@ else
   GPU=(--model-dir "$MODEL" --data-dir "$DATA" --train-limit 8192 --steps 230 --warmup 30 --compile-cache "$WORK/inductor_bench")
   TTA=(--model-dir "$MODEL" --data-dir "$DATA")
   STARTUP=(--model-dir "$MODEL" --data-dir "$DATA")
+  # the recipe's spread over seeds (0.891-0.905 on CPU, 0.897-0.899 on the H200) beside one more epoch: about
+  # 45 s a job on an H200
+  RECIPE=(seed=42,43,44,45 trainer.max_epochs=2,3)
   HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
   # H200 wall seconds per run: 128 cold, 69 warm, 103 STS-B, 112 and 84 the two Trainer anchors. The warm
   # run right after the cold one (the compile cache, item 2), then the cudagraphs-backend run (no inductor
@@ -100,6 +108,16 @@ section startup "start-up by stage" 45 "$PY" bench/startup.py "${STARTUP[@]}" --
 section b32 "real lengths, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --profile ${CASES:+--cases "$CASES"} \
   --out "$OUT/gpu_b32.json"
 section tta "time to accuracy" 150 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$RUNS" --out "$OUT/tta.json"
+rm -rf "$WORK/recipe"
+section recipe "SST-2 recipe, one multirun sweep" 120 "$PY" train.py -m experiment=sst2_minilm_gpu "${RECIPE[@]}" \
+  "model.name_or_path=$MODEL" "model.tokenizer=$MODEL" "paths.data_dir=$DATA" "paths.cache_dir=$WORK/tokens" \
+  "model.compile_cache_dir=$WORK/inductor_recipe" "hydra.sweep.dir=$WORK/recipe" \
+  "+callbacks.startup._target_=bench.meters.StartupTimer"
+if [ -f "$WORK/recipe/results.jsonl" ]; then  # each config's test accuracy over seeds, vs the first epochs value
+  "$PY" -m tunelab.compare "$WORK/recipe" --baseline "${RECIPE[-1]%%,*}" --out "$OUT/recipe"
+  cp "$WORK"/recipe/{report.md,runs.csv,results.jsonl} "$OUT/recipe/"
+  for job in "$WORK"/recipe/[0-9]*/; do cp "$job/startup.json" "$OUT/recipe/startup_$(basename "$job").json"; done
+fi
 section b128 "real lengths, batch 128" 60 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 128 ${CASES:+--cases "$CASES"} \
   --out "$OUT/gpu_b128.json"
 section eager "time to accuracy, eager" 90 "$PY" bench/time_to_accuracy.py "${TTA[@]}" --runs "$EXTRA_RUNS" --out "$OUT/tta_eager.json"

@@ -111,3 +111,17 @@ def test_compiled_run_evaluates_eager_compiling_its_training_graphs_only(run_cfg
     assert 0 < eager_eval < compiled_eval
     for key in ("val/loss", "test/loss", "test/acc"):
         assert eager_metrics[key] == pytest.approx(compiled_metrics[key], abs=1e-5)
+
+
+def test_a_sweeps_later_jobs_reuse_the_first_jobs_compiled_graphs(tmp_path, cache_dir) -> None:
+    # `train.py -m` runs its jobs in one process: a new model per job, but dynamo's graphs (the params are
+    # graph inputs) serve every job of the same shapes, so only the first job compiles (bench/device_gpu.sh's
+    # recipe sweep relies on it)
+    sweep = tmp_path / "sweep"
+    proc = run_script("train.py", "-m", "experiment=sst2_minilm_gpu", *CPU_TINY, "model.compile_backend=aot_eager",
+                      "seed=1,2,3", "trainer.max_epochs=1", "test=false", "export=false", "logger=none",
+                      f"paths.data_dir={FIXTURES}", f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}",
+                      "+callbacks.startup._target_=bench.meters.StartupTimer", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    graphs = [json.loads((sweep / str(job) / "startup.json").read_text())["compile"]["graphs"] for job in range(3)]
+    assert graphs[0] > 0 and graphs == [graphs[0]] * 3  # counts are per process: jobs 2 and 3 built none
