@@ -28,7 +28,7 @@
 # framework/loop ratio and a time-to-accuracy run's training time, and the start-up before fit.
 # SECTIONS=host,startup,b32,tta,recipe,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped;
 # CASES= the gpu.py cases of b32 and b128 (default: eager and cudagraphs-backend pairs, no inductor), RUNS= the
-# time-to-accuracy runs. host + startup + b32 take about 4-5 minutes, tta's six runs about 560 s on an H200, so with
+# time-to-accuracy runs. host + startup + b32 take about 3.5 minutes, tta's six runs about 6.5 on an H200, so with
 # the usual 15 minutes of device time: the default call first, then SECTIONS=tta RUNS=<the runs it did not
 # reach> DEADLINE=<what is left>.
 #
@@ -92,7 +92,7 @@ else
   # 45 s a job on an H200
   RECIPE=(seed=42,43,44,45 trainer.max_epochs=2,3)
   HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
-  # H200 wall seconds per run: 128 cold, 69 warm, 103 STS-B, 112 and 84 the two Trainer anchors. The warm
+  # H200 wall seconds per run: 73 cold, 43 warm, 70 graphs, 74 STS-B, 64 and 60 the two Trainer anchors. The warm
   # run right after the cold one (the compile cache, item 2), then the cudagraphs-backend run (no inductor
   # compile), then each experiment beside its anchor
   RUNS=${RUNS:-sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor}
