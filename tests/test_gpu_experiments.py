@@ -114,9 +114,9 @@ def test_compiled_run_evaluates_eager_compiling_its_training_graphs_only(run_cfg
 
 
 def test_a_sweeps_later_jobs_reuse_the_first_jobs_compiled_graphs(tmp_path, cache_dir) -> None:
-    # `train.py -m` runs its jobs in one process: a new model per job, but dynamo's graphs (the params are
-    # graph inputs) serve every job of the same shapes, so only the first job compiles (bench/device_gpu.sh's
-    # recipe sweep relies on it)
+    # `train.py -m` runs its jobs in one process: a new model per job, but dynamo's graphs take the parameters
+    # as inputs (dynamo inlines nn modules) and serve every job of the same shapes, so
+    # only the first job compiles (bench/device_gpu.sh's recipe sweep relies on it)
     sweep = tmp_path / "sweep"
     proc = run_script("train.py", "-m", "experiment=sst2_minilm_gpu", *CPU_TINY, "model.compile_backend=aot_eager",
                       "seed=1,2,3", "trainer.max_epochs=1", "test=false", "export=false", "logger=none",
