@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from bench.meters import STARTUP_TIMER
 from bench.time_to_accuracy import SMOKE as CPU_TINY  # tiny model, 64 rows, fp32 on CPU
 from conftest import FIXTURES, compose_cfg, run_script
 
@@ -114,14 +115,14 @@ def test_compiled_run_evaluates_eager_compiling_its_training_graphs_only(run_cfg
 
 
 def test_a_sweeps_later_jobs_reuse_the_first_jobs_compiled_graphs(tmp_path, cache_dir) -> None:
-    # `train.py -m` runs its jobs in one process: a new model per job, but dynamo's graphs take the parameters
-    # as inputs (dynamo inlines nn modules) and serve every job of the same shapes, so
-    # only the first job compiles (bench/device_gpu.sh's recipe sweep relies on it)
+    # `train.py -m` runs its jobs in one process: a new model per job, but dynamo inlines nn modules, so its
+    # graphs take the parameters as inputs and serve every job of the same shapes; only the first job
+    # compiles (bench/device_gpu.sh's recipe sweep relies on it)
     sweep = tmp_path / "sweep"
     proc = run_script("train.py", "-m", "experiment=sst2_minilm_gpu", *CPU_TINY, "model.compile_backend=aot_eager",
                       "seed=1,2,3", "trainer.max_epochs=1", "test=false", "export=false", "logger=none",
                       f"paths.data_dir={FIXTURES}", f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}",
-                      "+callbacks.startup._target_=bench.meters.StartupTimer", env={"HF_HUB_OFFLINE": "1"})
+                      STARTUP_TIMER)
     assert proc.returncode == 0, proc.stderr[-2000:]
     graphs = [json.loads((sweep / str(job) / "startup.json").read_text())["compile"]["graphs"] for job in range(3)]
     assert graphs[0] > 0 and graphs == [graphs[0]] * 3  # counts are per process: jobs 2 and 3 built none
