@@ -3,7 +3,8 @@ useful MFU: real tokens only) of the framework's training path with bf16-mixed, 
 memory + loader workers, length-grouped full batches padded to multiples of 16: eager vs torch.compile
 vs CUDA graphs (one dynamic-shape compile, one graph replayed per length bucket) vs CUDA graphs of the
 eager kernels (`model.compile_backend=cudagraphs`, *_graphs: a static trace per bucket, no inductor
-compile), each beside the hand-written loop (*_raw*) on the same batches, for MiniLM-shaped (SST-2
+compile), each beside the hand-written loop (*_raw*) on the same batches (and *_bare*: the loop's step in a
+bare Lightning Trainer, Lightning's own cost), for MiniLM-shaped (SST-2
 lengths, the default table) and BERT-base-shaped encoders (random init). Compiled cases warm up one epoch
 (every length bucket) before timing; every case reports graphs_compiled_while_timed (0 for a valid
 measurement). An untimed eager run of the loop (MiniLM, SST-2) warms the process first (warm_process_s),
@@ -25,11 +26,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import ROOT, raw_loop, run_framework  # noqa: E402
+from throughput import ROOT, run_framework  # noqa: E402
 
 import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
+from bench.baselines import bare_lightning, raw_loop  # noqa: E402
 from bench.meters import compile_counts, device_name, training_flops  # noqa: E402
 from tunelab.resolvers import minilm_path  # noqa: E402
 
@@ -54,6 +56,7 @@ CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the han
     "minilm_raw": ("minilm", "sst2", []), "minilm_raw_compile": ("minilm", "sst2", DYNAMIC),
     "minilm_raw_cudagraphs": ("minilm", "sst2", CUDAGRAPHS),
     "minilm_graphs": ("minilm", "sst2", GRAPHS), "minilm_raw_graphs": ("minilm", "sst2", GRAPHS),
+    "minilm_bare": ("minilm", "sst2", []), "minilm_bare_graphs": ("minilm", "sst2", GRAPHS),
     "bert_sst2": ("bert-base", "sst2", []), "bert_sst2_compile": ("bert-base", "sst2", COMPILE),
     "bert_sst2_static": ("bert-base", "sst2", STATIC),
     "bert_sst2_cudagraphs": ("bert-base", "sst2", [*STATIC, "model.compile_mode=reduce-overhead"]),
@@ -62,12 +65,12 @@ CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the han
 }
 # each framework case right beside its loop case: a drift over the process's life (clocks, allocator,
 # garbage) lands on both sides of a ratio, not on one
-REAL_LENGTHS = ("minilm_raw,minilm,minilm_raw_graphs,minilm_graphs,"
+REAL_LENGTHS = ("minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_graphs,"
                 "minilm_raw_compile,minilm_compile,minilm_raw_cudagraphs,minilm_cudagraphs")
 WARM_PROCESS = "minilm_raw"  # run untimed before the first case (see warm_process)
 PROFILER = "+callbacks.profile._target_=bench.profiler.StepProfiler"
 PROFILED = "minilm+profile"
-HOST_PROFILED = "minilm_raw+host,minilm+host,minilm_raw_graphs+host,minilm_graphs+host"
+HOST_PROFILED = "minilm_raw+host,minilm+host,minilm_raw_graphs+host,minilm_bare_graphs+host,minilm_graphs+host"
 
 
 def peak_flops() -> float | None:
@@ -112,17 +115,19 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
 def check_probe(case: str, probe: str, compile_opts: list[str]) -> None:
     if probe not in ("", "profile", "host"):
         raise SystemExit(f"{case}+{probe}: a case takes +profile or +host")
-    if probe == "profile" and ("_raw" in case or compile_opts):
+    if probe == "profile" and ("_raw" in case or "_bare" in case or compile_opts):
         # the step profiler is a Lightning callback on warm-up steps: the loop has none, a compiled
         # case would be profiled while it still compiles
         raise SystemExit(f"{case}+profile: +profile probes eager framework cases only")
 
 
-def loop(overrides: list[str], out: Path, steps: int, warmup: int, **kwargs) -> dict:
-    """The hand-written loop on a case's batches, bf16 on the GPU as the framework's trainer=gpu."""
+def loop(overrides: list[str], out: Path, steps: int, warmup: int, bare: bool = False, **kwargs) -> dict:
+    """The hand-written loop on a case's batches (bare: its step in a bare Lightning Trainer), bf16 on the
+    GPU as the framework's trainer=gpu."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return raw_loop([o for o in overrides if "throughput" not in o and "profile" not in o], out, steps, warmup,
-                    device=device, bf16=device == "cuda", **kwargs)
+    return (bare_lightning if bare else raw_loop)(
+        [o for o in overrides if "throughput" not in o and "profile" not in o], out, steps, warmup,
+        device=device, bf16=device == "cuda", **kwargs)
 
 
 def run_case(args, tmp: Path, name: str) -> dict:
@@ -136,8 +141,8 @@ def run_case(args, tmp: Path, name: str) -> dict:
     before = compile_counts()
     t0 = time.time()
     overrides = case_overrides(args, shape, data, compile_opts, tmp / "cache", probe)
-    if "_raw" in case:
-        tp = loop(overrides, tmp / name, args.steps - args.warmup, args.warmup,
+    if "_raw" in case or "_bare" in case:
+        tp = loop(overrides, tmp / name, args.steps - args.warmup, args.warmup, bare="_bare" in case,
                   warmup_epochs=int(bool(compile_opts) and not args.smoke), host_profile=probe == "host")
     else:
         tp, _ = run_framework(overrides, tmp / name)
@@ -172,13 +177,16 @@ def warm_process(args, tmp: Path) -> float:
 
 
 def ratios(results: dict) -> dict[str, float]:
-    """framework / hand-written loop per technique, and each technique / eager, where both ran."""
+    """framework / hand-written loop per technique (and the bare Lightning step / loop, framework / bare
+    Lightning step), and each technique / eager, where both ran."""
     sps = {k: v["samples_per_s"] for k, v in results.items() if isinstance(v, dict) and v.get("samples_per_s")}
     out = {}
     for mode in ("", "_graphs", "_compile", "_cudagraphs"):
-        if f"minilm{mode}" in sps and f"minilm_raw{mode}" in sps:
-            out[f"framework_over_raw{mode}"] = sps[f"minilm{mode}"] / sps[f"minilm_raw{mode}"]
-        for impl in ("minilm", "minilm_raw"):
+        for num, den, key in (("minilm", "minilm_raw", "framework_over_raw"), ("minilm_bare", "minilm_raw", "bare_over_raw"),
+                              ("minilm", "minilm_bare", "framework_over_bare")):
+            if f"{num}{mode}" in sps and f"{den}{mode}" in sps:
+                out[f"{key}{mode}"] = sps[f"{num}{mode}"] / sps[f"{den}{mode}"]
+        for impl in ("minilm", "minilm_raw", "minilm_bare"):
             if mode and f"{impl}{mode}" in sps and impl in sps:
                 out[f"{impl}{mode}_over_eager"] = sps[f"{impl}{mode}"] / sps[impl]
     return out

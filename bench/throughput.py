@@ -6,7 +6,8 @@
              dev accuracy after the same number of training samples
   startup    `python train.py`: process start -> first training step (imports, config, data, model load)
   cache      tokenization: first vs second preparation of the same file
-  host       host time per step (model=tiny): hand-written loop vs framework, with and without train metrics
+  host       host time per step (model=tiny): hand-written loop vs the same step in a bare Lightning Trainer
+             vs framework, with and without train metrics
              (--host-profile: where that time goes, by package)
 
 python bench/throughput.py                 # all, full size (~10 min on 2 cores)
@@ -17,8 +18,6 @@ python bench/throughput.py --smoke         # tiny model, fixture rows: correctne
 from __future__ import annotations
 
 import argparse
-import contextlib
-import itertools
 import json
 import os
 import subprocess
@@ -34,14 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from bench.host_time import OpCount  # noqa: E402
-from bench.meters import STARTUP_TIMER, ThroughputMeter, run_fresh  # noqa: E402
+from bench.baselines import bare_lightning, raw_loop  # noqa: E402
+from bench.meters import STARTUP_TIMER, run_fresh  # noqa: E402
 from tunelab.config import compose_config  # noqa: E402
-from tunelab.model import build_model, uses_cuda_graphs  # noqa: E402
-from tunelab.optim import param_groups  # noqa: E402
-from tunelab.tasks import get_task  # noqa: E402
 from tunelab.pipeline import build_datamodule, run  # noqa: E402
 
 METER = "+callbacks.throughput._target_=bench.meters.ThroughputMeter"
@@ -65,58 +60,14 @@ def run_framework(overrides: list[str], out: Path) -> tuple[dict, dict]:
     return json.loads((out / "throughput.json").read_text()), metrics
 
 
-def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: str = "cpu", bf16: bool = False,
-             warmup_epochs: int = 0, host_profile: bool = False, count_ops_at: int | None = None) -> dict:
-    """The hand-written baseline: the same model (compiled as cfg.model says, CUDA graphs included),
-    loader (same seeded batches, epoch after epoch) and AdamW parameter groups, timed like the
-    framework: `steps` steps after `warmup` steps and `warmup_epochs` epochs, epoch ends not timed.
-    count_ops_at: also count the ops of that step (as bench.host_time.StepOps does for the framework)."""
-    cfg = compose_config(overrides, out)
-    torch.manual_seed(cfg.seed)
-    dm = build_datamodule(cfg)
-    dm.prepare_data()
-    dm.setup("fit")
-    model = build_model(cfg.model, get_task("classification"), len(dm.label_names)).to(device)
-    model.train()
-    cuda_graphs = uses_cuda_graphs(cfg.model)
-    fused = True if device == "cuda" else None
-    opt = torch.optim.AdamW(param_groups(model, cfg.optimizer.weight_decay), lr=cfg.optimizer.lr, fused=fused)
-    meter = ThroughputMeter(warmup, warmup_epochs, steps, host_profile)
-    loader, step, step_ops = dm.train_dataloader(), 0, None
-    for epoch in itertools.count():
-        dm.train_sampler.set_epoch(epoch)
-        for batch in loader:
-            if step >= warmup and epoch >= warmup_epochs:
-                meter.begin()
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            counter = OpCount() if step == count_ops_at else None
-            with counter or contextlib.nullcontext():
-                if cuda_graphs:  # as TransformerModule.forward: this replay may reuse the last one's outputs
-                    torch.compiler.cudagraph_mark_step_begin()
-                with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-                loss = F.cross_entropy(logits.float(), batch["labels"])
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if counter is not None:
-                step_ops = counter.ops
-            step += 1
-            if meter.started and not meter.done:
-                meter.count(batch)
-                if meter.steps >= steps:
-                    meter.stop()
-                    return {**meter.summary(), **({"step_ops": step_ops} if count_ops_at is not None else {})}
-        meter.pause()  # the epoch end (a new loader iterator) is not timed, as in ThroughputMeter
-
-
 def alternate(overrides: list[str], tmp: Path, name: str, reps: int, steps: int, warmup: int,
               variants: dict[str, list[str]], host_profile: bool = False,
-              count_ops_at: int | None = None) -> dict[str, list[dict]]:
-    """The hand-written loop ("raw") and each framework variant (extra overrides), alternating `reps` times
-    to cancel slow drifts of the machine: every run's throughput summary, by name (with `step_ops`, the
-    ops of step `count_ops_at`, when given: a warm-up step, so the count does not slow the timed ones)."""
-    runs: dict[str, list[dict]] = {"raw": [], **{v: [] for v in variants}}
+              count_ops_at: int | None = None, bare: bool = False) -> dict[str, list[dict]]:
+    """The hand-written loop ("raw"), with `bare` the loop's step in a bare Lightning Trainer
+    ("lightning_bare", bench.baselines), and each framework variant (extra overrides), alternating `reps`
+    times to cancel slow drifts of the machine: every run's throughput summary, by name (with `step_ops`,
+    the ops of step `count_ops_at`, when given: a warm-up step, so the count does not slow the timed ones)."""
+    runs: dict[str, list[dict]] = {"raw": [], **({"lightning_bare": []} if bare else {}), **{v: [] for v in variants}}
     measures = [*(["+callbacks.throughput.host_profile=true"] if host_profile else []),
                 *([f"+callbacks.ops._target_={STEP_OPS}", f"+callbacks.ops.step={count_ops_at}"]
                   if count_ops_at is not None else [])]
@@ -124,6 +75,9 @@ def alternate(overrides: list[str], tmp: Path, name: str, reps: int, steps: int,
         loop_overrides = [o for o in overrides if "throughput" not in o]
         runs["raw"].append(raw_loop(loop_overrides, tmp / f"{name}_raw{rep}", steps - warmup, warmup,
                                     host_profile=host_profile, count_ops_at=count_ops_at))
+        if bare:
+            runs["lightning_bare"].append(bare_lightning(loop_overrides, tmp / f"{name}_bare{rep}", steps - warmup,
+                                                         warmup, host_profile=host_profile, count_ops_at=count_ops_at))
         for variant, extra in variants.items():
             out = tmp / f"{name}_{variant}{rep}"
             summary = run_framework([*overrides, *measures, *extra], out)[0]
@@ -146,15 +100,17 @@ def bench_framework(smoke: bool, cache: Path, tmp: Path) -> dict:
 
 def bench_host(smoke: bool, cache: Path, tmp: Path, host_profile: bool = False) -> dict:
     """Host time per training step with a model so small that compute is negligible (model=tiny): the
-    hand-written loop vs the framework with and without training-batch metrics, alternating, best of 3,
-    and the ops one training step dispatches (step 21: a warm-up step, not a logging one).
+    hand-written loop vs its step in a bare Lightning Trainer (Lightning's own cost) vs the framework with
+    and without training-batch metrics, alternating, best of 3, and the ops one training step dispatches
+    (step 21: a warm-up step, not a logging one).
     host_profile: one more round under cProfile, its host time by package (not timed)."""
     steps, warmup = (6, 2) if smoke else (450, 50)
     count_ops_at = 1 if smoke else 21
     overrides = [*base_overrides(smoke, cache), "model=tiny", "data.train_limit=4096", f"trainer.max_steps={steps}",
                  "test=false", "export=false", f"+callbacks.throughput.warmup={warmup}"]
     variants = {"framework": [], "framework_train_metrics_false": ["train_metrics=false"]}
-    runs = alternate(overrides, tmp, "host", 1 if smoke else 3, steps, warmup, variants, count_ops_at=count_ops_at)
+    runs = alternate(overrides, tmp, "host", 1 if smoke else 3, steps, warmup, variants, count_ops_at=count_ops_at,
+                     bare=True)
     ms = {k: [r["ms_per_step"] for r in v] for k, v in runs.items()}
     best = {k: min(v) for k, v in ms.items()}
     out = {"ms_per_step": best, "runs": ms, "steps_timed": steps - warmup,
@@ -164,7 +120,7 @@ def bench_host(smoke: bool, cache: Path, tmp: Path, host_profile: bool = False) 
            "thread_cpu_ms_per_step": {k: v[ms[k].index(best[k])]["thread_cpu_ms_per_step"] for k, v in runs.items()},
            **{f"{k}_over_raw_speed": best["raw"] / v for k, v in best.items() if k != "raw"}}
     if host_profile:
-        profiled = alternate(overrides, tmp, "host_profiled", 1, steps, warmup, variants, host_profile=True)
+        profiled = alternate(overrides, tmp, "host_profiled", 1, steps, warmup, variants, host_profile=True, bare=True)
         out["host_profile"] = {k: v[0]["host_profile"] for k, v in profiled.items()}
     return out
 
