@@ -26,10 +26,12 @@ from tunelab.tasks import get_task
 
 
 def _setup(overrides: list[str], out: Path, device: str) -> tuple[Any, Any, nn.Module, bool]:
-    """The config, its datamodule (set up for fit) and its classification model on `device`, seeded as the
-    framework seeds them; and whether each step must mark a CUDA-graph step."""
+    """The config, its datamodule (set up for fit) and its classification model on `device`, seeded and with
+    the matmul precision of the framework's run; and whether each step must mark a CUDA-graph step."""
     cfg = compose_config(overrides, out)
     torch.manual_seed(cfg.seed)
+    # as the framework's run sets it (TF32 for fp32 matmuls on a GPU), not whatever the last case left
+    torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")

@@ -27,8 +27,9 @@
 # The diagnostics come first: they explain the framework's per-step host time, which sets the
 # framework/loop ratio and a time-to-accuracy run's training time, and the start-up before fit.
 # SECTIONS=host,startup,b32,tta,recipe,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped;
-# CASES= the gpu.py cases of b32 and b128 (default: eager and cudagraphs-backend pairs, no inductor), RUNS= the
-# time-to-accuracy runs. host + startup + b32 take about 3.5 minutes, tta's six runs about 6.5 minutes on an H200, so with
+# CASES= the gpu.py cases of b32 and b128 (default: eager and cudagraphs-backend loop / bare Lightning / framework,
+# no inductor), RUNS= the time-to-accuracy runs. host + startup + b32 take about 4 minutes, tta's six runs about
+# 6.5 minutes on an H200, so with
 # the usual 15 minutes of device time: the default call first, then SECTIONS=tta RUNS=<the runs it did not
 # reach> DEADLINE=<what is left>.
 #

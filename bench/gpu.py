@@ -3,9 +3,9 @@ useful MFU: real tokens only) of the framework's training path with bf16-mixed, 
 memory + loader workers, length-grouped full batches padded to multiples of 16: eager vs torch.compile
 vs CUDA graphs (one dynamic-shape compile, one graph replayed per length bucket) vs CUDA graphs of the
 eager kernels (`model.compile_backend=cudagraphs`, *_graphs: a static trace per bucket, no inductor
-compile), each beside the hand-written loop (*_raw*) on the same batches (and *_bare*: the loop's step in a
-bare Lightning Trainer, Lightning's own cost), for MiniLM-shaped (SST-2
-lengths, the default table) and BERT-base-shaped encoders (random init). Compiled cases warm up one epoch
+compile), each beside the hand-written loop (*_raw*) on the same batches and the loop's step in a bare
+Lightning Trainer (*_bare*: Lightning's own cost), for MiniLM-shaped (SST-2 lengths, the default table)
+and BERT-base-shaped encoders (random init). Compiled cases warm up one epoch
 (every length bucket) before timing; every case reports graphs_compiled_while_timed (0 for a valid
 measurement). An untimed eager run of the loop (MiniLM, SST-2) warms the process first (warm_process_s),
 so no case pays its one-time costs. Probes run after the timed cases: `<case>+profile` (torch.profiler:
