@@ -11,15 +11,15 @@
 #                                             config, CUDA init, data, model load, Trainer) and the imports'
 #                                             time by package: the part of a time-to-accuracy run before fit
 #   3. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / CUDA graphs of eager kernels /
-#                                             compile / compile + CUDA graphs, loop beside framework,
+#                                             compile / compile + CUDA graphs, loop beside bare Lightning and framework,
 #                                             useful and padded MFU; then the busy fraction
 #   4. bench/time_to_accuracy.py            : sst2_minilm_gpu from process start to the test metric with cold
 #                                             caches, again on the warm compile cache (a sweep's next job),
 #                                             then SST-2 with the cudagraphs backend (no inductor compile),
 #                                             its transformers.Trainer anchor, stsb_minilm_gpu and its anchor
-#   5. train.py -m (recipe)                 : sst2_minilm_gpu over 4 seeds x batch 64 / 32, one multirun sweep in one
-#                                             process (its jobs share the compiled graphs), compared by
-#                                             python -m tunelab.compare: the recipe's accuracy over seeds
+#   5. train.py -m (recipe)                 : sst2_minilm_gpu over 8 seeds, one multirun sweep in one process (its
+#                                             jobs share the compiled graphs): the sweep report's test accuracy
+#                                             mean ± std and 95% CI over seeds
 #   6. bench/gpu.py at batch 128            : the same table as 3 (then the eager time-to-accuracy runs)
 #   7. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
 #   8. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
