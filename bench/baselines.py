@@ -1,8 +1,9 @@
 """The references the framework's training step is timed against, both on a config's model, batches and
 AdamW parameter groups: the hand-written PyTorch loop (`raw_loop`), and the same step as a bare Lightning
 module with nothing else in the Trainer (`bare_lightning`: no logger, metrics, checkpoints, progress bar or
-callbacks but the meter). Loop -> bare Lightning is what Lightning's automatic optimization loop costs per
-step on its own; bare Lightning -> framework is what the framework's configuration adds on top."""
+callbacks but the meter; automatic or manual optimization). Loop -> bare Lightning is what Lightning's
+training loop costs per step on its own; bare Lightning -> framework is what the framework's configuration
+adds on top."""
 
 from __future__ import annotations
 
@@ -86,24 +87,36 @@ def raw_loop(overrides: list[str], out: Path, steps: int, warmup: int, device: s
 
 
 class BareStep(pl.LightningModule):
-    """The loop's step (forward, loss; Lightning does backward, step and zero_grad) and nothing else."""
+    """The loop's step and nothing else: forward and loss, Lightning doing backward, step and zero_grad
+    (automatic optimization), or with `manual` the step calling them itself through Lightning's manual
+    optimization API (`manual_backward`, the wrapped optimizer): what leaving Lightning's optimizer closure
+    and its hooks around it would save."""
 
-    def __init__(self, model: nn.Module, cfg: Any, device: str, cuda_graphs: bool) -> None:
+    def __init__(self, model: nn.Module, cfg: Any, device: str, cuda_graphs: bool, manual: bool = False) -> None:
         super().__init__()
         self.model, self.cfg, self.device_type, self.cuda_graphs = model, cfg, device, cuda_graphs
+        self.automatic_optimization = not manual
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # bf16 autocast comes from the Trainer's precision plugin, as any Lightning user gets it
-        return _loss(self.model, batch, self.cuda_graphs, self.device_type, bf16=False)
+        loss = _loss(self.model, batch, self.cuda_graphs, self.device_type, bf16=False)
+        if not self.automatic_optimization:
+            opt = self.optimizers()
+            self.manual_backward(loss)
+            opt.step()  # counts the global step, as the automatic loop does
+            opt.zero_grad(set_to_none=True)
+        return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return _adamw(self.model, self.cfg, self.device_type)
 
 
 def bare_lightning(overrides: list[str], out: Path, steps: int, warmup: int, device: str = "cpu", bf16: bool = False,
-                   warmup_epochs: int = 0, host_profile: bool = False, count_ops_at: int | None = None) -> dict:
+                   warmup_epochs: int = 0, host_profile: bool = False, count_ops_at: int | None = None,
+                   manual: bool = False) -> dict:
     """The loop's step inside a bare Lightning Trainer (the meter its only callback), timed as the loop;
-    count_ops_at: also count the ops of that step (bench.host_time.StepOps, a second callback)."""
+    count_ops_at: also count the ops of that step (bench.host_time.StepOps, a second callback); manual:
+    Lightning's manual optimization (BareStep)."""
     cfg, dm, model, cuda_graphs = _setup(overrides, out, device)
     out.mkdir(parents=True, exist_ok=True)  # the meter writes its throughput.json there at the end
     meter = ThroughputMeter(warmup, warmup_epochs, steps, host_profile)
@@ -112,5 +125,5 @@ def bare_lightning(overrides: list[str], out: Path, steps: int, warmup: int, dev
                          logger=False, callbacks=[meter, *filter(None, [ops])], enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          num_sanity_val_steps=0, default_root_dir=str(out))
-    trainer.fit(BareStep(model, cfg, device, cuda_graphs), train_dataloaders=dm.train_dataloader())
+    trainer.fit(BareStep(model, cfg, device, cuda_graphs, manual), train_dataloaders=dm.train_dataloader())
     return {**meter.summary(), **({"step_ops": ops.ops} if ops is not None else {})}

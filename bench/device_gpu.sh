@@ -76,7 +76,7 @@ section() {
 }
 
 if [ "$SMOKE" = 1 ]; then
-  GPU=(--smoke --model-dir "$MODEL" --cases minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_graphs,minilm_raw_cudagraphs,minilm_cudagraphs)
+  GPU=(--smoke --model-dir "$MODEL" --cases minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_bare_manual_graphs,minilm_graphs,minilm_raw_cudagraphs,minilm_cudagraphs)
   TTA=(--smoke --model-dir "$MODEL")
   STARTUP=(--smoke)
   RECIPE=(model=tiny data.train_limit=64 trainer=cpu trainer.precision=32-true model.compile_backend=aot_eager
@@ -101,7 +101,8 @@ else
   EXTRA_RUNS=sst2_minilm_gpu_eager,stsb_minilm_gpu_eager
   # b32 without inductor by default (no compile minutes); CASES= names others, e.g. the *_cudagraphs pair.
   # *_bare: the loop's step in a bare Lightning Trainer, Lightning's own share of the framework's step
-  CASES=${CASES:-minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_graphs}
+  # (*_bare_manual*: with manual optimization)
+  CASES=${CASES:-minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_bare_manual_graphs,minilm_graphs}
 fi
 
 section host "host time by package, batch 32" 90 "$PY" bench/gpu.py "${GPU[@]}" --batch-size 32 --cases "" \

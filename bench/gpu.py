@@ -57,6 +57,7 @@ CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the han
     "minilm_raw_cudagraphs": ("minilm", "sst2", CUDAGRAPHS),
     "minilm_graphs": ("minilm", "sst2", GRAPHS), "minilm_raw_graphs": ("minilm", "sst2", GRAPHS),
     "minilm_bare": ("minilm", "sst2", []), "minilm_bare_graphs": ("minilm", "sst2", GRAPHS),
+    "minilm_bare_manual_graphs": ("minilm", "sst2", GRAPHS),  # Lightning's manual optimization
     "bert_sst2": ("bert-base", "sst2", []), "bert_sst2_compile": ("bert-base", "sst2", COMPILE),
     "bert_sst2_static": ("bert-base", "sst2", STATIC),
     "bert_sst2_cudagraphs": ("bert-base", "sst2", [*STATIC, "model.compile_mode=reduce-overhead"]),
@@ -65,7 +66,7 @@ CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the han
 }
 # each framework case right beside its loop case: a drift over the process's life (clocks, allocator,
 # garbage) lands on both sides of a ratio, not on one
-REAL_LENGTHS = ("minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_graphs,"
+REAL_LENGTHS = ("minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_bare_manual_graphs,minilm_graphs,"
                 "minilm_raw_compile,minilm_compile,minilm_raw_cudagraphs,minilm_cudagraphs")
 WARM_PROCESS = "minilm_raw"  # run untimed before the first case (see warm_process)
 PROFILER = "+callbacks.profile._target_=bench.profiler.StepProfiler"
@@ -143,6 +144,7 @@ def run_case(args, tmp: Path, name: str) -> dict:
     overrides = case_overrides(args, shape, data, compile_opts, tmp / "cache", probe)
     if "_raw" in case or "_bare" in case:
         tp = loop(overrides, tmp / name, args.steps - args.warmup, args.warmup, bare="_bare" in case,
+                  **({"manual": True} if "_manual" in case else {}),
                   warmup_epochs=int(bool(compile_opts) and not args.smoke), host_profile=probe == "host")
     else:
         tp, _ = run_framework(overrides, tmp / name)
@@ -183,6 +185,7 @@ def ratios(results: dict) -> dict[str, float]:
     out = {}
     for mode in ("", "_graphs", "_compile", "_cudagraphs"):
         for num, den, key in (("minilm", "minilm_raw", "framework_over_raw"), ("minilm_bare", "minilm_raw", "bare_over_raw"),
+                              ("minilm_bare_manual", "minilm_raw", "bare_manual_over_raw"),
                               ("minilm", "minilm_bare", "framework_over_bare")):
             if f"{num}{mode}" in sps and f"{den}{mode}" in sps:
                 out[f"{key}{mode}"] = sps[f"{num}{mode}"] / sps[f"{den}{mode}"]

@@ -64,10 +64,11 @@ def alternate(overrides: list[str], tmp: Path, name: str, reps: int, steps: int,
               variants: dict[str, list[str]], host_profile: bool = False,
               count_ops_at: int | None = None, bare: bool = False) -> dict[str, list[dict]]:
     """The hand-written loop ("raw"), with `bare` the loop's step in a bare Lightning Trainer
-    ("lightning_bare", bench.baselines), and each framework variant (extra overrides), alternating `reps`
+    ("lightning_bare"; "lightning_bare_manual" with manual optimization: bench.baselines), and each framework variant (extra overrides), alternating `reps`
     times to cancel slow drifts of the machine: every run's throughput summary, by name (with `step_ops`,
     the ops of step `count_ops_at`, when given: a warm-up step, so the count does not slow the timed ones)."""
-    runs: dict[str, list[dict]] = {"raw": [], **({"lightning_bare": []} if bare else {}), **{v: [] for v in variants}}
+    bare_runs = {"lightning_bare": False, "lightning_bare_manual": True} if bare else {}  # name: manual optimization
+    runs: dict[str, list[dict]] = {"raw": [], **{b: [] for b in bare_runs}, **{v: [] for v in variants}}
     measures = [*(["+callbacks.throughput.host_profile=true"] if host_profile else []),
                 *([f"+callbacks.ops._target_={STEP_OPS}", f"+callbacks.ops.step={count_ops_at}"]
                   if count_ops_at is not None else [])]
@@ -75,9 +76,9 @@ def alternate(overrides: list[str], tmp: Path, name: str, reps: int, steps: int,
         loop_overrides = [o for o in overrides if "throughput" not in o]
         runs["raw"].append(raw_loop(loop_overrides, tmp / f"{name}_raw{rep}", steps - warmup, warmup,
                                     host_profile=host_profile, count_ops_at=count_ops_at))
-        if bare:
-            runs["lightning_bare"].append(bare_lightning(loop_overrides, tmp / f"{name}_bare{rep}", steps - warmup,
-                                                         warmup, host_profile=host_profile, count_ops_at=count_ops_at))
+        for b, manual in bare_runs.items():
+            runs[b].append(bare_lightning(loop_overrides, tmp / f"{name}_{b}{rep}", steps - warmup, warmup,
+                                          host_profile=host_profile, count_ops_at=count_ops_at, manual=manual))
         for variant, extra in variants.items():
             out = tmp / f"{name}_{variant}{rep}"
             summary = run_framework([*overrides, *measures, *extra], out)[0]

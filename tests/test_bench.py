@@ -21,23 +21,27 @@ def test_throughput_bench_smoke(tmp_path) -> None:
     assert r["padding"]["pad_to_max"]["padding_fraction"] > r["padding"]["dynamic"]["padding_fraction"]
     assert r["startup"]["logger=csv"] > 0
     assert r["cache"]["tokenizations"] == r["cache"]["files"]  # the second preparation re-tokenized nothing
-    assert set(r["host"]["ms_per_step"]) == {"raw", "lightning_bare", "framework", "framework_train_metrics_false"}
+    assert set(r["host"]["ms_per_step"]) == {"raw", "lightning_bare", "lightning_bare_manual", "framework",
+                                              "framework_train_metrics_false"}
     assert all(v > 0 for v in r["host"]["ms_per_step"].values())
     assert all(v["main"] > 0 for v in r["host"]["thread_cpu_ms_per_step"].values())
     # the loop's step in a bare Lightning Trainer dispatches about what the loop does; the framework more
     # (loss sums, NaN guard), its training-batch metrics more again
     ops = r["host"]["ops_per_step"]
     assert ops["raw"] <= ops["lightning_bare"] < ops["framework_train_metrics_false"] < ops["framework"]
+    assert ops["raw"] <= ops["lightning_bare_manual"] < ops["framework_train_metrics_false"]
 
 
 def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
     out = tmp_path / "gpu.json"
     proc = run_script("bench/gpu.py", "--smoke", "--profile", "--cases",
-                      "minilm_raw,minilm_bare,minilm,minilm_raw+host,minilm_bare+host,minilm+host", "--out", str(out))
+                      "minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_manual_graphs,"
+                      "minilm_raw+host,minilm_bare+host,minilm+host", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["minilm"]["samples_per_s"] > 0 and r["framework_over_raw"] > 0
     assert r["bare_over_raw"] > 0 and r["framework_over_bare"] > 0  # Lightning's share, the configuration's share
+    assert r["minilm_bare_manual_graphs"]["steps"] == r["minilm_raw_graphs"]["steps"] > 0  # manual optimization steps
     assert r["warm_process_s"] > 0  # the untimed warm-up ran before the first case
     for case in ("minilm", "minilm_raw"):  # the host's CPU beside the wall time, on the main thread at least
         assert 0 < r[case]["thread_cpu_ms_per_step"]["main"] <= 1.5 * r[case]["ms_per_step"], r[case]
