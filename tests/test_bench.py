@@ -170,31 +170,37 @@ def test_gc_timer_counts_collections_only_while_started() -> None:
 
 def test_thread_cpu_names_the_thread_a_host_bound_step_waits_behind() -> None:
     """A busy Python thread takes the GIL from the main thread: both show about half the window's CPU,
-    under the busy thread's target name; a thread that sleeps shows none."""
+    under the busy thread's target name; a thread that sleeps shows next to none."""
     import threading
 
     from bench.host_time import ThreadCpu
 
-    done = threading.Event()
+    done, sleeping = threading.Event(), threading.Event()
 
     def spin() -> None:
         while not done.is_set():
             sum(range(1000))
 
+    def sleep() -> None:
+        sleeping.set()
+        done.wait()
+
     busy = threading.Thread(target=spin)  # named "Thread-N (spin)": reported as "spin"
-    idle = threading.Thread(target=done.wait, name="sleeper")
+    idle = threading.Thread(target=sleep, name="sleeper")
     busy.start(), idle.start()
+    sleeping.wait()  # its start-up is not inside the window
     cpu = ThreadCpu()
     cpu.start()
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 0.6:
+    t0 = time.thread_time()  # the main thread's own CPU, not the wall: a loaded machine gives fewer cycles
+    while time.thread_time() - t0 < 0.25:
         sum(range(1000))
     cpu.stop()
     done.set()
     busy.join(), idle.join()
     ms = cpu.ms_per_step(steps=1)
     assert 100 < ms["spin"] < 500 and 100 < ms["main"] < 500, ms
-    assert "sleeper" not in ms and list(ms)[0] in ("main", "spin")
+    # a loaded machine may still run the sleeper's last steps into its wait inside the window: microseconds
+    assert ms.get("sleeper", 0) < 1 and list(ms)[0] in ("main", "spin"), ms
     cpu.start()  # another window adds to the first
     sum(range(10**6))
     cpu.stop()
