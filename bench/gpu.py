@@ -66,7 +66,8 @@ CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the han
 }
 # each framework case right beside its loop case: a drift over the process's life (clocks, allocator,
 # garbage) lands on both sides of a ratio, not on one
-REAL_LENGTHS = ("minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_bare_manual_graphs,minilm_graphs,"
+REAL_LENGTHS = ("minilm_raw,minilm_bare,minilm,"
+                "minilm_raw_graphs,minilm_bare_graphs,minilm_bare_manual_graphs,minilm_graphs,"
                 "minilm_raw_compile,minilm_compile,minilm_raw_cudagraphs,minilm_cudagraphs")
 WARM_PROCESS = "minilm_raw"  # run untimed before the first case (see warm_process)
 PROFILER = "+callbacks.profile._target_=bench.profiler.StepProfiler"
@@ -184,7 +185,8 @@ def ratios(results: dict) -> dict[str, float]:
     sps = {k: v["samples_per_s"] for k, v in results.items() if isinstance(v, dict) and v.get("samples_per_s")}
     out = {}
     for mode in ("", "_graphs", "_compile", "_cudagraphs"):
-        for num, den, key in (("minilm", "minilm_raw", "framework_over_raw"), ("minilm_bare", "minilm_raw", "bare_over_raw"),
+        for num, den, key in (("minilm", "minilm_raw", "framework_over_raw"),
+                              ("minilm_bare", "minilm_raw", "bare_over_raw"),
                               ("minilm_bare_manual", "minilm_raw", "bare_manual_over_raw"),
                               ("minilm", "minilm_bare", "framework_over_bare")):
             if f"{num}{mode}" in sps and f"{den}{mode}" in sps:

@@ -64,9 +64,10 @@ def alternate(overrides: list[str], tmp: Path, name: str, reps: int, steps: int,
               variants: dict[str, list[str]], host_profile: bool = False,
               count_ops_at: int | None = None, bare: bool = False) -> dict[str, list[dict]]:
     """The hand-written loop ("raw"), with `bare` the loop's step in a bare Lightning Trainer
-    ("lightning_bare"; "lightning_bare_manual" with manual optimization: bench.baselines), and each framework variant (extra overrides), alternating `reps`
-    times to cancel slow drifts of the machine: every run's throughput summary, by name (with `step_ops`,
-    the ops of step `count_ops_at`, when given: a warm-up step, so the count does not slow the timed ones)."""
+    ("lightning_bare", and "lightning_bare_manual" with manual optimization: bench.baselines), and each
+    framework variant (extra overrides), alternating `reps` times to cancel slow drifts of the machine: every
+    run's throughput summary, by name (with `step_ops`, the ops of step `count_ops_at`, when given: a warm-up
+    step, so the count does not slow the timed ones)."""
     bare_runs = {"lightning_bare": False, "lightning_bare_manual": True} if bare else {}  # name: manual optimization
     runs: dict[str, list[dict]] = {"raw": [], **{b: [] for b in bare_runs}, **{v: [] for v in variants}}
     measures = [*(["+callbacks.throughput.host_profile=true"] if host_profile else []),
