@@ -90,8 +90,8 @@ else
   TTA=(--model-dir "$MODEL" --data-dir "$DATA")
   STARTUP=(--model-dir "$MODEL" --data-dir "$DATA")
   # the recipe over 8 seeds (0.891-0.905 on CPU, 0.897-0.899 on the H200): its mean to +-0.2 points. On CPU
-  # every change tried scored lower on the same seeds (batch 32, label smoothing, lr 2e-4, a third epoch).
-  # About 45 s a job on an H200
+  # no change tried beat it by more than 0.1 points on the same seed (batch 32, label smoothing, lr 2e-4,
+  # a third epoch: docs/PERFORMANCE.md). About 45 s a job on an H200
   RECIPE=(seed=42,43,44,45,46,47,48,49)
   HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
   # H200 wall seconds per run: 73 cold, 43 warm, 70 graphs, 74 STS-B, 64 and 60 the two Trainer anchors. The warm
