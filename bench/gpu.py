@@ -19,6 +19,7 @@ python bench/gpu.py --smoke                           # CPU, tiny shapes: correc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -123,13 +124,14 @@ def check_probe(case: str, probe: str, compile_opts: list[str]) -> None:
         raise SystemExit(f"{case}+profile: +profile probes eager framework cases only")
 
 
-def loop(overrides: list[str], out: Path, steps: int, warmup: int, bare: bool = False, **kwargs) -> dict:
-    """The hand-written loop on a case's batches (bare: its step in a bare Lightning Trainer), bf16 on the
-    GPU as the framework's trainer=gpu."""
+def loop(overrides: list[str], out: Path, steps: int, warmup: int, bare: bool = False, manual: bool = False,
+         **kwargs) -> dict:
+    """The hand-written loop on a case's batches (bare: its step in a bare Lightning Trainer, with manual
+    optimization if `manual`), bf16 on the GPU as the framework's trainer=gpu."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return (bare_lightning if bare else raw_loop)(
-        [o for o in overrides if "throughput" not in o and "profile" not in o], out, steps, warmup,
-        device=device, bf16=device == "cuda", **kwargs)
+    run = functools.partial(bare_lightning, manual=manual) if bare else raw_loop
+    return run([o for o in overrides if "throughput" not in o and "profile" not in o], out, steps, warmup,
+               device=device, bf16=device == "cuda", **kwargs)
 
 
 def run_case(args, tmp: Path, name: str) -> dict:
@@ -145,7 +147,7 @@ def run_case(args, tmp: Path, name: str) -> dict:
     overrides = case_overrides(args, shape, data, compile_opts, tmp / "cache", probe)
     if "_raw" in case or "_bare" in case:
         tp = loop(overrides, tmp / name, args.steps - args.warmup, args.warmup, bare="_bare" in case,
-                  **({"manual": True} if "_manual" in case else {}),
+                  manual="_manual" in case,
                   warmup_epochs=int(bool(compile_opts) and not args.smoke), host_profile=probe == "host")
     else:
         tp, _ = run_framework(overrides, tmp / name)
