@@ -21,7 +21,8 @@
 #                                             jobs share the compiled graphs): the sweep report's test accuracy
 #                                             mean ± std and 95% CI over seeds
 #   6. bench/gpu.py at batch 128            : the same table as 3 (then the eager time-to-accuracy runs)
-#   7. trainer=fsdp on one GPU              : FSDPStrategy end to end (Lightning refuses FSDP on CPU)
+#   7. trainer=fsdp on one GPU              : FSDPStrategy end to end with NCCL and bf16 (tests/test_fsdp.py
+#                                             runs it on 2 CPU processes)
 #   8. bench/gpu.py IMDb cases              : BERT-base on 128-token reviews, eager / compile / CUDA graphs
 # Sections run in that order while time is left (DEADLINE seconds in all); each writes its JSON as it goes.
 # The diagnostics come first: they explain the framework's per-step host time, which sets the

@@ -4,6 +4,7 @@ re-run train.py from the project root)."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -25,6 +26,17 @@ class RecordTrainingRows(pl.Callback):
         if trainer.is_global_zero:
             out["train"] = [e["input_ids"] for e in trainer.datamodule.splits["train"].examples]
         Path(trainer.default_root_dir, f"rows_rank{trainer.global_rank}.json").write_text(json.dumps(out))
+
+
+def assert_every_row_trained_once(run_dir: Path, rows_per_rank: int, repeated: int) -> None:
+    """From RecordTrainingRows' files of a 2-rank run: the ranks together trained on every training row, and
+    only `repeated` rows (the batch repeated to give both ranks the same count) more than once."""
+    ranks = [json.loads((run_dir / f"rows_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [len(r["seen"]) for r in ranks] == [rows_per_rank, rows_per_rank]
+    seen = Counter(tuple(row) for r in ranks for row in r["seen"])
+    train = Counter(tuple(row) for row in ranks[0]["train"])
+    assert not train - seen, "rows no rank trained on"
+    assert sum((seen - train).values()) == repeated, "only the one padding batch may repeat rows"
 
 
 class CountBroadcasts(pl.Callback):

@@ -1,13 +1,16 @@
-"""Past one GPU: trainer=fsdp builds Lightning's FSDPStrategy from the config (Lightning refuses FSDP on
-CPU, so the real run is in bench/device_gpu.sh), and multi-node settings reach the SLURM launcher."""
+"""Past one GPU: trainer=fsdp builds Lightning's FSDPStrategy from the config and runs end to end on 2 CPU
+processes (through tests/cpu_fsdp.py: Lightning itself refuses FSDP on CPU), and multi-node settings reach
+the SLURM launcher."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from hydra.utils import instantiate
+from safetensors.torch import load_file
 
-from conftest import compose_cfg
+from conftest import FIXTURES, compose_cfg, read_metrics, run_script
+from tests.ddp_rows import assert_every_row_trained_once
 from tunelab.errors import ConfigError
 from tunelab.trainer import strategy_name
 from tunelab.validation import validate
@@ -84,3 +87,34 @@ def test_fsdp_clips_by_norm_through_its_root_module() -> None:
     assert clip_gradients(trainer, None, 1.0, "norm") and clipped == [1.0]
     assert not clip_gradients(trainer, None, 1.0, "value")  # by value: Lightning's plugin does it
     assert not clip_gradients(trainer, None, None, "norm") and clipped == [1.0]
+
+
+def test_fsdp_two_cpu_processes_train_test_and_export_the_checkpoints_weights(tmp_path) -> None:
+    """trainer=fsdp with FULL_SHARD on 2 gloo processes: the ranks train on every row once per epoch (as
+    under DDP), test the best checkpoint (Lightning cannot reload a checkpoint into the module it trained
+    under FSDP: Lightning-AI/pytorch-lightning#20373, so a fresh module is tested), and rank 0 exports
+    exactly the checkpoint's weights with the unsharded parameter counts."""
+    run_dir = tmp_path / "fsdp"
+    proc = run_script(
+        "train.py", "trainer=fsdp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.precision=32-true",
+        "trainer.strategy._target_=tests.cpu_fsdp.CpuFSDPStrategy", "trainer.strategy.mixed_precision=null",
+        "model=tiny", "logger=csv", f"paths.data_dir={FIXTURES}", "data.train_limit=72", "data.batch_size=8",
+        "trainer.max_epochs=1", "plots=false", "+callbacks.rows._target_=tests.ddp_rows.RecordTrainingRows",
+        f"hydra.run.dir={run_dir}", env={"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_every_row_trained_once(run_dir, rows_per_rank=40, repeated=8)
+    metrics = read_metrics(run_dir)
+    assert metrics["params/total"] == metrics["params/trainable"] > 1_000_000  # whole model, not one shard
+    (checkpoint,) = (run_dir / "checkpoints").glob("best-*.ckpt")
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    exported = load_file(run_dir / "hf_model" / "model.safetensors")
+    assert exported.keys() == {k.removeprefix("model.") for k in weights if k.startswith("model.")}
+    assert all(torch.equal(exported[k.removeprefix("model.")], v) for k, v in weights.items() if k.startswith("model."))
+    # the FSDP test scored the checkpoint's weights: one process evaluating the same checkpoint agrees
+    proc = run_script("eval.py", f"ckpt_path={checkpoint}", "model=tiny", "logger=csv", f"paths.data_dir={FIXTURES}",
+                      "trainer=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = read_metrics(tmp_path / "eval")
+    assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+    assert evaluated["test/acc"] == metrics["test/acc"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, SHARED_DATA, read_metrics, run_script
+from tests.ddp_rows import assert_every_row_trained_once
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -76,8 +77,6 @@ def test_ddp_two_cpu_processes(tmp_path) -> None:
     """Lightning DDP with 2 gloo processes on CPU: both ranks train, rank 0 writes the run dir once, and
     together the ranks train on every row exactly once per epoch, apart from the one batch repeated to
     give both ranks the same number of batches."""
-    from collections import Counter
-
     proc = run_script(
         "train.py", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "model=tiny", "logger=csv",
         f"paths.data_dir={FIXTURES}", "data.train_limit=72", "data.batch_size=8", "trainer.max_epochs=1",
@@ -94,12 +93,7 @@ def test_ddp_two_cpu_processes(tmp_path) -> None:
     # rank 0 gathers both ranks' test predictions: one row per test example, in file order
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(len((FIXTURES / "sst2" / "dev.tsv").read_text().splitlines()) - 1))
-    ranks = [json.loads((tmp_path / f"rows_rank{r}.json").read_text()) for r in (0, 1)]
-    assert [len(r["seen"]) for r in ranks] == [40, 40]
-    seen = Counter(tuple(row) for r in ranks for row in r["seen"])
-    train = Counter(tuple(row) for row in ranks[0]["train"])
-    assert not train - seen, "rows no rank trained on"
-    assert sum((seen - train).values()) == 8, "only the one padding batch may repeat rows"
+    assert_every_row_trained_once(tmp_path, rows_per_rank=40, repeated=8)
 
 
 def test_multirun_with_ddp_runs_each_job_once(tmp_path) -> None:

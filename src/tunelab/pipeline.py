@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
@@ -77,17 +78,31 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         log.warning("run interrupted; resume with ckpt_path=%s", guard.interrupted_checkpoint)
         return metrics
     tested = best_checkpoint(trainer) if cfg.train else ckpt_path
+    if cfg.train:
+        module = _unwrapped(module, trainer, tested)
+    counts = peft_adapters.parameter_counts(module.model)  # before a test wraps the module in FSDP units
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=False)
-    metrics |= _as_floats(trainer.callback_metrics) | peft_adapters.parameter_counts(module.model)
+    metrics |= _as_floats(trainer.callback_metrics) | counts
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         if cfg.test:
             predictions.write(out, module, datamodule.splits["test"].examples)
         if cfg.train:  # the tested (best) weights: hf_model, peft.save_adapter / merge_on_save
-            export.export(module, cfg, datamodule.tokenizer, weights=None if cfg.test else tested)
+            export.export(_unwrapped(module, trainer, tested), cfg, datamodule.tokenizer,
+                          weights=None if cfg.test else tested)
         write_results(cfg, metrics, tested if cfg.train else cfg.ckpt_path, trainer.global_step, trainer.loggers)
     return metrics
+
+
+def _unwrapped(module: TransformerModule, trainer: pl.Trainer, checkpoint: str | None) -> TransformerModule:
+    """FSDP wraps the module's layers in place and turns their parameters into shards of flat buffers:
+    Lightning cannot load a checkpoint into a module it has wrapped (Lightning-AI/pytorch-lightning#20373),
+    and such a module can be neither copied nor saved as a Hugging Face model. Under FSDP: a fresh module
+    with the checkpoint's (full-state) weights; otherwise `module` itself."""
+    if checkpoint and isinstance(trainer.strategy, FSDPStrategy):
+        return TransformerModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    return module
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
