@@ -102,9 +102,13 @@ class BareStep(pl.LightningModule):
         loss = _loss(self.model, batch, self.cuda_graphs, self.device_type, bf16=False)
         if not self.automatic_optimization:
             opt = self.optimizers()
-            self.manual_backward(loss)
-            opt.step()  # counts the global step, as the automatic loop does
-            opt.zero_grad(set_to_none=True)
+            # training_step runs inside the precision plugin's autocast; a compiled graph's backward run
+            # under bf16 autocast fails ("expected scalar type Float but found BFloat16"), and the automatic
+            # loop runs backward and step outside it too
+            with torch.autocast(self.device_type, enabled=False):
+                self.manual_backward(loss)
+                opt.step()  # counts the global step, as the automatic loop does
+                opt.zero_grad(set_to_none=True)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

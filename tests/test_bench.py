@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import FIXTURES, run_script
 
 
 def test_throughput_bench_smoke(tmp_path) -> None:
@@ -54,6 +54,17 @@ def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
                              for k in ("minilm+host", "minilm_bare+host", "minilm_raw+host"))
     assert framework["lightning"] > 0 and bare["lightning"] > 0 and "lightning" not in loop
     assert framework["torch (C++)"] > 0 and loop["torch (C++)"] > 0
+
+
+def test_bare_lightning_manual_optimization_trains_a_compiled_model_under_bf16(tmp_path) -> None:
+    """The GPU case minilm_bare_manual_graphs (bf16-mixed, compiled model): backward of a compiled graph
+    inside the precision plugin's autocast raised "expected scalar type Float but found BFloat16"."""
+    from bench.baselines import bare_lightning
+
+    overrides = ["model=tiny", f"paths.data_dir={FIXTURES}", "data.train_limit=64", "data.batch_size=16",
+                 "trainer=cpu", "model.compile=true", "model.compile_backend=aot_eager"]
+    result = bare_lightning(overrides, tmp_path, steps=4, warmup=1, bf16=True, manual=True)
+    assert result["steps"] == 4  # timed steps, after the warm-up one
 
 
 def test_startup_bench_smoke(tmp_path) -> None:
