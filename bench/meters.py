@@ -181,11 +181,12 @@ class StartupTimer(pl.Callback):
     load: the callbacks are built last, with the Trainer), `fit_start_s` (Trainer set up, model on the
     device), `sanity_end_s` (the sanity-check validation), `seconds` (the first training batch) and
     `first_step_s` (the end of the first step, its compilation under torch.compile included), with the
-    run's compile counts (compile_counts())."""
+    run's own compile counts (compile_counts() since the callback was built: a sweep's jobs share a process)."""
 
     def __init__(self) -> None:
         self.t0 = float(os.environ.get("BENCH_T0", time.time()))
         self.result: dict[str, Any] = {"callbacks_s": time.time() - self.t0}
+        self.counts_before = compile_counts()
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.result["fit_start_s"] = time.time() - self.t0
@@ -209,7 +210,8 @@ class StartupTimer(pl.Callback):
 
     def write(self, trainer: pl.Trainer) -> None:
         if trainer.is_global_zero:
-            out = {**self.result, "compile": compile_counts()}
+            counts = {k: v - self.counts_before.get(k, 0) for k, v in compile_counts().items()}
+            out = {**self.result, "compile": counts}
             Path(trainer.default_root_dir, "startup.json").write_text(json.dumps(out, indent=2))
 
 
