@@ -29,10 +29,10 @@
 # framework/loop ratio and a time-to-accuracy run's training time, and the start-up before fit.
 # SECTIONS=host,startup,b32,tta,recipe,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped;
 # CASES= the gpu.py cases of b32 and b128 (default: eager and cudagraphs-backend loop / bare Lightning / framework,
-# no inductor), RUNS= the time-to-accuracy runs. host + startup + b32 take about 4 minutes, tta's six runs about
-# 6.5 minutes on an H200, so with
-# the usual 15 minutes of device time: the default call first, then SECTIONS=tta RUNS=<the runs it did not
-# reach> DEADLINE=<what is left>.
+# no inductor), RUNS= the time-to-accuracy runs. On an H200: host + startup + b32 about 4 minutes, b32 alone
+# 2.2, tta's six runs 6.5, recipe 4.2, imdb 2.1, fsdp 0.8. With the usual 15 minutes of device time (a
+# machine's start included): the default call first, then SECTIONS=<those it did not reach> DEADLINE=<what
+# is left>. The device tool returns at most 8 files: end a call with `tar czf` of $OUT into one archive.
 #
 # Before the call (here, with network for pip; .whl/ and .carry/ are git-ignored, about 50 MiB):
 #   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
@@ -90,9 +90,9 @@ else
   GPU=(--model-dir "$MODEL" --data-dir "$DATA" --train-limit 8192 --steps 230 --warmup 30 --compile-cache "$WORK/inductor_bench")
   TTA=(--model-dir "$MODEL" --data-dir "$DATA")
   STARTUP=(--model-dir "$MODEL" --data-dir "$DATA")
-  # the recipe over 8 seeds (0.891-0.905 on CPU, 0.897-0.899 on the H200): its mean to +-0.2 points. On CPU
+  # the recipe over 8 seeds: its mean to +-0.2 points (0.897 on an H200; 0.890-0.905 over 20 runs). On CPU
   # no change tried beat it by more than 0.1 points on the same seed (batch 32, label smoothing, lr 2e-4,
-  # a third epoch: docs/PERFORMANCE.md). About 45 s a job on an H200
+  # a third epoch: docs/PERFORMANCE.md). 250 s for the 8 jobs on an H200 (only the first compiles)
   RECIPE=(seed=42,43,44,45,46,47,48,49)
   HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
   # H200 wall seconds per run: 73 cold, 43 warm, 70 graphs, 74 STS-B, 64 and 60 the two Trainer anchors. The warm
