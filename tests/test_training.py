@@ -96,10 +96,16 @@ def test_ddp_two_cpu_processes(tmp_path) -> None:
     assert_every_row_trained_once(tmp_path, rows_per_rank=40, repeated=8)
 
 
-def test_multirun_with_ddp_runs_each_job_once(tmp_path) -> None:
-    """`-m` + trainer=ddp must not relaunch the sweep in child ranks (Hydra/Lightning pitfall)."""
+@pytest.mark.parametrize("strategy", [
+    ["trainer=ddp"],
+    # FSDP on CPU through the tests' subclass (tests/cpu_fsdp.py): the rule covers strategy classes, not names
+    ["trainer=fsdp", "trainer.precision=32-true", "trainer.strategy._target_=tests.cpu_fsdp.CpuFSDPStrategy",
+     "trainer.strategy.mixed_precision=null"],
+], ids=["ddp", "fsdp"])
+def test_multirun_with_ddp_runs_each_job_once(tmp_path, strategy) -> None:
+    """`-m` + trainer=ddp / fsdp must not relaunch the sweep in child ranks (Hydra/Lightning pitfall)."""
     proc = run_script(
-        "train.py", "-m", "seed=1,2", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "model=tiny",
+        "train.py", "-m", "seed=1,2", *strategy, "trainer.devices=2", "trainer.accelerator=cpu", "model=tiny",
         "logger=csv", f"paths.data_dir={FIXTURES}", "data.train_limit=32", "data.batch_size=8",
         "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}", timeout=300,
     )

@@ -1,6 +1,6 @@
 """The Lightning Trainer of a run: callbacks and loggers instantiated from conf/callbacks and conf/logger
 (`monitor: auto` filled in with the run's monitored metric), the always-on Resilience callback, the
-AdaLoRA schedule when peft=adalora, and DDP under Hydra multirun."""
+AdaLoRA schedule when peft=adalora, and DDP / FSDP under Hydra multirun."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from omegaconf import DictConfig, open_dict, read_write
 
 from tunelab import sweeps, tracking
@@ -28,11 +29,6 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     loggers = instantiate_group(tracking.logger_group(cfg))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    strategy = strategy_name(cfg.trainer.get("strategy"))
-    if strategy.startswith("ddp"):
-        share_cores_between_cpu_ranks(cfg.trainer)
-    if sweeps.is_multirun() and strategy.startswith(("ddp", "fsdp")):
-        launch_ddp_children_for_this_job_only()
     # always on, whatever the callbacks group: graceful SIGTERM/SIGINT, exact mid-epoch resume, NaN guard
     callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
     if _is_adalora(cfg):
@@ -41,6 +37,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         callbacks.append(AdaLoraSchedule(cfg.peft.get("tinit_ratio", 0.0), cfg.peft.get("tfinal_ratio", 0.0)))
     # the datamodule's batch sampler shards batches across ranks itself (keeps length grouping intact)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False)
+    if isinstance(trainer.strategy, (DDPStrategy, FSDPStrategy)):  # one process per device, started at fit
+        share_cores_between_cpu_ranks(cfg.trainer)
+        if sweeps.is_multirun():
+            launch_ddp_children_for_this_job_only()
     tracking.log_config(trainer, cfg)
     return trainer
 
