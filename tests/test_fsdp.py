@@ -118,3 +118,6 @@ def test_fsdp_two_cpu_processes_train_test_and_export_the_checkpoints_weights(tm
     evaluated = read_metrics(tmp_path / "eval")
     assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
     assert evaluated["test/acc"] == metrics["test/acc"]
+    # rank 0 gathered both ranks' test predictions: one row per test example
+    rows = (run_dir / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) == len((FIXTURES / "sst2" / "dev.tsv").read_text().splitlines()) - 1
