@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, ROOT, compose_cfg, read_metrics, run_script
+from conftest import FIXTURES, ROOT, compose_cfg, run_script
 from tunelab.errors import ConfigError, TrainingError
 
 # a deterministic CPU run long enough to interrupt: 400 rows / batch 8 = 50 steps per epoch, 2 epochs

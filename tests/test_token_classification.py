@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import FIXTURES, read_metrics
+from conftest import FIXTURES
 from tunelab.data.readers import read_conll
 from tunelab.data.token_classification import align_labels
 from tunelab.errors import ConfigError
