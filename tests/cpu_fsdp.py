@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.strategies import fsdp as lightning_fsdp
-from lightning.fabric.strategies import model_parallel as fabric_model_parallel
 from torch.distributed.fsdp import FullyShardedDataParallel
 
 
@@ -25,9 +24,9 @@ class CpuFSDPStrategy(FSDPStrategy):
 
 
 def _full_state_dict_context(module: torch.nn.Module, world_size: int, rank0_only: bool = True):
-    """Lightning's full-state context without `offload_to_cpu`: on CPU the "offloaded" copy of a gathered
-    parameter is the gathered storage itself, which FSDP frees on leaving the context, and the clone
-    after it segfaults. On GPUs Lightning's own context (offload_to_cpu=True) is used."""
+    """Lightning's full-state context for saving, without `offload_to_cpu`: with it, on CPU, torch's
+    state-dict hook segfaulted cloning a gathered parameter (torch 2.13, 2 ranks); without it the saved
+    state dict is the same full one. On GPUs Lightning's own context (offload_to_cpu=True) is used."""
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp.api import FullOptimStateDictConfig
 
@@ -38,5 +37,4 @@ def _full_state_dict_context(module: torch.nn.Module, world_size: int, rank0_onl
     )
 
 
-for _module in (lightning_fsdp, fabric_model_parallel):  # both import Lightning's context by name
-    _module._get_full_state_dict_context = _full_state_dict_context
+lightning_fsdp._get_full_state_dict_context = _full_state_dict_context  # the strategy's name for it
