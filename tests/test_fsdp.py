@@ -39,6 +39,16 @@ def test_fsdp_on_cpu_fails_before_training_naming_the_fix(tmp_path) -> None:
         validate(compose_cfg(tmp_path, "trainer=fsdp", "trainer.devices=2"))
 
 
+def test_fsdp_without_a_best_checkpoint_fails_before_training_naming_the_fix(tmp_path) -> None:
+    # the test and the export load the best checkpoint into a fresh module; without one the run failed
+    # after training, testing the module FSDP had wrapped ("'weight' must be 2-D")
+    cpu_fsdp = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.strategy._target_=tests.cpu_fsdp.CpuFSDPStrategy"]
+    with pytest.raises(ConfigError, match="keep callbacks.model_checkpoint with a monitor, or set test=false"):
+        validate(compose_cfg(tmp_path, *cpu_fsdp, "callbacks.model_checkpoint=null"))
+    validate(compose_cfg(tmp_path, *cpu_fsdp, "callbacks.model_checkpoint=null", "test=false", "export=false"))
+    validate(compose_cfg(tmp_path, *cpu_fsdp))
+
+
 def test_slurm_launcher_asks_for_trainer_num_nodes(tmp_path) -> None:
     cfg = compose_cfg(tmp_path, "hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=3", "trainer.devices=4")
     launcher = cfg.hydra.launcher

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
+from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
@@ -27,6 +28,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("train") and cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be at least 1.")
     _check_devices(cfg)
+    _check_fsdp_keeps_a_best_checkpoint(cfg)
     _check_compile(cfg.model)
     if cfg.get("predict") and not OmegaConf.select(cfg, "data.predict_file", throw_on_missing=False):
         raise ConfigError("predict.py needs the rows to predict on: pass data.predict_file=<csv / tsv / jsonl file, "
@@ -72,6 +74,20 @@ def _check_devices(cfg: DictConfig) -> None:
             f"trainer.devices={devices} but {gpus} GPU(s) are available; lower trainer.devices "
             "or use trainer.accelerator=cpu."
         )
+
+
+def _check_fsdp_keeps_a_best_checkpoint(cfg: DictConfig) -> None:
+    # FSDP leaves the trained module wrapped: the test and the export load the best checkpoint into a fresh
+    # module (tunelab.pipeline), so one must be kept
+    strategy = cfg.trainer.get("strategy")
+    target = strategy.get("_target_") if isinstance(strategy, DictConfig) else None
+    if not (issubclass(get_class(target), FSDPStrategy) if target else strategy_name(strategy).startswith("fsdp")):
+        return
+    checkpoint = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    if cfg.get("train") and (cfg.get("test") or cfg.get("export")) and not (checkpoint and checkpoint.get("monitor")):
+        raise ConfigError("trainer=fsdp tests and exports the best checkpoint (Lightning cannot reuse the module "
+                          "it trained under FSDP): keep callbacks.model_checkpoint with a monitor, or set "
+                          "test=false export=false.")
 
 
 def _device_count(devices) -> int:
