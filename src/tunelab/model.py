@@ -100,6 +100,12 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
             # one specialised graph per length bucket (and per last-batch size): dynamo's default limit of
             # 8 recompiles would silently drop the model back to eager after the 8th shape
             _raise_recompile_limit(64)
+        else:
+            # a first batch whose length equals its size (16 x 16) would make dynamo's duck shaping give both
+            # dims one symbol, and the next length recompile the whole model
+            import torch.fx.experimental._config as fx_config
+
+            fx_config.use_duck_shape = False
         # the model's float attributes (dropout p, LayerNorm eps, attention scaling) are constants: traced
         # as symbols (dynamo's default under dynamic shapes), they made dynamo trace the whole step and
         # build its joint graph once, then throw both away and start again specialised
