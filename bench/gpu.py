@@ -56,6 +56,9 @@ CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the han
     "minilm_cudagraphs": ("minilm", "sst2", CUDAGRAPHS),
     "minilm_raw": ("minilm", "sst2", []), "minilm_raw_compile": ("minilm", "sst2", DYNAMIC),
     "minilm_raw_cudagraphs": ("minilm", "sst2", CUDAGRAPHS),
+    # regional compilation: each layer compiled and replayed as its own CUDA graph, the rest eager
+    "minilm_cudagraphs_layers": ("minilm", "sst2", [*CUDAGRAPHS, "model.compile_scope=layers"]),
+    "minilm_raw_cudagraphs_layers": ("minilm", "sst2", [*CUDAGRAPHS, "model.compile_scope=layers"]),
     "minilm_graphs": ("minilm", "sst2", GRAPHS), "minilm_raw_graphs": ("minilm", "sst2", GRAPHS),
     "minilm_bare": ("minilm", "sst2", []), "minilm_bare_graphs": ("minilm", "sst2", GRAPHS),
     "minilm_bare_manual_graphs": ("minilm", "sst2", GRAPHS),  # Lightning's manual optimization

@@ -6,6 +6,8 @@
              dev accuracy after the same number of training samples
   startup    `python train.py`: process start -> first training step (imports, config, data, model load)
   cache      tokenization: first vs second preparation of the same file
+  compile    torch.compile's cold compile (first batch to the end of the first step, fresh process and
+             caches), model.compile_scope=model vs layers, one dynamic-shape graph each
   host       host time per step (model=tiny): hand-written loop vs the same step in a bare Lightning Trainer
              vs framework, with and without train metrics
              (--host-profile: where that time goes, by package)
@@ -163,6 +165,28 @@ def bench_startup(smoke: bool, cache: Path, tmp: Path) -> dict:
     return out
 
 
+def bench_compile(smoke: bool, cache: Path, tmp: Path) -> dict:
+    """Cold compile of the training step, whole model vs each transformer layer, each in a fresh process
+    with empty compile caches (a process's in-memory kernel caches would serve the second scope). Lengths
+    padded to multiples of 16 as in the GPU experiments: a batch without any padding runs the layers
+    without a mask (transformers drops an all-ones mask outside a compiled graph), a second layer graph."""
+    out = {}
+    for scope in ("model", "layers"):
+        run_dir = tmp / f"compile_{scope}"
+        args = [*base_overrides(smoke, cache), "data.pad_to_multiple_of=16", "data.drop_last=true",
+                "model.compile=true", "model.compile_dynamic=true",
+                f"model.compile_scope={scope}", f"model.compile_cache_dir={tmp / f'inductor_{scope}'}",
+                *(["model.compile_backend=aot_eager"] if smoke else []),
+                "trainer.max_steps=3", "test=false", "export=false", STARTUP_TIMER, f"hydra.run.dir={run_dir}"]
+        proc, wall = run_fresh([sys.executable, str(ROOT / "train.py"), *args])
+        proc.check_returncode()
+        timer = json.loads((run_dir / "startup.json").read_text())
+        out[scope] = {"compile_s": timer["first_step_s"] - timer["seconds"], "graphs": timer["compile"]["graphs"],
+                      "process_s": wall}
+    out["compile_speedup"] = out["model"]["compile_s"] / out["layers"]["compile_s"]
+    return out
+
+
 def bench_cache(smoke: bool, tmp: Path) -> dict:
     overrides = base_overrides(smoke, tmp / "fresh_cache")
     dm = build_datamodule(compose_config(overrides, tmp / "cache_run"))
@@ -184,7 +208,7 @@ def bench_cache(smoke: bool, tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="cache,startup,framework,padding,host")
+    parser.add_argument("--only", default="cache,startup,framework,padding,compile,host")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--padding-samples", type=int, default=2000, help="training samples per padding variant")
     parser.add_argument("--host-profile", action="store_true", help="host part: add a cProfile round (host time by package)")
@@ -205,10 +229,12 @@ def main() -> None:
                 results[part] = bench_framework(args.smoke, cache, tmp)
             elif part == "padding":
                 results[part] = bench_padding(args.smoke, cache, tmp, args.padding_samples)
+            elif part == "compile":
+                results[part] = bench_compile(args.smoke, cache, tmp)
             elif part == "host":
                 results[part] = bench_host(args.smoke, cache, tmp, args.host_profile)
             else:
-                raise SystemExit(f"unknown part {part!r}; use cache, startup, framework, padding, host")
+                raise SystemExit(f"unknown part {part!r}; use cache, startup, framework, padding, compile, host")
             results[part]["bench_wall_s"] = time.time() - t0
             print(f"== {part}\n{json.dumps(results[part], indent=2)}", flush=True)
     if args.out:

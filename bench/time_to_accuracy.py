@@ -7,6 +7,8 @@ its test metric, beside its transformers.Trainer anchor (bench/hf_trainer_anchor
   <exp>_eager   cold, model.compile=false
   <exp>_graphs  cold, model.compile_backend=cudagraphs model.compile_dynamic=false: the eager kernels
                 replayed as CUDA graphs, one static trace per length bucket, no inductor compile
+  <exp>_layers  cold, model.compile_scope=layers: each transformer layer compiled (one graph shared by
+                all of them), the rest eager: the cold compile of one layer instead of the whole model
   <exp>_anchor  transformers.Trainer, same data and hyper-parameters, cold tokenization cache
 
 Each row: wall_s (process start to exit; the test metric is written just before), the test metric,
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench.meters, when run as `python bench/time_to_accuracy.py`
 from bench.meters import STARTUP_TIMER, device_name, run_fresh  # noqa: E402
 EXPERIMENTS = ("sst2_minilm_gpu", "stsb_minilm_gpu")
-KINDS = ("", "_warm", "_eager", "_graphs", "_anchor")
+KINDS = ("", "_warm", "_eager", "_graphs", "_layers", "_anchor")
 DEFAULT_RUNS = ",".join(f"{e}{k}" for e in EXPERIMENTS for k in KINDS)
 # CPU dry run: tiny model, 64 rows, fp32; compiled runs trace only unless --backend says otherwise
 SMOKE = ["model=tiny", "data.train_limit=64", "trainer=cpu", "trainer.precision=32-true"]
@@ -58,6 +60,8 @@ def overrides_for(args, experiment: str, kind: str, tmp: Path) -> list[str]:
         out.append("model.compile_dynamic=false")
     if kind == "_eager":
         out.append("model.compile=false")
+    if kind == "_layers":
+        out.append("model.compile_scope=layers")
     return [*out, *args.override]
 
 

@@ -21,6 +21,8 @@ def test_throughput_bench_smoke(tmp_path) -> None:
     assert r["padding"]["pad_to_max"]["padding_fraction"] > r["padding"]["dynamic"]["padding_fraction"]
     assert r["startup"]["logger=csv"] > 0
     assert r["cache"]["tokenizations"] == r["cache"]["files"]  # the second preparation re-tokenized nothing
+    # each scope compiled its one dynamic-shape graph, cold, in its own process
+    assert all(r["compile"][scope]["graphs"] == 1 and r["compile"][scope]["compile_s"] > 0 for scope in ("model", "layers"))
     assert set(r["host"]["ms_per_step"]) == {"raw", "lightning_bare", "lightning_bare_manual", "framework",
                                               "framework_train_metrics_false"}
     assert all(v > 0 for v in r["host"]["ms_per_step"].values())

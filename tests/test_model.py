@@ -85,6 +85,36 @@ def test_dynamic_compile_traces_the_step_once() -> None:
     assert restarts == []
 
 
+def test_layer_scope_compiles_one_graph_for_every_layer_and_trains_as_eager() -> None:
+    # regional compilation: the layers are one module class with the same shapes, so dynamo traces one
+    # graph for all of them (the cold compile of one layer, not of the model); names and numbers unchanged
+    config = {**TINY_BERT, "num_hidden_layers": 3}
+    assert graphs_for_lengths([16, 32], compile_dynamic=True, compile_backend="aot_eager", compile_scope="layers",
+                              config=config) == 1
+
+    def trained(compile_cfg: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = build_model({"name_or_path": None, "from_scratch": True, "config": config, **compile_cfg},
+                            get_task("classification"), num_labels=2)
+        model.eval()  # no dropout: the two paths draw no random masks to compare
+        if compile_cfg:  # nn.Module.compile sets _compiled_call_impl: the layers, not the model around them
+            compiled = {name for name, m in model.named_modules() if m._compiled_call_impl is not None}
+            assert compiled == {f"bert.encoder.layer.{i}" for i in range(3)}
+        ids = torch.randint(0, 64, (4, 16))
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        logits.sum().backward()
+        return logits, {n: p.grad for n, p in model.named_parameters()}
+
+    eager_logits, eager_grads = trained({})
+    logits, grads = trained({"compile": True, "compile_dynamic": True, "compile_backend": "aot_eager",
+                             "compile_scope": "layers"})
+    torch._dynamo.reset()
+    assert grads.keys() == eager_grads.keys()  # parameter names, hence checkpoints, as the eager model's
+    torch.testing.assert_close(logits, eager_logits)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], msg=name)
+
+
 def test_compile_cache_dir_serves_the_next_compile_from_disk(tmp_path, monkeypatch) -> None:
     """model.compile_cache_dir holds inductor's compiled graphs: after the in-process caches are
     dropped (a new run, a sweep's next job), the same graph loads from that dir instead of compiling."""

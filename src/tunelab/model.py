@@ -112,7 +112,17 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
         torch._dynamo.config.specialize_float = True
         # in place (nn.Module.compile): parameter names, hence checkpoints, stay those of the eager model
         mode = cfg.get("compile_mode") if backend == "inductor" else None  # modes are inductor's
-        model.compile(dynamic=dynamic, mode=mode, backend=backend)
+        for target in compile_targets(model, cfg):
+            target.compile(dynamic=dynamic, mode=mode, backend=backend)
+
+
+def compile_targets(model: nn.Module, cfg: Mapping[str, Any]) -> list[nn.Module]:
+    """What model.compile_scope compiles: the whole model (one graph: most fusion, one CUDA graph per
+    step and direction), or each transformer layer (regional compilation: the layers share one compiled
+    graph, so compiling costs about one layer's; embeddings, head and loss run eager between them)."""
+    if cfg.get("compile_scope") == "layers":
+        return list(transformer_layers(model, "model.compile_scope=layers"))
+    return [model]
 
 
 def use_compile_cache(directory: str | None) -> None:
@@ -152,11 +162,12 @@ def uses_cuda_graphs(model_cfg: Mapping[str, Any]) -> bool:
     return str(model_cfg.get("compile_mode") or "") in {"reduce-overhead", "max-autotune"}
 
 
-def transformer_layers(model: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks (BERT's encoder.layer, GPT-2's h, ...): the longest ModuleList."""
+def transformer_layers(model: nn.Module, option: str = "model.freeze_layers") -> nn.ModuleList:
+    """The stack of transformer blocks (BERT's encoder.layer, GPT-2's h, ...): the longest ModuleList.
+    `option` names the setting that needs them, for the error when there is none."""
     lists = [m for m in model.base_model.modules() if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise ConfigError("model.freeze_layers needs a model with a stack of transformer layers.")
+        raise ConfigError(f"{option} needs a model with a stack of transformer layers.")
     return max(lists, key=len)
 
 
