@@ -98,10 +98,11 @@ else
   HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
   # H200 wall seconds per run: 73 cold, 43 warm, 70 graphs, 74 STS-B, 64 and 60 the two Trainer anchors. The warm
   # run right after the cold one (the compile cache, item 2), then the cudagraphs-backend run (no inductor
-  # compile), then each experiment beside its anchor
+  # compile), the layer-scope run (regional compilation), then each experiment beside its anchor
   RUNS=${RUNS:-sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_layers,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor}
   EXTRA_RUNS=sst2_minilm_gpu_eager,stsb_minilm_gpu_eager
-  # b32 without inductor by default (no compile minutes); CASES= names others, e.g. the *_cudagraphs pair.
+  # b32 without inductor by default (no compile minutes); CASES= names others, e.g. the *_cudagraphs pair, or
+  # *_cudagraphs_layers (model.compile_scope=layers: one replayed graph per layer, the rest eager).
   # *_bare: the loop's step in a bare Lightning Trainer, Lightning's own share of the framework's step
   # (*_bare_manual*: with manual optimization)
   CASES=${CASES:-minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_bare_manual_graphs,minilm_graphs}
