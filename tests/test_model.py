@@ -101,7 +101,8 @@ def test_layer_scope_compiles_one_graph_for_every_layer_and_trains_as_eager() ->
             compiled = {name for name, m in model.named_modules() if m._compiled_call_impl is not None}
             assert compiled == {f"bert.encoder.layer.{i}" for i in range(3)}
         ids = torch.randint(0, 64, (4, 16))
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        mask = (torch.arange(16) < torch.tensor([[16], [12], [7], [3]])).long()  # padded rows: a mask in the layers
+        logits = model(input_ids=ids, attention_mask=mask).logits
         logits.sum().backward()
         return logits, {n: p.grad for n, p in model.named_parameters()}
 
