@@ -189,7 +189,7 @@ def ratios(results: dict) -> dict[str, float]:
     Lightning step), and each technique / eager, where both ran."""
     sps = {k: v["samples_per_s"] for k, v in results.items() if isinstance(v, dict) and v.get("samples_per_s")}
     out = {}
-    for mode in ("", "_graphs", "_compile", "_cudagraphs"):
+    for mode in ("", "_graphs", "_compile", "_cudagraphs", "_cudagraphs_layers"):
         for num, den, key in (("minilm", "minilm_raw", "framework_over_raw"),
                               ("minilm_bare", "minilm_raw", "bare_over_raw"),
                               ("minilm_bare_manual", "minilm_raw", "bare_manual_over_raw"),
