@@ -150,15 +150,20 @@ def bench_padding(smoke: bool, cache: Path, tmp: Path, samples: int = 2000) -> d
     return out
 
 
+def timed_train_run(overrides: list[str], run_dir: Path, **env: str) -> tuple[dict, float]:
+    """`python train.py` in a fresh process with the start-up timer: its startup.json and wall seconds."""
+    args = [*overrides, STARTUP_TIMER, f"hydra.run.dir={run_dir}"]
+    proc, wall = run_fresh([sys.executable, str(ROOT / "train.py"), *args], **env)
+    proc.check_returncode()
+    return json.loads((run_dir / "startup.json").read_text()), wall
+
+
 def bench_startup(smoke: bool, cache: Path, tmp: Path) -> dict:
     out = {}
     for logger in ("csv",) if smoke else ("wandb", "csv"):
-        run_dir = tmp / f"startup_{logger}"
-        args = [*base_overrides(smoke, cache), f"logger={logger}", "trainer.max_steps=1", "test=false",
-                STARTUP_TIMER, f"hydra.run.dir={run_dir}"]
-        proc, _ = run_fresh([sys.executable, str(ROOT / "train.py"), *args], WANDB_MODE="offline")
-        proc.check_returncode()
-        out[f"logger={logger}"] = json.loads((run_dir / "startup.json").read_text())["seconds"]
+        args = [*base_overrides(smoke, cache), f"logger={logger}", "trainer.max_steps=1", "test=false"]
+        timer, _ = timed_train_run(args, tmp / f"startup_{logger}", WANDB_MODE="offline")
+        out[f"logger={logger}"] = timer["seconds"]
     t0 = time.time()
     subprocess.run([sys.executable, "-c", "import tunelab.pipeline"], check=True)
     out["import_tunelab_pipeline"] = time.time() - t0
@@ -172,15 +177,12 @@ def bench_compile(smoke: bool, cache: Path, tmp: Path) -> dict:
     without a mask (transformers drops an all-ones mask outside a compiled graph), a second layer graph."""
     out = {}
     for scope in ("model", "layers"):
-        run_dir = tmp / f"compile_{scope}"
         args = [*base_overrides(smoke, cache), "data.pad_to_multiple_of=16", "data.drop_last=true",
                 "model.compile=true", "model.compile_dynamic=true",
                 f"model.compile_scope={scope}", f"model.compile_cache_dir={tmp / f'inductor_{scope}'}",
                 *(["model.compile_backend=aot_eager"] if smoke else []),
-                "trainer.max_steps=3", "test=false", "export=false", STARTUP_TIMER, f"hydra.run.dir={run_dir}"]
-        proc, wall = run_fresh([sys.executable, str(ROOT / "train.py"), *args])
-        proc.check_returncode()
-        timer = json.loads((run_dir / "startup.json").read_text())
+                "trainer.max_steps=3", "test=false", "export=false"]
+        timer, wall = timed_train_run(args, tmp / f"compile_{scope}")
         out[scope] = {"compile_s": timer["first_step_s"] - timer["seconds"], "graphs": timer["compile"]["graphs"],
                       "process_s": wall}
     out["compile_speedup"] = out["model"]["compile_s"] / out["layers"]["compile_s"]
