@@ -75,3 +75,30 @@ def test_drop_last_leaves_out_only_the_short_training_batch(monkeypatch, group_b
         monkeypatch.setattr(sampling, "_rank_and_world", lambda rank=rank: (rank, 2))
         served, _ = served_and_planned(datamodule(45, 8, group_by_length, seed=3, drop_last=True))
         assert [len(b) for b in served] == [8, 8, 8]  # 5 full batches of 8 dealt to 2 x 3 slots
+
+
+@pytest.mark.parametrize("data, text, pair", [("sst2", "sentence", None), ("stsb", "sentence1", "sentence2")])
+def test_encoded_rows_hold_the_tokenizers_ids_and_a_pairs_type_ids(tmp_path, data: str, text: str, pair) -> None:
+    """encode_file asks the tokenizer for ids only (ids_only); the stored rows still equal its full
+    encoding, a pair's token type ids included, and the batch's mask marks each row's real tokens."""
+    import csv
+
+    from conftest import FIXTURES, compose_cfg
+    from tunelab.pipeline import build_datamodule
+
+    dm = build_datamodule(compose_cfg(tmp_path, f"data={data}", "data.train_limit=40", cache=tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup("fit")
+    with open(FIXTURES / data / "train.tsv", newline="") as f:
+        rows = {i: r for i, r in enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))}
+    examples = dm.splits["train"].examples
+    assert len(examples) > 20
+    for e in examples:
+        row = rows[e["index"]]
+        full = dm.tokenizer(row[text], row[pair] if pair else None, truncation=True, max_length=dm.max_length)
+        assert e["input_ids"] == full["input_ids"]
+        assert ("token_type_ids" in e) == (pair is not None)
+        if pair:
+            assert e["token_type_ids"] == full["token_type_ids"] and 1 in e["token_type_ids"]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["attention_mask"].sum(1).tolist() == [int((ids != 0).sum()) for ids in batch["input_ids"]]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import transformers
 
-from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.datamodule import BaseDataModule, ids_only
 from tunelab.data.readers import existing_file, read_documents
 from tunelab.errors import ConfigError
 
@@ -113,7 +113,7 @@ class LanguageModelingDataModule(BaseDataModule):
         if not docs:
             raise ConfigError(f"{path} has no text; check data.format / data.text_column.")
         eos = self.tokenizer.eos_token_id
-        ids = self.tokenizer(docs, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(docs, add_special_tokens=False, **ids_only())["input_ids"]
         blocks = pack_blocks(ids, eos, self.block_size) if self.packing else document_blocks(ids, eos, self.block_size)
         return {"input_ids": blocks}
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.datamodule import BaseDataModule, ids_only
 from tunelab.data.labels import LabelSet, regression_target, split_labels, target_stats
 from tunelab.data.readers import read_table, require_columns
 
@@ -54,9 +54,10 @@ class TextDataModule(BaseDataModule):
         require_columns(rows, columns, path, lines=lines, non_empty=non_empty)
         texts = [str(r[self.text_column]) for r in rows]
         pairs = [str(r[self.text_pair_column]) for r in rows] if self.text_pair_column else None
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length,
+                             **ids_only(pairs is not None))
         columns = {"input_ids": enc["input_ids"]}
-        if "token_type_ids" in enc and pairs is not None:
+        if "token_type_ids" in enc:
             columns["token_type_ids"] = enc["token_type_ids"]
         if labelled:  # JSON lists stay lists (multi-label rows); any other cell is read as text
             cells = [r[self.label_column] for r in rows]

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.datamodule import BaseDataModule, ids_only
 from tunelab.data.labels import LabelSet
 from tunelab.data.readers import read_conll
 from tunelab.errors import ConfigError
@@ -49,7 +49,8 @@ class TokenClassificationDataModule(BaseDataModule):
         tag_column = self.tag_column if labelled else None  # a file to predict on: tokens only
         sentences = read_conll(path, tag_column, self.token_column, self.delimiter, encoding=self.encoding)
         enc = self.tokenizer(
-            [s["tokens"] for s in sentences], is_split_into_words=True, truncation=True, max_length=self.max_length
+            [s["tokens"] for s in sentences], is_split_into_words=True, truncation=True, max_length=self.max_length,
+            **ids_only(),
         )
         word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(sentences))]
         return {
