@@ -180,8 +180,8 @@ class StartupTimer(pl.Callback):
     the process) to each point of a run's start: `callbacks_s` (imports, config, tokenized data, model
     load: the callbacks are built last, with the Trainer), `fit_start_s` (Trainer set up, model on the
     device), `sanity_end_s` (the sanity-check validation), `seconds` (the first training batch) and
-    `first_step_s` (the end of the first step, its compilation under torch.compile included), with the
-    run's own compile counts (compile_counts() since the callback was built: a sweep's jobs share a process)."""
+    `first_step_s` (the end of the first step, its compilation under torch.compile included) and
+    `test_metric_s` (the end of the test, its metric computed), with the run's own compile counts (compile_counts() since the callback was built: a sweep's jobs share a process)."""
 
     def __init__(self) -> None:
         self.t0 = float(os.environ.get("BENCH_T0", time.time()))
@@ -206,6 +206,12 @@ class StartupTimer(pl.Callback):
             self.write(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self.write(trainer)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        # the goal's end point: the test metric is computed (the run's export and exit come after)
+        sync_device()
+        self.result["test_metric_s"] = time.time() - self.t0
         self.write(trainer)
 
     def write(self, trainer: pl.Trainer) -> None:

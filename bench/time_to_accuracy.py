@@ -11,9 +11,10 @@ its test metric, beside its transformers.Trainer anchor (bench/hf_trainer_anchor
                 all of them), the rest eager: the cold compile of one layer instead of the whole model
   <exp>_anchor  transformers.Trainer, same data and hyper-parameters, cold tokenization cache
 
-Each row: wall_s (process start to exit; the test metric is written just before), the test metric,
-optimizer steps, seconds to the first training batch and to the end of the first step (its compilation
-included) and torch.compile's counts (graphs, FX graph / AOT autograd cache hits and misses).
+Each row: test_metric_s (process start to the test metric: the goal's measure, on both sides), wall_s
+(process start to exit: train.py exports the tested weights and writes its results after the test), the test
+metric, optimizer steps, seconds to the first training batch and to the end of the first step (its
+compilation included) and torch.compile's counts (graphs, FX graph / AOT autograd cache hits and misses).
 
 python bench/time_to_accuracy.py --out tta.json                        # GPU: every run of both experiments
 python bench/time_to_accuracy.py --smoke --runs sst2_minilm_gpu,sst2_minilm_gpu_warm --backend inductor \\

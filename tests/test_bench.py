@@ -234,8 +234,11 @@ def test_host_owner_names_the_package_wherever_it_is_installed() -> None:
 
 
 def test_time_to_accuracy_smoke_times_each_point_of_a_run_start(tmp_path) -> None:
+    """Every point of a run from process start, the test metric before the exit; the anchor is timed to its
+    test metric from the same start, and to its exit like train.py."""
     out = tmp_path / "tta.json"
-    proc = run_script("bench/time_to_accuracy.py", "--smoke", "--runs", "sst2_minilm_gpu,sst2_minilm_gpu_graphs",
+    proc = run_script("bench/time_to_accuracy.py", "--smoke", "--runs",
+                      "sst2_minilm_gpu,sst2_minilm_gpu_graphs,sst2_minilm_gpu_anchor",
                       "--override", "trainer.max_steps=2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -243,6 +246,9 @@ def test_time_to_accuracy_smoke_times_each_point_of_a_run_start(tmp_path) -> Non
         row = r[name]
         assert row["returncode"] == 0 and row["optimizer_steps"] == 2, row.get("error")
         points = [row[k] for k in ("callbacks_s", "fit_start_s", "sanity_end_s", "seconds_to_first_batch",
-                                   "first_step_s", "wall_s")]
+                                   "first_step_s", "test_metric_s", "wall_s")]
         assert 0 < points[0] and points == sorted(points)
     assert "model.compile_dynamic=false" in r["sst2_minilm_gpu_graphs"]["overrides"]
+    anchor = r["sst2_minilm_gpu_anchor"]
+    assert anchor["returncode"] == 0 and "test/acc" in anchor, anchor.get("error")
+    assert 0 < anchor["test_metric_s"] < anchor["wall_s"]
