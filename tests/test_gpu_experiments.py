@@ -91,7 +91,7 @@ def test_trainer_anchor_runs_the_experiment_with_transformers_trainer(tmp_path, 
     result = json.loads(out.read_text())
     # 64 rows, batch 16, 2 epochs: the experiment's schedule, run by Trainer
     assert result["anchor"] == "transformers.Trainer" and result["optimizer_steps"] == 8
-    assert -1 <= result["test/spearman"] <= 1 and result["wall_s"] > result["train_s"] > 0
+    assert -1 <= result["test/spearman"] <= 1 and result["test_metric_s"] > result["train_s"] > 0
 
 
 def test_compiled_run_evaluates_eager_compiling_its_training_graphs_only(run_cfg) -> None:
