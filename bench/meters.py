@@ -181,7 +181,8 @@ class StartupTimer(pl.Callback):
     load: the callbacks are built last, with the Trainer), `fit_start_s` (Trainer set up, model on the
     device), `sanity_end_s` (the sanity-check validation), `seconds` (the first training batch) and
     `first_step_s` (the end of the first step, its compilation under torch.compile included) and
-    `test_metric_s` (the end of the test, its metric computed), with the run's own compile counts (compile_counts() since the callback was built: a sweep's jobs share a process)."""
+    `test_metric_s` (the end of the test, its metric computed), with the run's own compile counts
+    (compile_counts() since the callback was built: a sweep's jobs share a process)."""
 
     def __init__(self) -> None:
         self.t0 = float(os.environ.get("BENCH_T0", time.time()))
