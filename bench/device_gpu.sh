@@ -96,9 +96,10 @@ else
   # a third epoch: docs/PERFORMANCE.md). 250 s for the 8 jobs on an H200 (only the first compiles)
   RECIPE=(seed=42,43,44,45,46,47,48,49)
   HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
-  # H200 wall seconds per run: 73 cold, 43 warm, 70 graphs, 74 STS-B, 64 and 60 the two Trainer anchors. The warm
-  # run right after the cold one (the compile cache, item 2), then the cudagraphs-backend run (no inductor
-  # compile), the layer-scope run (regional compilation), then each experiment beside its anchor
+  # H200 wall seconds per run: 72-73 cold, 43 warm, 70 graphs, 73 layers, 61-74 STS-B, 40 STS-B warm, about 65 and
+  # 61 the two Trainer anchors. The warm run right after the cold one (the compile cache, item 2), then the
+  # cudagraphs-backend run (no inductor compile), the layer-scope run (regional compilation), then each
+  # experiment beside its anchor
   RUNS=${RUNS:-sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_layers,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor}
   EXTRA_RUNS=sst2_minilm_gpu_eager,stsb_minilm_gpu_eager
   # b32 without inductor by default (no compile minutes); CASES= names others, e.g. the *_cudagraphs pair, or
