@@ -31,9 +31,10 @@
 # SECTIONS=host,startup,b32,tta,recipe,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped;
 # CASES= the gpu.py cases of b32 and b128 (default: eager and cudagraphs-backend loop / bare Lightning / framework,
 # no inductor), RUNS= the time-to-accuracy runs. On an H200: host + startup + b32 about 4 minutes, b32 alone
-# 2.2, tta's runs 6.5 (the six before sst2_minilm_gpu_layers, which has no GPU time yet), recipe 4.2,
-# imdb 2.1, fsdp 0.8. With the usual 15 minutes of device time (a machine's start included): the default
-# call first, then SECTIONS=<those it did not reach> DEADLINE=<what is left>. The device tool returns at most 8 files: end a call with `tar czf` of $OUT into one archive.
+# 2.2, tta's seven runs about 7.7, recipe 4.2, imdb 2.1, fsdp 0.8. With the usual 15 minutes of device time
+# (a machine's start included): the default call first, then SECTIONS=<those it did not reach>
+# DEADLINE=<what is left>. The device tool returns at most 8 files: end a call with `tar czf` of $OUT into
+# one archive.
 #
 # Before the call (here, with network for pip; .whl/ and .carry/ are git-ignored, about 50 MiB):
 #   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
