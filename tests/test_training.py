@@ -178,6 +178,19 @@ def test_step_values_reach_the_logger_every_log_every_n_steps(run_cfg) -> None:
     assert len([r for r in rows if r.get("train/loss_epoch")]) == 2
 
 
+def test_grad_norm_is_the_norm_of_all_gradients_together() -> None:
+    from tunelab.optim import grad_norm
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(3, 4), (4,), (2, 2, 2)]]
+    assert grad_norm(params) is None  # no gradients yet: nothing to log
+    for p, scale in zip(params, (1.0, 10.0, 1e-3)):
+        p.grad = scale * torch.randn_like(p)
+    params.append(torch.nn.Parameter(torch.ones(5)))  # frozen / unused: no gradient, not counted
+    expected = torch.cat([p.grad.reshape(-1) for p in params[:3]]).norm()
+    assert torch.allclose(grad_norm(params), expected)
+
+
 @pytest.mark.parametrize("algorithm", ["norm", "value"])
 def test_bf16_mixed_clips_the_gradients_of_a_fused_optimizer(run_cfg, monkeypatch, algorithm: str) -> None:
     # trainer=gpu's settings (bf16-mixed, fused AdamW) with gradient clipping, on CPU: Lightning's

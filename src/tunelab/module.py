@@ -20,7 +20,7 @@ from tunelab.metrics import MeanLoss
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import collect_rng_states, set_rng_states
-from tunelab.optim import build_optimizer, build_scheduler, clip_gradients, may_fuse, remember_weight_decay
+from tunelab.optim import build_optimizer, build_scheduler, clip_gradients, grad_norm, may_fuse, remember_weight_decay
 from tunelab.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,9 @@ class TransformerModule(pl.LightningModule):
         # the gradient norm at logging steps only (computing it is a reduction over all parameters):
         # an exploding run shows in the logs before it turns into NaNs
         if self._logs_step_values():
-            norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
-            if norms:
-                self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True, on_epoch=False)
+            norm = grad_norm(self.parameters())
+            if norm is not None:
+                self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     def training_step(self, batch, batch_idx):
         loss = self.step(batch, "train")
