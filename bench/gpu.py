@@ -68,6 +68,15 @@ CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the han
     "bert_imdb": ("bert-base", "imdb", []), "bert_imdb_compile": ("bert-base", "imdb", COMPILE),
     "bert_imdb_cudagraphs": ("bert-base", "imdb", [*STATIC, "model.compile_mode=reduce-overhead"]),
 }
+# the framework's per-step extras over bare Lightning, switched off one group per case (and all of them in
+# `_lean`), each replayed as CUDA graphs like minilm_graphs: what each costs a host-bound step
+EXTRAS = {"nan_check": ["on_nan=off"],
+          "progress": ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"],
+          # no loggers, no LR monitor, and no step values (loss, gradient norm) computed for them
+          "logging": ["logger=none", "callbacks.lr_monitor=null", "trainer.log_every_n_steps=1000000"]}
+WITHOUT = {f"minilm_graphs_no_{k}": v for k, v in EXTRAS.items()}
+WITHOUT["minilm_graphs_lean"] = [o for v in EXTRAS.values() for o in v]
+CASES |= {case: ("minilm", "sst2", GRAPHS) for case in WITHOUT}
 # each framework case right beside its loop case: a drift over the process's life (clocks, allocator,
 # garbage) lands on both sides of a ratio, not on one
 REAL_LENGTHS = ("minilm_raw,minilm_bare,minilm,"
@@ -147,7 +156,7 @@ def run_case(args, tmp: Path, name: str) -> dict:
     torch._dynamo.reset()
     before = compile_counts()
     t0 = time.time()
-    overrides = case_overrides(args, shape, data, compile_opts, tmp / "cache", probe)
+    overrides = [*case_overrides(args, shape, data, compile_opts, tmp / "cache", probe), *WITHOUT.get(case, [])]
     if "_raw" in case or "_bare" in case:
         tp = loop(overrides, tmp / name, args.steps - args.warmup, args.warmup, bare="_bare" in case,
                   manual="_manual" in case,
@@ -199,6 +208,10 @@ def ratios(results: dict) -> dict[str, float]:
         for impl in ("minilm", "minilm_raw", "minilm_bare"):
             if mode and f"{impl}{mode}" in sps and impl in sps:
                 out[f"{impl}{mode}_over_eager"] = sps[f"{impl}{mode}"] / sps[impl]
+    for case in WITHOUT:
+        for den in ("minilm_graphs", "minilm_bare_graphs"):
+            if case in sps and den in sps:
+                out[f"{case}_over_{den.removeprefix('minilm_')}"] = sps[case] / sps[den]
     return out
 
 

@@ -84,6 +84,14 @@ class ThroughputMeter(pl.Callback):
         self.pairs: Any = 0
         self.shapes: set[tuple[int, ...]] = set()
         self.graphs_compiled_while_timed = 0
+        self.trainer_setup: dict[str, Any] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # what ran beside the step, so a case's row says which of the framework's extras it paid for
+        self.trainer_setup = {"callbacks": [type(c).__name__ for c in trainer.callbacks],
+                              "loggers": [type(lg).__name__ for lg in trainer.loggers],
+                              "log_every_n_steps": trainer.log_every_n_steps,
+                              "on_nan": next((c.on_nan for c in trainer.callbacks if hasattr(c, "on_nan")), None)}
 
     def begin(self) -> None:
         """Start the clock, or resume it after a pause."""
@@ -172,6 +180,7 @@ class ThroughputMeter(pl.Callback):
             "tokens": tokens, "padded_tokens": self.padded_tokens,
             "attended_pairs": pairs, "padded_attended_pairs": self.padded_pairs,
             **({"host_profile": self.host_profile.summary(self.steps)} if self.host_profile is not None else {}),
+            **({"trainer": self.trainer_setup} if self.trainer_setup else {}),
         }
 
 

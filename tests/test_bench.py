@@ -38,13 +38,21 @@ def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
     out = tmp_path / "gpu.json"
     proc = run_script("bench/gpu.py", "--smoke", "--profile", "--cases",
                       "minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_manual_graphs,"
-                      "minilm_raw+host,minilm_bare+host,minilm+host", "--out", str(out))
+                      "minilm_graphs,minilm_graphs_lean,minilm_raw+host,minilm_bare+host,minilm+host", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["minilm"]["samples_per_s"] > 0 and r["framework_over_raw"] > 0
     assert r["bare_over_raw"] > 0 and r["framework_over_bare"] > 0  # Lightning's share, the configuration's share
     assert r["minilm_bare_manual_graphs"]["steps"] == r["minilm_raw_graphs"]["steps"] > 0  # manual optimization steps
     assert r["warm_process_s"] > 0  # the untimed warm-up ran before the first case
+    # each row names what ran beside the step: the lean case drops the framework's NaN guard, progress and
+    # logging (loggers, LR monitor, step values); the bare Trainer has the meter alone
+    full, lean = r["minilm"]["trainer"], r["minilm_graphs_lean"]["trainer"]
+    assert full["on_nan"] == "stop" and full["loggers"] and {"LogProgress", "LearningRateMonitor"} <= set(full["callbacks"])
+    assert lean["on_nan"] == "off" and not lean["loggers"] and lean["log_every_n_steps"] > r["minilm"]["steps"]
+    assert not {"LogProgress", "LearningRateMonitor", "TQDMProgressBar"} & set(lean["callbacks"])
+    assert r["minilm_bare"]["trainer"]["callbacks"] == ["ThroughputMeter"]
+    assert r["minilm_graphs_lean_over_graphs"] > 0  # the case beside the framework's own
     for case in ("minilm", "minilm_raw"):  # the host's CPU beside the wall time, on the main thread at least
         assert 0 < r[case]["thread_cpu_ms_per_step"]["main"] <= 1.5 * r[case]["ms_per_step"], r[case]
     # probes are their own runs, after the timed ones: no timed case runs profiled
