@@ -102,3 +102,43 @@ def test_encoded_rows_hold_the_tokenizers_ids_and_a_pairs_type_ids(tmp_path, dat
             assert e["token_type_ids"] == full["token_type_ids"] and 1 in e["token_type_ids"]
     batch = next(iter(dm.train_dataloader()))
     assert batch["attention_mask"].sum(1).tolist() == [int((ids != 0).sum()) for ids in batch["input_ids"]]
+
+
+class _TokenizingRows(ListDataset):
+    """Rows a forked loader worker tokenizes itself: what it sees of the tokenizer's thread setting."""
+
+    def __init__(self, tokenizer) -> None:
+        super().__init__([0, 1, 2, 3])
+        self.tokenizer = tokenizer
+
+    def __getitem__(self, i: int):
+        import os
+
+        ids = self.tokenizer(["a short text", "and another one"])["input_ids"]
+        return os.environ.get("TOKENIZERS_PARALLELISM"), len(ids)
+
+
+@pytest.mark.timeout(300)
+def test_files_tokenize_on_all_cores_and_loader_workers_fork_without_tokenizer_threads(tmp_path, monkeypatch) -> None:
+    """The run turns the tokenizer's threads off (conf/hydra/default.yaml); encoding a file turns them on for
+    that call only, so workers forked after it run single-threaded (a forked rayon pool would hang them)."""
+    import os
+
+    from torch.utils.data import DataLoader
+
+    from conftest import compose_cfg
+    from tunelab.pipeline import build_datamodule
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    seen = []
+    encode = TextDataModule.encode_file
+    monkeypatch.setattr(TextDataModule, "encode_file",
+                        lambda self, *a, **k: seen.append(os.environ["TOKENIZERS_PARALLELISM"]) or encode(self, *a, **k))
+    dm = build_datamodule(compose_cfg(tmp_path, "data=sst2", "data.train_limit=40", cache=tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert seen and set(seen) == {"true"}  # train and test files, each on all cores
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    loader = DataLoader(_TokenizingRows(dm.tokenizer), batch_size=2, num_workers=2, multiprocessing_context="fork",
+                        collate_fn=lambda rows: rows)
+    assert [row for batch in loader for row in batch] == [("false", 2)] * 4

@@ -3,13 +3,14 @@ deterministically, serve dynamically padded batches (TextDataModule, the token a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning.pytorch as pl
 import torch
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 SPLITS = ("train", "val", "test")
+TOKENIZER_THREADS = "TOKENIZERS_PARALLELISM"  # read by Hugging Face's tokenizers at every batch call
 
 
 def ids_only(pairs: bool = False) -> dict[str, Any]:
@@ -31,6 +33,23 @@ def ids_only(pairs: bool = False) -> dict[str, Any]:
     them) only. The collate builds attention masks from the lengths; converting the tokenizer's masks and
     single texts' type ids to Python lists as well took about a quarter of the tokenizer's time on SST-2."""
     return {"return_attention_mask": False, "return_token_type_ids": None if pairs else False}
+
+
+@contextlib.contextmanager
+def all_cores_tokenizing() -> Iterator[None]:
+    """A fast tokenizer encodes a batch of texts on every core (Rust threads), unless TOKENIZERS_PARALLELISM
+    says no, as the run's environment does (conf/hydra/default.yaml): the DataLoader's forked workers must
+    not inherit a tokenizer that uses threads. That holds outside this block: the setting is lifted for
+    encoding a file only, so the workers forked later still see it (and tokenizers prints no fork warning)."""
+    before = os.environ.get(TOKENIZER_THREADS)
+    os.environ[TOKENIZER_THREADS] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[TOKENIZER_THREADS]
+        else:
+            os.environ[TOKENIZER_THREADS] = before
 
 
 class ListDataset(Dataset):
@@ -148,7 +167,8 @@ class BaseDataModule(pl.LightningDataModule):
             # wrote into the user's own cache dir.
             with cache.open("rb") as f:
                 return pickle.load(f)
-        columns = self.encode_file(path)
+        with all_cores_tokenizing():
+            columns = self.encode_file(path)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(f".tmp{os.getpid()}")
@@ -170,7 +190,8 @@ class BaseDataModule(pl.LightningDataModule):
         if stage == "predict":  # only the unlabelled file: label names come with the trained model
             if "predict" not in self.splits:
                 path = existing_file(self.predict_file or "", "data.predict_file")
-                self.splits["predict"] = ListDataset(_rows(self.encode_file(path, labelled=False)))
+                with all_cores_tokenizing():
+                    self.splits["predict"] = ListDataset(_rows(self.encode_file(path, labelled=False)))
             return
         if set(SPLITS) <= set(self.splits):
             return
