@@ -167,8 +167,7 @@ class BaseDataModule(pl.LightningDataModule):
             # wrote into the user's own cache dir.
             with cache.open("rb") as f:
                 return pickle.load(f)
-        with all_cores_tokenizing():
-            columns = self.encode_file(path)
+        columns = self._encode(path)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(f".tmp{os.getpid()}")
@@ -180,6 +179,10 @@ class BaseDataModule(pl.LightningDataModule):
     def encode_file(self, path: Path, labelled: bool = True) -> dict[str, list]:
         raise NotImplementedError
 
+    def _encode(self, path: Path, labelled: bool = True) -> dict[str, list]:
+        with all_cores_tokenizing():
+            return self.encode_file(path, labelled)
+
     # ---- Lightning hooks -----------------------------------------------------------------------
     def prepare_data(self) -> None:
         for file in self.files.values():
@@ -190,8 +193,7 @@ class BaseDataModule(pl.LightningDataModule):
         if stage == "predict":  # only the unlabelled file: label names come with the trained model
             if "predict" not in self.splits:
                 path = existing_file(self.predict_file or "", "data.predict_file")
-                with all_cores_tokenizing():
-                    self.splits["predict"] = ListDataset(_rows(self.encode_file(path, labelled=False)))
+                self.splits["predict"] = ListDataset(_rows(self._encode(path, labelled=False)))
             return
         if set(SPLITS) <= set(self.splits):
             return
