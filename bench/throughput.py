@@ -195,9 +195,9 @@ def bench_cache(smoke: bool, tmp: Path) -> dict:
     calls = {"n": 0}
     encode = dm.encode_file
 
-    def counting(path):
+    def counting(path, labelled=True):
         calls["n"] += 1
-        return encode(path)
+        return encode(path, labelled)
 
     dm.encode_file = counting
     timings = []
