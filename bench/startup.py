@@ -130,6 +130,7 @@ def main() -> None:
         "stages_total_s": sum(seconds.values()),
         "process_wall_s": wall,  # the stages plus the interpreter's start and exit
         "bare_python_s": timed_run(["-c", "pass"], env)[1],
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),  # tokenizer threads
         "import_self_s_by_package": import_self_time(env),
     }
     print(json.dumps(result, indent=2))

@@ -2,6 +2,7 @@
 no timing assertions."""
 
 import json
+import os
 import time
 
 import pytest
@@ -92,6 +93,7 @@ def test_startup_bench_smoke(tmp_path) -> None:
     assert stages["import torch"] > 0.1 and r["import_self_s_by_package"]["torch"] > 0.1
     assert stages["data: prepare (warm cache)"] < stages["data: prepare (the cache as found)"]
     assert any((tmp_path / "tokens").iterdir())  # --cache-dir is where the tokens went
+    assert r["cpus"] == len(os.sched_getaffinity(0))  # the cores a cold run's tokenizer ran on
 
 
 def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None:
