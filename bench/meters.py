@@ -13,6 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from bench.host_time import GcTimer, HostProfile, ThreadCpu
+from tunelab.resilience import find_resilience
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ class ThroughputMeter(pl.Callback):
         self.trainer_setup = {"callbacks": [type(c).__name__ for c in trainer.callbacks],
                               "loggers": [type(lg).__name__ for lg in trainer.loggers],
                               "log_every_n_steps": trainer.log_every_n_steps,
-                              "on_nan": next((c.on_nan for c in trainer.callbacks if hasattr(c, "on_nan")), None)}
+                              "on_nan": getattr(find_resilience(trainer), "on_nan", None)}
 
     def begin(self) -> None:
         """Start the clock, or resume it after a pause."""
