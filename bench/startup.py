@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -76,6 +77,22 @@ def stages(overrides: list[str], out: Path) -> dict[str, float]:
     return seconds
 
 
+def bytecode_state(packages: tuple[str, ...] = ("torch", "transformers", "lightning")) -> dict[str, dict]:
+    """Whether each package's compiled bytecode (__pycache__/*.pyc of its __init__) exists before the
+    timed process imports it, and whether Python could write it there: a machine whose packages ship
+    without bytecode in a read-only directory compiles every imported module's source in every process,
+    which is then most of its import time. Looked up without importing (this parent stays free of torch)."""
+    state = {}
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            continue
+        state[name] = {"cached": Path(importlib.util.cache_from_source(spec.origin)).exists(),
+                       "writable": os.access(Path(spec.origin).parent, os.W_OK),
+                       "pycache_prefix": sys.pycache_prefix, "dont_write_bytecode": sys.dont_write_bytecode}
+    return state
+
+
 def import_self_time(env: dict[str, str], top: int = 15) -> dict[str, float]:
     """`import tunelab.pipeline` under -X importtime in a fresh process: self seconds by top-level package,
     the `top` largest and the rest as "other"."""
@@ -122,6 +139,7 @@ def main() -> None:
                        if args.model_dir else []),
                      *([f"paths.data_dir={args.data_dir}"] if args.data_dir else []),
                      *(SMOKE if args.smoke else []), *args.override]
+        bytecode = bytecode_state()  # before the stage process imports (and may compile) them
         proc, wall = timed_run([__file__, "--child", json.dumps(overrides)], env)
     seconds = json.loads(proc.stdout.strip().splitlines()[-1])
     result = {
@@ -132,6 +150,7 @@ def main() -> None:
         "bare_python_s": timed_run(["-c", "pass"], env)[1],
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),  # tokenizer threads
         "import_self_s_by_package": import_self_time(env),
+        "bytecode_before_imports": bytecode,
     }
     print(json.dumps(result, indent=2))
     if args.out:
