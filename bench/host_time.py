@@ -129,7 +129,9 @@ class HostProfile:
     is this time, so the framework's owners beside a hand-written loop's show where its extra time goes.
     cProfile slows Python calls (C calls much less), so the shares are what to read, not the totals; and
     it sees only frames entered while enabled, so the own time of a loop that was already running when it
-    started (the hand-written loop's body, Lightning's outer loop) is not counted."""
+    started (the hand-written loop's body, Lightning's outer loop) is not counted. The calls per step by
+    owner are exact counts, the same in every run of the same code: they compare two paths' host work
+    where timings on a busy or small machine spread too wide to."""
 
     def __init__(self) -> None:
         import cProfile
@@ -146,14 +148,17 @@ class HostProfile:
         import pstats
 
         if not self._profile.getstats():  # nothing timed (pstats refuses an empty profile)
-            return {"steps": steps, "ms_per_step": 0.0, "by_owner_ms_per_step": {}, "top_functions": []}
+            return {"steps": steps, "ms_per_step": 0.0, "by_owner_ms_per_step": {}, "calls_per_step": 0.0,
+                    "by_owner_calls_per_step": {}, "top_functions": []}
         stats = pstats.Stats(self._profile).stats  # (file, line, name) -> (calls, ncalls, self s, cum s, ...)
         owners: dict[str, float] = {}
+        owner_calls: dict[str, int] = {}
         ranked = []
         roots = _import_roots()  # once, not per profiled function
         for (file, line, name), (_, calls, self_s, _, _) in stats.items():
             owner = host_owner(file, name, roots)
             owners[owner] = owners.get(owner, 0.0) + self_s
+            owner_calls[owner] = owner_calls.get(owner, 0) + calls
             ranked.append((self_s, calls, f"{owner}: {Path(file).name}:{line}({name})" if file != "~" else name))
         steps = max(steps, 1)
         ranked.sort(reverse=True)
@@ -161,6 +166,8 @@ class HostProfile:
             "steps": steps,
             "ms_per_step": 1e3 * sum(owners.values()) / steps,
             "by_owner_ms_per_step": {o: 1e3 * s / steps for o, s in sorted(owners.items(), key=lambda kv: -kv[1])},
+            "calls_per_step": sum(owner_calls.values()) / steps,
+            "by_owner_calls_per_step": {o: n / steps for o, n in sorted(owner_calls.items(), key=lambda kv: -kv[1])},
             "top_functions": [{"function": f[:140], "calls_per_step": n / steps, "self_ms_per_step": 1e3 * s / steps}
                               for s, n, f in ranked[:top]],
         }

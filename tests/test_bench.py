@@ -94,6 +94,25 @@ def test_startup_bench_smoke(tmp_path) -> None:
     assert stages["data: prepare (warm cache)"] < stages["data: prepare (the cache as found)"]
     assert any((tmp_path / "tokens").iterdir())  # --cache-dir is where the tokens went
     assert r["cpus"] == len(os.sched_getaffinity(0))  # the cores a cold run's tokenizer ran on
+    assert set(r["bytecode_before_imports"]) == {"torch", "transformers", "lightning"}
+
+
+def test_startup_bench_tells_whether_imports_find_their_bytecode(tmp_path, monkeypatch) -> None:
+    """A package without __pycache__ is compiled from source at every import where its directory is
+    read-only: the start-up result says so, looked up without importing the package."""
+    import py_compile
+
+    from bench.startup import bytecode_state
+
+    package = tmp_path / "pkg_without_bytecode"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = bytecode_state(("pkg_without_bytecode", "no_such_package"))
+    assert set(before) == {"pkg_without_bytecode"}
+    assert before["pkg_without_bytecode"]["cached"] is False and before["pkg_without_bytecode"]["writable"] is True
+    py_compile.compile(str(package / "__init__.py"))  # where the import would have written it
+    assert bytecode_state(("pkg_without_bytecode",))["pkg_without_bytecode"]["cached"] is True
 
 
 def test_throughput_meter_times_only_epochs_after_warmup_epochs(run_cfg) -> None:
@@ -262,3 +281,38 @@ def test_time_to_accuracy_smoke_times_each_point_of_a_run_start(tmp_path) -> Non
     anchor = r["sst2_minilm_gpu_anchor"]
     assert anchor["returncode"] == 0 and "test/acc" in anchor, anchor.get("error")
     assert 0 < anchor["test_metric_s"] < anchor["wall_s"]
+
+
+# the framework's own per-step host work over the same step in a bare Lightning Trainer, in Python calls
+# (cProfile's exact counts; generator resumes count as calls): about 1,090 here (the NaN guard, epoch-loss
+# sums, progress reports, the LR monitor, logging every 20 steps, three more callbacks in every hook round).
+# On a GPU at small batches the host is the step's cost (docs/PERFORMANCE.md, "Host time per step").
+HOST_CALLS_BUDGET = 1400
+
+
+def test_framework_step_host_work_stays_within_budget_over_bare_lightning(tmp_path) -> None:
+    """A per-step addition the size of the training-batch metric updates (about 720 calls) breaks the
+    budget: the check is shown to fail on one."""
+    from bench.baselines import bare_lightning
+    from bench.throughput import run_framework
+
+    # one epoch holds every counted step (150 batches of 4): no epoch end inside the window
+    base = ["model=tiny", f"paths.data_dir={FIXTURES}", "trainer=cpu", "logger=csv", "scheduler=none", "test=false",
+            "export=false", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
+            "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "trainer.enable_checkpointing=false",
+            "data.batch_size=4", "data.drop_last=true", "trainer.max_epochs=1000", "trainer.min_epochs=0",
+            "trainer.max_steps=-1", "trainer.log_every_n_steps=20"]
+    warmup, steps = 10, 120  # one-off work (ABC caches filled at first sight) spreads to ~30 calls a step
+
+    def framework(*extra: str) -> float:
+        summary, _ = run_framework([*base, f"+callbacks.throughput.warmup={warmup}", f"+callbacks.throughput.steps={steps}",
+                                    "+callbacks.throughput.host_profile=true", *extra], tmp_path / f"fw{len(extra)}")
+        return summary["host_profile"]["calls_per_step"]
+
+    bare = bare_lightning(base, tmp_path / "bare", steps=steps, warmup=warmup, host_profile=True)["host_profile"]
+    assert bare["by_owner_calls_per_step"]["lightning"] > 0
+    assert bare["calls_per_step"] == pytest.approx(sum(bare["by_owner_calls_per_step"].values()))
+    added = framework("train_metrics=false") - bare["calls_per_step"]  # the GPU recipes' setting
+    assert 0 < added <= HOST_CALLS_BUDGET, f"the framework adds {added:.0f} Python calls per step over bare Lightning"
+    with_train_metrics = framework() - bare["calls_per_step"]
+    assert with_train_metrics > HOST_CALLS_BUDGET, with_train_metrics
