@@ -17,6 +17,7 @@
 #                                             caches, again on the warm compile cache (a sweep's next job),
 #                                             then SST-2 with the cudagraphs backend (no inductor compile),
 #                                             with each layer compiled (model.compile_scope=layers),
+#                                             with every batch padded to one length and compiled static,
 #                                             its transformers.Trainer anchor, stsb_minilm_gpu and its anchor
 #   5. train.py -m (recipe)                 : sst2_minilm_gpu over 8 seeds, one multirun sweep in one process (its
 #                                             jobs share the compiled graphs): the sweep report's test accuracy
@@ -31,7 +32,7 @@
 # SECTIONS=host,startup,b32,tta,recipe,b128,eager,fsdp,imdb (the default: all) picks some, e.g. the ones a first call skipped;
 # CASES= the gpu.py cases of b32 and b128 (default: eager and cudagraphs-backend loop / bare Lightning / framework,
 # no inductor), RUNS= the time-to-accuracy runs. On an H200: host + startup + b32 about 4 minutes, b32 alone
-# 2.2, tta's seven runs about 7.7, recipe 4.2, imdb 2.1, fsdp 0.8. With the usual 15 minutes of device time
+# 2.2, tta's eight runs about 8.8, recipe 4.2, imdb 2.1, fsdp 0.8. With the usual 15 minutes of device time
 # (a machine's start included): the default call first, then SECTIONS=<those it did not reach>
 # DEADLINE=<what is left>. The device tool returns at most 8 files: end a call with `tar czf` of $OUT into
 # one archive.
@@ -85,7 +86,7 @@ if [ "$SMOKE" = 1 ]; then
   RECIPE=(model=tiny data.train_limit=64 trainer=cpu trainer.precision=32-true model.compile_backend=aot_eager
           data.batch_size=16 seed=42,43)
   HOST_STEPS=()
-  RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_layers,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor
+  RUNS=sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_layers,sst2_minilm_gpu_one_shape,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor
   EXTRA_RUNS=sst2_minilm_gpu_eager
 else
   # 8,192 SST-2 rows: 256 batches of 32 (64 of 128) per epoch; compiled cases warm up one epoch
@@ -99,9 +100,9 @@ else
   HOST_STEPS=(--steps 110 --warmup 30)  # cProfile'd steps: 80 are plenty for shares
   # H200 wall seconds per run: 72-73 cold, 43 warm, 70 graphs, 73 layers, 61-74 STS-B, 40 STS-B warm, about 65 and
   # 61 the two Trainer anchors. The warm run right after the cold one (the compile cache, item 2), then the
-  # cudagraphs-backend run (no inductor compile), the layer-scope run (regional compilation), then each
-  # experiment beside its anchor
-  RUNS=${RUNS:-sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_layers,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor}
+  # cudagraphs-backend run (no inductor compile), the layer-scope run (regional compilation), the one-shape
+  # run (one static graph), then each experiment beside its anchor
+  RUNS=${RUNS:-sst2_minilm_gpu,sst2_minilm_gpu_warm,sst2_minilm_gpu_graphs,sst2_minilm_gpu_layers,sst2_minilm_gpu_one_shape,sst2_minilm_gpu_anchor,stsb_minilm_gpu,stsb_minilm_gpu_anchor}
   EXTRA_RUNS=sst2_minilm_gpu_eager,stsb_minilm_gpu_eager
   # b32 without inductor by default (no compile minutes); CASES= names others, e.g. the *_cudagraphs pair, or
   # *_cudagraphs_layers (model.compile_scope=layers: one replayed graph per layer, the rest eager).

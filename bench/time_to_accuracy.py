@@ -9,6 +9,9 @@ its test metric, beside its transformers.Trainer anchor (bench/hf_trainer_anchor
                 replayed as CUDA graphs, one static trace per length bucket, no inductor compile
   <exp>_layers  cold, model.compile_scope=layers: each transformer layer compiled (one graph shared by
                 all of them), the rest eager: the cold compile of one layer instead of the whole model
+  <exp>_one_shape  cold, every batch padded to one length (the data's longest example) and compiled static:
+                one graph, one CUDA graph, no dynamic shapes. At the recipes' batch sizes an H200's step waits
+                for the host, so the padding may cost no step time while the compile gets simpler
   <exp>_anchor  transformers.Trainer, same data and hyper-parameters, cold tokenization cache
 
 Each row: test_metric_s (process start to the test metric: the goal's measure, on both sides), wall_s
@@ -33,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench.meters, when run as `python bench/time_to_accuracy.py`
 from bench.meters import STARTUP_TIMER, device_name, run_fresh  # noqa: E402
 EXPERIMENTS = ("sst2_minilm_gpu", "stsb_minilm_gpu")
-KINDS = ("", "_warm", "_eager", "_graphs", "_layers", "_anchor")
+KINDS = ("", "_warm", "_eager", "_graphs", "_layers", "_one_shape", "_anchor")
+# _one_shape's length: the longest example in MiniLM's tokens (SST-2 66, STS-B 125), up to a multiple of 16
+ONE_SHAPE = {"sst2_minilm_gpu": 80, "stsb_minilm_gpu": 128}
 DEFAULT_RUNS = ",".join(f"{e}{k}" for e in EXPERIMENTS for k in KINDS)
 # CPU dry run: tiny model, 64 rows, fp32; compiled runs trace only unless --backend says otherwise
 SMOKE = ["model=tiny", "data.train_limit=64", "trainer=cpu", "trainer.precision=32-true"]
@@ -63,6 +68,9 @@ def overrides_for(args, experiment: str, kind: str, tmp: Path) -> list[str]:
         out.append("model.compile=false")
     if kind == "_layers":
         out.append("model.compile_scope=layers")
+    if kind == "_one_shape":
+        length = ONE_SHAPE[experiment]
+        out += [f"data.max_length={length}", f"data.pad_to_multiple_of={length}", "model.compile_dynamic=false"]
     return [*out, *args.override]
 
 

@@ -267,17 +267,20 @@ def test_time_to_accuracy_smoke_times_each_point_of_a_run_start(tmp_path) -> Non
     test metric from the same start, and to its exit like train.py."""
     out = tmp_path / "tta.json"
     proc = run_script("bench/time_to_accuracy.py", "--smoke", "--runs",
-                      "sst2_minilm_gpu,sst2_minilm_gpu_graphs,sst2_minilm_gpu_anchor",
+                      "sst2_minilm_gpu,sst2_minilm_gpu_graphs,sst2_minilm_gpu_one_shape,sst2_minilm_gpu_anchor",
                       "--override", "trainer.max_steps=2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
-    for name in ("sst2_minilm_gpu", "sst2_minilm_gpu_graphs"):
+    for name in ("sst2_minilm_gpu", "sst2_minilm_gpu_graphs", "sst2_minilm_gpu_one_shape"):
         row = r[name]
         assert row["returncode"] == 0 and row["optimizer_steps"] == 2, row.get("error")
         points = [row[k] for k in ("callbacks_s", "fit_start_s", "sanity_end_s", "seconds_to_first_batch",
                                    "first_step_s", "test_metric_s", "wall_s")]
         assert 0 < points[0] and points == sorted(points)
     assert "model.compile_dynamic=false" in r["sst2_minilm_gpu_graphs"]["overrides"]
+    # one shape: every batch padded to the same length, compiled once without dynamic dims
+    assert r["sst2_minilm_gpu_one_shape"]["compile"]["graphs"] == 1
+    assert {"data.pad_to_multiple_of=80", "model.compile_dynamic=false"} <= set(r["sst2_minilm_gpu_one_shape"]["overrides"])
     anchor = r["sst2_minilm_gpu_anchor"]
     assert anchor["returncode"] == 0 and "test/acc" in anchor, anchor.get("error")
     assert 0 < anchor["test_metric_s"] < anchor["wall_s"]
