@@ -77,22 +77,27 @@ def test_drop_last_leaves_out_only_the_short_training_batch(monkeypatch, group_b
         assert [len(b) for b in served] == [8, 8, 8]  # 5 full batches of 8 dealt to 2 x 3 slots
 
 
+@pytest.mark.parametrize("max_length", [128, 12])  # 12: most rows truncated, a pair's longer text first
 @pytest.mark.parametrize("data, text, pair", [("sst2", "sentence", None), ("stsb", "sentence1", "sentence2")])
-def test_encoded_rows_hold_the_tokenizers_ids_and_a_pairs_type_ids(tmp_path, data: str, text: str, pair) -> None:
-    """encode_file asks the tokenizer for ids only (ids_only); the stored rows still equal its full
-    encoding, a pair's token type ids included, and the batch's mask marks each row's real tokens."""
+def test_encoded_rows_hold_the_tokenizers_ids_and_a_pairs_type_ids(tmp_path, data: str, text: str, pair,
+                                                                     max_length: int) -> None:
+    """encode_file calls the fast tokenizer's backend for ids only (text.encode_texts); the stored rows still
+    equal the tokenizer's own encoding, truncation and a pair's token type ids included, and the batch's mask
+    marks each row's real tokens."""
     import csv
 
     from conftest import FIXTURES, compose_cfg
     from tunelab.pipeline import build_datamodule
 
-    dm = build_datamodule(compose_cfg(tmp_path, f"data={data}", "data.train_limit=40", cache=tmp_path / "cache"))
+    dm = build_datamodule(compose_cfg(tmp_path, f"data={data}", "data.train_limit=40", f"data.max_length={max_length}",
+                                      cache=tmp_path / "cache"))
     dm.prepare_data()
     dm.setup("fit")
     with open(FIXTURES / data / "train.tsv", newline="") as f:
         rows = {i: r for i, r in enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))}
     examples = dm.splits["train"].examples
     assert len(examples) > 20
+    assert (max(len(e["input_ids"]) for e in examples) == max_length) == (max_length == 12)
     for e in examples:
         row = rows[e["index"]]
         full = dm.tokenizer(row[text], row[pair] if pair else None, truncation=True, max_length=dm.max_length)
@@ -142,3 +147,22 @@ def test_files_tokenize_on_all_cores_and_loader_workers_fork_without_tokenizer_t
     loader = DataLoader(_TokenizingRows(dm.tokenizer), batch_size=2, num_workers=2, multiprocessing_context="fork",
                         collate_fn=lambda rows: rows)
     assert [row for batch in loader for row in batch] == [("false", 2)] * 4
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_files_encode_without_cyclic_garbage_collection_and_leave_it_as_found(tmp_path, monkeypatch, collecting) -> None:
+    import gc
+
+    from conftest import compose_cfg
+    from tunelab.pipeline import build_datamodule
+
+    seen = []
+    encode = TextDataModule.encode_file
+    monkeypatch.setattr(TextDataModule, "encode_file", lambda self, *a, **k: seen.append(gc.isenabled()) or encode(self, *a, **k))
+    dm = build_datamodule(compose_cfg(tmp_path, "data=sst2", "data.train_limit=40", cache=tmp_path / "cache"))
+    (gc.enable if collecting else gc.disable)()
+    try:
+        dm.prepare_data()
+        assert seen == [False, False] and gc.isenabled() == collecting  # train and test files
+    finally:
+        gc.enable()

@@ -3,6 +3,7 @@ a text pair per row and its label(s) or target."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +13,28 @@ from tunelab.data.labels import LabelSet, regression_target, split_labels, targe
 from tunelab.data.readers import read_table, require_columns
 
 log = logging.getLogger(__name__)
+
+
+def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int) -> dict[str, list]:
+    """The input ids of each text (or text pair), and a pair's token type ids where the model takes them, as
+    `tokenizer(texts, pairs, truncation=True, max_length=max_length)` gives them. A fast tokenizer's Rust
+    backend is called directly: transformers' conversion of its encodings into dicts of Python lists took
+    0.7 s of SST-2's 2.0-2.5 s cold encoding on 2 cores, and unlike the Rust encoding it does not spread
+    over more cores."""
+    with_types = pairs is not None and "token_type_ids" in tokenizer.model_input_names
+    if not tokenizer.is_fast:
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, **ids_only(pairs is not None))
+        return {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)  # a copy: the tokenizer's own settings stay as they are
+    # as transformers sets them for that call: its default truncation strategy, and no padding (a tokenizer.json
+    # may pad every text to its model's length, as all-MiniLM-L6-v2's does)
+    backend.enable_truncation(max_length, strategy="longest_first", direction=tokenizer.truncation_side)
+    backend.no_padding()
+    encodings = backend.encode_batch(list(zip(texts, pairs)) if pairs is not None else texts)
+    columns = {"input_ids": [e.ids for e in encodings]}
+    if with_types:
+        columns["token_type_ids"] = [e.type_ids for e in encodings]
+    return columns
 
 
 class TextDataModule(BaseDataModule):
@@ -54,11 +77,7 @@ class TextDataModule(BaseDataModule):
         require_columns(rows, columns, path, lines=lines, non_empty=non_empty)
         texts = [str(r[self.text_column]) for r in rows]
         pairs = [str(r[self.text_pair_column]) for r in rows] if self.text_pair_column else None
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length,
-                             **ids_only(pairs is not None))
-        columns = {"input_ids": enc["input_ids"]}
-        if "token_type_ids" in enc:
-            columns["token_type_ids"] = enc["token_type_ids"]
+        columns = encode_texts(self.tokenizer, texts, pairs, self.max_length)
         if labelled:  # JSON lists stay lists (multi-label rows); any other cell is read as text
             cells = [r[self.label_column] for r in rows]
             columns["label"] = [c if isinstance(c, list) else str(c) for c in cells]
