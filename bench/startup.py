@@ -13,30 +13,40 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import importlib
 import importlib.util
 import json
 import os
+import pstats
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["model=tiny", f"paths.data_dir={ROOT / 'tests' / 'fixtures'}"]
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)")
 
 
-def stages(overrides: list[str], out: Path) -> dict[str, float]:
-    """Seconds of each start-up stage, in pipeline order, in this (fresh) process."""
+def stages(overrides: list[str], out: Path, profiled: dict[str, list] | None = None) -> dict[str, float]:
+    """Seconds of each start-up stage, in pipeline order, in this (fresh) process. `profiled`: run each stage
+    after the imports (which `-X importtime` breaks down) under cProfile and put its slowest calls there."""
     seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
     def stage(name: str):
+        profile = cProfile.Profile() if profiled is not None and not name.startswith("import") else None
         t0 = time.perf_counter()
+        if profile is not None:
+            profile.enable()
         yield
+        if profile is not None:
+            profile.disable()
+            profiled[name] = slowest_calls(profile)
         seconds[name] = time.perf_counter() - t0
 
     with stage("import torch"):
@@ -93,6 +103,19 @@ def bytecode_state(packages: tuple[str, ...] = ("torch", "transformers", "lightn
     return state
 
 
+def slowest_calls(profile: cProfile.Profile, top: int = 12) -> list[dict[str, Any]]:
+    """The functions a profiled stage spent most time in, counting their callees (cumulative seconds), with
+    the stage's own frames (this file, contextlib) left out; paths from the package on."""
+    rows = []
+    for (file, line, name), (_, calls, _, cumulative, _) in pstats.Stats(profile).stats.items():
+        if file == __file__ or file.endswith("contextlib.py"):
+            continue
+        where = re.split(r"[/\\](?:site|dist)-packages[/\\]", file)[-1] if file != "~" else ""
+        rows.append({"function": f"{where}:{line}({name})" if where else name, "cumulative_s": cumulative,
+                     "calls": calls})
+    return sorted(rows, key=lambda r: -r["cumulative_s"])[:top]
+
+
 def import_self_time(env: dict[str, str], top: int = 15) -> dict[str, float]:
     """`import tunelab.pipeline` under -X importtime in a fresh process: self seconds by top-level package,
     the `top` largest and the rest as "other"."""
@@ -125,23 +148,34 @@ def main() -> None:
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--profile-stages", action="store_true",
+                        help="then one more fresh process with each stage after the imports under cProfile: its slowest calls")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # the stage process: its overrides (JSON)
+    parser.add_argument("--child-profile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # the fresh process timed stage by stage; its result is stdout's last line
+        profiled: dict[str, list] | None = {} if args.child_profile else None
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(stages(json.loads(args.child), Path(tmp))))
+            seconds = stages(json.loads(args.child), Path(tmp), profiled)
+        print(json.dumps({"seconds": seconds, "slowest_calls": profiled}))
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PROJECT_ROOT": str(ROOT),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"experiment={args.experiment}", f"paths.cache_dir={args.cache_dir or Path(tmp) / 'tokens'}",
-                     *([f"model.name_or_path={args.model_dir}", f"model.tokenizer={args.model_dir}"]
-                       if args.model_dir else []),
-                     *([f"paths.data_dir={args.data_dir}"] if args.data_dir else []),
-                     *(SMOKE if args.smoke else []), *args.override]
+        def overrides_with(cache_dir: Path | str) -> list[str]:
+            return [f"experiment={args.experiment}", f"paths.cache_dir={cache_dir}",
+                    *([f"model.name_or_path={args.model_dir}", f"model.tokenizer={args.model_dir}"]
+                      if args.model_dir else []),
+                    *([f"paths.data_dir={args.data_dir}"] if args.data_dir else []),
+                    *(SMOKE if args.smoke else []), *args.override]
+
+        overrides = overrides_with(args.cache_dir or Path(tmp) / "tokens")
         bytecode = bytecode_state()  # before the stage process imports (and may compile) them
         proc, wall = timed_run([__file__, "--child", json.dumps(overrides)], env)
-    seconds = json.loads(proc.stdout.strip().splitlines()[-1])
+        if args.profile_stages:  # its own process and new token cache, as cold: the timed one stays unprofiled
+            profiled_proc, _ = timed_run([__file__, "--child", json.dumps(overrides_with(Path(tmp) / "tokens_profiled")),
+                                          "--child-profile"], env)
+    seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
     result = {
         "overrides": overrides,
         "stages_s": seconds,
@@ -152,6 +186,10 @@ def main() -> None:
         "import_self_s_by_package": import_self_time(env),
         "bytecode_before_imports": bytecode,
     }
+    if args.profile_stages:  # each stage's profiled seconds (slowed by cProfile) and its slowest calls
+        profiled = json.loads(profiled_proc.stdout.strip().splitlines()[-1])
+        result["profiled_stages"] = {name: {"seconds": profiled["seconds"][name], "slowest_calls": calls}
+                                     for name, calls in profiled["slowest_calls"].items()}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
