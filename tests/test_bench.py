@@ -82,7 +82,8 @@ def test_startup_bench_smoke(tmp_path) -> None:
     """The start-up stages in pipeline order, each timed once, inside the stage process's wall time; the
     second preparation finds the tokens the first one cached."""
     out = tmp_path / "startup.json"
-    proc = run_script("bench/startup.py", "--smoke", "--cache-dir", str(tmp_path / "tokens"), "--out", str(out))
+    proc = run_script("bench/startup.py", "--smoke", "--cache-dir", str(tmp_path / "tokens"), "--profile-stages",
+                      "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     stages = r["stages_s"]
@@ -95,6 +96,12 @@ def test_startup_bench_smoke(tmp_path) -> None:
     assert any((tmp_path / "tokens").iterdir())  # --cache-dir is where the tokens went
     assert r["cpus"] == len(os.sched_getaffinity(0))  # the cores a cold run's tokenizer ran on
     assert set(r["bytecode_before_imports"]) == {"torch", "transformers", "lightning"}
+    # --profile-stages: the stages after the imports, each with its slowest calls (none of this script's own)
+    profiled = r["profiled_stages"]
+    assert set(profiled) == {s for s in stages if not s.startswith("import")}
+    slowest = profiled["model: load"]["slowest_calls"]
+    assert slowest and "build_model" in " ".join(c["function"] for c in slowest)
+    assert not any("startup.py" in c["function"] for p in profiled.values() for c in p["slowest_calls"])
 
 
 def test_startup_bench_tells_whether_imports_find_their_bytecode(tmp_path, monkeypatch) -> None:
