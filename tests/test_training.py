@@ -217,3 +217,38 @@ def test_fp16_gradient_clipping_keeps_the_optimizer_unfused() -> None:
     assert not may_fuse(SimpleNamespace(precision_plugin=fp16, gradient_clip_val=1.0))
     assert may_fuse(SimpleNamespace(precision_plugin=fp16, gradient_clip_val=None))
     assert may_fuse(SimpleNamespace(precision_plugin=bf16, gradient_clip_val=1.0))
+
+
+def test_garbage_is_collected_every_n_batches_while_fitting_and_automatically_otherwise(run_cfg, monkeypatch) -> None:
+    """Automatic collection (whose full collections walk every object of the process) is off while fitting,
+    the young generations are collected every callbacks.garbage_collection.every_n_batches training batches,
+    and automatic collection is back for the test and after the run, also after a fit that failed."""
+    import gc
+
+    from tunelab.module import TransformerModule
+
+    enabled: dict[str, list[bool]] = {"train": [], "test": []}
+    young_collections = []
+    train_step, test_step, collect = TransformerModule.training_step, TransformerModule.test_step, gc.collect
+    monkeypatch.setattr(TransformerModule, "training_step",
+                        lambda self, *a: enabled["train"].append(gc.isenabled()) or train_step(self, *a))
+    monkeypatch.setattr(TransformerModule, "test_step",
+                        lambda self, *a: enabled["test"].append(gc.isenabled()) or test_step(self, *a))
+    monkeypatch.setattr(gc, "collect", lambda generation=2: (generation == 1 and young_collections.append(1))
+                        or collect(generation))
+    try:
+        run_cfg("data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=2",
+                "callbacks.garbage_collection.every_n_batches=3")
+        assert enabled["train"] == [False] * 16 and enabled["test"] and all(enabled["test"])
+        assert len(young_collections) == 5  # after training batches 3, 6, 9, 12 and 15
+        assert gc.isenabled()
+
+        def failing_step(self, batch, batch_idx):
+            raise RuntimeError("a step that fails")
+
+        monkeypatch.setattr(TransformerModule, "training_step", failing_step)
+        with pytest.raises(RuntimeError, match="a step that fails"):
+            run_cfg("data.train_limit=16", "data.batch_size=4")
+        assert gc.isenabled()
+    finally:
+        gc.enable()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import lightning.pytorch as pl
@@ -21,6 +22,43 @@ class ReleaseGradsOnException(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         pl_module.zero_grad(set_to_none=True)
+
+
+class GarbageCollection(pl.Callback):
+    """Python's cyclic garbage collector off while fitting, run on the young generations every
+    `every_n_batches` training batches instead. Left automatic, it runs whenever enough new objects piled
+    up, and its full collections walk every object the process holds (torch's and transformers' modules:
+    0.2 s each on the 2-core CPU): 2.9-3.3 s of collections inside the SST-2 recipe's compiling first step
+    there, against 1.2-1.4 s with this callback (the one young-generation collection torch.compile runs after
+    compiling), and a stalled step wherever one lands later. Objects in reference cycles that outlive a
+    collection are freed after the fit, when automatic collection is back on."""
+
+    def __init__(self, every_n_batches: int = 50) -> None:
+        if every_n_batches < 1:
+            raise ValueError(f"every_n_batches must be >= 1, not {every_n_batches}")
+        self.every_n_batches = every_n_batches
+        self._batches = 0
+        self._was_enabled: bool | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._was_enabled, self._batches = gc.isenabled(), 0
+        gc.disable()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._batches += 1
+        if self._batches % self.every_n_batches == 0:
+            gc.collect(1)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._was_enabled:
+            gc.enable()
+        self._was_enabled = None
 
 
 class GenerateSample(pl.Callback):

@@ -146,6 +146,7 @@ RULES: dict[str, Rule] = {
     # callbacks
     "callbacks.progress_bar.metrics_every": COUNT,
     "callbacks.progress_bar.every_s": POSITIVE,
+    "callbacks.garbage_collection.every_n_batches": COUNT,
     # model
     "model.from_scratch": FLAG,
     "model.dropout": number(0, 1, open_high=True, nullable=True),
