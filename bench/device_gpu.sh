@@ -8,8 +8,9 @@
 #                                             CUDA graphs at batch 32: what the framework adds to a
 #                                             host-bound step
 #   2. bench/startup.py                     : the start-up of experiment=sst2_minilm_gpu stage by stage (imports,
-#                                             config, CUDA init, data, model load, Trainer) and the imports'
-#                                             time by package: the part of a time-to-accuracy run before fit
+#                                             config, CUDA init, data, model load, Trainer), the imports'
+#                                             time by package and whether their bytecode was there, each
+#                                             stage's slowest calls: the part of a time-to-accuracy run before fit
 #   3. bench/gpu.py at batch 32 (+ profile) : SST-2 lengths, MiniLM, eager / CUDA graphs of eager kernels /
 #                                             compile / compile + CUDA graphs, loop beside bare Lightning and framework,
 #                                             useful and padded MFU; then the busy fraction
@@ -82,7 +83,7 @@ section() {
 if [ "$SMOKE" = 1 ]; then
   GPU=(--smoke --model-dir "$MODEL" --cases minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_bare_manual_graphs,minilm_graphs,minilm_raw_cudagraphs,minilm_cudagraphs,minilm_raw_cudagraphs_layers,minilm_cudagraphs_layers)
   TTA=(--smoke --model-dir "$MODEL")
-  STARTUP=(--smoke)
+  STARTUP=(--smoke --profile-stages)
   RECIPE=(model=tiny data.train_limit=64 trainer=cpu trainer.precision=32-true model.compile_backend=aot_eager
           data.batch_size=16 seed=42,43)
   HOST_STEPS=()
@@ -92,7 +93,7 @@ else
   # 8,192 SST-2 rows: 256 batches of 32 (64 of 128) per epoch; compiled cases warm up one epoch
   GPU=(--model-dir "$MODEL" --data-dir "$DATA" --train-limit 8192 --steps 230 --warmup 30 --compile-cache "$WORK/inductor_bench")
   TTA=(--model-dir "$MODEL" --data-dir "$DATA")
-  STARTUP=(--model-dir "$MODEL" --data-dir "$DATA")
+  STARTUP=(--model-dir "$MODEL" --data-dir "$DATA" --profile-stages)  # + a cProfiled cold process: each stage's slowest calls
   # the recipe over 8 seeds: its mean to +-0.2 points (0.897 on an H200; 0.890-0.905 over 20 runs). On CPU
   # no change tried beat it by more than 0.1 points on the same seed (batch 32, label smoothing, lr 2e-4,
   # a third epoch: docs/PERFORMANCE.md). 250 s for the 8 jobs on an H200 (only the first compiles)
