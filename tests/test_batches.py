@@ -166,3 +166,27 @@ def test_files_encode_without_cyclic_garbage_collection_and_leave_it_as_found(tm
         assert seen == [False, False] and gc.isenabled() == collecting  # train and test files
     finally:
         gc.enable()
+
+
+def test_a_tokenizer_without_a_rust_backend_encodes_through_its_own_call() -> None:
+    """encode_texts calls a fast tokenizer's backend directly; any other tokenizer through its own call,
+    with the same ids and a pair's type ids."""
+    from tunelab.data.text import encode_texts
+    from tunelab.model import load_tokenizer
+    from tunelab.resolvers import minilm_path
+
+    fast = load_tokenizer(minilm_path())
+
+    class WithoutBackend:  # the tokenizer's own __call__ only
+        is_fast = False
+        model_input_names = fast.model_input_names
+
+        def __call__(self, *args, **kwargs):
+            return fast(*args, **kwargs)
+
+    texts = ["a rather long first sentence that the limit cuts", "short"]
+    pairs = ["and a second one", "a pair whose second text is the longer of the two by far"]
+    for p in (None, pairs):
+        expected = encode_texts(fast, texts, p, max_length=10)
+        assert encode_texts(WithoutBackend(), texts, p, max_length=10) == expected
+        assert ("token_type_ids" in expected) == (p is not None) and max(map(len, expected["input_ids"])) == 10
