@@ -108,9 +108,9 @@ else
   # b32 without inductor by default (no compile minutes); CASES= names others, e.g. the *_cudagraphs pair, or
   # *_cudagraphs_layers (model.compile_scope=layers: one replayed graph per layer, the rest eager).
   # *_bare: the loop's step in a bare Lightning Trainer, Lightning's own share of the framework's step
-  # (*_bare_manual*: with manual optimization). minilm_graphs_no_{nan_check,progress,logging} / minilm_graphs_lean:
-  # the framework with its NaN guard / progress reports / loggers and step values (or all three) off, what
-  # each costs a replayed step over the bare Trainer's
+  # (*_bare_manual*: with manual optimization). minilm_graphs_no_{nan_check,progress,logging,garbage_collection} /
+  # minilm_graphs_lean: the framework with its NaN guard / progress reports / loggers and step values / scheduled
+  # garbage collection (or all four) off, what each costs a replayed step over the bare Trainer's
   CASES=${CASES:-minilm_raw,minilm_bare,minilm,minilm_raw_graphs,minilm_bare_graphs,minilm_bare_manual_graphs,minilm_graphs}
 fi
 

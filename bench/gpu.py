@@ -73,7 +73,9 @@ CASES = {  # name: (shape, data, compile overrides; [] = eager). *_raw*: the han
 EXTRAS = {"nan_check": ["on_nan=off"],
           "progress": ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"],
           # no loggers, no LR monitor, and no step values (loss, gradient norm) computed for them
-          "logging": ["logger=none", "callbacks.lr_monitor=null", "trainer.log_every_n_steps=1000000"]}
+          "logging": ["logger=none", "callbacks.lr_monitor=null", "trainer.log_every_n_steps=1000000"],
+          # Python's automatic garbage collection instead of the callback's schedule
+          "garbage_collection": ["callbacks.garbage_collection=null"]}
 WITHOUT = {f"minilm_graphs_no_{k}": v for k, v in EXTRAS.items()}
 WITHOUT["minilm_graphs_lean"] = [o for v in EXTRAS.values() for o in v]
 CASES |= {case: ("minilm", "sst2", GRAPHS) for case in WITHOUT}
