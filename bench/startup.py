@@ -3,9 +3,11 @@ lightning, the rest of tunelab.pipeline), the config, CUDA initialisation, the d
 finds it, again on the warm cache, then set up), the model load and its move to the device, the Trainer:
 what `python train.py` pays before Lightning's fit starts (bench.meters.StartupTimer's `callbacks_s`, one
 number). Then two more fresh processes: a bare interpreter, and `python -X importtime -c "import
-tunelab.pipeline"` for the imports' self time by top-level package.
+tunelab.pipeline"` for the imports' self time by top-level package. The result also says whether the
+big packages had their bytecode before the timed imports.
 
 python bench/startup.py --out startup.json   # experiment=sst2_minilm_gpu, shipped MiniLM (trainer=cpu without a GPU)
+python bench/startup.py --profile-stages     # + one more cold process, each stage under cProfile: its slowest calls
 python bench/startup.py --smoke              # tiny model, fixture rows: correctness only (run by the tests)
 """
 
