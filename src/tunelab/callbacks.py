@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+from typing import Iterator
 
 import lightning.pytorch as pl
 import torch
@@ -24,6 +26,19 @@ class ReleaseGradsOnException(pl.Callback):
         pl_module.zero_grad(set_to_none=True)
 
 
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """No automatic garbage collection inside the block (for work that builds many objects without cycles);
+    afterwards as it was found."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 class GarbageCollection(pl.Callback):
     """Python's cyclic garbage collector off while fitting, run on the young generations every
     `every_n_batches` training batches instead. Left automatic, it runs whenever enough new objects piled
@@ -38,11 +53,11 @@ class GarbageCollection(pl.Callback):
             raise ValueError(f"every_n_batches must be >= 1, not {every_n_batches}")
         self.every_n_batches = every_n_batches
         self._batches = 0
-        self._was_enabled: bool | None = None
+        self._paused = contextlib.ExitStack()  # collection_paused() from the fit's start to its end
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._was_enabled, self._batches = gc.isenabled(), 0
-        gc.disable()
+        self._batches = 0
+        self._paused.enter_context(collection_paused())
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         self._batches += 1
@@ -50,15 +65,10 @@ class GarbageCollection(pl.Callback):
             gc.collect(1)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
+        self._paused.close()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        if self._was_enabled:
-            gc.enable()
-        self._was_enabled = None
+        self._paused.close()
 
 
 class GenerateSample(pl.Callback):
