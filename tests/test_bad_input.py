@@ -152,6 +152,7 @@ BAD_VALUES = {
     "trainer.max_epochs": ([-2, "3"], [-1, 0, 5, None]),  # integer >= -1 (Lightning: -1 = no limit)
     "optimizer.lr": ([-1, 0, "fast", float("inf"), float("nan")], [1e-5, 3, None]),  # number > 0
     "optimizer.weight_decay": ([-0.01, "none"], [0, 0.1]),  # number >= 0
+    "optimizer.layer_decay": ([0, 1.5, -0.5, "x"], [0.8, 1, None]),  # number in (0, 1] or null
     "scheduler.warmup_ratio": ([-0.1, 1.5, "x"], [0, 0.5, 1]),  # fraction in [0, 1]
     "model.dropout": ([1, 1.5, -0.1], [0, 0.9, None]),  # probability in [0, 1)
     "data.group_by_length": (["yes", 1, None], [True, False]),  # bool

@@ -165,9 +165,9 @@ def uses_cuda_graphs(model_cfg: Mapping[str, Any]) -> bool:
 def transformer_layers(model: nn.Module, option: str = "model.freeze_layers") -> nn.ModuleList:
     """The stack of transformer blocks (BERT's encoder.layer, GPT-2's h, ...): the longest ModuleList.
     `option` names the setting that needs them, for the error when there is none."""
-    lists = [m for m in model.base_model.modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
+    layers = max((m for m in model.base_model.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
+    if not layers:
         raise ConfigError(f"{option} needs a model with a stack of transformer layers.")
-    return max(lists, key=len)
+    return layers
 
 

@@ -20,7 +20,7 @@ from tunelab.metrics import MeanLoss
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import collect_rng_states, set_rng_states
-from tunelab.optim import build_optimizer, build_scheduler, clip_gradients, grad_norm, may_fuse, remember_weight_decay
+from tunelab.optim import build_optimizer, build_scheduler, clip_gradients, grad_norm, may_fuse, remember_param_groups
 from tunelab.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class TransformerModule(pl.LightningModule):
         self._eager_eval = (bool(model.get("compile")) and not model.get("compile_eval", False)
                             and hasattr(torch.compiler, "set_stance"))
         self.model = peft_adapters.apply_peft(self.model, peft, self.task)  # conf/peft (none: unchanged)
-        remember_weight_decay(self.model)  # before a strategy (FSDP) reshapes the parameters
+        # before a strategy (FSDP) reshapes the parameters
+        remember_param_groups(self.model, optimizer.get("layer_decay"))
         self.loss_fn = instantiate(dict(loss))
         self.loss_fn.fit_class_weights(class_counts, label_info.get("train_examples"))
         metrics = self.task.metrics(num_labels)

@@ -14,32 +14,69 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
+from tunelab.model import transformer_layers
 
-def remember_weight_decay(model: nn.Module) -> None:
-    """Decide each parameter's weight decay while it has its own shape: FSDP later turns parameters
-    into 1-D views of their shard (the same Parameter objects, so the mark stays)."""
+
+def remember_param_groups(model: nn.Module, layer_decay: float | None = None) -> None:
+    """Decide each parameter's weight decay, and under optimizer.layer_decay its layer, while it has its own
+    shape and place in the model: FSDP later turns parameters into 1-D views of their shard (the same
+    Parameter objects, so the marks stay)."""
     for p in model.parameters():
         p.tunelab_weight_decay = p.ndim >= 2
+    if layer_decay is not None:
+        for p, layer in layer_depths(model, layer_decay).items():
+            p.tunelab_layer = layer
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: biases and LayerNorm weights (all 1-D parameters) are excluded."""
-    decay, no_decay = [], []
+def layer_depths(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, tuple[int, str, float]]:
+    """Layer-wise learning-rate decay: each parameter's (depth, group name, lr scale). Depth 0 is what comes
+    before the transformer layers (embeddings), layer i is i + 1, and what comes after them (pooler, head) is
+    the top, trained at the full rate; a parameter `k` levels below the top trains at lr x layer_decay^k."""
+    layers = transformer_layers(model, "optimizer.layer_decay")
+    in_layer = {p: i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}
+    top, past_layers, depths = len(layers) + 1, False, {}
+    for p in model.parameters():  # registration order: embeddings, the layers, then the head
+        depth = in_layer.get(p)
+        past_layers = past_layers or depth is not None
+        depth = depth if depth is not None else (top if past_layers else 0)
+        name = "embeddings" if depth == 0 else "head" if depth == top else f"layer{depth - 1}"
+        depths[p] = (depth, name, layer_decay ** (top - depth))
+    return depths
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
+    """Weight decay on matrices only: biases and LayerNorm weights (all 1-D parameters) are excluded.
+    Parameters marked with a layer (optimizer.layer_decay) get a group per layer and decay, named for the
+    LR monitor, at `lr` x their layer's scale."""
+    groups: dict[tuple, dict] = {}
     for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if getattr(p, "tunelab_weight_decay", p.ndim >= 2) else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        decay = getattr(p, "tunelab_weight_decay", p.ndim >= 2)
+        depth, name, scale = getattr(p, "tunelab_layer", (-1, None, 1.0))
+        key = (depth, not decay)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0}
+            if name is not None:
+                groups[key] |= {"name": name if decay else f"{name}.no_decay", "lr": lr * scale}
+        groups[key]["params"].append(p)
+    if all(depth < 0 for depth, _ in groups):  # no layers: the decay / no-decay pair, either possibly empty
+        return [groups.get((-1, no_decay)) or {"params": [], "weight_decay": 0.0 if no_decay else weight_decay}
+                for no_decay in (False, True)]
+    return [groups[key] for key in sorted(groups)]
 
 
 def build_optimizer(cfg: Mapping[str, Any], model: nn.Module, may_fuse: bool = True) -> torch.optim.Optimizer:
     """optimizer.fused: null = fused kernels when the parameters live on a GPU and `may_fuse`."""
-    factory = instantiate(dict(cfg))  # functools.partial of the optimizer class (_partial_: true)
+    cfg = dict(cfg)
+    cfg.pop("layer_decay", None)  # read by remember_param_groups, not an argument of the optimizer
+    factory = instantiate(cfg)  # functools.partial of the optimizer class (_partial_: true)
     kwargs = {}
     accepts = inspect.signature(factory.func).parameters
     if "fused" in accepts and factory.keywords.get("fused") is None:
         on_gpu = all(p.is_cuda for p in model.parameters())
         kwargs["fused"] = True if on_gpu and may_fuse else None
-    groups = param_groups(model, float(factory.keywords.get("weight_decay", 0.0) or 0.0))
+    groups = param_groups(model, float(factory.keywords.get("weight_decay", 0.0) or 0.0), factory.keywords.get("lr"))
     return factory(groups, **kwargs)
 
 

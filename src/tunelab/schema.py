@@ -173,6 +173,7 @@ RULES: dict[str, Rule] = {
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.momentum": NON_NEGATIVE,
     "optimizer.nesterov": FLAG,
+    "optimizer.layer_decay": number(0, 1, open_low=True, nullable=True),
     # scheduler
     "scheduler.warmup_ratio": FRACTION,
     "scheduler.warmup_steps": integer(0, nullable=True),

@@ -30,6 +30,9 @@ def validate(cfg: DictConfig) -> None:
     _check_devices(cfg)
     _check_fsdp_keeps_a_best_checkpoint(cfg)
     _check_compile(cfg.model)
+    if cfg.optimizer.get("layer_decay") is not None and cfg.optimizer.get("lr") is None:
+        raise ConfigError("optimizer.layer_decay scales optimizer.lr per layer: set optimizer.lr (it is null, "
+                          "Adafactor's relative step).")
     if cfg.get("predict") and not OmegaConf.select(cfg, "data.predict_file", throw_on_missing=False):
         raise ConfigError("predict.py needs the rows to predict on: pass data.predict_file=<csv / tsv / jsonl file, "
                           "or CoNLL tokens>.")
