@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, SHARED_DATA, read_metrics, run_script
+from conftest import FIXTURES, SHARED_DATA, compose_cfg, read_metrics, run_script
 from tests.ddp_rows import assert_every_row_trained_once
 
 
@@ -252,3 +252,17 @@ def test_garbage_is_collected_every_n_batches_while_fitting_and_automatically_ot
         assert gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_hooks_run_unprofiled_unless_trainer_profiler_names_a_profiler(tmp_path) -> None:
+    """Lightning enters its profiler around every hook call (about 60 a step); with none chosen they enter a
+    shared no-op context, not Lightning's generator-based one (tests/test_bench.py counts the calls)."""
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from tunelab.trainer import NoProfiler, build_trainer
+
+    trainer = build_trainer(compose_cfg(tmp_path / "default"))
+    assert isinstance(trainer.profiler, NoProfiler)
+    with trainer.profiler.profile("[Callback]x.on_train_batch_end") as entered:
+        assert entered is None
+    assert isinstance(build_trainer(compose_cfg(tmp_path / "simple", "trainer.profiler=simple")).profiler, SimpleProfiler)
