@@ -108,3 +108,14 @@ def test_a_model_without_a_layer_stack_is_refused_naming_the_option() -> None:
 def test_the_optimizer_never_sees_the_setting() -> None:
     module = tiny_module(BERT)
     assert isinstance(build_optimizer(module.hparams.optimizer, module), torch.optim.AdamW)
+
+
+def test_layer_rates_survive_fsdp_flattening_the_parameters() -> None:
+    """FSDP turns each parameter into a 1-D view of its shard before configure_optimizers: the layer and the
+    weight decay were decided before, on the parameters' own shapes."""
+    module = tiny_module(BERT)
+    before = lr_by_parameter(module)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.data = p.data.flatten()  # what FSDP's sharded views look like
+    assert lr_by_parameter(module) == before
