@@ -295,9 +295,9 @@ def test_time_to_accuracy_smoke_times_each_point_of_a_run_start(tmp_path) -> Non
 
 # the framework's own per-step host work over the same step in a bare Lightning Trainer, in Python calls
 # (cProfile's exact counts; generator resumes count as calls): about 780 here (the NaN guard, epoch-loss sums,
-# progress reports, the LR monitor, logging every 20 steps, four more callbacks in every hook round), less the
-# 345 that Lightning's default profiler spends around the hooks and tunelab.trainer.NoProfiler does not. On a
-# GPU at small batches the host is the step's cost (docs/PERFORMANCE.md, "Host time per step").
+# progress reports, the LR monitor, logging every 20 steps, four more callbacks in every hook round); 345 more
+# with Lightning's default profiler around the hooks instead of tunelab.trainer.NoProfiler. On a GPU at small
+# batches the host is the step's cost (docs/PERFORMANCE.md, "Host time per step").
 HOST_CALLS_BUDGET = 1000
 
 

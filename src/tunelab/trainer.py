@@ -1,6 +1,7 @@
 """The Lightning Trainer of a run: callbacks and loggers instantiated from conf/callbacks and conf/logger
 (`monitor: auto` filled in with the run's monitored metric), the always-on Resilience callback, the
-AdaLoRA schedule when peft=adalora, and DDP / FSDP under Hydra multirun."""
+AdaLoRA schedule when peft=adalora, no profiling cost unless trainer.profiler names a profiler, and DDP /
+FSDP under Hydra multirun."""
 
 from __future__ import annotations
 
