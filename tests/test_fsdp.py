@@ -57,22 +57,29 @@ def test_slurm_launcher_asks_for_trainer_num_nodes(tmp_path) -> None:
         validate(compose_cfg(tmp_path, "trainer.num_nodes=0"))
 
 
-def test_weight_decay_groups_survive_fsdp_flattening_the_parameters() -> None:
+@pytest.mark.parametrize("layer_decay", [None, 0.5])
+def test_param_groups_survive_fsdp_flattening_the_parameters(layer_decay) -> None:
     """FSDP shards each parameter into a 1-D view of its flat shard before configure_optimizers: the
-    matrices must still get weight decay, biases and LayerNorm weights still not."""
+    matrices must still get weight decay, biases and LayerNorm weights still not, and under
+    optimizer.layer_decay each parameter its layer's learning rate."""
     from tunelab.module import TransformerModule
     from tunelab.optim import param_groups
 
     module = TransformerModule(model={"name_or_path": None, "from_scratch": True, "config": {
         "model_type": "bert", "vocab_size": 32, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
         "intermediate_size": 16}}, task="classification", loss={"_target_": "tunelab.losses.CrossEntropyLoss"},
-        optimizer={}, label_names=["neg", "pos"])
-    before = [len(g["params"]) for g in param_groups(module, 0.01)]
+        optimizer={"layer_decay": layer_decay}, label_names=["neg", "pos"])
+
+    def groups() -> list[tuple]:
+        return [([id(p) for p in g["params"]], g.get("lr"), g["weight_decay"]) for g in param_groups(module, 0.01, 1e-3)]
+
+    before = groups()
     with torch.no_grad():
         for p in module.parameters():
             p.data = p.data.flatten()  # what FSDP's sharded views look like
-    assert [len(g["params"]) for g in param_groups(module, 0.01)] == before
-    assert before[0] > 0 and before[1] > 0
+    assert groups() == before
+    assert before[0][0] and before[1][0]
+    assert len(before) == (2 if layer_decay is None else 6)  # embeddings, layer0, head: each with and without decay
 
 
 def test_fsdp_clips_by_norm_through_its_root_module() -> None:

@@ -100,22 +100,10 @@ def test_layer_decay_needs_a_fixed_learning_rate(tmp_path) -> None:
 
 def test_a_model_without_a_layer_stack_is_refused_naming_the_option() -> None:
     with pytest.raises(ConfigError, match="optimizer.layer_decay needs a model with a stack of transformer layers"):
-        TransformerModule(model={"name_or_path": None, "from_scratch": True, "config": BERT | {"num_hidden_layers": 0}},
-                          task="classification", loss={"_target_": "tunelab.losses.CrossEntropyLoss"},
-                          optimizer=ADAMW, label_names=["neg", "pos"])
+        tiny_module(BERT | {"num_hidden_layers": 0})
 
 
 def test_the_optimizer_never_sees_the_setting() -> None:
     module = tiny_module(BERT)
     assert isinstance(build_optimizer(module.hparams.optimizer, module), torch.optim.AdamW)
 
-
-def test_layer_rates_survive_fsdp_flattening_the_parameters() -> None:
-    """FSDP turns each parameter into a 1-D view of its shard before configure_optimizers: the layer and the
-    weight decay were decided before, on the parameters' own shapes."""
-    module = tiny_module(BERT)
-    before = lr_by_parameter(module)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.data = p.data.flatten()  # what FSDP's sharded views look like
-    assert lr_by_parameter(module) == before
