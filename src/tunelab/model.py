@@ -167,7 +167,7 @@ def transformer_layers(model: nn.Module, option: str = "model.freeze_layers") ->
     `option` names the setting that needs them, for the error when there is none."""
     layers = max((m for m in model.base_model.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
     if not layers:
-        raise ConfigError(f"{option} needs a model with a stack of transformer layers.")
+        raise ConfigError(f"{option} needs a model with a stack of transformer layers: leave it unset for this model.")
     return layers
 
 
