@@ -157,6 +157,7 @@ BAD_VALUES = {
     "model.dropout": ([1, 1.5, -0.1], [0, 0.9, None]),  # probability in [0, 1)
     "data.group_by_length": (["yes", 1, None], [True, False]),  # bool
     "on_nan": (["explode", None, 1], ["stop", "skip", "off"]),  # one of
+    "model.pooling": (["max", "cls", 1], ["mean", None]),  # one of, or null
     "trainer.precision": (["17", "fp32"], ["bf16-mixed", 32, None]),
     "data.encoding": (["utf-9", 8], ["utf-8", "latin-1", "utf-8-sig"]),  # a codec
     "data.text_column": (["", " ", 3], ["review"]),  # non-empty string

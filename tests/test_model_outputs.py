@@ -25,6 +25,7 @@ RUNS = {
     "ner": ["data=conll2003", "loss=token_cross_entropy"],
     # test carved out of the training file: indices are rows of train.tsv
     "regression": ["data=stsb", "loss=mse", "data.test_file=null", "data.test_fraction=0.2"],
+    "mean_pooled": ["model.pooling=mean"],  # exported with its own model code (mean_pooling.py)
 }
 SST2 = ["negative", "positive"]
 
@@ -111,10 +112,13 @@ def test_regression_predictions_of_a_carved_split_index_the_training_file(traine
 
 
 # ---- the exported model ----------------------------------------------------------------------------------
-def test_exported_classifier_is_the_checkpoint_in_a_pipeline_with_label_names(trained) -> None:
-    _, run_dir = trained("classification")
+@pytest.mark.parametrize("name", ["classification", "mean_pooled"])
+def test_exported_classifier_is_the_checkpoint_in_a_pipeline_with_label_names(trained, name: str) -> None:
+    _, run_dir = trained(name)
     texts = [s["sentence"] for s in read_rows(FIXTURES / "sst2" / "dev.tsv", "tsv")[:6]]
-    pipe = transformers.pipeline("text-classification", model=str(run_dir / "hf_model"), top_k=None)
+    assert (run_dir / "hf_model" / "mean_pooling.py").is_file() == (name == "mean_pooled")
+    pipe = transformers.pipeline("text-classification", model=str(run_dir / "hf_model"), top_k=None,
+                                 trust_remote_code=name == "mean_pooled")
     tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "hf_model")
     with torch.no_grad():
         probs = best_module(run_dir)(dict(tokenizer(texts, padding=True, return_tensors="pt"))).softmax(-1)
@@ -147,9 +151,10 @@ def predict(out, cache_dir, *overrides: str) -> list[dict]:
     return load_predictions(out)
 
 
-def test_predict_on_unlabelled_csv_with_the_checkpoint_or_the_exported_model(trained, tmp_path, cache_dir,
-                                                                                capsys) -> None:
-    _, run_dir = trained("classification")
+@pytest.mark.parametrize("name", ["classification", "mean_pooled"])
+def test_predict_on_unlabelled_csv_with_the_checkpoint_or_the_exported_model(trained, tmp_path, cache_dir, capsys,
+                                                                                name: str) -> None:
+    _, run_dir = trained(name)
     tested = {r["text"]: r for r in load_predictions(run_dir)[:5]}
     new = tmp_path / "new.csv"  # csv beside the tsv data: read by its extension; no label column
     new.write_text("sentence\n" + "".join(f'"{t}"\n' for t in tested))

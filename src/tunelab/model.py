@@ -12,6 +12,7 @@ import transformers
 from torch import nn
 
 from tunelab.errors import ConfigError
+from tunelab.mean_pooling import POOLING, BertMeanPoolingForSequenceClassification
 from tunelab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -30,22 +31,38 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
 def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab_size: int | None = None) -> nn.Module:
     """Load `model_cfg.name_or_path` with the task's head (or random init when from_scratch)."""
     path = model_cfg.get("name_or_path")
-    auto_model = getattr(transformers, task.auto_model)
     config = model_config(model_cfg, **task.model_head(num_labels))
+    model_class = head_class(model_cfg, task, config)
     resize = vocab_size is not None and task.resizes_vocab
     if model_cfg.get("from_scratch"):
         if resize:  # the embedding matrix is sized to the tokenizer the datamodule built / loaded
             config.vocab_size = vocab_size
-        model = auto_model.from_config(config)
+        # Auto classes build through from_config, concrete model classes through _from_config
+        model = (getattr(model_class, "from_config", None) or model_class._from_config)(config)
     else:
         # fp32 master weights whatever the checkpoint's dtype (transformers 5 loads "auto", so an fp16
         # checkpoint would train in pure fp16 and overflow); Lightning's precision plugin does mixed precision
-        model = auto_model.from_pretrained(str(path), config=config, dtype=torch.float32)
+        model = model_class.from_pretrained(str(path), config=config, dtype=torch.float32)
         if resize and vocab_size > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(vocab_size)  # tokenizer grew (e.g. an added pad token)
     model.train()  # from_pretrained returns eval mode; Lightning toggles modes per stage after this
     _apply_options(model, model_cfg)
     return model
+
+
+def head_class(model_cfg: Mapping[str, Any], task: Task, config: transformers.PretrainedConfig) -> type:
+    """The class that puts the task's head on the model: the task's Auto class, or BERT with a mean-pooled
+    head for model.pooling=mean (or for a model exported with it: its config.json says pooling: mean)."""
+    pooling = model_cfg.get("pooling") or getattr(config, "pooling", None)
+    if pooling != POOLING:
+        return getattr(transformers, task.auto_model)
+    if task.auto_model != "AutoModelForSequenceClassification":
+        raise ConfigError(f"model.pooling=mean averages a text into one vector for a sequence head; data.task="
+                          f"{task.name} has no such head: leave model.pooling unset.")
+    if config.model_type != "bert":
+        raise ConfigError(f"model.pooling=mean is built for BERT-style models (model_type bert), not "
+                          f"{config.model_type}: leave model.pooling unset for this model.")
+    return BertMeanPoolingForSequenceClassification
 
 
 def model_config(model_cfg: Mapping[str, Any], **extra: Any) -> transformers.PretrainedConfig:

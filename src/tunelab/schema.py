@@ -157,6 +157,7 @@ RULES: dict[str, Rule] = {
     "model.compile_dynamic": FLAG_OR_NULL,
     "model.compile_eval": FLAG,
     "model.compile_cache_dir": Rule("text", nullable=True),
+    "model.pooling": one_of("mean", nullable=True),
     "model.compile_backend": one_of("inductor", "cudagraphs", "aot_eager", "eager"),
     "model.compile_scope": one_of("model", "layers"),
     "model.compile_mode": one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
