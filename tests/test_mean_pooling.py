@@ -9,6 +9,7 @@ import pytest
 import torch
 import transformers
 
+from test_model import graphs_for_lengths
 from tunelab.errors import ConfigError
 from tunelab.mean_pooling import BertMeanPoolingForSequenceClassification
 from tunelab.model import build_model
@@ -37,6 +38,11 @@ def test_head_reads_the_mean_of_the_real_tokens_and_no_pooler(tmp_path) -> None:
         alone = model(input_ids=ids[1:, :4], attention_mask=mask[1:, :4]).logits
     torch.testing.assert_close(logits, expected)
     torch.testing.assert_close(logits[1:], alone, atol=1e-5, rtol=1e-4)  # padding changes nothing
+
+
+def test_compiles_to_one_dynamic_graph_over_length_buckets() -> None:
+    # the GPU recipes compile one dynamic-shape graph; the mean over the mask must not specialise on length
+    assert graphs_for_lengths([16, 32, 48], compile_dynamic=True, compile_backend="aot_eager", pooling="mean") == 1
 
 
 def test_labels_give_the_loss_transformers_would(tmp_path) -> None:
