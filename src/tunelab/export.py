@@ -47,7 +47,9 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
         module.task.prepare_export(model)  # e.g. standardized regression answers in target units
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        log.info("exported the model to %s (transformers.pipeline(model=...) loads it)", out)
+        # a model class of tunelab's own (model.pooling=mean) travels as code beside the weights
+        remote = ", trust_remote_code=True" if getattr(model.config, "auto_map", None) else ""
+        log.info("exported the model to %s (transformers.pipeline(model=...%s) loads it)", out, remote)
         written.append(out)
     return written
 
