@@ -26,6 +26,8 @@ def write(path: Path, text: str) -> Path:
         (["trainer.devices=2", "on_nan=skip"], "on_nan=skip needs one process, not 2; use on_nan=stop"),
         (["model.compile=true", "model.compile_backend=cudagraphs", "model.compile_dynamic=true"],
          "model.compile_backend=cudagraphs replays the graph recorded for the first batch shape"),
+        (["model.pooling=mean", "data=conll2003", "loss=token_cross_entropy"],
+         "model.pooling=mean averages a text into one vector for a sequence head; data.task=token_classification"),
     ],
 )
 def test_misconfiguration_raises_documented_error(run_cfg, overrides, message) -> None:

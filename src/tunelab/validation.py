@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
 from tunelab.errors import ConfigError
-from tunelab.model import compile_backend
+from tunelab.model import compile_backend, head_class, model_config
 from tunelab.resilience import check_skip_runs_alone
 from tunelab.results import monitor
 from tunelab.sweeps import is_multirun
@@ -30,6 +30,8 @@ def validate(cfg: DictConfig) -> None:
     _check_devices(cfg)
     _check_fsdp_keeps_a_best_checkpoint(cfg)
     _check_compile(cfg.model)
+    if cfg.model.get("pooling"):  # the head's rules, from config.json alone: before the data and weights load
+        head_class(cfg.model, task, model_config(cfg.model))
     if cfg.optimizer.get("layer_decay") is not None and cfg.optimizer.get("lr") is None:
         raise ConfigError("optimizer.layer_decay scales optimizer.lr per layer: set optimizer.lr (it is null, "
                           "Adafactor's relative step).")
