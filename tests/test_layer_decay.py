@@ -99,7 +99,8 @@ def test_layer_decay_needs_a_fixed_learning_rate(tmp_path) -> None:
 
 
 def test_a_model_without_a_layer_stack_is_refused_naming_the_option() -> None:
-    with pytest.raises(ConfigError, match="optimizer.layer_decay needs a model with a stack of transformer layers: leave it unset for this model"):
+    with pytest.raises(ConfigError, match="optimizer.layer_decay needs a model with a stack of transformer layers: "
+                                          "leave it unset for this model.$"):
         tiny_module(BERT | {"num_hidden_layers": 0})
 
 

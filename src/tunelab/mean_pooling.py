@@ -1,9 +1,10 @@
 """BERT with its sequence head on the mean of the last hidden states (model.pooling=mean).
 
 Sentence-embedding checkpoints such as all-MiniLM-L6-v2 were trained through mean pooling, not through
-their [CLS] state and pooler (the shipped pooler's bias is all zeros), which the stock head reads. This class keeps BERT's dropout and classifier and feeds them the mean over the real
-tokens instead. It imports only torch and transformers: `save_pretrained` copies this file into the
-exported directory, which `from_pretrained(..., trust_remote_code=True)` then loads without tunelab.
+their [CLS] state and pooler (the shipped pooler's bias is all zeros), which the stock head reads. This
+class keeps BERT's dropout and classifier and feeds them the mean over the real tokens instead. It imports
+only torch and transformers: `save_pretrained` copies this file into the exported directory, which
+`from_pretrained(..., trust_remote_code=True)` then loads without tunelab.
 """
 
 from __future__ import annotations
