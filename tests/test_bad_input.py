@@ -163,6 +163,7 @@ BAD_VALUES = {
     "data.text_column": (["", " ", 3], ["review"]),  # non-empty string
     "data.label_separator": (["", 3, None], [",", " ", " | "]),  # separator: whitespace counts
     "data.threshold": ([0, 1, 1.5, "half"], [0.05, 0.5, 0.95]),  # number in (0, 1)
+    "callbacks.ema.multi_avg_fn.decay": ([0, 1, -0.5], [0.5, 0.999]),  # (callbacks=ema)
     "trainer.limit_train_batches": ([-1, 1.5, "half"], [0, 10, 0.25, 1.0, None]),  # count or fraction
     "trainer.fast_dev_run": ([-1, "once"], [True, False, 3]),
 }
@@ -170,7 +171,7 @@ BAD_VALUES = {
 
 @pytest.fixture(scope="module")
 def base_cfg(tmp_path_factory):
-    return compose_cfg(tmp_path_factory.mktemp("schema"))
+    return compose_cfg(tmp_path_factory.mktemp("schema"), "callbacks=ema")  # defines callbacks.ema
 
 
 @pytest.mark.parametrize("key", BAD_VALUES)
@@ -208,7 +209,7 @@ def test_schema_messages_and_model_positions(base_cfg) -> None:
 def test_every_schema_key_is_a_real_config_key(tmp_path) -> None:
     """The table names keys the configs define (a typo in it would silently check nothing)."""
     groups = ["data=conll", "data=text", "model=gpt2_tiny", "loss=focal", "loss=huber", "loss=smooth_l1",
-              "optimizer=sgd", "peft=adalora", "peft=prefix"]
+              "optimizer=sgd", "peft=adalora", "peft=prefix", "callbacks=ema"]
     configs = [("train", [override] if override else []) for override in [None, *groups]]
     defined = set()
     for name, overrides in [*configs, ("predict", ["data.predict_file=new.csv"])]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from typing import Iterator
+from typing import Any, Iterator
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,32 @@ class ReleaseGradsOnException(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         pl_module.zero_grad(set_to_none=True)
+
+
+# Lightning's WeightAveraging (callbacks=ema) keeps the average in a checkpoint's state_dict and the raw
+# weights beside it (current_model_state), writing both in its own checkpoint hooks. Two of its gaps, closed
+# from the module's hooks, which run for every checkpoint (tunelab.module):
+
+def average_into_weights_only_checkpoint(trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                        checkpoint: dict[str, Any]) -> None:
+    """Lightning skips callbacks' on_save_checkpoint for weights-only checkpoints (ModelCheckpoint(
+    save_weights_only=True)): the best checkpoint, chosen on the average's validation, would hold the raw
+    weights. Such a checkpoint gets the average alone."""
+    if "callbacks" in checkpoint:  # a full checkpoint: the callback's own hook has run
+        return
+    for callback in trainer.callbacks:
+        if isinstance(callback, WeightAveraging):
+            callback.on_save_checkpoint(trainer, pl_module, checkpoint)
+            checkpoint.pop("current_model_state", None)
+            checkpoint.pop("averaging_state", None)
+
+
+def evaluate_the_average(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
+    """Lightning restores callbacks for test too: after a fit, WeightAveraging would then load a full
+    checkpoint's raw weights into the module, and test and export would see those instead of the average
+    the checkpoint was chosen on. Outside fitting the raw weights are the average (module hooks run first)."""
+    if "current_model_state" in checkpoint and trainer.state.fn != TrainerFn.FITTING:
+        checkpoint["current_model_state"] = checkpoint["state_dict"]
 
 
 @contextlib.contextmanager

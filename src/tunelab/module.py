@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from tunelab import peft_adapters, predictions
 from tunelab.adalora import regularization
-from tunelab.callbacks import ReleaseGradsOnException
+from tunelab.callbacks import ReleaseGradsOnException, average_into_weights_only_checkpoint, evaluate_the_average
 from tunelab.metrics import MeanLoss
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
@@ -215,10 +215,13 @@ class TransformerModule(pl.LightningModule):
     # without this a resumed run diverges from an uninterrupted one after the first step.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = collect_rng_states()
+        average_into_weights_only_checkpoint(self.trainer, self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        if self._trainer is not None:  # not for load_from_checkpoint
+            evaluate_the_average(self.trainer, checkpoint)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.hparams.optimizer, self, may_fuse(self.trainer))

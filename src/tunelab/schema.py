@@ -147,6 +147,7 @@ RULES: dict[str, Rule] = {
     "callbacks.progress_bar.metrics_every": COUNT,
     "callbacks.progress_bar.every_s": POSITIVE,
     "callbacks.garbage_collection.every_n_batches": COUNT,
+    "callbacks.ema.multi_avg_fn.decay": number(0, 1, open_low=True, open_high=True),
     # model
     "model.from_scratch": FLAG,
     "model.dropout": number(0, 1, open_high=True, nullable=True),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,6 +28,7 @@ def validate(cfg: DictConfig) -> None:
         _check_loss(cfg, task)
     if cfg.get("train") and cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be at least 1.")
+    _check_weight_averaging(cfg)  # before the devices: trainer=fsdp is refused on a CPU for another reason
     _check_devices(cfg)
     _check_fsdp_keeps_a_best_checkpoint(cfg)
     _check_compile(cfg.model)
@@ -81,18 +83,33 @@ def _check_devices(cfg: DictConfig) -> None:
         )
 
 
+def _is_fsdp(cfg: DictConfig) -> bool:
+    strategy = cfg.trainer.get("strategy")
+    target = strategy.get("_target_") if isinstance(strategy, DictConfig) else None
+    return issubclass(get_class(target), FSDPStrategy) if target else strategy_name(strategy).startswith("fsdp")
+
+
 def _check_fsdp_keeps_a_best_checkpoint(cfg: DictConfig) -> None:
     # FSDP leaves the trained module wrapped: the test and the export load the best checkpoint into a fresh
     # module (tunelab.pipeline), so one must be kept
-    strategy = cfg.trainer.get("strategy")
-    target = strategy.get("_target_") if isinstance(strategy, DictConfig) else None
-    if not (issubclass(get_class(target), FSDPStrategy) if target else strategy_name(strategy).startswith("fsdp")):
+    if not _is_fsdp(cfg):
         return
     checkpoint = (cfg.get("callbacks") or {}).get("model_checkpoint")
     if cfg.get("train") and (cfg.get("test") or cfg.get("export")) and not (checkpoint and checkpoint.get("monitor")):
         raise ConfigError("trainer=fsdp tests and exports the best checkpoint (Lightning cannot reuse the module "
                           "it trained under FSDP): keep callbacks.model_checkpoint with a monitor, or set "
                           "test=false export=false.")
+
+
+def _check_weight_averaging(cfg: DictConfig) -> None:
+    # Lightning's WeightAveraging copies the whole module before the strategy wraps it, then zips the copy's
+    # parameters with the wrapped module's: FSDP's flat shards would be averaged into the wrong tensors
+    averaging = [name for name, entry in (cfg.get("callbacks") or {}).items()
+                 if isinstance(entry, DictConfig) and entry.get("_target_")
+                 and issubclass(get_class(entry._target_), WeightAveraging)]
+    if averaging and cfg.get("train") and _is_fsdp(cfg):
+        raise ConfigError(f"callbacks.{averaging[0]} averages a full copy of the weights, which FSDP shards: use "
+                          "trainer=ddp, or drop the weight averaging (callbacks=default).")
 
 
 def _device_count(devices) -> int:
