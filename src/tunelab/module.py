@@ -213,6 +213,7 @@ class TransformerModule(pl.LightningModule):
 
     # Resuming must continue the same random streams (dropout masks), not restart them from the seed:
     # without this a resumed run diverges from an uninterrupted one after the first step.
+    # callbacks=ema: these hooks run for every checkpoint, the callback's own only for some (tunelab.callbacks)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = collect_rng_states()
         average_into_weights_only_checkpoint(self.trainer, self, checkpoint)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
@@ -104,9 +104,10 @@ def _check_fsdp_keeps_a_best_checkpoint(cfg: DictConfig) -> None:
 def _check_weight_averaging(cfg: DictConfig) -> None:
     # Lightning's WeightAveraging copies the whole module before the strategy wraps it, then zips the copy's
     # parameters with the wrapped module's: FSDP's flat shards would be averaged into the wrong tensors
-    averaging = [name for name, entry in (cfg.get("callbacks") or {}).items()
-                 if isinstance(entry, DictConfig) and entry.get("_target_")
-                 and issubclass(get_class(entry._target_), WeightAveraging)]
+    targets = {name: get_object(entry._target_) for name, entry in (cfg.get("callbacks") or {}).items()
+               if isinstance(entry, DictConfig) and entry.get("_target_")}  # classes, or factories of them
+    averaging = [name for name, target in targets.items()
+                 if isinstance(target, type) and issubclass(target, WeightAveraging)]
     if averaging and cfg.get("train") and _is_fsdp(cfg):
         raise ConfigError(f"callbacks.{averaging[0]} averages a full copy of the weights, which FSDP shards: use "
                           "trainer=ddp, or drop the weight averaging (callbacks=default).")
