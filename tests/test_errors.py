@@ -26,6 +26,9 @@ def write(path: Path, text: str) -> Path:
         (["trainer.devices=2", "on_nan=skip"], "on_nan=skip needs one process, not 2; use on_nan=stop"),
         (["model.compile=true", "model.compile_backend=cudagraphs", "model.compile_dynamic=true"],
          "model.compile_backend=cudagraphs replays the graph recorded for the first batch shape"),
+        (["+callbacks.probe._target_=tunelab.callbacks.Probe"],
+         "callbacks.probe._target_=tunelab.callbacks.Probe cannot be imported (module 'tunelab.callbacks' has no "
+         "attribute 'Probe'): fix the path, or drop callbacks.probe."),
         (["model.pooling=mean", "data=conll2003", "loss=token_cross_entropy"],
          "model.pooling=mean averages a text into one vector for a sequence head; data.task=token_classification"),
     ],

@@ -3,9 +3,11 @@ the fix) for a configuration that cannot train, before any model, data or tokeni
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, get_object
+from hydra.utils import get_class
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
@@ -104,13 +106,26 @@ def _check_fsdp_keeps_a_best_checkpoint(cfg: DictConfig) -> None:
 def _check_weight_averaging(cfg: DictConfig) -> None:
     # Lightning's WeightAveraging copies the whole module before the strategy wraps it, then zips the copy's
     # parameters with the wrapped module's: FSDP's flat shards would be averaged into the wrong tensors
-    targets = {name: get_object(entry._target_) for name, entry in (cfg.get("callbacks") or {}).items()
-               if isinstance(entry, DictConfig) and entry.get("_target_")}  # classes, or factories of them
-    averaging = [name for name, target in targets.items()
+    averaging = [name for name, target in _callback_targets(cfg).items()
                  if isinstance(target, type) and issubclass(target, WeightAveraging)]
     if averaging and cfg.get("train") and _is_fsdp(cfg):
         raise ConfigError(f"callbacks.{averaging[0]} averages a full copy of the weights, which FSDP shards: use "
                           "trainer=ddp, or drop the weight averaging (callbacks=default).")
+
+
+def _callback_targets(cfg: DictConfig) -> dict[str, object]:
+    """What each callbacks entry's _target_ names (a class, or a function that builds one)."""
+    targets = {}
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if not (isinstance(entry, DictConfig) and entry.get("_target_")):
+            continue
+        module, _, attribute = entry._target_.rpartition(".")
+        try:  # importlib, not hydra's locate: that logs a three-line error of its own first
+            targets[name] = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise ConfigError(f"callbacks.{name}._target_={entry._target_} cannot be imported ({err}): fix the "
+                              f"path, or drop callbacks.{name}.") from None
+    return targets
 
 
 def _device_count(devices) -> int:
