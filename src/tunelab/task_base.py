@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torchmetrics import Metric, MetricCollection
 
-from tunelab import prediction_metrics
+from tunelab.prediction_metrics import ExampleMetric
 from tunelab.errors import ConfigError
 
 
@@ -77,7 +77,7 @@ class Task:
     def report(self, state: Any, label_names: list[str]) -> tuple[dict, str]:
         return {}, ""
 
-    def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
+    def prediction_metrics(self) -> dict[str, ExampleMetric]:
         """The test metrics recomputed from predictions.jsonl (tunelab.compare), by name."""
         return {}
 

@@ -13,8 +13,8 @@ import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
-from tunelab.errors import ConfigError
 from tunelab import prediction_metrics
+from tunelab.errors import ConfigError
 from tunelab.losses import shift_for_next_token
 from tunelab.metrics import (
     Accuracy,
@@ -31,10 +31,9 @@ from tunelab.metrics import (
 )
 from tunelab.report_tables import calibration_report, classification_report, entity_report, multilabel_report
 from tunelab.span_metrics import EntityCounts, entity_types
+from tunelab.task_base import SequenceTask, Task, decimals
 
 log = logging.getLogger(__name__)
-
-from tunelab.task_base import SequenceTask, Task, decimals
 
 
 class ClassificationTask(SequenceTask):
