@@ -45,8 +45,14 @@ def check_checkpoint(path: str | Path | None, cfg: DictConfig) -> None:
     if task != data.task:
         raise ConfigError(f"ckpt_path={path} is a {task} checkpoint but data={data.name} is a {data.task} task; "
                           f"pass a checkpoint trained for {data.task}, or the data it was trained on.")
-    trained = [str(n) for n in hparams.get("label_names") or ()]
+    check_label_set(path, hparams.get("label_names") or (), data, "checkpoint")
+
+
+def check_label_set(path: str | Path, trained: Any, data: DictConfig, kind: str) -> None:
+    """The label names a model was trained on must be the data config's, when data.label_names says them
+    (a .ckpt's hyper-parameters, an exported model's id2label): `kind` names the file in the fix."""
+    trained = [str(n) for n in trained]
     expected = [str(n) for n in data.get("label_names") or ()]
     if expected and trained != expected:
         raise ConfigError(f"ckpt_path={path} was trained on the labels {trained} but data={data.name} has {expected}; "
-                          "pass a checkpoint of this label set, or set data.label_names to the checkpoint's.")
+                          f"pass a {kind} of this label set, or set data.label_names to the {kind}'s.")

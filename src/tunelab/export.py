@@ -1,7 +1,8 @@
 """The trained model in the standard format: `<run dir>/hf_model` (save_pretrained of the tested weights and
 the tokenizer, the data's label names as id2label / label2id), which `transformers.pipeline()` and
 `from_pretrained` load offline; adapter runs' merged model (peft.merge_on_save) carries the same names.
-`load_module` reads such a directory back (predict.py)."""
+`check_model_dir` checks such a directory's config.json against the data config (as checkpoints.check_checkpoint
+does a .ckpt's header) and `load_module` reads it back (predict.py)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters
-from tunelab.checkpoints import load_checkpoint_header
+from tunelab.checkpoints import check_label_set, load_checkpoint_header
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
-from tunelab.tasks import get_task
+from tunelab.tasks import TASKS, get_task
 
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "hf_model"
+# a sequence head's transformers problem_type -> the tunelab task that trains it (MultiLabelTask and
+# RegressionTask write theirs into config.json; ClassificationTask leaves it unset)
+SEQUENCE_PROBLEMS = {"single_label_classification": "classification", "regression": "regression",
+                     "multi_label_classification": "multilabel"}
 
 
 def set_label_names(model: torch.nn.Module, label_names: Sequence[str]) -> None:
@@ -59,20 +64,76 @@ def is_model_dir(path: str | Path | None) -> bool:
     return path is not None and (Path(path) / "config.json").is_file() and not peft_adapters.is_adapter_dir(path)
 
 
-def load_module(path: str | Path, cfg: DictConfig) -> TransformerModule:
-    """A module around an exported model dir for the data's task: the head's label names from its config."""
+def exported_task(config: transformers.PretrainedConfig) -> str | None:
+    """The task an exported model was trained for, from its config.json: the head class (architectures) and,
+    for the sequence head three tasks share, its problem_type. None: a head no tunelab task trains."""
+    architecture = (config.architectures or [""])[0]
+    if architecture.endswith("LMHeadModel"):  # GPT-2's causal LM class predates the ForCausalLM naming
+        return "causal_lm"
+    fits = [t.name for t in TASKS.values() if architecture.endswith(t.auto_model.removeprefix("AutoModel"))]
+    if len(fits) <= 1:
+        return fits[0] if fits else None
+    # unset problem_type: one output is regression, as transformers' own forward decides
+    problem = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
+    return SEQUENCE_PROBLEMS.get(problem)
+
+
+def exported_label_names(config: transformers.PretrainedConfig) -> list[str]:
+    """The label names export() wrote as id2label, in id order; none for a regression head."""
+    if exported_task(config) == "regression":
+        return []
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
+
+
+def trained_data(path: str | Path) -> str | None:
+    """How the run that exported `path` chose its data, as overrides (`data=stsb`, `data=tsv
+    data.task=multilabel`): read from the run dir's .hydra beside hf_model / merged; None without it
+    (a model dir copied elsewhere, a run started from Python)."""
+    hydra_dir = Path(path).resolve().parent / ".hydra"
+    try:
+        name = OmegaConf.select(OmegaConf.load(hydra_dir / "config.yaml"), "data.name")
+        overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+    except Exception:  # noqa: BLE001 - the hint is a nicety; the error it goes into is the point
+        return None
+    task = [o.lstrip("+~") for o in overrides if o.lstrip("+~").startswith("data.task=")]
+    return " ".join([f"data={name}", *task]) if name else None
+
+
+def check_model_dir(path: str | Path, cfg: DictConfig) -> transformers.PretrainedConfig:
+    """An exported model dir must hold a model of this run's data task and (when data.label_names says
+    it) label set, as check_checkpoint requires of a .ckpt: decided from config.json alone, before any
+    weights load or rows are predicted. Returns the model's config."""
     config = transformers.AutoConfig.from_pretrained(str(path))
-    task = get_task(cfg.data.task)
-    head = task.auto_model.removeprefix("AutoModel")  # ForSequenceClassification, ForTokenClassification, ...
-    architecture = (config.architectures or ["?"])[0]
-    if not architecture.endswith(head):
-        raise ConfigError(f"ckpt_path={path} holds a {architecture} but data={cfg.data.name} is a {task.name} task; "
-                          f"pass a model exported for {task.name}, or the data it was trained on.")
-    names = [] if config.problem_type == "regression" else [config.id2label[i] for i in range(config.num_labels)]
+    data, trained = cfg.data, exported_task(config)
+    architecture = (config.architectures or ["model without architectures"])[0]
+    if trained is None:
+        raise ConfigError(f"ckpt_path={path} holds a {architecture} but data={data.name} is a {data.task} task; "
+                          f"pass a model exported for {data.task}, or the data it was trained on.")
+    if trained != data.task:
+        # what in config.json says so: a user who sees only "regression" should know where to look
+        said = f"problem_type={config.problem_type}" if config.problem_type else f"num_labels={config.num_labels}"
+        evidence = f"{architecture}, {said}" if trained in SEQUENCE_PROBLEMS.values() else architecture
+        fix = f"pass a model exported for {data.task}"
+        if get_task(trained).writes_predictions():  # a causal LM's own data would not predict either
+            fix += f", or the data config it was trained with ({trained_data(path) or f'data.task={trained}'})"
+        raise ConfigError(f"ckpt_path={path} is a {trained} model (config.json: {evidence}) but data={data.name} "
+                          f"is a {data.task} task; {fix}.")
+    check_label_set(path, exported_label_names(config), data, "model")
+    return config
+
+
+def load_module(path: str | Path, cfg: DictConfig) -> TransformerModule:
+    """A module around an exported model dir for the data's task (checked by check_model_dir first): the
+    head's label names from its config, a multi-label decision threshold from the data config."""
+    config = check_model_dir(path, cfg)
+    task = cfg.data.task
+    # the exported weights give target units already (prepare_export): a regression head needs no statistics
+    label_info = {"threshold": float(cfg.data.threshold)} if task == "multilabel" and "threshold" in cfg.data else {}
     return TransformerModule(
         model={"name_or_path": str(path)},
-        task=task.name,
+        task=task,
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        label_names=names,
+        label_names=exported_label_names(config),
+        label_info=label_info,
     )

@@ -44,10 +44,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
 def _run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     rundir.claim_run_dir(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
-    if cfg.get("predict"):  # a trained model over an unlabelled file
+    if cfg.get("predict"):  # a trained model over an unlabelled file: in order, no randomness to seed
         return predict.run(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     ckpt_path = rundir.resolve_ckpt_path(cfg)
     check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line

@@ -12,22 +12,28 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tunelab import export, predictions, rundir
-from tunelab.checkpoints import check_checkpoint
+from tunelab.checkpoints import check_checkpoint, load_checkpoint_header
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
+from tunelab.tasks import get_task
 from tunelab.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    module, tokenizer = load(cfg)
-    if not module.task.writes_predictions():
-        raise ConfigError(f"data.task={module.task.name} has no per-example predictions; predict.py takes a "
+    # every user error before any work: the task, the model against the data config (config.json or the
+    # checkpoint's header), then the rows of data.predict_file; only then the weights and the Trainer
+    task = get_task(cfg.data.task)
+    if not task.writes_predictions():
+        raise ConfigError(f"data.task={task.name} has no per-example predictions; predict.py takes a "
                           "classification, regression or token classification model.")
+    path, tokenizer = checked_model(cfg)
     # only the file to predict on: label names and tokenizer come with the trained model
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed, train_file=None, val_file=None,
                              test_file=None, _recursive_=False)
+    datamodule.setup("predict")  # reads, checks and tokenizes the rows; trainer.predict reuses them
+    module = load(path, cfg)
     trainer = build_trainer(cfg)
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     if trainer.is_global_zero:
@@ -37,18 +43,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return {}
 
 
-def load(cfg: DictConfig) -> tuple[TransformerModule, str]:
-    """The module to predict with and its tokenizer: from an exported dir, or a checkpoint's hyper-parameters."""
+def checked_model(cfg: DictConfig) -> tuple[str, str]:
+    """The model to predict with (an exported dir or a .ckpt) and its tokenizer, after checking that it fits
+    the data config's task and label set; no weights are loaded."""
     if export.is_model_dir(cfg.ckpt_path):
-        return export.load_module(cfg.ckpt_path, cfg), str(cfg.ckpt_path)
+        export.check_model_dir(cfg.ckpt_path, cfg)
+        return str(cfg.ckpt_path), str(cfg.ckpt_path)
     path = rundir.resolve_ckpt_path(cfg)
     if Path(path).is_dir():  # an adapter dir: its base model and label names are the training run's config
         raise ConfigError(f"ckpt_path={path} is an adapter; predict with the run's checkpoint (.ckpt) or its merged "
                           "model (peft.merge_on_save=true).")
     check_checkpoint(path, cfg)
-    module = TransformerModule.load_from_checkpoint(path, map_location="cpu")
-    model = module.hparams.model
-    return module, str(model.get("tokenizer") or model["name_or_path"])
+    model = load_checkpoint_header(path)["hyper_parameters"]["model"]  # check_checkpoint found the hparams
+    return path, str(model.get("tokenizer") or model["name_or_path"])
+
+
+def load(path: str, cfg: DictConfig) -> TransformerModule:
+    """The module to predict with: around an exported dir, or a checkpoint's hyper-parameters and weights."""
+    if export.is_model_dir(path):
+        return export.load_module(path, cfg)
+    return TransformerModule.load_from_checkpoint(path, map_location="cpu")
 
 
 def summary(rows: list[dict], path: Path, source: str) -> str:
