@@ -73,11 +73,8 @@ def validate(cfg: DictConfig) -> None:
     if hf_config is None:
         return  # build_model reports a missing model
     task = get_task(cfg.data.task)
-    if prompt_style and not accepts_past_key_values(hf_config, task):
-        raise ConfigError(
-            f"peft={name} feeds its prefixes as past_key_values, which {hf_config.model_type} models for "
-            f"{task.name} do not accept; use peft=lora (or a decoder model such as GPT-2)."
-        )
+    if prompt_style and (why := prefix_tuning_refusal(hf_config, task)):
+        raise ConfigError(f"peft={name} {why}")
     for key in ("target_modules", "feedforward_modules"):
         defaults = peft_cfg.get(f"{key}_by_model_type") or {}
         if key in peft_cfg and peft_cfg[key] is None and hf_config.model_type not in defaults:
@@ -95,16 +92,56 @@ def _hf_config(model_cfg: Mapping[str, Any]) -> transformers.PretrainedConfig | 
         return None
 
 
-def accepts_past_key_values(hf_config: transformers.PretrainedConfig, task: Task) -> bool:
-    """What peft needs for prefix tuning: the task model's forward or its backbone's takes past_key_values."""
+def prefix_tuning_refusal(hf_config: transformers.PretrainedConfig, task: Task) -> str | None:
+    """Why peft's prefix tuning cannot run this model for this task: the rest of a one-line error message
+    (None: it can). Mirrors what the installed peft does with its prefixes (peft/peft_model.py):
+    PeftModelForCausalLM (and Seq2SeqLM) call the task model with `past_key_values=<cache>`; the
+    classification / token / QA classes call the task model, or else its backbone, with it only if that
+    forward's signature has a parameter named exactly `past_key_values`, and raise otherwise. transformers 5
+    renamed the argument `cache`, keeping `past_key_values=` as a deprecated keyword alias for a while
+    (until 5.40): that serves the first path but not the signature test of the second."""
+    classes = []
     for auto in (getattr(transformers, task.auto_model), transformers.AutoModel):
         try:
-            cls = auto._model_mapping[type(hf_config)]
+            classes.append(auto._model_mapping[type(hf_config)])
         except KeyError:
             continue
-        if "past_key_values" in inspect.signature(cls.forward).parameters:
-            return True
-    return False
+    what = f"{hf_config.model_type} models for {task.name}"
+    refused = (
+        f"feeds its prefixes as past_key_values, which {what} do not accept; use peft=lora (or a decoder "
+        "model such as GPT-2)."
+    )
+    if not classes:
+        return refused
+    if task.peft_task_type in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):  # peft passes them to the task model itself
+        return None if _past_key_values_target(classes[0].forward) else refused
+    if any("past_key_values" in inspect.signature(cls.forward).parameters for cls in classes):
+        return None
+    renamed = sorted({t for cls in classes if (t := _past_key_values_target(cls.forward))})
+    if not renamed:
+        return refused
+    # the model would take the prefix cache under its new name, but peft looks for the old one
+    return (
+        f"cannot run {what} with peft {_peft().__version__} + transformers {transformers.__version__}: "
+        f"peft feeds its prefixes to {task.peft_task_type} models only through a forward argument named "
+        f"past_key_values, which transformers now calls {'/'.join(renamed)}; use peft=lora (prefix tuning "
+        "works here for task causal_lm with a decoder such as GPT-2)."
+    )
+
+
+def _past_key_values_target(forward) -> str | None:
+    """The parameter that a `past_key_values=` keyword reaches in `forward`: that name itself, the new
+    name of a transformers `deprecate_kwarg("past_key_values", new_name=...)` alias, or None."""
+    fn = forward
+    while fn is not None:
+        if "past_key_values" in inspect.signature(fn, follow_wrapped=False).parameters:
+            return "past_key_values"
+        cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ())) if hasattr(fn, "__code__") else {}
+        old, new = (cells[k].cell_contents if k in cells else None for k in ("old_name", "new_name"))
+        if old == "past_key_values" and new in inspect.signature(forward).parameters:
+            return new
+        fn = getattr(fn, "__wrapped__", None)
+    return None
 
 
 # ---- building the model ----------------------------------------------------------------------------
