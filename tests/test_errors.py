@@ -31,6 +31,13 @@ def write(path: Path, text: str) -> Path:
          "attribute 'Probe'): fix the path, or drop callbacks.probe."),
         (["model.pooling=mean", "data=conll2003", "loss=token_cross_entropy"],
          "model.pooling=mean averages a text into one vector for a sequence head; data.task=token_classification"),
+        # a ??? the chosen option leaves (OmegaConf's MissingMandatoryValue traceback otherwise)
+        (["data=csv"], "data.train_file is not set (data=csv needs it): pass data.train_file=<value>."),
+        # model=hf inherits no path: before, it silently trained MiniLM
+        (["model=hf"], "model.name_or_path is not set (model=hf needs it): pass model.name_or_path=<value>."),
+        (["data.test_file=null", "data.val_fraction=0.5", "data.test_fraction=0.5"],
+         "data.val_fraction + data.test_fraction = 1 leaves no training rows; keep the sum below 1."),
+        ([f"ckpt_path={FIXTURES}"], f"ckpt_path={FIXTURES} is a directory; pass the path of a .ckpt file"),
     ],
 )
 def test_misconfiguration_raises_documented_error(run_cfg, overrides, message) -> None:
@@ -58,11 +65,52 @@ def test_bad_rows_name_file_and_line(run_cfg, tmp_path) -> None:
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
+    """The terminal shows the error once (stderr), before anything else; the run's log file keeps it."""
     proc = run_script("train.py", "loss=cross_entropy", "data=stsb", f"paths.data_dir={FIXTURES}",
                       f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
-    assert "error: loss=cross_entropy needs a classification task; got data=stsb (regression). Use loss=mse." in proc.stderr
-    assert "Traceback" not in proc.stderr
+    message = "loss=cross_entropy needs a classification task; got data=stsb (regression). Use loss=mse."
+    assert proc.stderr.strip().splitlines() == [f"error: {message}"], proc.stderr[-2000:]
+    assert message not in proc.stdout
+    assert message in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["loss=mse", "loss.label_smoothing=0.1"],  # the default loss has the key; the chosen one does not
+     "unknown config key 'loss.label_smoothing': loss=mse has no label_smoothing (its keys: _target_, scale_k, "
+     "scale_m); (to add a new key write +loss.label_smoothing=...)"),
+    (["optimzer.lr=0.1"], "unknown config key 'optimzer.lr': did you mean optimizer.lr? (to add a new key write "
+                          "+optimzer.lr=...)"),
+    (["optimizer=sgd", "optimizer.momentun=0.9"],
+     "unknown config key 'optimizer.momentun': did you mean optimizer.momentum? (to add a new key write "
+     "+optimizer.momentun=...)"),
+])
+def test_unknown_keys_are_explained_from_the_config_the_user_composed(argv, message) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    from tunelab.cli import explain_override_error
+
+    key = argv[-1].split("=")[0]
+    err = ConfigCompositionException(f"Could not override '{key}'.\nTo append to your config use +{argv[-1]}")
+    assert explain_override_error(err, "train", argv) == message
+
+
+def test_a_nested_group_lists_its_options_and_plugins() -> None:
+    from hydra.errors import MissingConfigException
+
+    from tunelab.cli import explain_override_error
+
+    err = MissingConfigException("In 'hydra/config': Could not find 'hydra/launcher/foo'", "hydra/launcher/foo")
+    assert explain_override_error(err, "train", []) == (
+        "hydra/launcher=foo is not an option; choose one of: basic, slurm, submitit_local, submitit_slurm")
+
+
+def test_print_config_of_a_sweep_is_one_line() -> None:
+    proc = run_script("train.py", "-m", "seed=1", "--cfg", "job")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified: --cfg and "
+        "--info print one run's config, so drop -m."]
 
 
 def test_sweep_values_without_multirun_name_the_fix() -> None:

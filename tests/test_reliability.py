@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, ROOT, compose_cfg, run_script
-from tunelab.errors import ConfigError, TrainingError
+from tunelab.errors import ConfigError, RunInterrupted, TrainingError
 
 # a deterministic CPU run long enough to interrupt: 400 rows / batch 8 = 50 steps per epoch, 2 epochs
 LONG = ["debug=quick", f"paths.data_dir={FIXTURES}", "data.train_limit=400", "data.batch_size=8",
@@ -50,8 +50,9 @@ def test_a_stop_between_accumulated_batches_waits_for_the_step_and_resumes_exact
     args = ("data.train_limit=48", "data.batch_size=8", "trainer.accumulate_grad_batches=2", "trainer.max_epochs=2",
             "optimizer.lr=1e-3", "model.dropout=0.1", "seed=3")
     _, straight = run_cfg(*args)
-    _, stopped = run_cfg(*args, "+callbacks.signal._target_=tests.ddp_rows.SignalAtBatch", "+callbacks.signal.batch=2")
-    last = stopped / "checkpoints" / "last.ckpt"
+    with pytest.raises(RunInterrupted) as stop:  # the CLI turns it into exit status 143
+        run_cfg(*args, "+callbacks.signal._target_=tests.ddp_rows.SignalAtBatch", "+callbacks.signal.batch=2")
+    last = Path(stop.value.checkpoint)
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2 and ckpt["tunelab_loop_position"]["batches_done"] == 4  # not 3
     _, resumed = run_cfg(*args, f"ckpt_path={last}")
@@ -97,7 +98,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path) -> None:
     assert_same_weights(state_dict(straight / "checkpoints" / "last.ckpt"), state_dict(resumed / "checkpoints" / "last.ckpt"))
 
 
-def test_sigterm_saves_resumable_checkpoint_and_exits_cleanly(tmp_path) -> None:
+def test_sigterm_saves_resumable_checkpoint_and_exits_143(tmp_path) -> None:
     run_dir = tmp_path / "run"
     proc = _start(run_dir, "callbacks.last_checkpoint.every_n_train_steps=5")
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -105,7 +106,7 @@ def test_sigterm_saves_resumable_checkpoint_and_exits_cleanly(tmp_path) -> None:
     periodic_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]  # 143, as a shell reports a signalled command
     assert "resume with ckpt_path=" in out
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     stopped_at = int(out.split("interrupted at step ")[1].split(":")[0])
@@ -265,7 +266,7 @@ def test_ranks_agree_on_a_stop_every_few_batches_not_every_step(tmp_path) -> Non
 
 def test_sigterm_to_one_ddp_rank_stops_both_with_a_resumable_checkpoint(tmp_path) -> None:
     """SIGTERM to rank 0 only (rank 1 never sees it): at the next agreement both ranks write last.ckpt and
-    stop at the same step; the run exits cleanly instead of leaving rank 1 waiting in a collective."""
+    stop at the same step; the run exits (143) instead of leaving rank 1 waiting in a collective."""
     run_dir = tmp_path / "run"
     proc = _start(run_dir, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
                   "callbacks.last_checkpoint.every_n_train_steps=5")
@@ -279,7 +280,7 @@ def test_sigterm_to_one_ddp_rank_stops_both_with_a_resumable_checkpoint(tmp_path
             os.killpg(proc.pid, signal.SIGKILL)  # every rank still running (none after a clean exit)
         except ProcessLookupError:
             pass
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]  # 143, as a shell reports a signalled command
     assert "resume with ckpt_path=" in out
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     stopped_at = int(out.split("interrupted at step ")[1].split(":")[0])

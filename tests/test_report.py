@@ -167,8 +167,8 @@ def test_monitor_is_the_optimized_metric_with_its_direction(task, metric, mode) 
 
 @pytest.mark.parametrize("metric,message", [
     ("test/acc", "optimized_metric=test/acc is not a validation metric; use val/acc."),
-    ("val/nope", "val/nope is not a metric of classification runs; use one of acc, brier, ece, f1_macro, f1_micro, "
-                 "loss, mcc, nll, precision, recall"),
+    ("val/nope", "val/nope is not a metric of classification runs; use one of val/acc, val/brier, val/ece, "
+                 "val/f1_macro, val/f1_micro, val/loss, val/mcc, val/nll, val/precision, val/recall."),
 ])
 def test_monitor_refuses_metrics_it_cannot_rank_by(metric, message) -> None:
     with pytest.raises(ConfigError) as err:

@@ -16,6 +16,7 @@ def test_optuna_random_search_three_trials_in_a_resumable_study(tmp_path) -> Non
     db = tmp_path / "optuna.db"
     proc = run_script(
         "train.py", "hparams_search=optuna_random", *TINY, "logger=csv", "data.train_limit=64",
+        "loss.label_smoothing=interval(0.0, 0.2)",  # a loss's own knob joins the search from the command line
         "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
         timeout=300,
     )

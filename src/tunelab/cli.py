@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from tunelab import schema
-from tunelab.errors import ConfigError, TrainingError
+from tunelab.errors import ConfigError, RunInterrupted, TrainingError
 
 log = logging.getLogger("tunelab")
 
@@ -37,6 +37,12 @@ def launch(config_name: str, project_root: Path) -> None:
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
         print(f"error: {explain_override_error(err, config_name)}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as err:
+        if not str(err).startswith("Only one of --run, --multirun"):
+            raise
+        # Hydra's flags that exclude each other (-m with --cfg / --info): its own text, on one line
+        print(f"error: {err}: --cfg and --info print one run's config, so drop -m.", file=sys.stderr)
+        sys.exit(2)
 
 
 def main_entry(cfg: DictConfig) -> float | None:
@@ -46,50 +52,109 @@ def main_entry(cfg: DictConfig) -> float | None:
         from tunelab.pipeline import run
         from tunelab.results import monitor
 
+        _one_console_for_lightning()
         metrics = run(cfg)
         optimized = monitor(cfg)[0]
     except (ConfigError, TrainingError) as err:
         # one clear line instead of a traceback: the message names the fix
-        log.error("%s", err)
+        _to_log_files(err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 3)
+    except RunInterrupted as stop:
+        _to_log_files(stop)
+        print(stop, file=sys.stderr)
+        sys.exit(128 + stop.signum)
     return metrics.get(optimized)
 
 
-def explain_override_error(err: Exception, config_name: str) -> str:
-    """One line naming the fix for an unknown key or an unknown group option."""
-    import difflib
+def _one_console_for_lightning() -> None:
+    """The `lightning` package gives its logger a stderr handler of its own and still propagates to the root
+    logger, which Hydra has given the console and the run's log file: every Lightning line printed twice."""
+    if not logging.getLogger().handlers:
+        return  # no Hydra logging (a notebook, a test): Lightning's handler is the only console
+    lightning_log = logging.getLogger("lightning")
+    for handler in list(lightning_log.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_log.removeHandler(handler)
+
+
+def _to_log_files(err: Exception) -> None:
+    """The run's log file keeps the error; the terminal gets it once, as the `error:` line on stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (err,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def explain_override_error(err: Exception, config_name: str, argv: list[str] | None = None) -> str:
+    """One line naming the fix for an unknown key or an unknown group option. `argv`: the command line's
+    arguments (default sys.argv[1:]), so a suggestion comes from the config the user composed."""
     import re
-
-    from omegaconf import OmegaConf
-
-    from tunelab.config import CONF_DIR
 
     text = str(err)
     if getattr(err, "override", None):  # OverrideParseException: Hydra's grammar rejected the text
         return f"cannot parse the override {err.override!r}: {text.splitlines()[0]} (quote values with special characters)"
     key = re.search(r"Could not override '([^']+)'", text)
     if key:
-        dotted = key.group(1)
-        parent, _, leaf = dotted.rpartition(".")
-        try:
-            from tunelab.config import compose_config
-
-            cfg = compose_config([], ".", config_name=config_name)
-            node = OmegaConf.select(cfg, parent) if parent else cfg
-            close = difflib.get_close_matches(leaf, list(node.keys()), n=1) if node is not None else []
-        except Exception:  # noqa: BLE001 - the suggestion is a nicety
-            close = []
-        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
-        return f"unknown config key '{dotted}': {hint}(to add a new key write +{dotted}=...)"
+        return _unknown_key(key.group(1), config_name, sys.argv[1:] if argv is None else argv)
     ambiguous = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
     if ambiguous:  # Hydra's text lists three readings; the sweep is what researchers mean
         key, values = ambiguous.groups()
         return (f"{key}={values} lists several values: add -m to sweep over them "
                 f"(python train.py -m ... {key}={values}), or write {key}=[{values}] for a list.")
-    group = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    group = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
     if group:
         name, option = group.groups()
-        options = sorted(p.stem for p in (CONF_DIR / name).glob("*.yaml"))
-        return f"{name}={option} is not an option; choose one of: {', '.join(options)}"
+        return f"{name}={option} is not an option; choose one of: {', '.join(_group_options(name))}"
     return text.splitlines()[0]
+
+
+def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
+    """`did you mean ...?` from the config these overrides compose (loss=mse has no label_smoothing, though
+    the default loss has), falling back to the default config when they do not compose."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    from tunelab.config import compose_config
+
+    others = [a for a in argv if "=" in a and not a.startswith("-") and a.lstrip("+~").split("=")[0] != dotted]
+    parent, _, leaf = dotted.rpartition(".")
+    hint = ""
+    for overrides in (others, []):
+        try:
+            cfg = compose_config(overrides, ".", config_name=config_name)
+        except Exception:  # noqa: BLE001 - another bad override: try the default config
+            continue
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is None:  # a mistyped group name (optimzer.lr): match the whole dotted key
+            top, _, rest = dotted.partition(".")
+            close = difflib.get_close_matches(top, [k for k in cfg.keys() if k != "hydra"], n=1)
+            hint = f"did you mean {close[0]}.{rest}? " if close and rest else ""
+        else:
+            close = difflib.get_close_matches(leaf, list(node.keys()), n=1)
+            group = parent.split(".")[0]
+            choice = cfg.hydra.runtime.choices.get(group) if parent else None
+            if close and close[0] != leaf:
+                hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? "
+            elif choice:  # the key exists, but not under the option chosen for its group
+                hint = f"{group}={choice} has no {leaf} (its keys: {', '.join(map(str, node.keys()))}); "
+        params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+        if dotted in params:  # the sweep config searches a key this composition lacks
+            return (f"unknown config key '{dotted}': {hint}the hparams_search config searches it "
+                    "(hydra.sweeper.params): remove it there, or pick an option that has it")
+        break
+    return f"unknown config key '{dotted}': {hint}(to add a new key write +{dotted}=...)"
+
+
+def _group_options(group: str) -> list[str]:
+    """The options of a config group as Hydra sees them: this project's files and installed plugins'
+    (hydra/launcher=basic, submitit_local, ...)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tunelab.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))

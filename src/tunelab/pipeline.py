@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
 from tunelab.checkpoints import check_checkpoint
+from tunelab.errors import RunInterrupted
 from tunelab.module import TransformerModule
 from tunelab.resilience import Interrupted, find_resilience
 from tunelab.trainer import best_checkpoint, build_trainer
@@ -74,9 +76,9 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     if guard is not None and guard.skipped_batches:
         metrics["train/skipped_batches"] = float(guard.skipped_batches)
     if guard is not None and guard.interrupted_checkpoint:
-        # stopped by SIGTERM/SIGINT: no test on half-trained weights; the run resumes from last.ckpt
-        log.warning("run interrupted; resume with ckpt_path=%s", guard.interrupted_checkpoint)
-        return metrics
+        # stopped by SIGTERM/SIGINT: no test on half-trained weights; the run resumes from last.ckpt. A rank
+        # that stopped because another rank got the signal reports SIGTERM, what schedulers send.
+        raise RunInterrupted(guard.stop_signal or signal.SIGTERM, guard.interrupted_checkpoint)
     tested = best_checkpoint(trainer) if cfg.train else ckpt_path
     if cfg.train:
         module = _unwrapped(module, trainer, tested)

@@ -121,7 +121,9 @@ def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
 
 def _require_logged(metric: str, runs: list[Run]) -> None:
     if not any(metric in r.metrics for r in runs):
-        known = sorted({k for r in runs for k in r.metrics if k.startswith("val/")})
+        known = sorted({k for r in runs for k in r.metrics if k.startswith(("val/", "test/"))})
+        if not known:
+            raise ValueError(f"no run logged {metric} or any val/ or test/ metric: did the sweep's jobs finish?")
         raise ValueError(f"no run logged {metric}; pass --metric with one of {', '.join(known)}.")
 
 

@@ -61,9 +61,22 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         return str(newest)
     if is_adapter_dir(path):  # <run dir>/adapter from peft.save_adapter
         return str(path)
+    if Path(path).is_dir():
+        raise ConfigError(f"ckpt_path={path} {_what_dir(Path(path))}")
     if not Path(path).is_file():
         raise ConfigError(f"ckpt_path={path} does not exist; pass the path of a .ckpt file (or ckpt_path=last).")
     return str(path)
+
+
+def _what_dir(folder: Path) -> str:
+    """The rest of the one-line error for a directory given as ckpt_path, naming the file to pass."""
+    if (folder / "config.json").is_file():
+        return (f"is an exported model: predict with it (predict.py ckpt_path={folder}); to test or resume, "
+                "pass a .ckpt from the run's checkpoints/.")
+    newest = newest_checkpoint(folder, "checkpoints/*.ckpt")
+    if newest is not None:
+        return f"is a run directory; pass one of its checkpoints, e.g. ckpt_path={newest}"
+    return "is a directory; pass the path of a .ckpt file (or ckpt_path=last)."
 
 
 def write_metrics(out: Path, metrics: dict[str, float], best_checkpoint: str | None, global_step: int,

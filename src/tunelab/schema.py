@@ -51,7 +51,8 @@ class Rule:
                 "encoding": "a text encoding (utf-8, utf-8-sig, latin-1, cp1252, ...)",
                 "choice": f"one of {list(self.choices)}",
                 "batches": "a number of batches (an integer >= 0) or a fraction in [0, 1]",
-                "bool_or_count": "true, false or a number of batches"}[self.kind]
+                "bool_or_count": "true, false or a number of batches",
+                "devices": "a count >= 1, -1 (all), auto, or device indices ([0, 1] or \"0,1\")"}[self.kind]
         return f"{noun} {self.bounds()}".strip() + (" or null" if self.nullable else "")
 
     def type_ok(self, value: Any) -> bool:
@@ -67,6 +68,12 @@ class Rule:
             return _is_int(value) and value >= 0 or isinstance(value, float) and 0 <= value <= 1
         if self.kind == "bool_or_count":
             return isinstance(value, bool) or _is_int(value) and value >= 0
+        if self.kind == "devices":  # what Lightning's Trainer(devices=...) parses
+            if isinstance(value, str):
+                return value == "auto" or all(p.strip().lstrip("-").isdigit() for p in value.split(",") if p.strip())
+            if isinstance(value, list):
+                return bool(value) and all(_is_int(v) and v >= 0 for v in value)
+            return _is_int(value) and (value >= 1 or value == -1)
         if self.kind == "text":
             return isinstance(value, str) and bool(value.strip())
         if self.kind == "separator":
@@ -196,6 +203,7 @@ RULES: dict[str, Rule] = {
     "trainer.min_epochs": integer(0, nullable=True),
     "trainer.max_steps": integer(-1),
     "trainer.num_nodes": COUNT,
+    "trainer.devices": Rule("devices"),
     "trainer.accumulate_grad_batches": COUNT,
     "trainer.gradient_clip_val": number(0, nullable=True),
     "trainer.gradient_clip_algorithm": one_of("norm", "value", nullable=True),

@@ -55,8 +55,10 @@ class Task:
         metrics = dict(self.metrics(2).items())
         metric = metrics.get(leaf)
         if metric is None or metric.higher_is_better is None:
+            stage = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
             known = sorted(["loss", *metrics])
-            raise ConfigError(f"{name} is not a metric of {self.name} runs; use one of {', '.join(known)} (val/ or test/).")
+            raise ConfigError(f"{name} is not a metric of {self.name} runs; use one of "
+                              f"{', '.join(stage + k for k in known)}.")
         return "max" if metric.higher_is_better else "min"
 
     def metrics(self, num_labels: int) -> MetricCollection:

@@ -13,10 +13,12 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
+from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
 from tunelab.model import compile_backend, head_class, model_config
 from tunelab.resilience import check_skip_runs_alone
 from tunelab.results import monitor
+from tunelab.rundir import resolve_ckpt_path
 from tunelab.sweeps import is_multirun
 from tunelab.tasks import get_task
 from tunelab.trainer import strategy_name
@@ -24,10 +26,14 @@ from tunelab.trainer import strategy_name
 
 def validate(cfg: DictConfig) -> None:
     schema.check(cfg)  # types and ranges of every value first: the checks below rely on them
+    _check_required(cfg)  # then every ??? of the config: the checks below read those keys
+    if not cfg.get("predict"):  # a ckpt_path that is not a checkpoint (predict.py takes exported models too)
+        resolve_ckpt_path(cfg)
     task = get_task(cfg.data.task)
     task.check_data(cfg.data)
     if not cfg.get("predict"):  # predicting computes no loss: loss=... need not be named to fit
         _check_loss(cfg, task)
+    _check_data_files(cfg)
     if cfg.get("train") and cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be at least 1.")
     _check_weight_averaging(cfg)  # before the devices: trainer=fsdp is refused on a CPU for another reason
@@ -39,15 +45,47 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optimizer.get("layer_decay") is not None and cfg.optimizer.get("lr") is None:
         raise ConfigError("optimizer.layer_decay scales optimizer.lr per layer: set optimizer.lr (it is null, "
                           "Adafactor's relative step).")
+    _check_sweeper_direction(cfg)
+    peft_adapters.validate(cfg)
+
+
+def _check_required(cfg: DictConfig) -> None:
+    """A key the chosen config leaves ??? (data=csv's train_file, model=hf's name_or_path, eval.py's ckpt_path)
+    is one line naming it, not OmegaConf's traceback from wherever the key is first read."""
     if cfg.get("predict") and not OmegaConf.select(cfg, "data.predict_file", throw_on_missing=False):
         raise ConfigError("predict.py needs the rows to predict on: pass data.predict_file=<csv / tsv / jsonl file, "
                           "or CoNLL tokens>.")
-    if not cfg.get("train") and not cfg.get("ckpt_path"):
+    if not cfg.get("train") and not OmegaConf.select(cfg, "ckpt_path", throw_on_missing=False):
         if cfg.get("predict"):
             raise ConfigError("predict.py runs a trained model: pass ckpt_path=<path to .ckpt> or <run dir>/hf_model.")
         raise ConfigError("train=false tests a checkpoint: pass ckpt_path=<path to .ckpt>.")
-    _check_sweeper_direction(cfg)
-    peft_adapters.validate(cfg)
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))  # composed in tests
+    if cfg.get("predict"):  # predicting reads data.predict_file alone, not data=csv's training file
+        missing = [k for k in missing if k not in {"data.train_file", "data.val_file", "data.test_file"}]
+    if missing:
+        key = missing[0]
+        group = key.split(".")[0]
+        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+        chosen = f"{group}={choices[group]} needs it" if choices.get(group) else "it has no default"
+        raise ConfigError(f"{key} is not set ({chosen}): pass {key}=<value>.")
+
+
+def _check_data_files(cfg: DictConfig) -> None:
+    """A data file that is not there is one line before the seed, the tokenizer and the model. Only the files
+    this run reads: testing a checkpoint reads the test file, or the training file its test split is cut from."""
+    if cfg.get("predict"):
+        return  # data.predict_file only: the predict path checks it
+    if cfg.get("train"):
+        keys = ["train_file", "val_file", "test_file"]
+    else:
+        keys = ["test_file"] if cfg.data.get("test_file") else ["train_file"]
+    for key in keys:
+        if cfg.data.get(key):
+            existing_file(cfg.data[key], f"data.{key}")
+    carved = [f"data.{s}_fraction" for s in ("val", "test") if not cfg.data.get(f"{s}_file")]
+    total = sum(cfg.data.get(key.split(".")[1]) or 0 for key in carved)
+    if total >= 1:  # the splits are cut from the training file: nothing would be left to train on
+        raise ConfigError(f"{' + '.join(carved)} = {total:g} leaves no training rows; keep the sum below 1.")
 
 
 def _check_loss(cfg: DictConfig, task) -> None:

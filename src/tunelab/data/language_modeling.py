@@ -58,7 +58,8 @@ class LanguageModelingDataModule(BaseDataModule):
             else:
                 self._tokenizer = super().tokenizer
             if self._tokenizer.eos_token is None:
-                raise ConfigError(f"tokenizer {spec} has no eos_token; use a causal-LM tokenizer or model.tokenizer=char.")
+                raise ConfigError(f"tokenizer {spec} has no eos_token; use a causal-LM model (model=gpt2_tiny, "
+                                  "or model=hf with a decoder), or model.tokenizer=char.")
             if self._tokenizer.pad_token is None:  # padding is masked out of the loss; EOS is as good as any
                 self._tokenizer.pad_token = self._tokenizer.eos_token
         return self._tokenizer
