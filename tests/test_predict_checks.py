@@ -79,14 +79,19 @@ def sentences(tmp_path):
     return new
 
 
-def test_regression_model_with_classification_data_is_one_line(trained, tmp_path, cache_dir, sentences,
-                                                               no_work) -> None:
-    model = trained("regression") / "hf_model"
+@pytest.mark.parametrize("kind,evidence", [
+    ("regression", "problem_type=regression"),
+    ("multilabel", "problem_type=multi_label_classification"),  # before, a softmax over its 7 labels
+])
+def test_a_sequence_model_of_another_task_with_classification_data_is_one_line(trained, tmp_path, cache_dir,
+                                                                               sentences, no_work, kind,
+                                                                               evidence) -> None:
+    model = trained(kind) / "hf_model"
     message = refused(tmp_path / "out", cache_dir, f"ckpt_path={model}", f"data.predict_file={sentences}")
     assert message == (
-        f"ckpt_path={model} is a regression model (config.json: BertForSequenceClassification, "
-        "problem_type=regression) but data=sst2 is a classification task; pass a model exported for "
-        "classification, or the data config it was trained with (data.task=regression).")
+        f"ckpt_path={model} is a {kind} model (config.json: BertForSequenceClassification, {evidence}) but "
+        "data=sst2 is a classification task; pass a model exported for classification, or the data config it "
+        f"was trained with (data.task={kind}).")
 
 
 def test_classification_model_with_regression_data_is_one_line(trained, tmp_path, cache_dir, no_work) -> None:
@@ -98,16 +103,6 @@ def test_classification_model_with_regression_data_is_one_line(trained, tmp_path
         f"ckpt_path={model} is a classification model (config.json: BertForSequenceClassification, num_labels=2) "
         "but data=stsb is a regression task; pass a model exported for regression, or the data config it was "
         "trained with (data.task=classification).")
-
-
-def test_multilabel_model_with_classification_data_is_one_line(trained, tmp_path, cache_dir, sentences,
-                                                               no_work) -> None:
-    model = trained("multilabel") / "hf_model"
-    message = refused(tmp_path / "out", cache_dir, f"ckpt_path={model}", f"data.predict_file={sentences}")
-    assert message == (
-        f"ckpt_path={model} is a multilabel model (config.json: BertForSequenceClassification, "
-        "problem_type=multi_label_classification) but data=sst2 is a classification task; pass a model exported "
-        "for classification, or the data config it was trained with (data.task=multilabel).")
 
 
 def test_the_refusal_names_the_training_runs_data_from_its_hydra_dir(trained, tmp_path, cache_dir, sentences,
