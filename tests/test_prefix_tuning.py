@@ -145,3 +145,40 @@ def test_gpt2_prefix_pipeline_run_loss_falls_saves_and_tests(run_cfg) -> None:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     reloaded = TransformerModule.load_from_checkpoint(ckpt, map_location="cpu").model
     assert isinstance(reloaded, peft.PeftModel) and reloaded.active_peft_config.peft_type == peft.PeftType.PREFIX_TUNING
+
+
+def test_generate_samples_are_skipped_under_prefix_tuning_because_generation_drops_the_prefix(caplog) -> None:
+    """Why: with the installed transformers + peft, generate() ignores the prefix that the forward pass uses.
+    So callbacks.generate logs no samples (they would be the base model's) and says why, once."""
+    from types import SimpleNamespace
+
+    from tunelab.callbacks import GenerateSample, generation_drops_the_prefix
+
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(tiny_config("gpt2")).eval()
+    wrapped = peft.get_peft_model(model, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    with torch.no_grad():
+        wrapped.prompt_encoder.default.embedding.weight.normal_(std=5.0)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        generated = wrapped.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        @torch.no_grad()
+        def greedy(forward) -> torch.Tensor:  # greedy decoding by repeated forward passes
+            out = ids
+            for _ in range(6):
+                out = torch.cat([out, forward(input_ids=out).logits[:, -1:].argmax(-1)], 1)
+            return out
+
+        base = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(base, greedy(model))  # generate() is greedy decoding for the plain model
+    assert not torch.equal(generated, greedy(wrapped))  # but not with the prefix training uses: the limitation
+    assert generation_drops_the_prefix(wrapped) and not generation_drops_the_prefix(model)
+
+    callback = GenerateSample()
+    module = SimpleNamespace(task=get_task("causal_lm"), model=wrapped)
+    trainer = SimpleNamespace(sanity_checking=False)
+    with caplog.at_level("WARNING", logger="tunelab.callbacks"):
+        callback.on_validation_epoch_end(trainer, module)
+        callback.on_validation_epoch_end(trainer, module)
+    assert callback.samples == []
+    assert sum("logs no samples under peft=prefix" in r.message for r in caplog.records) == 1

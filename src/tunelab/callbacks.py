@@ -110,10 +110,17 @@ class GenerateSample(pl.Callback):
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
         self.do_sample, self.top_k, self.temperature, self.seed = do_sample, top_k, temperature, seed
         self.samples: list[tuple[int, str]] = []
+        self._said_why_not = False
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or getattr(pl_module, "task", None) is None or pl_module.task.name != "causal_lm":
+            return
+        if generation_drops_the_prefix(pl_module.model):
+            if not self._said_why_not:
+                log.warning("callbacks.generate logs no samples under peft=prefix: transformers 5's generate() "
+                            "ignores the prefix peft passes as past_key_values, so they would be the base model's")
+                self._said_why_not = True
             return
         text = self.generate(pl_module, trainer.datamodule.tokenizer)
         self.samples.append((trainer.global_step, text))
@@ -144,3 +151,11 @@ class GenerateSample(pl.Callback):
         finally:
             model.train(was_training)
         return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def generation_drops_the_prefix(model: torch.nn.Module) -> bool:
+    """peft hands prefix tuning's prefixes to generate() as past_key_values; transformers 5 generates with its
+    own `cache` and ignores them (warning "Both `past_key_values` and `cache` are set"), while the forward
+    pass, and so training, validation and test, use them."""
+    config = getattr(model, "active_peft_config", None)
+    return config is not None and getattr(config, "peft_type", None) == "PREFIX_TUNING"  # a str enum
