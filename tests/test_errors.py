@@ -38,6 +38,8 @@ def write(path: Path, text: str) -> Path:
         (["data.test_file=null", "data.val_fraction=0.5", "data.test_fraction=0.5"],
          "data.val_fraction + data.test_fraction = 1 leaves no training rows; keep the sum below 1."),
         ([f"ckpt_path={FIXTURES}"], f"ckpt_path={FIXTURES} is a directory; pass the path of a .ckpt file"),
+        (["callbacks=early_stopping", "trainer.limit_val_batches=0"],
+         "callbacks.early_stopping stops on val/acc, but trainer.limit_val_batches=0 runs no validation"),
     ],
 )
 def test_misconfiguration_raises_documented_error(run_cfg, overrides, message) -> None:
@@ -167,3 +169,15 @@ def test_loss_that_does_not_fit_the_task_is_exactly_one_line(run_cfg, overrides,
     with pytest.raises(ConfigError) as err:
         run_cfg(*overrides, "trainer=debug")
     assert str(err.value) == message
+
+
+def test_a_run_that_ends_before_its_first_validation_says_so_and_early_stopping_lets_it_finish(run_cfg,
+                                                                                               caplog) -> None:
+    """max_steps below an epoch with validation at epoch ends: no val/ metric ever exists. Early stopping
+    (strict, Lightning's default) raised a RuntimeError at the epoch's end; the run now finishes and warns."""
+    with caplog.at_level("WARNING", logger="tunelab.module"):
+        metrics, _ = run_cfg("callbacks=early_stopping", "data.train_limit=64", "data.batch_size=8",
+                             "trainer.max_steps=3", "trainer.max_epochs=1", "trainer.limit_val_batches=2")
+    assert "test/acc" in metrics and "val/acc" not in metrics
+    assert any(r.message.startswith("trainer.max_steps=3 ends training before the first validation (after 8 batches)")
+               for r in caplog.records), [r.message for r in caplog.records]

@@ -172,16 +172,21 @@ def test_predict_on_unlabelled_csv_with_the_checkpoint_or_the_exported_model(tra
         assert b["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
 
 
-def test_predict_on_conll_tokens_without_tags(trained, tmp_path, cache_dir) -> None:
+def test_predict_on_conll_tokens_without_tags(trained, tmp_path, cache_dir, caplog) -> None:
     _, run_dir = trained("ner")
-    sentences = [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]
+    sentences = [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"], ["word"] * 40]
     new = tmp_path / "new.conll"
     new.write_text("\n\n".join("\n".join(words) for words in sentences) + "\n")
-    rows = predict(tmp_path / "out", cache_dir, "data=conll2003", f"ckpt_path={run_dir / 'hf_model'}",
-                   f"data.predict_file={new}")
+    with caplog.at_level("WARNING", logger="tunelab.data.token_classification"):
+        rows = predict(tmp_path / "out", cache_dir, "data=conll2003", f"ckpt_path={run_dir / 'hf_model'}",
+                       f"data.predict_file={new}", "data.max_length=16")
     names = set(best_module(run_dir).hparams.label_names)
     assert [r["tokens"] for r in rows] == sentences
-    assert all("gold" not in r and len(r["pred"]) == len(r["tokens"]) and set(r["pred"]) <= names for r in rows)
+    assert all("gold" not in r and len(r["pred"]) == len(r["tokens"]) for r in rows)
+    assert all(set(r["pred"]) <= names for r in rows[:2])
+    # the long sentence's words past max_length have no sub-token to predict from: null, and said so
+    assert rows[2]["pred"][-1] is None and set(rows[2]["pred"][:10]) <= names
+    assert f"1 sentences of {new} exceed data.max_length=16 tokens: their words past it get pred null" in caplog.text
 
 
 def test_predict_without_the_text_column_is_one_line_naming_it(trained, tmp_path, cache_dir) -> None:

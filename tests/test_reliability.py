@@ -196,7 +196,10 @@ def test_run_dirs_are_unique_and_never_overwritten(tmp_path, cache_dir) -> None:
         run(compose_cfg(run_dir, "debug=fdr", cache=cache_dir))
     assert str(err.value) == (f"run dir {run_dir} already holds a run; pass overwrite=true to replace it or choose "
                               "another hydra.run.dir.")
+    stale = run_dir / "checkpoints" / "best-epoch09-step000999.ckpt"  # the replaced run's: it must not pass for the new one's
+    stale.write_bytes(b"old")
     assert run(compose_cfg(run_dir, "debug=fdr", "overwrite=true", cache=cache_dir))["test/acc"] >= 0
+    assert not stale.exists() and (run_dir / "metrics.json").is_file()
 
 
 def test_empty_split_and_truncation_are_reported(run_cfg, tmp_path, caplog) -> None:

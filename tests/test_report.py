@@ -103,6 +103,18 @@ def test_report_cli_and_its_one_line_errors(tmp_path, capsys) -> None:
     assert report.main([str(tmp_path / "missing")]) == 2
     assert report.main([str(sweep), "--metric", "val/nope"]) == 2
     assert "--metric" in capsys.readouterr().err
+    assert report.main([str(sweep), "--metrics", "val/bogus"]) == 2  # before, the column was silently left out
+    assert capsys.readouterr().err.startswith("error: no run logged val/bogus; pass --metric with one of ")
+    assert report.main([str(sweep), "--alpha", "2"]) == 2  # as tunelab.compare: one check for both
+    assert capsys.readouterr().err == "error: --alpha=2.0 must lie in (0, 1), e.g. 0.05.\n"
+
+
+def test_no_test_verdict_names_its_reason(tmp_path) -> None:
+    rep, markdown = report.write_report(make_sweep(tmp_path / "s", {"a": [0.8, 0.8], "b": [0.8, 0.8]}))
+    assert rep["best_vs_runner_up"]["differs"] is None
+    assert "no test possible (the values do not vary)" in markdown
+    rep, markdown = report.write_report(make_sweep(tmp_path / "t", {"a": [0.8], "b": [0.7]}))
+    assert "no test possible (needs ≥ 2 seeds per config)" in markdown
 
 
 def _append_many(args) -> None:

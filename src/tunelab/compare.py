@@ -26,7 +26,7 @@ from tunelab.errors import ConfigError
 from tunelab.prediction_metrics import ExampleMetric
 from tunelab.report import Group, _fmt, _fmt_p, compare, describe, group_runs, label_groups
 from tunelab.results import PREDICTIONS_FILE, Run, load_predictions, load_runs, monitor
-from tunelab.significance import RESAMPLES, holm, paired_bootstrap
+from tunelab.significance import RESAMPLES, check_alpha, holm, paired_bootstrap
 from tunelab.sweeps import override_key
 
 
@@ -278,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resamples < 1:
             raise ConfigError(f"--resamples={args.resamples} must be a positive integer (10000 gives stable CIs).")
-        if not 0 < args.alpha < 1:
-            raise ConfigError(f"--alpha={args.alpha} must lie in (0, 1), e.g. 0.05.")
+        check_alpha(args.alpha)
         result = build_comparison(args.paths, args.baseline, args.metric, args.resamples, args.seed, args.alpha)
         out = args.out or args.paths[0]
         out.mkdir(parents=True, exist_ok=True)

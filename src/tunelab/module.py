@@ -186,6 +186,19 @@ class TransformerModule(pl.LightningModule):
     def configure_callbacks(self) -> list[pl.Callback]:
         return [ReleaseGradsOnException()] if self._cuda_graphs else []
 
+    def on_train_start(self) -> None:
+        trainer = self.trainer
+        if not trainer.enable_validation or trainer.max_steps < 0 or trainer.val_check_batch == float("inf"):
+            return
+        # batches before the first validation: a max_steps below it ends fit with no val/ metric at all
+        first = trainer.val_check_batch
+        if trainer.check_val_every_n_epoch and trainer.val_check_batch <= trainer.num_training_batches:
+            first += (trainer.check_val_every_n_epoch - 1) * trainer.num_training_batches
+        if trainer.max_steps * trainer.accumulate_grad_batches < first:
+            log.warning("trainer.max_steps=%d ends training before the first validation (after %d batches): no "
+                        "val/ metrics, no best checkpoint, no sweep report; set trainer.val_check_interval=<batches> "
+                        "below it, or train longer", trainer.max_steps, first)
+
     def on_train_epoch_end(self) -> None:
         self.log_epoch_metrics("train")
 

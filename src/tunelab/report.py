@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from tunelab import plots, tracking
 from tunelab.results import Run, load_runs, runs_monitor
+from tunelab.significance import check_alpha
 from tunelab.sweeps import job_name, override_key
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
                       "delta": _mean(a) - _mean(b), **compare(a, b), "test": test, "alpha": alpha}
         p = comparison["paired_p" if test == "paired" else "welch_p"]
         comparison["differs"] = None if p is None else bool(p < alpha)
+        if p is None:  # what the verdict says instead of a p-value
+            comparison["no_test"] = "needs ≥ 2 seeds per config" if min(len(a), len(b)) < 2 else "the values do not vary"
     return {"sweep_dir": str(sweep_dir), "metric": metric, "mode": mode, "n_runs": len(runs),
             "configs": ranked, "best_vs_runner_up": comparison}
 
@@ -190,7 +193,7 @@ def to_markdown(report: dict[str, Any], extra_metrics: list[str] = ()) -> str:
     if comp:
         verdict = {True: f"**the best differs from the runner-up** (p < {comp['alpha']})",
                    False: f"the best is **not distinguishable** from the runner-up (p ≥ {comp['alpha']})",
-                   None: "no test possible (needs ≥ 2 seeds per config)"}[comp["differs"]]
+                   None: f"no test possible ({comp.get('no_test', 'needs ≥ 2 seeds per config')})"}[comp["differs"]]
         lines += ["", f"Best `{comp['best']}` vs runner-up `{comp['runner_up']}` on {comp['metric']}: "
                       f"Δ = {comp['delta']:+.4f}, Welch t-test p = {_fmt_p(comp['welch_p'])}, paired by seed "
                       f"p = {_fmt_p(comp['paired_p'])} (n = {comp['n_paired']}): {verdict}."]
@@ -204,6 +207,8 @@ def write_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir) if runs is None else runs
     report = build_report(sweep_dir, metric, alpha, test, runs)
+    for extra in extra_metrics:  # a mistyped --metrics name would otherwise drop its column silently
+        _require_logged(extra, runs)
     markdown = to_markdown(report, list(extra_metrics))
     (sweep_dir / "report.md").write_text(markdown)
     (sweep_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -261,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.sweep_dir} is not a directory; pass outputs/<task>/multiruns/<date_time>.", file=sys.stderr)
         return 2
     try:
+        check_alpha(args.alpha)
         _, markdown = write_report(args.sweep_dir, args.metric, args.alpha, args.test, args.metrics)
     except (ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,32 @@ def claim_run_dir(cfg: DictConfig) -> None:
     used = (out / "metrics.json").exists() or any((out / "checkpoints").glob("*.ckpt"))
     if used and not allowed:
         raise ConfigError(f"run dir {out} already holds a run; pass overwrite=true to replace it or choose another hydra.run.dir.")
+    if used and not resuming_here:
+        _remove_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
     try:
         os.close(os.open(out / ".tunelab_run", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         if not allowed:
             raise ConfigError(f"run dir {out} is taken by another run; choose another hydra.run.dir.") from None
+
+
+# what a run writes into its dir besides Hydra's .hydra/ and log (rewritten by the new run). overwrite=true
+# removes them first: a stale best-*.ckpt beside the new last.ckpt, or an old predictions.jsonl after a
+# test=false run, would pass for the new run's
+RUN_OUTPUTS = ("checkpoints", "metrics.json", "predictions.jsonl", "test_report.txt", "test_report.json", "hf_model",
+               "adapter", "merged", "csv", "tensorboard", "wandb", "learning_curves.png", "confusion_matrix.png",
+               "reliability_diagram.png")
+
+
+def _remove_previous_run(out: Path) -> None:
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    log.info("overwrite=true: removed the previous run's outputs from %s", out)
 
 
 def newest_checkpoint(folder: Path, pattern: str = "*.ckpt") -> Path | None:

@@ -9,6 +9,8 @@ from typing import Callable
 
 import numpy as np
 
+from tunelab.errors import ConfigError
+
 RESAMPLES = 10_000
 BLOCK = 500  # replicates per weight matrix: bounds memory at BLOCK x examples
 
@@ -55,3 +57,9 @@ def holm(p_values: list[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (len(tested) - rank) * p))
         adjusted[i] = running
     return adjusted
+
+
+def check_alpha(alpha: float) -> None:
+    """The significance level of the CLIs (tunelab.compare, tunelab.report): one line for a value outside (0, 1)."""
+    if not 0 < alpha < 1:
+        raise ConfigError(f"--alpha={alpha} must lie in (0, 1), e.g. 0.05.")

@@ -39,6 +39,7 @@ def validate(cfg: DictConfig) -> None:
     _check_weight_averaging(cfg)  # before the devices: trainer=fsdp is refused on a CPU for another reason
     _check_devices(cfg)
     _check_fsdp_keeps_a_best_checkpoint(cfg)
+    _check_early_stopping_can_validate(cfg)
     _check_compile(cfg.model)
     if cfg.model.get("pooling"):  # the head's rules, from config.json alone: before the data and weights load
         head_class(cfg.model, task, model_config(cfg.model))
@@ -127,6 +128,13 @@ def _is_fsdp(cfg: DictConfig) -> bool:
     strategy = cfg.trainer.get("strategy")
     target = strategy.get("_target_") if isinstance(strategy, DictConfig) else None
     return issubclass(get_class(target), FSDPStrategy) if target else strategy_name(strategy).startswith("fsdp")
+
+
+def _check_early_stopping_can_validate(cfg: DictConfig) -> None:
+    stopping = (cfg.get("callbacks") or {}).get("early_stopping")
+    if cfg.get("train") and stopping and cfg.trainer.get("limit_val_batches") == 0:
+        raise ConfigError(f"callbacks.early_stopping stops on {monitor(cfg)[0]}, but trainer.limit_val_batches=0 runs "
+                          "no validation: let validation run, or drop it (callbacks=default).")
 
 
 def _check_fsdp_keeps_a_best_checkpoint(cfg: DictConfig) -> None:

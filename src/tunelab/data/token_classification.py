@@ -53,6 +53,11 @@ class TokenClassificationDataModule(BaseDataModule):
             **ids_only(),
         )
         word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(sentences))]
+        if not labelled:  # labelled splits warn in finalize_labels (their tail is not scored)
+            cut = sum(max(w, default=-1) + 1 < len(s["tokens"]) for w, s in zip(word_ids, sentences))
+            if cut:
+                log.warning("%d sentences of %s exceed data.max_length=%d tokens: their words past it get pred null",
+                            cut, path, self.max_length)
         return {
             "input_ids": enc["input_ids"],
             "word_ids": word_ids,  # sub-token -> word index (-1: special token)
