@@ -137,7 +137,7 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
             choice = cfg.hydra.runtime.choices.get(group) if parent else None
             if close and close[0] != leaf:
                 hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? "
-            elif choice:  # the key exists, but not under the option chosen for its group
+            elif choice and leaf not in node:  # the key exists, but not under the option chosen for its group
                 hint = f"{group}={choice} has no {leaf} (its keys: {', '.join(map(str, node.keys()))}); "
         params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
         if dotted in params:  # the sweep config searches a key this composition lacks
