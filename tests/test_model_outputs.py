@@ -200,6 +200,15 @@ def test_predict_without_the_text_column_is_one_line_naming_it(trained, tmp_path
         predict(tmp_path / "none", cache_dir, f"ckpt_path={run_dir / 'hf_model'}")
 
 
+def test_eval_of_a_checkpoint_computes_its_own_loss_whatever_loss_is_named(trained, tmp_path, cache_dir) -> None:
+    """eval.py's default loss=cross_entropy does not fit NER, but a .ckpt carries its loss: no loss=... needed."""
+    metrics, run_dir = trained("ner")
+    ckpt = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+    cfg = compose_cfg(tmp_path, *SHORT, "data=conll2003", f"ckpt_path={ckpt}", config_name="eval", cache=cache_dir)
+    run(cfg)
+    assert read_metrics(tmp_path)["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+
+
 def test_eval_writes_the_same_predictions_as_the_training_run(trained, tmp_path, cache_dir) -> None:
     _, run_dir = trained("classification")
     ckpt = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]

@@ -31,7 +31,9 @@ def validate(cfg: DictConfig) -> None:
         resolve_ckpt_path(cfg)
     task = get_task(cfg.data.task)
     task.check_data(cfg.data)
-    if not cfg.get("predict"):  # predicting computes no loss: loss=... need not be named to fit
+    # predicting computes no loss, and testing a .ckpt computes the checkpoint's own: loss=... need not fit
+    tests_a_checkpoint = not cfg.get("train") and not peft_adapters.is_adapter_dir(cfg.get("ckpt_path"))
+    if not cfg.get("predict") and not tests_a_checkpoint:
         _check_loss(cfg, task)
     _check_data_files(cfg)
     if cfg.get("train") and cfg.data.batch_size < 1:
