@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 
 import tunelab.pipeline
+from test_reliability import assert_same_weights
 
 # validation every 3 steps, so an epoch's or a max_steps run's last steps come after its last validation;
 # scheduler=none: the learning rate does not depend on max_steps, so runs of different lengths compare
@@ -21,11 +22,6 @@ def last_ckpt(run_dir: Path) -> dict:
 
 def final_step(run_dir: Path) -> int:
     return json.loads((run_dir / "metrics.json").read_text())["global_step"]
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
 
 
 def test_last_checkpoint_is_the_final_epoch_state_with_a_step_val_interval(run_cfg) -> None:

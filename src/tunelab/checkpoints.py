@@ -33,9 +33,10 @@ def load_checkpoint_header(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def check_checkpoint(path: str | Path | None, cfg: DictConfig) -> None:
+def check_checkpoint(path: str | Path | None, cfg: DictConfig) -> dict[str, Any] | None:
     """A ckpt_path file must be a tunelab checkpoint of this run's task and (when data.label_names says
-    it) label set; None and adapter directories (peft.save_adapter) are not checkpoint files: skipped."""
+    it) label set; None and adapter directories (peft.save_adapter) are not checkpoint files: skipped. Returns
+    the checkpoint's hyper-parameters (None when skipped)."""
     if path is None or Path(path).is_dir():
         return
     hparams = load_checkpoint_header(path).get("hyper_parameters") or {}
@@ -46,6 +47,7 @@ def check_checkpoint(path: str | Path | None, cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path={path} is a {task} checkpoint but data={data.name} is a {data.task} task; "
                           f"pass a checkpoint trained for {data.task}, or the data it was trained on.")
     check_label_set(path, hparams.get("label_names") or (), data, "checkpoint")
+    return hparams
 
 
 def check_label_set(path: str | Path, trained: Any, data: DictConfig, kind: str) -> None:

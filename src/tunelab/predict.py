@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tunelab import export, predictions, rundir
-from tunelab.checkpoints import check_checkpoint, load_checkpoint_header
+from tunelab.checkpoints import check_checkpoint
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.tasks import get_task
@@ -53,8 +53,7 @@ def checked_model(cfg: DictConfig) -> tuple[str, str]:
     if Path(path).is_dir():  # an adapter dir: its base model and label names are the training run's config
         raise ConfigError(f"ckpt_path={path} is an adapter; predict with the run's checkpoint (.ckpt) or its merged "
                           "model (peft.merge_on_save=true).")
-    check_checkpoint(path, cfg)
-    model = load_checkpoint_header(path)["hyper_parameters"]["model"]  # check_checkpoint found the hparams
+    model = check_checkpoint(path, cfg)["model"]  # the checkpoint's hyper-parameters, read once
     return path, str(model.get("tokenizer") or model["name_or_path"])
 
 

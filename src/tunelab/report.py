@@ -193,7 +193,7 @@ def to_markdown(report: dict[str, Any], extra_metrics: list[str] = ()) -> str:
     if comp:
         verdict = {True: f"**the best differs from the runner-up** (p < {comp['alpha']})",
                    False: f"the best is **not distinguishable** from the runner-up (p ≥ {comp['alpha']})",
-                   None: f"no test possible ({comp.get('no_test', 'needs ≥ 2 seeds per config')})"}[comp["differs"]]
+                   None: f"no test possible ({comp.get('no_test')})"}[comp["differs"]]
         lines += ["", f"Best `{comp['best']}` vs runner-up `{comp['runner_up']}` on {comp['metric']}: "
                       f"Δ = {comp['delta']:+.4f}, Welch t-test p = {_fmt_p(comp['welch_p'])}, paired by seed "
                       f"p = {_fmt_p(comp['paired_p'])} (n = {comp['n_paired']}): {verdict}."]

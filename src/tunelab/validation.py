@@ -8,7 +8,7 @@ import importlib
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import EarlyStopping, WeightAveraging
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
@@ -85,10 +85,11 @@ def _check_data_files(cfg: DictConfig) -> None:
     for key in keys:
         if cfg.data.get(key):
             existing_file(cfg.data[key], f"data.{key}")
-    carved = [f"data.{s}_fraction" for s in ("val", "test") if not cfg.data.get(f"{s}_file")]
-    total = sum(cfg.data.get(key.split(".")[1]) or 0 for key in carved)
+    carved = [f"{split}_fraction" for split in ("val", "test") if not cfg.data.get(f"{split}_file")]
+    total = sum(cfg.data.get(key) or 0 for key in carved)
     if total >= 1:  # the splits are cut from the training file: nothing would be left to train on
-        raise ConfigError(f"{' + '.join(carved)} = {total:g} leaves no training rows; keep the sum below 1.")
+        raise ConfigError(f"{' + '.join(f'data.{key}' for key in carved)} = {total:g} leaves no training rows; "
+                          "keep the sum below 1.")
 
 
 def _check_loss(cfg: DictConfig, task) -> None:
@@ -133,9 +134,9 @@ def _is_fsdp(cfg: DictConfig) -> bool:
 
 
 def _check_early_stopping_can_validate(cfg: DictConfig) -> None:
-    stopping = (cfg.get("callbacks") or {}).get("early_stopping")
+    stopping = _callbacks_of(cfg, EarlyStopping)
     if cfg.get("train") and stopping and cfg.trainer.get("limit_val_batches") == 0:
-        raise ConfigError(f"callbacks.early_stopping stops on {monitor(cfg)[0]}, but trainer.limit_val_batches=0 runs "
+        raise ConfigError(f"callbacks.{stopping[0]} stops on {monitor(cfg)[0]}, but trainer.limit_val_batches=0 runs "
                           "no validation: let validation run, or drop it (callbacks=default).")
 
 
@@ -154,11 +155,15 @@ def _check_fsdp_keeps_a_best_checkpoint(cfg: DictConfig) -> None:
 def _check_weight_averaging(cfg: DictConfig) -> None:
     # Lightning's WeightAveraging copies the whole module before the strategy wraps it, then zips the copy's
     # parameters with the wrapped module's: FSDP's flat shards would be averaged into the wrong tensors
-    averaging = [name for name, target in _callback_targets(cfg).items()
-                 if isinstance(target, type) and issubclass(target, WeightAveraging)]
+    averaging = _callbacks_of(cfg, WeightAveraging)
     if averaging and cfg.get("train") and _is_fsdp(cfg):
         raise ConfigError(f"callbacks.{averaging[0]} averages a full copy of the weights, which FSDP shards: use "
                           "trainer=ddp, or drop the weight averaging (callbacks=default).")
+
+
+def _callbacks_of(cfg: DictConfig, cls: type) -> list[str]:
+    """The callbacks entries whose _target_ is `cls` or a subclass (a factory function is neither)."""
+    return [name for name, target in _callback_targets(cfg).items() if isinstance(target, type) and issubclass(target, cls)]
 
 
 def _callback_targets(cfg: DictConfig) -> dict[str, object]:
