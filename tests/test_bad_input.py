@@ -166,7 +166,7 @@ BAD_VALUES = {
     "callbacks.ema.multi_avg_fn.decay": ([0, 1, -0.5], [0.5, 0.999]),  # (callbacks=ema)
     "trainer.limit_train_batches": ([-1, 1.5, "half"], [0, 10, 0.25, 1.0, None]),  # count or fraction
     "trainer.fast_dev_run": ([-1, "once"], [True, False, 3]),
-    "trainer.devices": ([0, -5, [], [-1], "abc"], [1, 2, -1, "auto", [0, 1], "0,1"]),  # what Lightning parses
+    "trainer.devices": ([0, -5, [], [-1], "abc", "-5", ""], [1, 2, -1, "auto", "-1", [0, 1], "0,1"]),  # as Lightning parses
 }
 
 

@@ -70,7 +70,8 @@ class Rule:
             return isinstance(value, bool) or _is_int(value) and value >= 0
         if self.kind == "devices":  # what Lightning's Trainer(devices=...) parses
             if isinstance(value, str):
-                return value == "auto" or all(p.strip().lstrip("-").isdigit() for p in value.split(",") if p.strip())
+                parts = [p.strip() for p in value.split(",") if p.strip()]
+                return value.strip() in {"auto", "-1"} or bool(parts) and all(p.isdigit() for p in parts)
             if isinstance(value, list):
                 return bool(value) and all(_is_int(v) and v >= 0 for v in value)
             return _is_int(value) and (value >= 1 or value == -1)
