@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
 from tunelab.checkpoints import check_checkpoint
+from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
 from tunelab.module import TransformerModule
 from tunelab.resilience import Interrupted, find_resilience
@@ -52,7 +53,9 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     ckpt_path = rundir.resolve_ckpt_path(cfg)
-    check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
+    trained = check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
+    if trained is not None and not cfg.train:
+        datamodule.test_trained_model(trained.get("label_names") or ())
     if cfg.train:
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -108,8 +111,10 @@ def _unwrapped(module: TransformerModule, trainer: pl.Trainer, checkpoint: str |
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    """The data config's datamodule; a data file the run does not read may be left ??? (validate checks which)."""
     tokenizer = cfg.model.get("tokenizer") or cfg.model.name_or_path
-    return instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed, _recursive_=False)
+    unread = {k: None for k in FILE_KEYS if OmegaConf.is_missing(cfg.data, k)}
+    return instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed, _recursive_=False, **unread)
 
 
 def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:

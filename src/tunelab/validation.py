@@ -13,6 +13,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
+from tunelab.data.datamodule import FILE_KEYS
 from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
 from tunelab.model import compile_backend, head_class, model_config
@@ -32,8 +33,7 @@ def validate(cfg: DictConfig) -> None:
     task = get_task(cfg.data.task)
     task.check_data(cfg.data)
     # predicting computes no loss, and testing a .ckpt computes the checkpoint's own: loss=... need not fit
-    tests_a_checkpoint = not cfg.get("train") and not peft_adapters.is_adapter_dir(cfg.get("ckpt_path"))
-    if not cfg.get("predict") and not tests_a_checkpoint:
+    if not cfg.get("predict") and not _tests_a_checkpoint(cfg):
         _check_loss(cfg, task)
     _check_data_files(cfg)
     if cfg.get("train") and cfg.data.batch_size < 1:
@@ -63,28 +63,45 @@ def _check_required(cfg: DictConfig) -> None:
             raise ConfigError("predict.py runs a trained model: pass ckpt_path=<path to .ckpt> or <run dir>/hf_model.")
         raise ConfigError("train=false tests a checkpoint: pass ckpt_path=<path to .ckpt>.")
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))  # composed in tests
-    if cfg.get("predict"):  # predicting reads data.predict_file alone, not data=csv's training file
-        missing = [k for k in missing if k not in {"data.train_file", "data.val_file", "data.test_file"}]
+    unread = {f"data.{key}" for key in FILE_KEYS} - {f"data.{key}" for key in data_files_read(cfg)}
+    missing = [k for k in missing if k not in unread]  # e.g. data=csv's train_file, when predicting
     if missing:
         key = missing[0]
         group = key.split(".")[0]
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
         chosen = f"{group}={choices[group]} needs it" if choices.get(group) else "it has no default"
+        if key == "data.train_file" and _tests_a_checkpoint(cfg):
+            raise ConfigError(f"{key} is not set ({chosen}): pass data.test_file=<file> to test the checkpoint on "
+                              "it, or data.train_file=<file> to test on the split cut from it.")
         raise ConfigError(f"{key} is not set ({chosen}): pass {key}=<value>.")
+
+
+def _tests_a_checkpoint(cfg: DictConfig) -> bool:
+    """eval.py with a .ckpt: the model, its label names and its loss come from the checkpoint (an adapter dir
+    is tested on the base model of the config, with the label names of the training file)."""
+    return not cfg.get("train") and not cfg.get("predict") and not peft_adapters.is_adapter_dir(cfg.get("ckpt_path"))
+
+
+def data_files_read(cfg: DictConfig) -> tuple[str, ...]:
+    """The data.*_file keys this run reads (the datamodule's splits_read is the same rule): predicting reads
+    data.predict_file alone; a checkpoint is tested on data.test_file alone when that is set; otherwise the
+    training file (val/test splits are cut from it) and the val / test files that are set."""
+    if cfg.get("predict"):
+        return ()
+    if _tests_a_checkpoint(cfg) and OmegaConf.select(cfg, "data.test_file", throw_on_missing=False):
+        return ("test_file",)
+    return FILE_KEYS
 
 
 def _check_data_files(cfg: DictConfig) -> None:
     """A data file that is not there is one line before the seed, the tokenizer and the model. Only the files
-    this run reads: testing a checkpoint reads the test file, or the training file its test split is cut from."""
-    if cfg.get("predict"):
-        return  # data.predict_file only: the predict path checks it
-    if cfg.get("train"):
-        keys = ["train_file", "val_file", "test_file"]
-    else:
-        keys = ["test_file"] if cfg.data.get("test_file") else ["train_file"]
+    this run reads (data_files_read)."""
+    keys = data_files_read(cfg)
     for key in keys:
         if cfg.data.get(key):
             existing_file(cfg.data[key], f"data.{key}")
+    if "train_file" not in keys:
+        return
     carved = [f"{split}_fraction" for split in ("val", "test") if not cfg.data.get(f"{split}_file")]
     total = sum(cfg.data.get(key) or 0 for key in carved)
     if total >= 1:  # the splits are cut from the training file: nothing would be left to train on

@@ -10,7 +10,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 SPLITS = ("train", "val", "test")
+FILE_KEYS = tuple(f"{split}_file" for split in SPLITS)  # the data config's keys of the splits' files
 TOKENIZER_THREADS = "TOKENIZERS_PARALLELISM"  # read by Hugging Face's tokenizers at every batch call
 
 
@@ -126,6 +127,16 @@ class BaseDataModule(pl.LightningDataModule):
         self.class_counts: list[int] | None = None
         self.label_info: dict[str, Any] = {}  # TransformerModule's label_info (the task binds it)
         self.train_sampler: BatchOrderSampler | None = None
+        self.trained_label_names: list[str] | None = None  # set by test_trained_model
+
+    def test_trained_model(self, label_names: Sequence[str]) -> None:
+        """Testing a trained model: labels map to the ids its head was trained with (not the sorted labels of
+        this training file, which may miss a class), and a test split with its own file is read alone."""
+        self.trained_label_names = [str(n) for n in label_names]
+
+    def splits_read(self) -> tuple[str, ...]:
+        """The splits setup() builds: the test split alone when a trained model is tested on its own file."""
+        return ("test",) if self.trained_label_names is not None and self.files["test"] else SPLITS
 
     # ---- tokenizer and cache -------------------------------------------------------------------
     @property
@@ -188,9 +199,9 @@ class BaseDataModule(pl.LightningDataModule):
 
     # ---- Lightning hooks -----------------------------------------------------------------------
     def prepare_data(self) -> None:
-        for file in self.files.values():
-            if file:
-                self.encoded(file)
+        for split in self.splits_read():
+            if self.files[split]:
+                self.encoded(self.files[split])
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":  # only the unlabelled file: label names come with the trained model
@@ -198,11 +209,15 @@ class BaseDataModule(pl.LightningDataModule):
                 path = existing_file(self.predict_file or "", "data.predict_file")
                 self.splits["predict"] = ListDataset(_rows(self._encode(path, labelled=False)))
             return
-        if set(SPLITS) <= set(self.splits):
+        needed = self.splits_read()
+        if set(needed) <= set(self.splits):
             return
-        columns = {s: self.encoded(f) for s, f in self.files.items() if f}
-        examples = {s: _rows(c) for s, c in columns.items()}
-        examples = self._carve_missing_splits(examples)
+        if not self.files["train"] and needed == SPLITS:
+            raise ConfigError(f"data={self.name} has no data.train_file to train on or cut splits from; "
+                              "pass data.train_file=<file>.")
+        examples = {s: _rows(self.encoded(f)) for s, f in self.files.items() if f and s in needed}
+        if needed == SPLITS:
+            examples = self._carve_missing_splits(examples)
         for split, rows in examples.items():  # before finalize_labels: labels are derived from the train split
             if not rows:
                 fix = "data.train_file" if split == "train" else f"data.{split}_file or data.{split}_fraction"
@@ -211,7 +226,7 @@ class BaseDataModule(pl.LightningDataModule):
                     f"check {fix}."
                 )
         self.finalize_labels(examples)
-        if self.batch_size > len(examples["train"]):
+        if "train" in examples and self.batch_size > len(examples["train"]):
             raise ConfigError(
                 f"data.batch_size={self.batch_size} is larger than the {len(examples['train'])}-row training split; "
                 "lower data.batch_size."

@@ -69,6 +69,9 @@ class LanguageModelingDataModule(BaseDataModule):
         return len(self.tokenizer)
 
     def tokenizer_dir(self, spec: str) -> Path:
+        if not self.files["train"]:  # testing a trained model on a test file alone
+            raise ConfigError(f"model.tokenizer={spec} is trained on the training text: pass data.train_file=<the file "
+                              "the model was trained on>.")
         path = existing_file(self.files["train"], keys="data.train_file")
         key = json.dumps([spec, str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns, self._train_text_fraction()])
         root = self.cache_dir or Path(".cache/tunelab")

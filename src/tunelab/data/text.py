@@ -94,27 +94,29 @@ class TextDataModule(BaseDataModule):
         if at_max:
             log.warning("%d examples were truncated to data.max_length=%d tokens", at_max, self.max_length)
         self.truncated = at_max
-        train = examples["train"]
+        train = examples.get("train", [])  # absent when a trained model is tested on a test file alone
+        names = self.trained_label_names or self.configured_label_names
         if self.task == "regression":
             for rows in examples.values():
                 for e in rows:
                     e["labels"] = regression_target(e["label"], f"{e['file']}:{e['row']}")
             # the loss learns z-scores of these; metrics and predictions map the outputs back (RegressionTask)
-            self.label_info = target_stats([e["labels"] for e in train]) if self.standardize_targets else {}
+            if train and self.standardize_targets:
+                self.label_info = target_stats([e["labels"] for e in train])
         elif self.task == "multilabel":
             for rows in examples.values():
                 for e in rows:
                     e["label"] = split_labels(e["label"], self.label_separator)
-            labels = LabelSet(self.configured_label_names, (n for e in train for n in e["label"]), "label",
-                              numeric_ids=True)
+            labels = LabelSet(names, (n for e in train for n in e["label"]), "label", numeric_ids=True)
             for rows in examples.values():
                 for e in rows:
                     e["labels"] = labels.multi_hot(e["label"], f"{e['file']}:{e['row']}")
             self.label_names = labels.names
-            self.class_counts = [int(c) for c in sum(e["labels"] for e in train)]  # positives per label
+            positives = sum(e["labels"] for e in train) if train else [0] * len(labels.names)
+            self.class_counts = [int(c) for c in positives]
             self.label_info = {"threshold": self.threshold, "train_examples": len(train)}
         else:
-            labels = LabelSet(self.configured_label_names, [e["label"] for e in train], "label", numeric_ids=True)
+            labels = LabelSet(names, [e["label"] for e in train], "label", numeric_ids=True)
             for rows in examples.values():
                 for e in rows:
                     e["labels"] = labels.id(e["label"], f"{e['file']}:{e['row']}")

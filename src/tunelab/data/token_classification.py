@@ -71,7 +71,9 @@ class TokenClassificationDataModule(BaseDataModule):
         }
 
     def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
-        labels = LabelSet(self.configured_label_names, (t for e in examples["train"] for t in e["tags"]), "tag")
+        train = examples.get("train", [])  # absent when a trained model is tested on a test file alone
+        names = self.trained_label_names or self.configured_label_names
+        labels = LabelSet(names, (t for e in train for t in e["tags"]), "tag")
         truncated = 0
         for rows in examples.values():
             for e in rows:
@@ -85,7 +87,7 @@ class TokenClassificationDataModule(BaseDataModule):
                         truncated, self.max_length)
         self.truncated = truncated
         self.label_names = labels.names
-        self.class_counts = labels.counts(i for e in examples["train"] for i in e["labels"])
+        self.class_counts = labels.counts(i for e in train for i in e["labels"])
 
 
 def word_starts(word_ids: Sequence[int]) -> list[int]:
