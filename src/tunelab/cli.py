@@ -69,13 +69,19 @@ def main_entry(cfg: DictConfig) -> float | None:
 
 def _one_console_for_lightning() -> None:
     """The `lightning` package gives its logger a stderr handler of its own and still propagates to the root
-    logger, which Hydra has given the console and the run's log file: every Lightning line printed twice."""
+    logger, which Hydra has given the console and the run's log file: every Lightning line printed twice.
+    And it advertises its cloud services in every run ("💡 Tip: ... litlogger"): dropped."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_adverts)
     if not logging.getLogger().handlers:
         return  # no Hydra logging (a notebook, a test): Lightning's handler is the only console
     lightning_log = logging.getLogger("lightning")
     for handler in list(lightning_log.handlers):
         if type(handler) is logging.StreamHandler:
             lightning_log.removeHandler(handler)
+
+
+def _no_adverts(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
 
 
 def _to_log_files(err: Exception) -> None:

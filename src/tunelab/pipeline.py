@@ -87,7 +87,9 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         module = _unwrapped(module, trainer, tested)
     counts = peft_adapters.parameter_counts(module.model)  # before a test wraps the module in FSDP units
     if cfg.test:
-        trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=False)
+        # testing a checkpoint: the module holds its weights already (load_from_checkpoint); Lightning's second
+        # restore of it would only warn about the training run's checkpoint callbacks
+        trainer.test(module, datamodule=datamodule, ckpt_path=tested if cfg.train else None, weights_only=False)
     metrics |= _as_floats(trainer.callback_metrics) | counts
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
