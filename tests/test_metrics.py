@@ -40,12 +40,18 @@ def test_classification_metrics_equal_torchmetrics(ours, theirs, kwargs, num_cla
     assert torch.allclose(mine.compute().float(), ref.compute().float(), atol=1e-6)
 
 
-def test_mcc_edge_cases_equal_torchmetrics() -> None:
-    for preds, target in (([1, 0, 1], [1, 0, 1]), ([0, 1], [1, 0]), ([0, 0, 0], [0, 0, 0])):
-        mine, ref = tm.MatthewsCorrCoef(2), MulticlassMatthewsCorrCoef(2)
-        mine.update(torch.tensor(preds), torch.tensor(target))
-        ref.update(torch.tensor(preds), torch.tensor(target))
-        assert mine.compute().item() == pytest.approx(ref.compute().item())
+@pytest.mark.parametrize(("preds", "target", "mcc"), [
+    ([1, 0, 1], [1, 0, 1], 1.0),
+    ([0, 1], [1, 0], -1.0),
+    # one class predicted for everything: no correlation (sklearn's 0; torchmetrics 1.9 gives -0.026)
+    ([0] * 60, [0] * 27 + [1] * 33, 0.0),
+    ([0, 0, 0], [0, 0, 0], 0.0),  # one class in the labels too: undefined, 0 as sklearn says
+    ([0, 1, 2, 2, 1], [0, 2, 2, 1, 1], 0.375),  # multi-class (Gorodkin): (3*5 - 9) / sqrt((25-9) * (25-9))
+])
+def test_mcc_is_sklearns(preds, target, mcc) -> None:
+    metric = tm.MatthewsCorrCoef(3 if 2 in preds + target else 2)
+    metric.update(torch.tensor(preds), torch.tensor(target))
+    assert metric.compute().item() == pytest.approx(mcc, abs=1e-6)
 
 
 def test_token_accuracy_skips_ignored_positions() -> None:

@@ -70,7 +70,17 @@ class Recall(_CountsFromConfusion, MulticlassRecall):
 
 
 class MatthewsCorrCoef(_CountsFromConfusion, MulticlassMatthewsCorrCoef):
-    pass
+    """Gorodkin's multi-class MCC off the confusion matrix, 0 when all predictions (or all labels) are one
+    class, as sklearn defines it: torchmetrics 1.9 substitutes an epsilon there, and a model that predicts one
+    class for everything got a 'negative correlation' (-0.026)."""
+
+    def compute(self) -> torch.Tensor:
+        cm = self.confmat.double()
+        total, correct = cm.sum(), cm.trace()
+        true, pred = cm.sum(1), cm.sum(0)
+        denominator = (total**2 - (pred**2).sum()).sqrt() * (total**2 - (true**2).sum()).sqrt()
+        mcc = (correct * total - (true * pred).sum()) / denominator
+        return torch.where(denominator > 0, mcc, torch.zeros_like(mcc)).float()
 
 
 class ConfusionMatrix(_CountsFromConfusion, MulticlassConfusionMatrix):
