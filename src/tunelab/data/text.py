@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tunelab.data.datamodule import BaseDataModule, ids_only
-from tunelab.data.labels import LabelSet, regression_target, split_labels, target_stats
+from tunelab.data.labels import LabelSet, label_cell, regression_target, single_label, split_labels, target_stats
 from tunelab.data.readers import read_table, require_columns
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ class TextDataModule(BaseDataModule):
         self.truncated = 0
 
     def encoding_options(self) -> dict:
-        return {"format": self.format, "columns": [self.text_column, self.text_pair_column, self.label_column]}
+        # label cells are normalized when encoded (label_cell): caches written before hold raw cells
+        return {"format": self.format, "columns": [self.text_column, self.text_pair_column, self.label_column],
+                "label_cells": "normalized"}
 
     def encode_file(self, path: Path, labelled: bool = True) -> dict[str, list]:
         # a file to predict on is read by its extension when that names a format (new.csv beside tsv data)
@@ -77,9 +79,8 @@ class TextDataModule(BaseDataModule):
         texts = [str(r[self.text_column]) for r in rows]
         pairs = [str(r[self.text_pair_column]) for r in rows] if self.text_pair_column else None
         columns = encode_texts(self.tokenizer, texts, pairs, self.max_length)
-        if labelled:  # JSON lists stay lists (multi-label rows); any other cell is read as text
-            cells = [r[self.label_column] for r in rows]
-            columns["label"] = [c if isinstance(c, list) else str(c) for c in cells]
+        if labelled:  # JSON lists stay lists (multi-label rows); any other cell is read as stripped text
+            columns["label"] = [label_cell(r[self.label_column]) for r in rows]
         columns["row"] = lines  # for error messages
         # where each example comes from and what it says: the fields of predictions.jsonl
         columns["file"] = [str(path)] * len(rows)
@@ -116,7 +117,11 @@ class TextDataModule(BaseDataModule):
             self.class_counts = [int(c) for c in positives]
             self.label_info = {"threshold": self.threshold, "train_examples": len(train)}
         else:
+            for rows in examples.values():  # a JSON list is a one-line error here, not a TypeError in LabelSet
+                for e in rows:
+                    single_label(e["label"], f"{e['file']}:{e['row']}")
             labels = LabelSet(names, [e["label"] for e in train], "label", numeric_ids=True)
+            labels.require_two(self.files["train"], "classification", "label_column")
             for rows in examples.values():
                 for e in rows:
                     e["labels"] = labels.id(e["label"], f"{e['file']}:{e['row']}")

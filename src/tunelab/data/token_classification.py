@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tunelab.data.datamodule import BaseDataModule, ids_only
-from tunelab.data.labels import LabelSet
+from tunelab.data.labels import LabelSet, shown
 from tunelab.data.readers import read_conll
 from tunelab.errors import ConfigError
 from tunelab.losses import IGNORE_INDEX
+from tunelab.span_metrics import entity_types
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ class TokenClassificationDataModule(BaseDataModule):
         train = examples.get("train", [])  # absent when a trained model is tested on a test file alone
         names = self.trained_label_names or self.configured_label_names
         labels = LabelSet(names, (t for e in train for t in e["tags"]), "tag")
+        labels.require_two(self.files["train"], "token classification", "tag_column")
+        # entity F1, the monitored metric, would be 0 all run long (a trained model's tags were checked then)
+        if not entity_types(labels.names) and self.trained_label_names is None:
+            source = "data.label_names" if labels.configured else self.files["train"]
+            raise ConfigError(
+                f"{source}: the tags {shown(labels.names)} have no B-/I- prefixes; entity F1 scores IOB2 spans: "
+                "convert the tags to IOB2 (B-PER, I-PER, O)."
+            )
         truncated = 0
         for rows in examples.values():
             for e in rows:
