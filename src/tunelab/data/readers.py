@@ -23,22 +23,43 @@ def existing_file(path: str | Path, keys: str = "data.train_file / data.val_file
 
 
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """The decoded text of a data file. Undecodable bytes are a ConfigError naming file:line and the fix;
+    """The decoded text of a data file, with universal newlines (\\r\\n and \\r -> \\n, so a Windows copy
+    gives the same rows and documents). Undecodable bytes are a ConfigError naming file:line and the fix;
     a UTF-8 byte-order mark is dropped (Excel writes one, and it would stick to the first column name)."""
     path = existing_file(path)
     try:
-        codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+        codec = codecs.lookup(encoding).name
     except LookupError:
         message = f"data.encoding={encoding!r} is not a known text encoding; use e.g. utf-8 or latin-1."
         raise ConfigError(message) from None
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not codec.startswith(("utf-16", "utf-32")):
+        # Excel's "Unicode Text": any 8-bit codec would read it as NUL-interleaved garbage
+        raise ConfigError(f"{path} is UTF-16 text (it starts with a UTF-16 byte-order mark); set "
+                          "data.encoding=utf-16 or save the file as UTF-8.")
+    if data.startswith(codecs.BOM_UTF8) and not codec.startswith("utf-8"):
+        if _decodes(data, "utf-8"):  # latin-1 would read the mark as 'ï»¿' glued to the first column / token
+            raise ConfigError(f"{path} is UTF-8 with a byte-order mark, not {encoding}; drop data.encoding "
+                              "(or set data.encoding=utf-8).")
+        data = data[len(codecs.BOM_UTF8):]  # a mark on mixed-encoding text is still no content
     try:
-        return path.read_bytes().decode(codec)
+        text = data.decode("utf-8-sig" if codec == "utf-8" else codec)
     except UnicodeDecodeError as err:  # positions are within err.object (after a BOM the codec skipped)
-        line = err.object.count(b"\n", 0, err.start) + 1
+        head = err.object[: err.start]
+        line = head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1  # as universal newlines count
         raise ConfigError(
             f"{path}:{line}: not valid {encoding} text (byte {err.object[err.start]:#04x}); save the file as "
             "UTF-8 or set data.encoding to the file's encoding (e.g. data.encoding=latin-1)."
         ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _decodes(data: bytes, codec: str) -> bool:
+    try:
+        data.decode(codec)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def read_rows(path: str | Path, fmt: str, *, encoding: str = "utf-8") -> list[dict[str, str]]:
@@ -92,13 +113,23 @@ def _read_delimited(path: Path, text: str, fmt: str) -> tuple[list[dict], list[i
                 if len(values) != len(header):
                     raise ConfigError(
                         f"{path}:{start}: {len(values)} columns where the header has {len(header)}; "
-                        f"fix the row (is data.format={fmt} right?)."
+                        f"fix the row (is data.format={fmt} right?){_quoted_tsv_hint(fmt, header, rows, values)}"
                     )
                 rows.append(dict(zip(header, values))), lines.append(start)
             start = reader.line_num + 1
     except csv.Error as err:
         raise ConfigError(f"{path}:{reader.line_num}: {err}; fix the row (is data.format={fmt} right?).") from None
     return rows, lines
+
+
+def _quoted_tsv_hint(fmt: str, header: list[str], rows: list[dict], values: list[str]) -> str:
+    """A hint when a tsv looks quoted (pandas to_csv(sep='\\t'), csv.writer): its quoted tabs and
+    newlines split cells and rows, as QUOTE_NONE reads them."""
+    cells = [*header, *values, *(rows[0].values() if rows else ())]
+    if fmt != "tsv" or not any(c.startswith('"') for c in cells):
+        return "."
+    return ("; tsv files are read unquoted (as GLUE writes them) and this one has quoted cells: write "
+            "it unquoted (no tab or newline inside a cell) or save it comma-separated and set data.format=csv.")
 
 
 def require_columns(
@@ -110,8 +141,9 @@ def require_columns(
     non_empty: tuple[str, ...] = (),
 ) -> None:
     """Fail with the available columns when a configured column is missing. With the rows' `lines`,
-    also every row must hold every column (JSON lines may leave fields out) and the `non_empty` ones
-    (e.g. "label_column") a value: a row without one is an error naming file:line."""
+    also every row must hold every column (JSON lines may leave fields out), not as a JSON null (it would
+    become the text "None"), and the `non_empty` ones (e.g. "label_column") a value: a row without one
+    is an error naming file:line."""
     if not rows:
         return
     available = list(rows[0].keys())
@@ -124,8 +156,10 @@ def require_columns(
                 continue
             if column not in row:
                 raise ConfigError(f"{path}:{line}: no {column!r} field (data.{key}); add it or remove the row.")
-            if key in non_empty and (row[column] is None or not str(row[column]).strip()):
-                raise ConfigError(f"{path}:{line}: empty {column!r} (data.{key}); fill it in or remove the row.")
+            value = row[column]
+            if value is None or (key in non_empty and not str(value).strip()):
+                null = ", a JSON null" if value is None else ""
+                raise ConfigError(f"{path}:{line}: empty {column!r} (data.{key}{null}); fill it in or remove the row.")
 
 
 def read_conll(
@@ -161,14 +195,16 @@ def read_conll(
             flush()  # -DOCSTART- separates documents
             continue
         columns = line.split(delimiter)
-        try:
-            token = columns[token_column]
-            tag = columns[tag_column].strip() if tag_column is not None else None
-        except IndexError:
-            raise ConfigError(
-                f"{path}:{line_no}: {len(columns)} column(s) but data.token_column={token_column} / "
-                f"data.tag_column={tag_column}; fix the row or set data.delimiter / data.tag_column."
-            ) from None
+        if tag_column is None:
+            needed = [token_column]
+        else:  # the token and the tag must be two different columns (-1 and 0 are one on a 1-column line)
+            needed = [token_column, tag_column]
+        positions = {i % len(columns) for i in needed if -len(columns) <= i < len(columns)}
+        if len(positions) < len(needed):
+            raise ConfigError(_conll_columns_message(path, line_no, line, len(columns), token_column, tag_column,
+                                                     delimiter))
+        token = columns[token_column]
+        tag = columns[tag_column].strip() if tag_column is not None else None
         if tag_column is not None and not tag:
             raise ConfigError(f"{path}:{line_no}: the token {token!r} has an empty tag; fill it in or remove the line.")
         tokens.append(token), lines.append(line_no)
@@ -179,6 +215,19 @@ def read_conll(
         raise ConfigError(f"{path} has no tokens; it needs one 'token ... tag' line per token, a blank line between "
                           "sentences.")
     return sentences
+
+
+def _conll_columns_message(path: str | Path, line_no: int, line: str, count: int, token_column: int,
+                           tag_column: int | None, delimiter: str | None) -> str:
+    split = "whitespace" if delimiter is None else repr(delimiter)
+    if "\t" in line and delimiter not in (None, "\t"):
+        fix = "the line has tabs: set data.delimiter=null (any whitespace) or a tab"
+    elif delimiter == "\t" and "\t" not in line and " " in line.strip():
+        fix = "the line has no tab but spaces: set data.delimiter=' ' or null (any whitespace)"
+    else:
+        fix = "fix the line or check data.delimiter / data.tag_column"
+    return (f"{path}:{line_no}: {count} column(s) split by {split}, too few for data.token_column={token_column} "
+            f"and data.tag_column={tag_column}; {fix}.")
 
 
 def read_documents(
@@ -193,5 +242,6 @@ def read_documents(
     if fmt != "txt":
         raise ConfigError(f"data.format={fmt!r} is not supported for language modelling; use txt or jsonl.")
     text = read_text(path, encoding)
+    separator = separator.replace("\r\n", "\n").replace("\r", "\n")  # the text has universal newlines
     docs = text.split(separator) if separator else [text]
     return [d for d in docs if d.strip()]
