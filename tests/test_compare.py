@@ -189,7 +189,7 @@ def test_cli_end_to_end(tmp_path, capsys) -> None:
     sweep = make_sweep(tmp_path / "sweep", {"cross_entropy": 0.7, "focal": 0.9, "smoothed": 0.72}, n=200)
     assert compare.main([str(sweep), "--baseline", "loss=cross_entropy", "--resamples", "500"]) == 0
     out = capsys.readouterr().out
-    assert "| config | seeds | mean ± std | 95% CI (seeds) | Δ vs baseline | Δ 95% CI |" in out
+    assert "| config | seeds | mean ± std | 95% CI (seeds) | paired seeds | Δ vs baseline | Δ 95% CI |" in out
     assert "| loss=cross_entropy (baseline) | 3 |" in out and "after Holm: `loss=focal` (better)" in out
     result = json.loads((sweep / "compare_acc.json").read_text())
     assert result["metric"] == "test/acc" and result["n_examples"] == 200 and result["resamples"] == 500

@@ -111,8 +111,9 @@ def test_report_cli_and_its_one_line_errors(tmp_path, capsys) -> None:
 
 def test_no_test_verdict_names_its_reason(tmp_path) -> None:
     rep, markdown = report.write_report(make_sweep(tmp_path / "s", {"a": [0.8, 0.8], "b": [0.8, 0.8]}))
-    assert rep["best_vs_runner_up"]["differs"] is None
-    assert "no test possible (the values do not vary)" in markdown
+    assert rep["best_vs_runner_up"]["differs"] is None and rep["best_vs_runner_up"]["tied"] is True
+    assert rep["best_vs_runner_up"]["no_test"] == "the values do not vary"
+    assert "`optimizer=a` and `optimizer=b` tie on val/acc (mean 0.8000): no config is best." in markdown
     rep, markdown = report.write_report(make_sweep(tmp_path / "t", {"a": [0.8], "b": [0.7]}))
     assert "no test possible (needs ≥ 2 seeds per config)" in markdown
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,10 @@ import numpy as np
 from tunelab import plots
 from tunelab.errors import ConfigError
 from tunelab.prediction_metrics import ExampleMetric
-from tunelab.report import Group, _fmt, _fmt_p, compare, describe, group_runs, label_groups
-from tunelab.results import PREDICTIONS_FILE, Run, load_predictions, load_runs, monitor
-from tunelab.significance import RESAMPLES, check_alpha, holm, paired_bootstrap
+from tunelab.report import _fmt, _fmt_p, compare, describe
+from tunelab.results import (PREDICTIONS_FILE, Group, Run, canonical_override, check_comparable_losses,
+                             check_same_test_set, group_runs, label_groups, load_predictions, load_runs, monitor)
+from tunelab.significance import RESAMPLES, check_alpha, holm, paired_bootstrap, seed_notes
 from tunelab.sweeps import override_key
 
 
@@ -79,8 +79,9 @@ def select_groups(paths: list[Path], baseline: list[str] | None) -> tuple[Group,
 
 
 def _settings(overrides: Iterable[str]) -> dict[str, str]:
-    """{key: value} of overrides (`+loss=focal` -> {"loss": "focal"})."""
-    return {override_key(o): o.split("=", 1)[-1] for o in overrides}
+    """{key: value} of overrides, values spelled as Run.config spells them (`+loss=focal` -> {"loss": "focal"},
+    `optimizer.lr=2e-3` -> {"optimizer.lr": "0.002"})."""
+    return {override_key(o): canonical_override(o).split("=", 1)[-1] for o in overrides}
 
 
 def pick_metric(groups: list[Group], requested: str | None) -> tuple[str, ExampleMetric]:
@@ -106,7 +107,12 @@ def pick_metric(groups: list[Group], requested: str | None) -> tuple[str, Exampl
             raise ConfigError(f"the runs pick checkpoints on different metrics ({', '.join(sorted(monitored))}); "
                               "pass --metric to compare them on one.")
         requested = monitored.pop()
+    elif "/" in requested and not requested.startswith("test/"):
+        # predictions.jsonl exists for the test split only: another split's name would silently mean test
+        raise ConfigError(f"--metric {requested}: the comparison recomputes test metrics from {PREDICTIONS_FILE} "
+                          f"(written for the test split only); pass --metric test/{requested.rsplit('/', 1)[-1]}.")
     leaf = requested.rsplit("/", 1)[-1]
+    check_comparable_losses(groups, f"test/{leaf}")
     if leaf not in available:
         raise ConfigError(f"test/{leaf} cannot be recomputed from {PREDICTIONS_FILE} of {task.name} runs; pass "
                           f"--metric with one of {', '.join(sorted(available))}.")
@@ -129,30 +135,6 @@ def load_arm(group: Group, metric: ExampleMetric) -> Arm:
     return arm
 
 
-def check_same_test_set(reference: tuple[Run, list[dict]], other: tuple[Run, list[dict]]) -> None:
-    """Both runs predicted the same examples of the same file, with the same gold answers."""
-    (ref_run, ref), (run, records) = reference, other
-    indices = [r["index"] for r in records]
-    if len(set(indices)) != len(indices):
-        raise ConfigError(f"{run.dir}/{PREDICTIONS_FILE} lists a test example twice; re-test the run.")
-    files, ref_files = _files(records), _files(ref)
-    same = "compare runs tested on the same test set."
-    if files != ref_files:
-        raise ConfigError(f"{run.dir} was tested on {', '.join(sorted(files))} but {ref_run.dir} on "
-                          f"{', '.join(sorted(ref_files))}; {same}")
-    if indices != [r["index"] for r in ref]:
-        raise ConfigError(f"{run.dir} has predictions for {len(indices)} test examples, {ref_run.dir} for {len(ref)} "
-                          f"(other row indices); {same}")
-    for a, b in zip(records, ref):
-        if a.get("gold") != b.get("gold"):
-            raise ConfigError(f"{run.dir} and {ref_run.dir} disagree on the gold answer of test example "
-                              f"{a['index']}; {same}")
-
-
-def _files(records: list[dict]) -> set[str]:
-    return {os.path.realpath(str(r.get("file"))) for r in records}
-
-
 # ---- the comparison ----------------------------------------------------------------------------
 def build_comparison(paths: list[Path], baseline: list[str] | None = None, metric: str | None = None,
                      resamples: int = RESAMPLES, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
@@ -172,7 +154,8 @@ def build_comparison(paths: list[Path], baseline: list[str] | None = None, metri
     return {"metric": name, "mode": "max" if example_metric.higher_is_better else "min",
             "baseline": base_group.label, "n_examples": len(reference[1]),
             "test_files": sorted({str(r.get("file")) for r in reference[1]}), "resamples": resamples,
-            "bootstrap_seed": seed, "alpha": alpha, "configs": rows}
+            "bootstrap_seed": seed, "alpha": alpha, "configs": rows,
+            "notes": seed_notes({r["config"]: r["n"] for r in rows})}
 
 
 def _row(arm: Arm, base: Arm | None, metric: ExampleMetric, resamples: int, seed: int) -> dict[str, Any]:
@@ -209,19 +192,23 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"({result['resamples']:,} resamples, seed {result['bootstrap_seed']}); p: two-sided bootstrap p, Holm-"
         f"corrected over {len(others)} config(s); paired t: over seeds.",
         "",
-        "| config | seeds | mean ± std | 95% CI (seeds) | Δ vs baseline | Δ 95% CI | p (bootstrap) | p (Holm) "
-        "| p (paired t) |",
-        "|" + "---|" * 9,
+        "| config | seeds | mean ± std | 95% CI (seeds) | paired seeds | Δ vs baseline | Δ 95% CI | p (bootstrap) "
+        "| p (Holm) | p (paired t) |",
+        "|" + "---|" * 10,
     ]
+    most = max(c["n"] for c in result["configs"])
     for c in result["configs"]:
-        cells = [c["config"] + (" (baseline)" if c["baseline"] else ""), str(c["n"]),
+        cells = [c["config"] + (" (baseline)" if c["baseline"] else ""), f"{c['n']}{'†' if c['n'] < most else ''}",
                  f"{_fmt(c['mean'])} ± {_fmt(c['std'])}", f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]"]
         if c["baseline"]:
-            cells += ["—"] * 5
+            cells += ["—"] * 6
         else:
-            cells += [f"{c['delta']:+.4f}", f"[{c['delta_ci_low']:+.4f}, {c['delta_ci_high']:+.4f}]",
+            cells += [str(c["n_pairs"]), f"{c['delta']:+.4f}",
+                      f"[{c['delta_ci_low']:+.4f}, {c['delta_ci_high']:+.4f}]",
                       _fmt_p(c["p_bootstrap"]), _fmt_p(c["p_holm"]), _fmt_p(c["p_paired_t"])]
         lines.append("| " + " | ".join(cells) + " |")
+    if result.get("notes"):
+        lines += ["", *(f"- {note}" for note in result["notes"])]
     differs = [c for c in others if c["p_holm"] is not None and c["p_holm"] < result["alpha"]]
     verdicts = [f"`{c['config']}` ({'better' if (c['delta'] > 0) == (result['mode'] == 'max') else 'worse'})"
                 for c in differs]

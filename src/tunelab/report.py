@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from tunelab import plots, tracking
-from tunelab.results import Run, load_runs, runs_monitor
-from tunelab.significance import check_alpha
-from tunelab.sweeps import job_name, override_key
+from tunelab.results import (Group, Run, canonical_override, check_comparable_losses, group_runs, load_runs,
+                             runs_monitor, unfinished_jobs, varying_overrides)
+from tunelab.significance import check_alpha, seed_notes
+from tunelab.sweeps import job_name
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,6 @@ class Stat:
     std: float
     ci_low: float
     ci_high: float
-
-
-@dataclass
-class Group:
-    config: tuple[str, ...]
-    runs: list[Run]
-    label: str = ""
-    stats: dict[str, Stat] = field(default_factory=dict)
-
-    def values(self, metric: str) -> dict[Any, float]:
-        """{seed (or run dir when unseeded): value} of one metric."""
-        return {(r.seed if r.seed is not None else str(r.dir)): r.metrics[metric] for r in self.runs
-                if r.metrics.get(metric) is not None}
 
 
 # ---- statistics --------------------------------------------------------------------------------
@@ -94,32 +82,71 @@ def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
     metric, mode = runs_monitor(runs, metric)
     _require_logged(metric, runs)
     groups = group_runs(runs)
+    check_comparable_losses(groups, metric)
     metrics = sorted({k for r in runs for k in r.metrics if k.startswith(("val/", "test/"))})
     for g in groups:
         g.stats = {m: describe(list(g.values(m).values())) for m in metrics if g.values(m)}
     sign = -1 if mode == "max" else 1
-    groups.sort(key=lambda g: (g.stats[metric].mean * sign) if metric in g.stats else math.inf)
+    score = {id(g): (g.stats[metric].mean * sign) if metric in g.stats else math.inf for g in groups}
+    groups.sort(key=lambda g: score[id(g)])
     best = groups[0]
-    ranked = []
-    for rank, g in enumerate(groups, 1):
-        vs_best = compare(best.values(metric), g.values(metric)) if rank > 1 else {}
+    ranked, rank = [], 1
+    for i, g in enumerate(groups):
+        if i and not _tied(score[id(g)], score[id(groups[i - 1])]):
+            rank = i + 1  # tied configs share a rank: none of them ranks above the others
         ranked.append({
-            "rank": rank, "config": g.label, "overrides": list(g.config), "n": len(g.runs),
-            "seeds": sorted((r.seed for r in g.runs if r.seed is not None)),
+            "rank": rank, "config": g.label, "overrides": list(g.config), "n": g.n_seeds, "n_runs": len(g.runs),
+            "seeds": sorted({r.seed for r in g.runs if r.seed is not None}),
             "runs": [str(r.dir.relative_to(sweep_dir)) for r in g.runs],
-            "stats": {m: vars(s) for m, s in g.stats.items()}, "vs_best": vs_best,
+            "stats": {m: vars(s) for m, s in g.stats.items()},
+            "vs_best": compare(best.values(metric), g.values(metric)) if i else {},
         })
     comparison = None
     if len(groups) > 1:
         a, b = best.values(metric), groups[1].values(metric)
+        differs_by = "paired_p" if test == "paired" else "welch_p"
         comparison = {"metric": metric, "best": best.label, "runner_up": groups[1].label,
-                      "delta": _mean(a) - _mean(b), **compare(a, b), "test": test, "alpha": alpha}
-        p = comparison["paired_p" if test == "paired" else "welch_p"]
+                      "delta": _mean(a) - _mean(b), **compare(a, b), "differs_by": differs_by, "alpha": alpha,
+                      "tied": _tied(score[id(best)], score[id(groups[1])])}
+        p = comparison[differs_by]
         comparison["differs"] = None if p is None else bool(p < alpha)
         if p is None:  # what the verdict says instead of a p-value
             comparison["no_test"] = "needs ≥ 2 seeds per config" if min(len(a), len(b)) < 2 else "the values do not vary"
+    total, missing = unfinished_jobs(sweep_dir)
+    notes = _notes(runs, groups, metric, total, missing)
     return {"sweep_dir": str(sweep_dir), "metric": metric, "mode": mode, "n_runs": len(runs),
-            "configs": ranked, "best_vs_runner_up": comparison}
+            "jobs": None if not total else {"total": total, "finished": total - len(missing), "not_finished": [
+                {"job": job.name, "overrides": o} for job, o in missing]},
+            "configs": ranked, "best_vs_runner_up": comparison, "notes": notes}
+
+
+def _tied(a: float, b: float) -> bool:
+    # means of float32 metrics summed in different orders: equal up to rounding
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _notes(runs: list[Run], groups: list[Group], metric: str, total: int,
+           missing: list[tuple[Path, list[str]]]) -> list[str]:
+    """What the table alone does not show: jobs that did not finish, a test metric used for choosing,
+    configs with repeated, fewer or too few seeds."""
+    notes = []
+    if missing:
+        # label a job by what sets it apart from the sweep's other jobs, finished or not (loss=mse,seed=1)
+        finished = [[canonical_override(o) for o in r.overrides] for r in runs]
+        labels = varying_overrides(finished + [o for _, o in missing])[len(runs):]
+        jobs = [f"{job.name} ({label or job_name(o) or 'no overrides'})" for (job, o), label in zip(missing, labels)]
+        notes.append(f"{total - len(missing)} of {total} jobs finished; not finished: {'; '.join(jobs)}. "
+                     f"The table covers the finished ones.")
+    if metric.startswith("test/"):
+        notes.append(f"Ranked by {metric}: choosing among configs by a test metric biases the winner's test score "
+                     f"(it is optimistic); rank by {metric.replace('test/', 'val/', 1)} and read {metric} as the "
+                     "estimate.")
+    for g in groups:
+        for seed, repeated in sorted((s, rs) for s, rs in g.by_seed().items() if len(rs) > 1):
+            jobs = ", ".join(r.dir.name for r in repeated)
+            notes.append(f"`{g.label}` ran seed {seed} {len(repeated)} times (jobs {jobs}): a repeated seed repeats "
+                         "one initialisation and data order, so it counts as one seed, valued at the mean of its runs.")
+    return notes + seed_notes({g.label: g.n_seeds for g in groups})
 
 
 def _require_logged(metric: str, runs: list[Run]) -> None:
@@ -132,24 +159,6 @@ def _require_logged(metric: str, runs: list[Run]) -> None:
 
 def _mean(values: dict) -> float:
     return sum(values.values()) / len(values) if values else math.nan
-
-
-def group_runs(runs: list[Run]) -> list[Group]:
-    """The runs grouped by config (overrides minus the seed), each group labelled."""
-    by_config: dict[tuple[str, ...], list[Run]] = {}
-    for run in runs:
-        by_config.setdefault(run.config, []).append(run)
-    return label_groups([Group(config, members) for config, members in by_config.items()])
-
-
-def label_groups(groups: list[Group]) -> list[Group]:
-    """Label each config by the overrides that differ between the groups (the rest is their common part)."""
-    settings = [{override_key(o): o for o in g.config} for g in groups]
-    keys = sorted({k for s in settings for k in s})
-    varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]
-    for g, s in zip(groups, settings):
-        g.label = ",".join(s[k] for k in varying if k in s) or job_name(list(g.config)) or "(defaults)"
-    return groups
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -165,12 +174,13 @@ def to_markdown(report: dict[str, Any], extra_metrics: list[str] = ()) -> str:
     test_metric = metric.replace("val/", "test/", 1)
     shown = [m for m in dict.fromkeys([metric, test_metric, *extra_metrics])
              if any(m in c["stats"] for c in report["configs"])]
-    p_column = "paired p vs #1" if (report["best_vs_runner_up"] or {}).get("test") == "paired" else "Welch p vs #1"
+    comp = report["best_vs_runner_up"]
+    p_key = (comp or {}).get("differs_by", "welch_p")
     # the rank metric and its test counterpart with their CIs, then any extra metrics (mean ± std)
     head = ["rank", "config", "seeds"]
     for i, m in enumerate(shown):
         head += [f"{m} mean ± std", f"{m} 95% CI"] if i < 2 else [f"{m} mean ± std"]
-    head.append(p_column)
+    head.append("paired p vs #1" if p_key == "paired_p" else "Welch p vs #1")
     lines = [
         f"Sweep `{report['sweep_dir']}`: {report['n_runs']} runs, {len(report['configs'])} configs, ranked by "
         f"{metric} ({'higher' if report['mode'] == 'max' else 'lower'} is better).",
@@ -178,19 +188,25 @@ def to_markdown(report: dict[str, Any], extra_metrics: list[str] = ()) -> str:
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
-    for c in report["configs"]:
+    most = max(c["n"] for c in report["configs"])
+    for i, c in enumerate(report["configs"]):
         stats = c["stats"]
-        cells = [str(c["rank"]), c["config"], str(c["n"])]
-        for i, m in enumerate(shown):
+        cells = [str(c["rank"]), c["config"], f"{c['n']}{'†' if c['n'] < most else ''}"]
+        for j, m in enumerate(shown):
             s = stats.get(m)
             cells.append(f"{_fmt(s['mean'])} ± {_fmt(s['std'])}" if s else "")
-            if i < 2:
+            if j < 2:
                 cells.append(f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]" if s else "")
-        key = "paired_p" if "paired" in p_column else "welch_p"
-        cells.append(_fmt_p(c["vs_best"].get(key)) if c["rank"] > 1 else "—")
+        cells.append(_fmt_p(c["vs_best"].get(p_key)) if i else "—")
         lines.append("| " + " | ".join(cells) + " |")
-    comp = report["best_vs_runner_up"]
-    if comp:
+    if report.get("notes"):
+        lines += ["", *(f"- {note}" for note in report["notes"])]
+    if comp and comp["tied"]:
+        tied = [f"`{c['config']}`" for c in report["configs"] if c["rank"] == 1]
+        mean = report["configs"][0]["stats"][metric]["mean"]
+        lines += ["", f"{', '.join(tied[:-1])} and {tied[-1]} tie on {metric} (mean {_fmt(mean)}): no config is "
+                      "best."]
+    elif comp:
         verdict = {True: f"**the best differs from the runner-up** (p < {comp['alpha']})",
                    False: f"the best is **not distinguishable** from the runner-up (p ≥ {comp['alpha']})",
                    None: f"no test possible ({comp.get('no_test')})"}[comp["differs"]]

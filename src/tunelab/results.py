@@ -1,21 +1,34 @@
 """Results of finished runs, and the one rule for which metric a run optimizes: `monitor(cfg)` is what
 checkpoints and early stopping watch, what train.py returns to sweepers, and what reports and plots
-rank by. `load_runs` reads a sweep's (or any folder's) finished runs back from disk."""
+rank by. `load_runs` reads a sweep's (or any folder's) finished runs back from disk, `group_runs` groups
+them into configs, `unfinished_jobs` names the jobs that wrote no results."""
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass
+import math
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.errors import ConfigError
-from tunelab.sweeps import RESULTS_FILE, override_key
+from tunelab.sweeps import RESULTS_FILE, job_name, override_key
 
 SEED_KEYS = ("seed",)
 PREDICTIONS_FILE = "predictions.jsonl"  # one record per test example, written by every test
+# YAML 1.1 words OmegaConf reads as booleans; Hydra's override grammar only knows true / false
+_YAML_BOOLS = {w: v for v, words in ((True, ("yes", "on")), (False, ("no", "off")))
+               for word in words for w in (word, word.title(), word.upper())}
+# what to rank on instead of */loss when configs train different losses: metrics every loss of the task
+# logs on one scale (classification metrics score the softmax, regression ones the targets' units)
+LOSS_FREE_METRICS = {
+    "classification": ("nll", "acc"), "regression": ("mse", "spearman"), "multilabel": ("f1_micro", "hamming"),
+    "token_classification": ("f1",), "causal_lm": ("perplexity",),
+}
 
 
 def monitor(cfg: Mapping[str, Any]) -> tuple[str, str]:
@@ -42,8 +55,93 @@ class Run:
 
     @property
     def config(self) -> tuple[str, ...]:
-        """What identifies the config: the overrides without the seed."""
-        return tuple(sorted(o for o in self.overrides if override_key(o) not in SEED_KEYS))
+        """What identifies the config: the overrides without the seed, values spelled canonically."""
+        return tuple(sorted(canonical_override(o) for o in self.overrides if override_key(o) not in SEED_KEYS))
+
+    @property
+    def objective(self) -> str:
+        """What the run's */loss measures: the loss section of its saved config (the loss=... choice and
+        its parameters: focal's gamma, label smoothing), else its loss overrides."""
+        if self.saved is not None and "loss" in self.saved:
+            return json.dumps(OmegaConf.to_container(self.saved.loss, resolve=False), sort_keys=True)
+        return ",".join(o for o in self.config if override_key(o).split(".")[0] == "loss")
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_override(override: str) -> str:
+    """`key=value` with a scalar value spelled one way, so one config typed two ways stays one config:
+    numbers as numbers (optimizer.lr=2e-3, =0.002 and =0.0020 are optimizer.lr=0.002, as a multirun
+    re-serialises them), booleans and null as YAML reads them (True, yes -> true); other values as typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if "=" not in override:
+        return override
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+        value = parsed.value()
+    except Exception:  # noqa: BLE001 - not Hydra's grammar: compared as typed
+        return override
+    value = _YAML_BOOLS.get(value, value) if isinstance(value, str) else value
+    if isinstance(value, bool) or value is None:
+        text = {True: "true", False: "false", None: "null"}[value]
+    elif isinstance(value, (int, float)):
+        number = float(value)
+        text = str(int(number)) if number.is_integer() and abs(number) < 2**53 else repr(number)
+    else:
+        return override
+    return f"{parsed.get_key_element()}={text}"
+
+
+@dataclass
+class Group:
+    """The runs of one config; `values` is what every statistic over seeds reads."""
+
+    config: tuple[str, ...]
+    runs: list[Run]
+    label: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def by_seed(self) -> dict[Any, list[Run]]:
+        """{seed (or run dir when unseeded): its runs}."""
+        runs: dict[Any, list[Run]] = {}
+        for r in self.runs:
+            runs.setdefault(r.seed if r.seed is not None else str(r.dir), []).append(r)
+        return runs
+
+    def values(self, metric: str) -> dict[Any, float]:
+        """{seed (or run dir when unseeded): value} of one metric. Runs that repeat a seed count once,
+        with their mean: a repeated seed repeats the same initialisation and data order, not a new sample."""
+        values = {seed: [r.metrics[metric] for r in runs if r.metrics.get(metric) is not None]
+                  for seed, runs in self.by_seed().items()}
+        return {seed: math.fsum(v) / len(v) for seed, v in values.items() if v}
+
+    @property
+    def n_seeds(self) -> int:
+        """Distinct seeds (an unseeded run counts as one)."""
+        return len(self.by_seed())
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """The runs grouped by config (overrides minus the seed), each group labelled."""
+    by_config: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        by_config.setdefault(run.config, []).append(run)
+    return label_groups([Group(config, members) for config, members in by_config.items()])
+
+
+def label_groups(groups: list[Group]) -> list[Group]:
+    """Label each config by the overrides that differ between the groups (the rest is their common part)."""
+    for g, label in zip(groups, varying_overrides([list(g.config) for g in groups])):
+        g.label = label or job_name(list(g.config)) or "(defaults)"
+    return groups
+
+
+def varying_overrides(override_lists: list[list[str]]) -> list[str]:
+    """Per list, its overrides whose key is missing from or set differently in another list, comma-joined."""
+    settings = [{override_key(o): o for o in overrides} for overrides in override_lists]
+    keys = sorted({k for s in settings for k in s})
+    varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+    return [",".join(s[k] for k in varying if k in s) for s in settings]
 
 
 def _value(override: str) -> str:
@@ -79,6 +177,20 @@ def load_runs(sweep_dir: Path) -> list[Run]:
     return runs
 
 
+def unfinished_jobs(sweep_dir: Path) -> tuple[int, list[tuple[Path, list[str]]]]:
+    """(how many job dirs the sweep has, [(job dir, its overrides)] of those without a metrics.json):
+    a job dir is a numbered subdir holding .hydra/, as Hydra's multirun creates it before the job runs."""
+    jobs = sorted((d for d in Path(sweep_dir).iterdir() if d.name.isdigit() and (d / ".hydra").is_dir()),
+                  key=lambda d: int(d.name)) if Path(sweep_dir).is_dir() else []
+    missing = []
+    for job in jobs:
+        if not (job / "metrics.json").is_file():
+            path = job / ".hydra" / "overrides.yaml"
+            overrides = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
+            missing.append((job, [canonical_override(str(o)) for o in overrides or []]))
+    return len(jobs), missing
+
+
 def load_predictions(run_dir: Path) -> list[dict]:
     """The run's per-example predictions (predictions.jsonl of a test or predict.py run), ordered by `index`;
     ConfigError (naming file:line for a broken line) when the file is missing or a record has no `index`.
@@ -94,6 +206,30 @@ def load_predictions(run_dir: Path) -> list[dict]:
         if not isinstance(record.get("index"), int):
             raise ConfigError(f"{path}:{line}: a prediction without an integer `index`; re-test the run.")
     return sorted(records, key=lambda r: r["index"])
+
+
+def check_same_test_set(reference: tuple[Run, list[dict]], other: tuple[Run, list[dict]]) -> None:
+    """Both runs predicted the same examples of the same file, with the same gold answers."""
+    (ref_run, ref), (run, records) = reference, other
+    indices = [r["index"] for r in records]
+    if len(set(indices)) != len(indices):
+        raise ConfigError(f"{run.dir}/{PREDICTIONS_FILE} lists a test example twice; re-test the run.")
+    files, ref_files = _files(records), _files(ref)
+    same = "compare runs tested on the same test set."
+    if files != ref_files:
+        raise ConfigError(f"{run.dir} was tested on {', '.join(sorted(files))} but {ref_run.dir} on "
+                          f"{', '.join(sorted(ref_files))}; {same}")
+    if indices != [r["index"] for r in ref]:
+        raise ConfigError(f"{run.dir} has predictions for {len(indices)} test examples, {ref_run.dir} for {len(ref)} "
+                          f"(other row indices); {same}")
+    for a, b in zip(records, ref):
+        if a.get("gold") != b.get("gold"):
+            raise ConfigError(f"{run.dir} and {ref_run.dir} disagree on the gold answer of test example "
+                              f"{a['index']}; {same}")
+
+
+def _files(records: list[dict]) -> set[str]:
+    return {os.path.realpath(str(r.get("file"))) for r in records}
 
 
 def saved_config(run_dir: Path) -> DictConfig | None:
@@ -141,3 +277,26 @@ def runs_monitor(runs: list[Run], metric: str | None = None) -> tuple[str, str]:
                      "pass the metric to rank by (--metric val/...) from a run dir with its .hydra folder.")
 
 
+def runs_task(runs: list[Run]) -> str | None:
+    """The task of the first run whose saved config names it."""
+    for run in runs:
+        task = OmegaConf.select(run.saved, "data.task", throw_on_resolution_failure=False) if run.saved else None
+        if task:
+            return str(task)
+    return None
+
+
+def check_comparable_losses(groups: list[Group], metric: str) -> None:
+    """Refuse ranking or testing on */loss across configs that train different losses: each loss scores
+    in its own units (square error vs cross-entropy), so the numbers say nothing about which is better."""
+    if metric.rsplit("/", 1)[-1].split("_")[0] != "loss" or len({r.objective for g in groups for r in g.runs}) < 2:
+        return
+    losses = sorted({o for g in groups for o in g.config if override_key(o).split(".")[0] == "loss"})
+    stage = metric.rpartition("/")[0]
+    task = runs_task([r for g in groups for r in g.runs])
+    names = [f"{stage}/{m}" if stage else m for m in LOSS_FREE_METRICS.get(task or "", ())]
+    if task == "classification":
+        names[0] += " (a proper scoring rule every classification loss logs)"
+    raise ConfigError(f"{metric} is each config's own training loss and they train different ones "
+                      f"({', '.join(losses) or 'their loss sections differ'}), so its values are not comparable; "
+                      f"pass --metric {' or '.join(names) or 'with a metric of the task'}.")

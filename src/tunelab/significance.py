@@ -1,5 +1,6 @@
 """Significance over test examples: a paired bootstrap of a metric difference and Holm's correction
-for several configs tested against one baseline. (Tests over seeds: tunelab.report.compare.)"""
+for several configs tested against one baseline; notes on seed counts too small for the statistics over
+seeds. (Tests over seeds: tunelab.report.compare.)"""
 
 from __future__ import annotations
 
@@ -63,3 +64,20 @@ def check_alpha(alpha: float) -> None:
     """The significance level of the CLIs (tunelab.compare, tunelab.report): one line for a value outside (0, 1)."""
     if not 0 < alpha < 1:
         raise ConfigError(f"--alpha={alpha} must lie in (0, 1), e.g. 0.05.")
+
+
+def seed_notes(seeds: dict[str, int]) -> list[str]:
+    """Notes on configs ({label: distinct seeds}) with fewer seeds than the most-seeded one (marked † in
+    the tables) and with fewer than 3 seeds, whose t-interval is too wide to say anything."""
+    notes, most = [], max(seeds.values(), default=0)
+    fewer = [f"`{label}` ({n})" for label, n in seeds.items() if n < most]
+    if fewer:
+        notes.append(f"† fewer seeds than the most-seeded config ({most}): {', '.join(fewer)}; their means and CIs "
+                     "rest on fewer runs (a failed job or a shorter sweep), so their place in the table is less "
+                     "certain.")
+    few = [f"`{label}`" for label, n in seeds.items() if n < 3]
+    if few:
+        notes.append(f"Fewer than 3 seeds: {', '.join(few)}. Their 95% CI is n/a with 1 seed and ±12.7 standard "
+                     "errors with 2, too wide to inform: it can leave the metric's range (below 0 or above 1 for "
+                     "accuracy) and is shown as computed, not clipped.")
+    return notes

@@ -198,7 +198,9 @@ def _wandb_sweep(sweep_dir: Path, entry: DictConfig, report: dict) -> None:
     run.log({"sweep/report": wandb.Table(columns=columns, data=rows),
              **{f"sweep/{png.stem}": wandb.Image(str(png)) for png in sorted(sweep_dir.glob("*.png"))}})
     best = report.get("best_vs_runner_up") or {}
-    run.summary.update({"best": report["configs"][0]["config"], **{k: v for k, v in best.items() if k != "best"}})
+    # tied configs share rank 1: all of them are "best", none above the others
+    first = [c["config"] for c in report["configs"] if c.get("rank", 1) == 1] or [report["configs"][0]["config"]]
+    run.summary.update({"best": " | ".join(first), **{k: v for k, v in best.items() if k != "best"}})
     run.save(str(sweep_dir / "report.md"), base_path=str(sweep_dir), policy="now")
     run.finish()
 
