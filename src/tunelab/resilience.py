@@ -158,7 +158,7 @@ class Resilience(pl.Callback):
             self.skipped_batches += 1
             log.warning("non-finite loss at step %d: batch skipped (%d so far)", trainer.global_step, self.skipped_batches)
             return False
-        self._stop_for_nan(trainer, trainer.global_step, f"({float(loss)}) ")
+        self._stop_for_nan(trainer, trainer.global_step, f"({float(loss.detach())}) ")
 
     def _record_deferred(self, trainer: pl.Trainer, loss: torch.Tensor) -> None:
         # device-side only (a Python scalar in torch.where needs no host-to-device copy)
