@@ -80,12 +80,16 @@ def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
 @pytest.mark.parametrize("argv,message", [
     (["loss=mse", "loss.label_smoothing=0.1"],  # the default loss has the key; the chosen one does not
      "unknown config key 'loss.label_smoothing': loss=mse has no label_smoothing (its keys: _target_, scale_k, "
-     "scale_m); (to add a new key write +loss.label_smoothing=...)"),
+     "scale_m); pick a loss option that has it."),
     (["optimzer.lr=0.1"], "unknown config key 'optimzer.lr': did you mean optimizer.lr? (to add a new key write "
                           "+optimzer.lr=...)"),
     (["optimizer=sgd", "optimizer.momentun=0.9"],
      "unknown config key 'optimizer.momentun': did you mean optimizer.momentum? (to add a new key write "
      "+optimizer.momentun=...)"),
+    (["-m", "loss=cross_entropy,focal", "loss.gamma=1,2"],  # focal has gamma: not the `+` the others get
+     "unknown config key 'loss.gamma': loss=cross_entropy has no gamma (its keys: _target_, label_smoothing, "
+     "class_weights), and a sweep crosses every loss.gamma value with every loss option: sweep loss.gamma in a "
+     "sweep of its own, with the loss option that has it."),
 ])
 def test_unknown_keys_are_explained_from_the_config_the_user_composed(argv, message) -> None:
     from hydra.errors import ConfigCompositionException
@@ -95,6 +99,30 @@ def test_unknown_keys_are_explained_from_the_config_the_user_composed(argv, mess
     key = argv[-1].split("=")[0]
     err = ConfigCompositionException(f"Could not override '{key}'.\nTo append to your config use +{argv[-1]}")
     assert explain_override_error(err, "train", argv) == message
+
+
+def test_an_unquoted_list_for_the_sweeper_names_the_quotes() -> None:
+    from hydra.errors import ConfigCompositionException
+
+    from tunelab.cli import explain_override_error
+
+    err = ConfigCompositionException("Sweeping over Hydra's configuration is not supported : "
+                                     "'hydra.sweeper.params.loss=cross_entropy,focal'")
+    assert explain_override_error(err, "train", []) == (
+        "hydra.sweeper.params.loss=cross_entropy,focal needs quotes around the values: write "
+        "\"hydra.sweeper.params.loss='cross_entropy,focal'\".")
+
+
+@pytest.mark.parametrize("seed", ["seed=0,1", "seed=choice(0,1)", "seed=range(3)"])
+def test_a_seed_list_under_an_optuna_search_is_refused(tmp_path, seed) -> None:
+    """The sweeper would search the seed (and pick the luckiest) instead of averaging trials over seeds."""
+    proc = run_script("train.py", "hparams_search=optuna_random", seed, f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {seed} with hparams_search makes the seed a searched parameter (the study would pick the luckiest "
+        "seed); search with one seed, then run the best config over seeds: python train.py -m <best params> "
+        "seed=0,1,2."]
+    assert not list(tmp_path.iterdir())  # refused before Hydra started the study
 
 
 def test_a_nested_group_lists_its_options_and_plugins() -> None:

@@ -35,6 +35,23 @@ def test_optuna_random_search_three_trials_in_a_resumable_study(tmp_path) -> Non
     assert (sweep / "report.md").is_file()
 
 
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path) -> None:
+    """Job 1 diverges (lr 1e30): its error line names it, jobs 0 and 2 still run, the report is written, and
+    the sweep exits 3 (a training error) at its end."""
+    proc = run_script(
+        "train.py", "-m", "optimizer=sgd", "optimizer.lr=0.01,1e30,0.02", *TINY, "logger=csv", "data.train_limit=32",
+        "data.batch_size=8", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}", timeout=300,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    # named by the swept value (Hydra writes 1e30 as 1e+30)
+    assert len(errors) == 2 and errors[0].startswith("error: job 1 (optimizer.lr=1e+30): non-finite training loss")
+    assert errors[1] == ("error: 1 sweep job(s) failed: job 1 (optimizer.lr=1e+30); the other jobs finished (the "
+                         "sweep report lists them).")
+    assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.json")) == ["0", "2"]
+    assert "2 of 3 jobs finished; not finished: 1 (optimizer.lr=1e+30)" in (tmp_path / "report.md").read_text()
+
+
 def wandb_run_record(run_file: Path):
     """The run record (name, group, tags) of an offline .wandb file."""
     for record in wandb_records(run_file):

@@ -100,25 +100,32 @@ def test_ddp_two_cpu_processes(tmp_path) -> None:
     assert_every_row_trained_once(tmp_path, rows_per_rank=40, repeated=8)
 
 
-@pytest.mark.parametrize("strategy", [
-    ["trainer=ddp"],
+@pytest.mark.parametrize("sweep", [
+    ["-m", "seed=1,2", "trainer=ddp"],
     # FSDP on CPU through the tests' subclass (tests/cpu_fsdp.py): the rule covers strategy classes, not names
-    ["trainer=fsdp", "trainer.precision=32-true", "trainer.strategy._target_=tests.cpu_fsdp.CpuFSDPStrategy",
+    ["-m", "seed=1,2", "trainer=fsdp", "trainer.precision=32-true", "trainer.strategy._target_=tests.cpu_fsdp.CpuFSDPStrategy",
      "trainer.strategy.mixed_precision=null"],
-], ids=["ddp", "fsdp"])
-def test_multirun_with_ddp_runs_each_job_once(tmp_path, strategy) -> None:
-    """`-m` + trainer=ddp / fsdp must not relaunch the sweep in child ranks (Hydra/Lightning pitfall)."""
+    # configs that set hydra.mode=MULTIRUN themselves: the job's overrides name them, so a child rank that
+    # ran those overrides would start a sweep (an Optuna study) of its own
+    ["experiment=compare_losses", "hydra.sweeper.params.loss=cross_entropy", "hydra.sweeper.params.seed='1,2'",
+     "trainer=ddp"],
+    ["hparams_search=optuna_random", "hydra.sweeper.n_trials=2", "trainer=ddp"],
+], ids=["ddp", "fsdp", "experiment", "optuna"])
+def test_multirun_with_ddp_runs_each_job_once(tmp_path, sweep) -> None:
+    """A sweep + trainer=ddp / fsdp must not relaunch the sweep in child ranks (Hydra/Lightning pitfall)."""
     proc = run_script(
-        "train.py", "-m", "seed=1,2", *strategy, "trainer.devices=2", "trainer.accelerator=cpu", "model=tiny",
+        "train.py", *sweep, "trainer.devices=2", "trainer.accelerator=cpu", "model=tiny",
         "logger=csv", f"paths.data_dir={FIXTURES}", "data.train_limit=32", "data.batch_size=8",
         "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}", timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p.parent.name for p in tmp_path.glob("*/metrics.json"))
     assert jobs == ["0", "1"]
-    assert len(list(tmp_path.rglob("multirun.yaml"))) == 1
+    optuna = "hparams_search=optuna_random" in sweep
+    assert len(list(tmp_path.rglob("multirun.yaml"))) == (0 if optuna else 1)  # Optuna's sweeper writes none
     # a child rank that relaunched the sweep would print Hydra's launch banner again
-    assert (proc.stdout + proc.stderr).count("Launching 2 jobs locally") == 1
+    banners = (proc.stdout + proc.stderr).count("jobs locally")
+    assert banners == (2 if optuna else 1)  # Optuna launches a trial at a time
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs ../shared/data")

@@ -33,7 +33,12 @@ def launch(config_name: str, project_root: Path) -> None:
         return main_entry(cfg)
 
     try:
+        _check_searched_seed(sys.argv[1:])
         app()
+        _exit_if_sweep_jobs_failed()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
         print(f"error: {explain_override_error(err, config_name)}", file=sys.stderr)
         sys.exit(2)
@@ -58,6 +63,8 @@ def main_entry(cfg: DictConfig) -> float | None:
     except (ConfigError, TrainingError) as err:
         # one clear line instead of a traceback: the message names the fix
         _to_log_files(err)
+        if _in_sweep():  # the sweep's other jobs still run (and its report); it exits non-zero at the end
+            return _sweep_job_failed(err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 3)
     except RunInterrupted as stop:
@@ -65,6 +72,42 @@ def main_entry(cfg: DictConfig) -> float | None:
         print(stop, file=sys.stderr)
         sys.exit(128 + stop.signum)
     return metrics.get(optimized)
+
+
+_FAILED_JOBS: list[tuple[str, Exception]] = []  # this sweep's failed jobs, in the one process that runs them
+
+
+def _in_sweep() -> bool:
+    """A job of a sweep whose jobs all run in this process (Hydra's basic launcher: grids, Optuna). Under
+    submitit / SLURM each job is a process of its own, whose failure its launcher reports."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from tunelab.sweeps import is_multirun
+
+    return is_multirun() and str(HydraConfig.get().launcher.get("_target_", "")).endswith(".BasicLauncher")
+
+
+def _sweep_job_failed(err: Exception) -> float:
+    """A failed sweep job is its error line, named by job; the sweeper gets NaN (Optuna: a failed trial)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    # the job's values of the swept keys (command-line lists, the sweeper's params), else all its overrides
+    swept = {a.lstrip("+~").split("=")[0] for a in sys.argv[1:] if "," in a.partition("=")[2]}
+    swept |= set((hydra_cfg.sweeper.get("params") or {}).keys())
+    overrides = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").split("=")[0] in swept]
+    label = f"job {hydra_cfg.job.num} ({' '.join(overrides or hydra_cfg.overrides.task)})"
+    print(f"error: {label}: {err}", file=sys.stderr)
+    _FAILED_JOBS.append((label, err))
+    return float("nan")
+
+
+def _exit_if_sweep_jobs_failed() -> None:
+    if not _FAILED_JOBS:
+        return
+    print(f"error: {len(_FAILED_JOBS)} sweep job(s) failed: {'; '.join(label for label, _ in _FAILED_JOBS)}; the "
+          "other jobs finished (the sweep report lists them).", file=sys.stderr)
+    sys.exit(3 if any(isinstance(err, TrainingError) for _, err in _FAILED_JOBS) else 2)
 
 
 def _one_console_for_lightning() -> None:
@@ -92,6 +135,19 @@ def _to_log_files(err: Exception) -> None:
             handler.handle(record)
 
 
+def _check_searched_seed(argv: list[str]) -> None:
+    """An Optuna sweeper turns every command-line list into a searched parameter: seed=0,1 would let the
+    study pick the luckiest seed, where a researcher means each trial averaged over seeds."""
+    if not any(a.startswith("hparams_search=") for a in argv):
+        return
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key == "seed" and ("," in value or "(" in value):
+            raise ConfigError(f"{arg} with hparams_search makes the seed a searched parameter (the study would pick "
+                              "the luckiest seed); search with one seed, then run the best config over seeds: "
+                              "python train.py -m <best params> seed=0,1,2.")
+
+
 def explain_override_error(err: Exception, config_name: str, argv: list[str] | None = None) -> str:
     """One line naming the fix for an unknown key or an unknown group option. `argv`: the command line's
     arguments (default sys.argv[1:]), so a suggestion comes from the config the user composed."""
@@ -108,6 +164,10 @@ def explain_override_error(err: Exception, config_name: str, argv: list[str] | N
         key, values = ambiguous.groups()
         return (f"{key}={values} lists several values: add -m to sweep over them "
                 f"(python train.py -m ... {key}={values}), or write {key}=[{values}] for a list.")
+    swept = re.search(r"Sweeping over Hydra's configuration is not supported : '(hydra\.sweeper\.params\.[^=]+)=(.*)'", text)
+    if swept:  # unquoted, the list is a sweep of Hydra's own config; quoted, the sweeper reads it
+        key, values = swept.groups()
+        return f"{key}={values} needs quotes around the values: write \"{key}='{values}'\"."
     group = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
     if group:
         name, option = group.groups()
@@ -144,7 +204,13 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
             if close and close[0] != leaf:
                 hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? "
             elif choice and leaf not in node:  # the key exists, but not under the option chosen for its group
-                hint = f"{group}={choice} has no {leaf} (its keys: {', '.join(map(str, node.keys()))}); "
+                keys = ", ".join(map(str, node.keys()))
+                if any(a.startswith(f"{group}=") and "," in a for a in argv):  # a sweep over the group's options
+                    return (f"unknown config key '{dotted}': {group}={choice} has no {leaf} (its keys: {keys}), and a "
+                            f"sweep crosses every {dotted} value with every {group} option: sweep {dotted} in a "
+                            f"sweep of its own, with the {group} option that has it.")
+                return (f"unknown config key '{dotted}': {group}={choice} has no {leaf} (its keys: {keys}); pick "
+                        f"a {group} option that has it.")
         params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
         if dotted in params:  # the sweep config searches a key this composition lacks
             return (f"unknown config key '{dotted}': {hint}the hparams_search config searches it "

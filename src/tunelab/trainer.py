@@ -94,9 +94,10 @@ def launch_ddp_children_for_this_job_only() -> None:
     """Lightning's DDP (and FSDP) launcher starts ranks 1..N-1 by re-running `sys.argv` with
     `hydra.run.dir=<HydraConfig run.dir>` appended. Under multirun, sys.argv is the whole sweep
     (`-m lr=1e-5,1e-4`), so every child would relaunch the sweep. Point both at this job instead:
-    its own overrides, run in its own job dir."""
+    its own overrides, run in its own job dir, as a single run: an experiment or hparams_search config
+    among those overrides sets hydra.mode=MULTIRUN and would start a sweep (an Optuna study) again."""
     hydra_cfg = HydraConfig.get()
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra.mode=RUN"]
     with read_write(hydra_cfg), open_dict(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     log.info("multirun + DDP: child ranks run this job only (%s)", " ".join(sys.argv[1:]))
