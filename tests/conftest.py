@@ -95,3 +95,21 @@ def wandb_records(run_file: Path):
             record.ParseFromString(payload)
             payload = b""
             yield record
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny_bert(tmp_path_factory) -> Path:
+    """A tiny 'pretrained' BERT on disk with the MiniLM tokenizer: what an adapter is loaded onto."""
+    import torch
+    import transformers
+
+    from tunelab.resolvers import minilm_path
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64)
+    transformers.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,20 +1,34 @@
-"""eval.py on a test file alone: a checkpoint carries its label names, so `data=tsv data.test_file=...` (or
-`data=conll`) needs no training file, and the file's labels map to the ids the model was trained with."""
+"""Testing and predicting with a trained model use what it was trained with: a checkpoint (or an adapter dir)
+carries its label names, tokenizer, label_info and loss, so `eval.py data=tsv data.test_file=...` needs no
+training file and the file's labels map to the ids the model was trained with; the multi-label threshold
+travels into exported models; a pair model refuses single texts."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import FIXTURES, compose_cfg, read_metrics
 from tunelab.errors import ConfigError
 from tunelab.pipeline import run
 from tunelab.results import load_predictions
 
+SHORT = ["data.train_limit=64", "trainer.max_epochs=1"]
+ML_DATA = FIXTURES / "multilabel"
+MULTILABEL = ["data=tsv", "data.task=multilabel", f"data.train_file={ML_DATA}/train.tsv", "data.text_column=sentence",
+              f"data.test_file={ML_DATA}/test.tsv", "data.label_column=labels", "loss=bce"]
+LM = ["data=text", "model=gpt2_tiny", "loss=next_token_cross_entropy"]
 RUNS = {
-    "classification": ["data.train_limit=64", "trainer.max_epochs=1"],  # SST-2, tested on dev.tsv
-    "ner": ["data=conll2003", "loss=token_cross_entropy", "data.train_limit=64", "trainer.max_epochs=1"],
+    "classification": SHORT,  # SST-2, tested on dev.tsv
+    "ner": ["data=conll2003", "loss=token_cross_entropy", *SHORT],
+    "multilabel": [*MULTILABEL, "data.threshold=0.3", *SHORT],
+    "lora": ["model=hf", "peft=lora", "peft.save_adapter=true", *SHORT],  # + model.name_or_path: a pretrained base
+    "lm": [*LM, f"data.train_file={FIXTURES}/lm/input.txt", "data.train_limit=20", "data.batch_size=4",
+           "trainer.max_steps=2"],
+    "pairs": ["data=stsb", "loss=mse", *SHORT],
 }
 SST2_DEV = FIXTURES / "sst2" / "dev.tsv"
 # SST-2's dev file as data=tsv reads it: no train_file, no label_names
@@ -23,15 +37,20 @@ CONLL_TEST = ["data=conll", f"data.test_file={FIXTURES}/conll2003/test.txt", "da
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, cache_dir):
+def trained(tmp_path_factory, cache_dir, pretrained_tiny_bert):
     """trained(name) -> (test metrics, best checkpoint, run dir), each run of RUNS once per module."""
     done: dict[str, tuple] = {}
 
     def get(name: str):
         if name not in done:
             out = tmp_path_factory.mktemp(name)
-            metrics = run(compose_cfg(out, *RUNS[name], cache=cache_dir))
-            done[name] = metrics, json.loads((out / "metrics.json").read_text())["best_checkpoint"], out
+            base = [f"model.name_or_path={pretrained_tiny_bert}"] if "model=hf" in RUNS[name] else []
+            cfg = compose_cfg(out, *RUNS[name], *base, cache=cache_dir)
+            metrics = run(cfg)
+            (out / ".hydra").mkdir()
+            OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # as Hydra keeps it in a run dir
+            best = json.loads((out / "metrics.json").read_text())["best_checkpoint"]
+            done[name] = metrics, best or str(out / "checkpoints" / "last.ckpt"), out  # max_steps=2: no validation
         return done[name]
 
     return get
@@ -61,7 +80,8 @@ def test_label_names_in_the_file_map_to_the_checkpoints_ids(trained, tmp_path, c
     assert got["test/acc"] == metrics["test/acc"]
 
 
-def test_a_label_the_checkpoint_does_not_know_is_one_line(trained, tmp_path, cache_dir) -> None:
+def test_a_label_the_checkpoint_does_not_know_is_one_line_and_gives_the_run_dir_back(trained, tmp_path,
+                                                                                     cache_dir) -> None:
     _, ckpt, _ = trained("classification")
     odd = tmp_path / "odd.tsv"
     odd.write_text("sentence\tlabel\ngreat fun\tpositive\ndull\tneutral\n")
@@ -69,6 +89,14 @@ def test_a_label_the_checkpoint_does_not_know_is_one_line(trained, tmp_path, cac
         evaluate(tmp_path / "out", cache_dir, ckpt, *TSV, f"data.test_file={odd}")
     assert str(err.value) == (f"{odd}:3: label 'neutral' is not in the label set ['negative', 'positive']; "
                               "fix the row or list every label in data.label_names.")
+    assert not (tmp_path / "out" / ".tunelab_run").exists()  # the corrected command may use the same dir
+    evaluate(tmp_path / "out", cache_dir, ckpt, *TSV, f"data.test_file={SST2_DEV}")
+
+
+def test_testing_needs_no_training_batch_of_rows(trained, tmp_path, cache_dir) -> None:
+    """A test split carved from a training file smaller than data.batch_size: only training needs a batch."""
+    _, ckpt, _ = trained("classification")
+    evaluate(tmp_path, cache_dir, ckpt, "data.test_file=null", "data.batch_size=100000")
 
 
 def test_no_file_at_all_names_both_ways_to_test(trained, tmp_path, cache_dir) -> None:
@@ -84,3 +112,58 @@ def test_ner_on_a_conll_test_file_alone_uses_the_checkpoints_tags(trained, tmp_p
     metrics, ckpt, _ = trained("ner")
     got = evaluate(tmp_path, cache_dir, ckpt, *CONLL_TEST)
     assert got["test/f1"] == metrics["test/f1"] and got["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
+
+
+def predict(out, cache_dir, model, *overrides: str) -> list[dict]:
+    run(compose_cfg(out, f"ckpt_path={model}", *overrides, config_name="predict", cache=cache_dir))
+    return load_predictions(out)
+
+
+def test_the_trained_threshold_travels_with_the_model_and_a_given_one_wins(trained, tmp_path, cache_dir) -> None:
+    _, ckpt, run_dir = trained("multilabel")
+    at_training = load_predictions(run_dir)  # decided at data.threshold=0.3
+    # the test is only as good as the probabilities between 0.3 and the 0.5 default
+    assert any(0.3 < p <= 0.5 for r in at_training for p in r["probs"].values())
+    texts = tmp_path / "texts.tsv"
+    texts.write_text("sentence\n" + "".join(f"{r['text']}\n" for r in at_training))
+    for model in (ckpt, run_dir / "hf_model"):
+        rows = predict(tmp_path / Path(model).name, cache_dir, model, *MULTILABEL, f"data.predict_file={texts}")
+        assert [r["pred"] for r in rows] == [r["pred"] for r in at_training]
+    rows = predict(tmp_path / "given", cache_dir, ckpt, *MULTILABEL, f"data.predict_file={texts}", "data.threshold=0.9")
+    assert [r["pred"] for r in rows] == [[n for n, p in r["probs"].items() if p > 0.9] for r in at_training]
+
+
+def test_an_adapter_is_tested_with_its_own_labels_on_a_test_file_alone(trained, tmp_path, cache_dir) -> None:
+    metrics, _, run_dir = trained("lora")
+    adapter = run_dir / "adapter"
+    got = evaluate(tmp_path / "alone", cache_dir, adapter, *TSV, f"data.test_file={SST2_DEV}")
+    assert got["test/acc"] == metrics["test/acc"] and got["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
+    with pytest.raises(ConfigError) as err:  # before, the classes were silently swapped
+        evaluate(tmp_path / "swapped", cache_dir, adapter, "data.label_names=[positive,negative]")
+    assert str(err.value).startswith(f"ckpt_path={adapter} was trained on the labels ['negative', 'positive'] but "
+                                     "data=sst2 has ['positive', 'negative']")
+
+
+def test_a_language_model_is_tested_with_the_tokenizer_it_trained(trained, tmp_path, cache_dir) -> None:
+    """model.tokenizer=char is trained on the training text: a test file alone, or a training file cut
+    differently (another character set), must use the checkpoint's tokenizer."""
+    _, ckpt, _ = trained("lm")
+    test_text = tmp_path / "test.txt"
+    test_text.write_text((FIXTURES / "lm" / "input.txt").read_text()[:3000] + "\nnew characters: {}~|\n")
+    alone = evaluate(tmp_path / "alone", cache_dir, ckpt, *LM, f"data.test_file={test_text}")
+    beside = evaluate(tmp_path / "beside", cache_dir, ckpt, *LM, f"data.test_file={test_text}",
+                      f"data.train_file={test_text}", "data.val_fraction=0.5")
+    assert alone["test/loss"] == beside["test/loss"]
+
+
+def test_a_pair_model_refuses_single_texts(trained, tmp_path, cache_dir) -> None:
+    _, ckpt, run_dir = trained("pairs")
+    with pytest.raises(ConfigError) as err:
+        evaluate(tmp_path / "eval", cache_dir, ckpt, "data=stsb", "data.text_pair_column=null")
+    assert str(err.value) == (f"ckpt_path={ckpt} was trained on text pairs (data.text_pair_column=sentence2); pass "
+                              "data.text_pair_column=<the second text's column>.")
+    texts = tmp_path / "texts.tsv"
+    texts.write_text("sentence1\nA man plays a guitar.\n")
+    with pytest.raises(ConfigError, match="was trained on text pairs"):
+        predict(tmp_path / "predict", cache_dir, ckpt, "data=stsb", "data.text_pair_column=null",
+                f"data.predict_file={texts}")

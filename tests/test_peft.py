@@ -163,19 +163,6 @@ def test_config_errors_before_training(tmp_path: Path, overrides: list[str], mat
 # ---- saving, reloading, merging ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pretrained_base(tmp_path_factory) -> Path:
-    """A tiny 'pretrained' BERT on disk with the MiniLM tokenizer: what an adapter is loaded onto."""
-    from tunelab.resolvers import minilm_path
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
-    torch.manual_seed(0)
-    transformers.BertModel(transformers.BertConfig(vocab_size=tokenizer.vocab_size, **TINY)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def logits(model, batch) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
@@ -183,10 +170,10 @@ def logits(model, batch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("peft", ["lora", "adalora"])
-def test_adapter_save_reload_merge_same_logits(run_cfg, cache_dir, pretrained_base: Path, peft: str) -> None:
+def test_adapter_save_reload_merge_same_logits(run_cfg, cache_dir, pretrained_tiny_bert: Path, peft: str) -> None:
     """Train 4 steps with peft.save_adapter + merge_on_save; then the Lightning checkpoint, the adapter
     on the base, the merged model and `eval.py ckpt_path=<run>/adapter` all give the same outputs."""
-    model_args = ["model=hf", f"model.name_or_path={pretrained_base}"]
+    model_args = ["model=hf", f"model.name_or_path={pretrained_tiny_bert}"]
     train_args = ["trainer.max_steps=4", "data.train_limit=64", "data.batch_size=16", "peft.save_adapter=true",
                   "peft.merge_on_save=true"]  # fmt: skip
     if peft == "adalora":  # ranks re-allocated every step: the saved adapter is resized to its rank pattern
@@ -203,7 +190,7 @@ def test_adapter_save_reload_merge_same_logits(run_cfg, cache_dir, pretrained_ba
     batch = dict(tokenizer(["a gripping , funny film", "dull and far too long"], padding=True, return_tensors="pt"))
     expected = logits(from_ckpt, batch)
 
-    base = transformers.AutoModelForSequenceClassification.from_pretrained(pretrained_base, num_labels=2)
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(pretrained_tiny_bert, num_labels=2)
     reloaded = PeftModel.from_pretrained(base, adapter)
     torch.testing.assert_close(logits(reloaded, batch), expected)
     plain_model = transformers.AutoModelForSequenceClassification.from_pretrained(merged)

@@ -1,6 +1,8 @@
-"""How a fit ends: last.ckpt holds the final state whatever the validation schedule, and
-trainer.enable_progress_bar=false turns the bar off instead of failing."""
+"""How a fit ends: last.ckpt holds the final state whatever the validation schedule, the val metrics
+recorded are the tested (best) checkpoint's, and trainer.enable_progress_bar=false turns the bar off
+instead of failing."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -64,3 +66,19 @@ def test_progress_bar_off_drops_the_bar_callback(run_cfg, monkeypatch) -> None:
     off, on = (any(isinstance(c, ProgressBar) for c in t.callbacks) for t in trainers)
     assert not off, [type(c).__name__ for c in trainers[0].callbacks]
     assert on, "with the bar on, the configured progress callback is used"
+
+
+def test_recorded_val_metrics_are_the_tested_checkpoints(run_cfg) -> None:
+    """Sweep reports rank and Optuna optimizes what metrics.json records: the best checkpoint is tested, so
+    its validation is recorded, not the last epoch's (here val/loss is lowest at epoch 4 of 6)."""
+    metrics, run_dir = run_cfg("data.train_limit=64", "trainer.max_epochs=6", "optimizer.lr=5e-3", "scheduler=none",
+                               "optimized_metric=val/loss")
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    per_epoch = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert len(per_epoch) == 6 and min(per_epoch) != per_epoch[-1]  # the case this test is about
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["metrics"]["val/loss"] == metrics["val/loss"] == min(per_epoch)
+    assert "epoch04" in record["best_checkpoint"]
+    # the other val metrics are that validation's too
+    best_row = next(r for r in rows if r.get("val/loss") and float(r["val/loss"]) == min(per_epoch))
+    assert record["metrics"]["val/acc"] == float(best_row["val/acc"])

@@ -3,15 +3,18 @@ loads it, so a wrong file is one line naming what was expected instead of a KeyE
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tunelab.errors import ConfigError
 
 EXPECTED = "pass a .ckpt file written by train.py (or ckpt_path=last)"
+ADAPTER_HPARAMS = "tunelab_hparams.json"  # beside a saved adapter: the hyper-parameters a .ckpt holds
+VAL_METRICS = "tunelab_val_metrics"  # in a checkpoint: the val/ metrics of the validation before it was saved
 
 
 def load_checkpoint_header(path: str | Path) -> dict[str, Any]:
@@ -33,13 +36,26 @@ def load_checkpoint_header(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def saved_val_metrics(path: str | Path) -> dict[str, float]:
+    """The val/ metrics a checkpoint file was saved with (TransformerModule.on_save_checkpoint): those of its
+    own weights, where the trainer's last validation may be of later ones. Empty for other checkpoints."""
+    if not Path(path).is_file() or not zipfile.is_zipfile(path):  # e.g. a sharded FSDP checkpoint dir
+        return {}
+    return dict(load_checkpoint_header(path).get(VAL_METRICS) or {})
+
+
 def check_checkpoint(path: str | Path | None, cfg: DictConfig) -> dict[str, Any] | None:
     """A ckpt_path file must be a tunelab checkpoint of this run's task and (when data.label_names says
-    it) label set; None and adapter directories (peft.save_adapter) are not checkpoint files: skipped. Returns
-    the checkpoint's hyper-parameters (None when skipped)."""
-    if path is None or Path(path).is_dir():
-        return
-    hparams = load_checkpoint_header(path).get("hyper_parameters") or {}
+    it) label set, and so must an adapter dir (peft.save_adapter) by the hyper-parameters saved beside it.
+    Returns those hyper-parameters (None for no ckpt_path, or an adapter saved without them)."""
+    if path is None:
+        return None
+    if Path(path).is_dir():
+        hparams = adapter_hparams(path)
+        if hparams is None:
+            return None
+    else:
+        hparams = load_checkpoint_header(path).get("hyper_parameters") or {}
     task, data = hparams.get("task"), cfg.data
     if task is None:
         raise ConfigError(f"ckpt_path={path} holds no tunelab hyper-parameters (task, label names); {EXPECTED}.")
@@ -50,6 +66,28 @@ def check_checkpoint(path: str | Path | None, cfg: DictConfig) -> dict[str, Any]
     return hparams
 
 
+def trained_tokenizer(hparams: Mapping[str, Any]) -> str:
+    """The tokenizer a checkpoint's model was trained with: a local path (a trained tokenizer's dir too)."""
+    model = hparams["model"]
+    return str(model.get("tokenizer") or model["name_or_path"])
+
+
+def adapter_hparams(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """The hyper-parameters an adapter's training run saved beside it (task, label names and ids, label_info,
+    loss): what its .ckpt would say. None for a dir without them."""
+    path = Path(adapter_dir) / ADAPTER_HPARAMS
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def tested_label_info(trained: Mapping[str, Any] | None, data: DictConfig) -> dict[str, Any]:
+    """What a trained model maps its outputs with (target statistics, the multi-label decision threshold),
+    as it was trained; a data.threshold set for this run replaces the trained threshold."""
+    info = dict(trained or {})
+    if data.task == "multilabel" and data.get("threshold") is not None:
+        info["threshold"] = float(data.threshold)
+    return info
+
+
 def check_label_set(path: str | Path, trained: Any, data: DictConfig, kind: str) -> None:
     """The label names a model was trained on must be the data config's, when data.label_names says them
     (a .ckpt's hyper-parameters, an exported model's id2label): `kind` names the file in the fix."""
@@ -58,3 +96,51 @@ def check_label_set(path: str | Path, trained: Any, data: DictConfig, kind: str)
     if expected and trained != expected:
         raise ConfigError(f"ckpt_path={path} was trained on the labels {trained} but data={data.name} has {expected}; "
                           f"pass a {kind} of this label set, or set data.label_names to the {kind}'s.")
+
+
+def hydra_dir_of(path: str | Path) -> Path | None:
+    """The .hydra dir of the run that wrote `path`: beside hf_model / merged / adapter, above checkpoints/x.ckpt
+    (None for a file elsewhere: the dir above it is not its run's)."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        return path.parent / ".hydra"
+    return path.parent.parent / ".hydra" if path.parent.name == "checkpoints" else None
+
+
+def check_text_pairs(path: str | Path, data: DictConfig) -> None:
+    """A model trained on text pairs scores single texts without complaint, and the reverse: when the
+    training run's config is at hand, the data config must give pairs exactly when it did."""
+    hydra_dir = hydra_dir_of(path)
+    if hydra_dir is None or not (hydra_dir / "config.yaml").is_file():
+        return  # no training config beside the model: nothing to check against
+    trained = OmegaConf.select(OmegaConf.load(hydra_dir / "config.yaml"), "data.text_pair_column",
+                               throw_on_missing=False)
+    given = data.get("text_pair_column")
+    if trained and not given:
+        raise ConfigError(f"ckpt_path={path} was trained on text pairs (data.text_pair_column={trained}); pass "
+                          "data.text_pair_column=<the second text's column>.")
+    if given and not trained:
+        raise ConfigError(f"ckpt_path={path} was trained on single texts; drop data.text_pair_column={given}.")
+
+
+# what a resumed run must share with the run its checkpoint comes from (the trainer's limits may change)
+RESUMED_SETTINGS = ("loss", "optimizer", "scheduler", "peft")
+
+
+def check_resume(path: str | Path, trained: Mapping[str, Any], now: Mapping[str, Any], seed: int) -> None:
+    """Resuming continues the checkpoint's run, with its optimizer and scheduler state: a command line that
+    names another loss, optimizer, scheduler, adapter, base model or seed would record the continued run
+    under settings it did not train with (and sweeps and comparisons would pair it so)."""
+    trained_model = (trained.get("model") or {}).get("name_or_path")
+    differences = [("model.name_or_path", trained_model, now["model"].get("name_or_path"))]
+    for group in RESUMED_SETTINGS:
+        before, after = trained.get(group) or {}, now.get(group) or {}
+        differences += [(f"{group}.{key}", before.get(key), after.get(key)) for key in sorted({*before, *after})]
+    hydra_dir = hydra_dir_of(path)
+    if hydra_dir is not None and (hydra_dir / "config.yaml").is_file():
+        differences.append(("seed", OmegaConf.load(hydra_dir / "config.yaml").get("seed"), seed))
+    for key, before, after in differences:
+        if before != after:
+            raise ConfigError(f"ckpt_path={path} was trained with {key}={before}, this run says {after}: resuming "
+                              "continues that run, so pass its settings (its .hydra/overrides.yaml), or train from "
+                              "scratch without ckpt_path.")

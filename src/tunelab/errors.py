@@ -14,7 +14,10 @@ class RunInterrupted(Exception):
     """SIGTERM / SIGINT stopped training after a step and wrote last.ckpt. The process exits 128 + the signal's
     number, as a shell reports a signalled command: `train.py && eval.py` must not go on with half a run."""
 
-    def __init__(self, signum: int, checkpoint: str) -> None:
-        super().__init__(f"interrupted: resume with ckpt_path={checkpoint}")
+    def __init__(self, signum: int, checkpoint: str, sweep_dir: str | None = None) -> None:
+        # a sweep resumes as a whole: every job from its own last.ckpt, the jobs that never started from scratch
+        how = (f"run the sweep command again with hydra.sweep.dir={sweep_dir} ckpt_path=last" if sweep_dir
+               else f"resume with ckpt_path={checkpoint}")
+        super().__init__(f"interrupted: {how}")
         self.signum = signum
         self.checkpoint = checkpoint

@@ -16,7 +16,7 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters
-from tunelab.checkpoints import check_label_set, load_checkpoint_header
+from tunelab.checkpoints import check_label_set, hydra_dir_of, load_checkpoint_header, tested_label_info
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.tasks import TASKS, get_task
@@ -45,7 +45,7 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
     if weights:
         module.load_state_dict(load_checkpoint_header(weights)["state_dict"])
     set_label_names(module.model, module.hparams.label_names)
-    written = peft_adapters.save(module.model, cfg, tokenizer, module.task)
+    written = peft_adapters.save(module.model, cfg, tokenizer, module.task, hparams=module.hparams)
     if cfg.get("export") and not peft_adapters.is_peft_model(module.model):
         out = Path(cfg.paths.output_dir) / EXPORT_DIR
         model = copy.deepcopy(module.model)  # the module keeps its own head
@@ -87,9 +87,11 @@ def exported_label_names(config: transformers.PretrainedConfig) -> list[str]:
 
 def trained_data(path: str | Path) -> str | None:
     """How the run that exported `path` chose its data, as overrides (`data=stsb`, `data=tsv
-    data.task=multilabel`): read from the run dir's .hydra beside hf_model / merged; None without it
-    (a model dir copied elsewhere, a run started from Python)."""
-    hydra_dir = Path(path).resolve().parent / ".hydra"
+    data.task=multilabel`): read from the run dir's .hydra; None without it (a model dir copied elsewhere, a
+    run started from Python)."""
+    hydra_dir = hydra_dir_of(path)
+    if hydra_dir is None:
+        return None
     try:
         name = OmegaConf.select(OmegaConf.load(hydra_dir / "config.yaml"), "data.name")
         overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
@@ -124,11 +126,12 @@ def check_model_dir(path: str | Path, cfg: DictConfig) -> transformers.Pretraine
 
 def load_module(path: str | Path, cfg: DictConfig) -> TransformerModule:
     """A module around an exported model dir for the data's task (checked by check_model_dir first): the
-    head's label names from its config, a multi-label decision threshold from the data config."""
+    head's label names from its config, a multi-label decision threshold as exported (or data.threshold)."""
     config = check_model_dir(path, cfg)
     task = cfg.data.task
     # the exported weights give target units already (prepare_export): a regression head needs no statistics
-    label_info = {"threshold": float(cfg.data.threshold)} if task == "multilabel" and "threshold" in cfg.data else {}
+    exported = {"threshold": config.multilabel_threshold} if hasattr(config, "multilabel_threshold") else {}
+    label_info = tested_label_info(exported, cfg.data)
     return TransformerModule(
         model={"name_or_path": str(path)},
         task=task,

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tunelab import peft_adapters, predictions
 from tunelab.adalora import regularization
 from tunelab.callbacks import ReleaseGradsOnException, average_into_weights_only_checkpoint, evaluate_the_average
+from tunelab.checkpoints import VAL_METRICS
 from tunelab.metrics import MeanLoss
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
@@ -229,6 +230,9 @@ class TransformerModule(pl.LightningModule):
     # callbacks=ema: these hooks run for every checkpoint, the callback's own only for some (tunelab.callbacks)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = collect_rng_states()
+        # the best checkpoint is tested: its val metrics, not the last validation's, go beside its test metrics
+        checkpoint[VAL_METRICS] = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                                   if k.startswith("val/") and v.numel() == 1}
         average_into_weights_only_checkpoint(self.trainer, self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

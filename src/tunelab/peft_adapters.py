@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from tunelab.checkpoints import ADAPTER_HPARAMS
 from tunelab.errors import ConfigError
 from tunelab.model import model_config
 from tunelab.tasks import Task, get_task
@@ -24,6 +26,8 @@ from tunelab.tasks import Task, get_task
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR, MERGED_DIR = "adapter", "merged"
+# the module's hyper-parameters saved beside an adapter: what its base model + adapter are tested with
+ADAPTER_HPARAM_KEYS = ("task", "model", "label_names", "class_counts", "label_info", "loss")
 # conf/peft keys that are tunelab's, not fields of the peft config class
 TUNELAB_KEYS = frozenset(
     {
@@ -194,16 +198,21 @@ def is_adapter_dir(path: str | Path | None) -> bool:
     return path is not None and (Path(path) / "adapter_config.json").is_file()
 
 
-def save(model: nn.Module, cfg: DictConfig, tokenizer: Any = None, task: Task | None = None) -> list[Path]:
-    """peft.save_adapter: <run dir>/adapter (adapter weights + head only); peft.merge_on_save:
-    <run dir>/merged (a plain transformers model with the adapter merged in, predicting as `task` does, e.g.
-    regression in the targets' units). Returns the dirs written."""
+def save(model: nn.Module, cfg: DictConfig, tokenizer: Any = None, task: Task | None = None,
+         hparams: Mapping[str, Any] | None = None) -> list[Path]:
+    """peft.save_adapter: <run dir>/adapter (adapter weights + head only, and the module's `hparams` that
+    testing it needs: task, base model, label names, label_info, loss); peft.merge_on_save: <run dir>/merged (a plain
+    transformers model with the adapter merged in, predicting as `task` does, e.g. regression in the targets'
+    units). Returns the dirs written."""
     peft_cfg = cfg.get("peft")
     if not is_peft_model(model) or not peft_cfg:
         return []
     run_dir, written = Path(cfg.paths.output_dir), []
     if peft_cfg.get("save_adapter"):
         model.save_pretrained(run_dir / ADAPTER_DIR)
+        if hparams is not None:
+            saved = {k: hparams.get(k) for k in ADAPTER_HPARAM_KEYS}
+            (run_dir / ADAPTER_DIR / ADAPTER_HPARAMS).write_text(json.dumps(saved, indent=1, default=str))
         written.append(run_dir / ADAPTER_DIR)
     if peft_cfg.get("merge_on_save"):
         # on a copy: the module keeps its adapter (and merge_and_unload would unwrap it in place)
@@ -219,6 +228,9 @@ def save(model: nn.Module, cfg: DictConfig, tokenizer: Any = None, task: Task | 
     return written
 
 
-def adapter_module_kwargs(kwargs: dict[str, Any], adapter_dir: str) -> dict[str, Any]:
-    """TransformerModule arguments for evaluating base model (from the config) + a saved adapter."""
-    return {**kwargs, "peft": {"adapter_path": str(Path(adapter_dir).resolve())}}
+def adapter_module_kwargs(kwargs: dict[str, Any], adapter_dir: str, trained: Mapping[str, Any] | None
+                          ) -> dict[str, Any]:
+    """TransformerModule arguments for evaluating a base model + a saved adapter: base model, label names,
+    label_info and loss as `trained` (the adapter's saved hyper-parameters) says, else the config's."""
+    saved = {k: trained[k] for k in ADAPTER_HPARAM_KEYS if k != "task" and trained and k in trained}
+    return {**kwargs, **saved, "peft": {"adapter_path": str(Path(adapter_dir).resolve())}}

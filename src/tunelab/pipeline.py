@@ -17,7 +17,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
-from tunelab.checkpoints import check_checkpoint
+from tunelab.checkpoints import (check_checkpoint, check_resume, check_text_pairs, saved_val_metrics,
+                                 tested_label_info, trained_tokenizer)
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
 from tunelab.module import TransformerModule
@@ -46,7 +47,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
-    rundir.claim_run_dir(cfg)
+    with rundir.claimed_run_dir(cfg):
+        return _run_in_claimed_dir(cfg)
+
+
+def _run_in_claimed_dir(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
     if cfg.get("predict"):  # a trained model over an unlabelled file: in order, no randomness to seed
         return predict.run(cfg)
@@ -54,8 +59,11 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     ckpt_path = rundir.resolve_ckpt_path(cfg)
     trained = check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
+    if trained is not None and cfg.train:  # resuming: the checkpoint's run goes on, under its own settings
+        check_resume(ckpt_path, trained, config_hparams(cfg), cfg.seed)
     if trained is not None and not cfg.train:
-        datamodule.test_trained_model(trained.get("label_names") or ())
+        check_text_pairs(ckpt_path, cfg.data)
+        datamodule.test_trained_model(trained.get("label_names") or (), trained_tokenizer(trained))
     if cfg.train:
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -63,10 +71,12 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     elif peft_adapters.is_adapter_dir(ckpt_path):  # base model from cfg.model + a saved adapter
         datamodule.prepare_data()
         datamodule.setup("fit")
-        module = TransformerModule(**peft_adapters.adapter_module_kwargs(module_kwargs(cfg, datamodule), ckpt_path))
+        kwargs = peft_adapters.adapter_module_kwargs(module_kwargs(cfg, datamodule), ckpt_path, trained)
+        module = TransformerModule(**kwargs | {"label_info": tested_label_info(kwargs["label_info"], cfg.data)})
         ckpt_path = None
     else:
-        module = TransformerModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+        module = TransformerModule.load_from_checkpoint(
+            ckpt_path, map_location="cpu", label_info=tested_label_info(trained.get("label_info"), cfg.data))
     trainer = build_trainer(cfg)
 
     if cfg.train:
@@ -81,8 +91,12 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     if guard is not None and guard.interrupted_checkpoint:
         # stopped by SIGTERM/SIGINT: no test on half-trained weights; the run resumes from last.ckpt. A rank
         # that stopped because another rank got the signal reports SIGTERM, what schedulers send.
-        raise RunInterrupted(guard.stop_signal or signal.SIGTERM, guard.interrupted_checkpoint)
+        sweep = sweeps.sweep_dir()
+        raise RunInterrupted(guard.stop_signal or signal.SIGTERM, guard.interrupted_checkpoint,
+                             str(sweep) if sweep else None)
     tested = best_checkpoint(trainer) if cfg.train else ckpt_path
+    if cfg.train and tested:  # what sweeps rank and Optuna optimizes: the tested weights' val metrics
+        metrics |= saved_val_metrics(tested)
     if cfg.train:
         module = _unwrapped(module, trainer, tested)
     counts = peft_adapters.parameter_counts(module.model)  # before a test wraps the module in FSDP units
@@ -119,7 +133,8 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed, _recursive_=False, **unread)
 
 
-def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
+def config_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The module's hyper-parameters the config groups give (the data gives the rest)."""
     container = lambda c: OmegaConf.to_container(c, resolve=True) if c is not None else None  # noqa: E731
     return dict(
         model=container(cfg.model),
@@ -127,12 +142,20 @@ def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
         loss=container(cfg.loss),
         optimizer=container(cfg.optimizer),
         scheduler=container(cfg.get("scheduler")) or None,
+        peft=container(cfg.get("peft")),
+        train_metrics=bool(cfg.get("train_metrics", True)),
+    )
+
+
+def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
+    kwargs = config_hparams(cfg)
+    if datamodule.trained_tokenizer_dir():  # the checkpoint names the tokenizer its ids come from
+        kwargs["model"]["tokenizer"] = datamodule.trained_tokenizer_dir()
+    return kwargs | dict(
         label_names=list(datamodule.label_names),
         class_counts=datamodule.class_counts,
         label_info=datamodule.label_info,
         vocab_size=getattr(datamodule, "vocab_size", None),
-        peft=container(cfg.get("peft")),
-        train_metrics=bool(cfg.get("train_metrics", True)),
     )
 
 

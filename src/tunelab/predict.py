@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tunelab import export, predictions, rundir
-from tunelab.checkpoints import check_checkpoint
+from tunelab.checkpoints import check_checkpoint, check_text_pairs, tested_label_info, trained_tokenizer
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.tasks import get_task
@@ -28,12 +28,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if not task.writes_predictions():
         raise ConfigError(f"data.task={task.name} has no per-example predictions; predict.py takes a "
                           "classification, regression or token classification model.")
-    path, tokenizer = checked_model(cfg)
+    path, tokenizer, trained = checked_model(cfg)
+    check_text_pairs(path, cfg.data)
     # only the file to predict on: label names and tokenizer come with the trained model
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed, train_file=None, val_file=None,
                              test_file=None, _recursive_=False)
     datamodule.setup("predict")  # reads, checks and tokenizes the rows; trainer.predict reuses them
-    module = load(path, cfg)
+    module = load(path, cfg, trained)
     trainer = build_trainer(cfg)
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     if trainer.is_global_zero:
@@ -43,25 +44,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return {}
 
 
-def checked_model(cfg: DictConfig) -> tuple[str, str]:
-    """The model to predict with (an exported dir or a .ckpt) and its tokenizer, after checking that it fits
-    the data config's task and label set; no weights are loaded."""
+def checked_model(cfg: DictConfig) -> tuple[str, str, dict | None]:
+    """The model to predict with (an exported dir or a .ckpt), its tokenizer and (a .ckpt's) hyper-parameters,
+    after checking that it fits the data config's task and label set; no weights are loaded."""
     if export.is_model_dir(cfg.ckpt_path):
         export.check_model_dir(cfg.ckpt_path, cfg)
-        return str(cfg.ckpt_path), str(cfg.ckpt_path)
+        return str(cfg.ckpt_path), str(cfg.ckpt_path), None
     path = rundir.resolve_ckpt_path(cfg)
     if Path(path).is_dir():  # an adapter dir: its base model and label names are the training run's config
         raise ConfigError(f"ckpt_path={path} is an adapter; predict with the run's checkpoint (.ckpt) or its merged "
                           "model (peft.merge_on_save=true).")
-    model = check_checkpoint(path, cfg)["model"]  # the checkpoint's hyper-parameters, read once
-    return path, str(model.get("tokenizer") or model["name_or_path"])
+    trained = check_checkpoint(path, cfg)  # the checkpoint's hyper-parameters, read once
+    return path, trained_tokenizer(trained), trained
 
 
-def load(path: str, cfg: DictConfig) -> TransformerModule:
+def load(path: str, cfg: DictConfig, trained: dict | None) -> TransformerModule:
     """The module to predict with: around an exported dir, or a checkpoint's hyper-parameters and weights."""
     if export.is_model_dir(path):
         return export.load_module(path, cfg)
-    return TransformerModule.load_from_checkpoint(path, map_location="cpu")
+    label_info = tested_label_info(trained.get("label_info"), cfg.data)
+    return TransformerModule.load_from_checkpoint(path, map_location="cpu", label_info=label_info)
 
 
 def summary(rows: list[dict], path: Path, source: str) -> str:

@@ -3,6 +3,7 @@ newest checkpoint), metrics.json, and keeping secrets out of everything written 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -10,26 +11,43 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
 from tunelab.errors import ConfigError
 from tunelab.peft_adapters import is_adapter_dir
+from tunelab.sweeps import is_multirun
 
 log = logging.getLogger(__name__)
 
 SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
 
 
-def claim_run_dir(cfg: DictConfig) -> None:
+@contextlib.contextmanager
+def claimed_run_dir(cfg: DictConfig) -> Iterator[None]:
+    """claim_run_dir for the run; a ConfigError inside it (a user error found in the data files or the
+    checkpoint, before any result) gives the dir back, so the corrected command can use it."""
+    marker = claim_run_dir(cfg)
+    try:
+        yield
+    except ConfigError:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+        raise
+
+
+def claim_run_dir(cfg: DictConfig) -> Path | None:
     """Never mix two runs in one dir: refuse a dir that already holds a run (unless overwrite=true or
     resuming from a checkpoint inside it) and take it with an exclusive marker file, so two runs
-    started at the same instant cannot share it. DDP child ranks use rank 0's dir."""
+    started at the same instant cannot share it. DDP child ranks use rank 0's dir. Returns the marker this
+    call created (None: it was there, or a child rank)."""
     if os.environ.get("LOCAL_RANK", "0") != "0":
-        return
+        return None
     out = Path(cfg.paths.output_dir)
     ckpt = cfg.get("ckpt_path")
+    if ckpt and not cfg.get("predict"):  # predict.py takes exported model dirs, which are no checkpoints
+        ckpt = resolve_ckpt_path(cfg)  # "last": a run's last.ckpt (in a sweep, the job's own)
     resuming_here = bool(ckpt) and ckpt != "last" and out.resolve() in Path(ckpt).resolve().parents
     allowed = bool(cfg.get("overwrite")) or resuming_here
     used = (out / "metrics.json").exists() or any((out / "checkpoints").glob("*.ckpt"))
@@ -38,11 +56,14 @@ def claim_run_dir(cfg: DictConfig) -> None:
     if used and not resuming_here:
         _remove_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
+    marker = out / ".tunelab_run"
     try:
-        os.close(os.open(out / ".tunelab_run", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         if not allowed:
             raise ConfigError(f"run dir {out} is taken by another run; choose another hydra.run.dir.") from None
+        return None
+    return marker
 
 
 # what a run writes into its dir besides Hydra's .hydra/ and log (rewritten by the new run). overwrite=true
@@ -75,11 +96,18 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if path is None:
         return None
     if path == "last":
+        if cfg.get("train") and is_multirun():
+            # each job of a sweep resumes its own (the sweep run again with hydra.sweep.dir=<its dir>); a job
+            # that never wrote one starts from scratch
+            own = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+            return str(own) if own.is_file() else None
         task_dir = Path(cfg.paths.log_dir, cfg.task_name)
-        newest = newest_checkpoint(task_dir, "*/*/checkpoints/last.ckpt")
-        if newest is None:
+        # runs/<run>/checkpoints and multiruns/<sweep>/<job>/checkpoints
+        found = [newest_checkpoint(task_dir, f"{levels}/checkpoints/last.ckpt") for levels in ("*/*", "*/*/*")]
+        found = [c for c in found if c is not None]
+        if not found:
             raise ConfigError(f"ckpt_path=last: no last.ckpt under {task_dir}; pass a path.")
-        return str(newest)
+        return str(max(found, key=lambda c: c.stat().st_mtime))
     if is_adapter_dir(path):  # <run dir>/adapter from peft.save_adapter
         return str(path)
     if Path(path).is_dir():

@@ -149,7 +149,7 @@ RULES: dict[str, Rule] = {
     "data.encoding": Rule("encoding"),
     "data.standardize_targets": FLAG,
     "data.label_separator": Rule("separator"),
-    "data.threshold": number(0, 1, open_low=True, open_high=True),
+    "data.threshold": number(0, 1, open_low=True, open_high=True, nullable=True),  # null: 0.5, or as trained
     "data.predict_file": Rule("text"),
     # callbacks
     "callbacks.progress_bar.metrics_every": COUNT,

@@ -166,7 +166,8 @@ class MultiLabelTask(SequenceTask):
     def with_labels(self, label_names: Sequence[str], label_info: Mapping[str, Any] | None = None
                     ) -> "MultiLabelTask":
         task = copy.copy(self)
-        task.threshold = float((label_info or {}).get("threshold", self.threshold))
+        threshold = (label_info or {}).get("threshold")  # None: data.threshold=null, the 0.5 default
+        task.threshold = self.threshold if threshold is None else float(threshold)
         return task
 
     def model_head(self, num_labels: int) -> dict[str, Any]:
@@ -192,6 +193,10 @@ class MultiLabelTask(SequenceTask):
 
     def report(self, state: dict[str, torch.Tensor], label_names: list[str]) -> tuple[dict, str]:
         return multilabel_report(state, label_names, self.threshold)
+
+    def prepare_export(self, model: torch.nn.Module) -> None:
+        # config.json carries the decision threshold: predict.py on hf_model / merged decides as this run tested
+        model.config.multilabel_threshold = self.threshold
 
     def prediction_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         # the decisions themselves, not re-derived from the probabilities on the host: exactly the metrics'

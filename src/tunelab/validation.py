@@ -13,6 +13,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
+from tunelab.checkpoints import adapter_hparams
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
@@ -77,9 +78,13 @@ def _check_required(cfg: DictConfig) -> None:
 
 
 def _tests_a_checkpoint(cfg: DictConfig) -> bool:
-    """eval.py with a .ckpt: the model, its label names and its loss come from the checkpoint (an adapter dir
-    is tested on the base model of the config, with the label names of the training file)."""
-    return not cfg.get("train") and not cfg.get("predict") and not peft_adapters.is_adapter_dir(cfg.get("ckpt_path"))
+    """eval.py with a .ckpt, or an adapter dir saved with its hyper-parameters: label names, label_info and
+    loss come from there (an adapter saved without them is tested with the config's loss and the label names
+    of the training file)."""
+    if cfg.get("train") or cfg.get("predict"):
+        return False
+    path = cfg.get("ckpt_path")
+    return not peft_adapters.is_adapter_dir(path) or adapter_hparams(path) is not None
 
 
 def data_files_read(cfg: DictConfig) -> tuple[str, ...]:

@@ -129,10 +129,20 @@ class BaseDataModule(pl.LightningDataModule):
         self.train_sampler: BatchOrderSampler | None = None
         self.trained_label_names: list[str] | None = None  # set by test_trained_model
 
-    def test_trained_model(self, label_names: Sequence[str]) -> None:
-        """Testing a trained model: labels map to the ids its head was trained with (not the sorted labels of
-        this training file, which may miss a class), and a test split with its own file is read alone."""
+    def test_trained_model(self, label_names: Sequence[str], tokenizer: str) -> None:
+        """Testing a trained model: the text is tokenized by its tokenizer, labels map to the ids its head was
+        trained with (not the sorted labels of this training file, which may miss a class), and a test split
+        with its own file is read alone."""
         self.trained_label_names = [str(n) for n in label_names]
+        if os.path.isabs(tokenizer) and not os.path.isdir(tokenizer):
+            raise ConfigError(f"the tokenizer this checkpoint was trained with is gone ({tokenizer}; a cleaned cache?): "
+                              "test the run's exported model dir with predict.py, or train again.")
+        if tokenizer != self.tokenizer_path:
+            self.tokenizer_path, self._tokenizer = tokenizer, None
+
+    def trained_tokenizer_dir(self) -> str | None:
+        """Where a tokenizer this datamodule trained on the training text lives (None: a pretrained one)."""
+        return None
 
     def splits_read(self) -> tuple[str, ...]:
         """The splits setup() builds: the test split alone when a trained model is tested on its own file."""
@@ -221,12 +231,16 @@ class BaseDataModule(pl.LightningDataModule):
         for split, rows in examples.items():  # before finalize_labels: labels are derived from the train split
             if not rows:
                 fix = "data.train_file" if split == "train" else f"data.{split}_file or data.{split}_fraction"
+                if split == "train" and self.encoded(self.files["train"])["input_ids"]:  # the carved splits took all
+                    fix = "data.val_fraction / data.test_fraction, or give data.val_file / data.test_file"
                 raise ConfigError(
                     f"the {split} split of data={self.name} is empty ({self.files[split] or self.files['train']}); "
                     f"check {fix}."
                 )
         self.finalize_labels(examples)
-        if "train" in examples and self.batch_size > len(examples["train"]):
+        # a trained model under test takes any batch size; only training needs a batch's worth of rows
+        training = "train" in examples and self.trained_label_names is None
+        if training and self.batch_size > len(examples["train"]):
             raise ConfigError(
                 f"data.batch_size={self.batch_size} is larger than the {len(examples['train'])}-row training split; "
                 "lower data.batch_size."

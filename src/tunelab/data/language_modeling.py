@@ -64,6 +64,12 @@ class LanguageModelingDataModule(BaseDataModule):
                 self._tokenizer.pad_token = self._tokenizer.eos_token
         return self._tokenizer
 
+    def trained_tokenizer_dir(self) -> str | None:
+        spec = str(self.tokenizer_path)
+        if spec.split(":")[0] in TRAINED_TOKENIZERS and not os.path.isdir(spec):
+            return str(self.tokenizer_dir(spec).resolve())
+        return None
+
     @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)

@@ -1,0 +1,66 @@
+"""Resuming continues the run a checkpoint holds: another loss, optimizer or seed on the command line is
+refused (the continued run would be recorded under settings it did not train with), `ckpt_path=last` finds
+sweep jobs' checkpoints too, and a sweep run again in its own dir resumes every job from its own."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import FIXTURES, compose_cfg, run_script
+from tunelab.errors import ConfigError
+from tunelab.pipeline import run
+from tunelab.rundir import resolve_ckpt_path
+
+TINY = ["data.train_limit=32", "data.batch_size=8", "trainer.max_epochs=1", "test=false"]
+SWEEP = ["-m", "seed=1,2", "debug=quick", f"paths.data_dir={FIXTURES}", "logger=csv", *TINY]
+
+
+@pytest.fixture(scope="module")
+def last_ckpt(tmp_path_factory, cache_dir) -> str:
+    out = tmp_path_factory.mktemp("trained")
+    run(compose_cfg(out, *TINY, "seed=3", cache=cache_dir))
+    return str(out / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize("override,said", [
+    ("loss=focal", "loss._target_=tunelab.losses.CrossEntropyLoss, this run says tunelab.losses.FocalLoss"),
+    ("optimizer.lr=0.5", "optimizer.lr=5e-05, this run says 0.5"),
+    ("scheduler=cosine", "scheduler._target_=transformers.get_linear_schedule_with_warmup, this run says "
+                         "transformers.get_cosine_schedule_with_warmup"),
+])
+def test_resuming_with_other_settings_is_one_line(last_ckpt, tmp_path, cache_dir, override, said) -> None:
+    with pytest.raises(ConfigError) as err:
+        run(compose_cfg(tmp_path, *TINY, "seed=3", "trainer.max_epochs=2", override, f"ckpt_path={last_ckpt}",
+                        cache=cache_dir))
+    assert str(err.value) == (f"ckpt_path={last_ckpt} was trained with {said}: resuming continues that run, so pass "
+                              "its settings (its .hydra/overrides.yaml), or train from scratch without ckpt_path.")
+
+
+def test_a_sweep_run_again_in_its_dir_resumes_every_job_from_its_own(tmp_path) -> None:
+    first = run_script("train.py", *SWEEP, f"hydra.sweep.dir={tmp_path}", timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    steps = {j: json.loads((tmp_path / j / "metrics.json").read_text())["global_step"] for j in ("0", "1")}
+    again = run_script("train.py", *SWEEP, "trainer.max_epochs=2", "ckpt_path=last", f"hydra.sweep.dir={tmp_path}",
+                       timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for job, step in steps.items():  # each job went on from its own epoch 1 (seed 1's is not seed 2's)
+        record = json.loads((tmp_path / job / "metrics.json").read_text())
+        assert record["global_step"] == 2 * step
+    assert again.stdout.count("Restoring states from the checkpoint path") == 2
+
+
+def test_last_is_the_newest_last_ckpt_of_the_task_runs_and_sweep_jobs(tmp_path) -> None:
+    cfg = compose_cfg(tmp_path, "ckpt_path=last")  # conftest: paths.log_dir=<out dir>/outputs
+    task_dir = tmp_path / "outputs" / cfg.task_name
+    run_ckpt = task_dir / "runs" / "a" / "checkpoints" / "last.ckpt"
+    job_ckpt = task_dir / "multiruns" / "b" / "3" / "checkpoints" / "last.ckpt"
+    for age, ckpt in ((200, run_ckpt), (100, job_ckpt)):
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"")
+        os.utime(ckpt, (1e9 - age, 1e9 - age))
+    assert resolve_ckpt_path(cfg) == str(job_ckpt)
+    os.utime(run_ckpt, (1e9, 1e9))
+    assert resolve_ckpt_path(cfg) == str(run_ckpt)
