@@ -3,14 +3,13 @@ deterministically, serve dynamically padded batches (TextDataModule, the token a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tunelab.callbacks import collection_paused
 from tunelab.data.readers import existing_file
 from tunelab.data.sampling import BatchOrderSampler, Collator
+from tunelab.data.tokenizing import all_cores_tokenizing
 from tunelab.errors import ConfigError
 from tunelab.model import load_tokenizer
 
@@ -27,31 +27,6 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2
 SPLITS = ("train", "val", "test")
 FILE_KEYS = tuple(f"{split}_file" for split in SPLITS)  # the data config's keys of the splits' files
-TOKENIZER_THREADS = "TOKENIZERS_PARALLELISM"  # read by Hugging Face's tokenizers at every batch call
-
-
-def ids_only(pairs: bool = False) -> dict[str, Any]:
-    """Tokenizer options for encode_file: input ids (and a pair's token type ids, where the tokenizer has
-    them) only. The collate builds attention masks from the lengths; converting the tokenizer's masks and
-    single texts' type ids to Python lists as well took about a quarter of the tokenizer's time on SST-2."""
-    return {"return_attention_mask": False, "return_token_type_ids": None if pairs else False}
-
-
-@contextlib.contextmanager
-def all_cores_tokenizing() -> Iterator[None]:
-    """A fast tokenizer encodes a batch of texts on every core (Rust threads), unless TOKENIZERS_PARALLELISM
-    says no, as the run's environment does (conf/hydra/default.yaml): the DataLoader's forked workers must
-    not inherit a tokenizer that uses threads. That holds outside this block: the setting is lifted for
-    encoding a file only, so the workers forked later still see it (and tokenizers prints no fork warning)."""
-    before = os.environ.get(TOKENIZER_THREADS)
-    os.environ[TOKENIZER_THREADS] = "true"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[TOKENIZER_THREADS]
-        else:
-            os.environ[TOKENIZER_THREADS] = before
 
 
 class ListDataset(Dataset):

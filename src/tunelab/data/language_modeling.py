@@ -14,7 +14,8 @@ from typing import Any
 import torch
 import transformers
 
-from tunelab.data.datamodule import BaseDataModule, ids_only
+from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.tokenizing import ids_only
 from tunelab.data.readers import existing_file, read_documents
 from tunelab.errors import ConfigError
 

@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from tunelab.data.datamodule import BaseDataModule, ids_only
+from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.tokenizing import ids_only
 from tunelab.data.labels import LabelSet, label_cell, regression_target, single_label, split_labels, target_stats
 from tunelab.data.readers import read_table, require_columns
 

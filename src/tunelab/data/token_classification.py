@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from tunelab.data.datamodule import BaseDataModule, ids_only
+from tunelab.data.datamodule import BaseDataModule
+from tunelab.data.tokenizing import ids_only
 from tunelab.data.labels import LabelSet, shown
 from tunelab.data.readers import read_conll
 from tunelab.errors import ConfigError
