@@ -107,14 +107,22 @@ def hydra_dir_of(path: str | Path) -> Path | None:
     return path.parent.parent / ".hydra" if path.parent.name == "checkpoints" else None
 
 
+def training_config(path: str | Path) -> DictConfig | None:
+    """The config of the run that wrote `path` (its .hydra/config.yaml, unresolved); None without one (a model
+    copied elsewhere, a run started from Python)."""
+    hydra_dir = hydra_dir_of(path)
+    if hydra_dir is None or not (hydra_dir / "config.yaml").is_file():
+        return None
+    return OmegaConf.load(hydra_dir / "config.yaml")
+
+
 def check_text_pairs(path: str | Path, data: DictConfig) -> None:
     """A model trained on text pairs scores single texts without complaint, and the reverse: when the
     training run's config is at hand, the data config must give pairs exactly when it did."""
-    hydra_dir = hydra_dir_of(path)
-    if hydra_dir is None or not (hydra_dir / "config.yaml").is_file():
-        return  # no training config beside the model: nothing to check against
-    trained = OmegaConf.select(OmegaConf.load(hydra_dir / "config.yaml"), "data.text_pair_column",
-                               throw_on_missing=False)
+    trained_cfg = training_config(path)
+    if trained_cfg is None:
+        return  # nothing to check against
+    trained = OmegaConf.select(trained_cfg, "data.text_pair_column", throw_on_missing=False)
     given = data.get("text_pair_column")
     if trained and not given:
         raise ConfigError(f"ckpt_path={path} was trained on text pairs (data.text_pair_column={trained}); pass "
@@ -136,9 +144,9 @@ def check_resume(path: str | Path, trained: Mapping[str, Any], now: Mapping[str,
     for group in RESUMED_SETTINGS:
         before, after = trained.get(group) or {}, now.get(group) or {}
         differences += [(f"{group}.{key}", before.get(key), after.get(key)) for key in sorted({*before, *after})]
-    hydra_dir = hydra_dir_of(path)
-    if hydra_dir is not None and (hydra_dir / "config.yaml").is_file():
-        differences.append(("seed", OmegaConf.load(hydra_dir / "config.yaml").get("seed"), seed))
+    trained_cfg = training_config(path)
+    if trained_cfg is not None:
+        differences.append(("seed", trained_cfg.get("seed"), seed))
     for key, before, after in differences:
         if before != after:
             raise ConfigError(f"ckpt_path={path} was trained with {key}={before}, this run says {after}: resuming "

@@ -16,7 +16,8 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters
-from tunelab.checkpoints import check_label_set, hydra_dir_of, load_checkpoint_header, tested_label_info
+from tunelab.checkpoints import (check_label_set, hydra_dir_of, load_checkpoint_header, tested_label_info,
+                                 training_config)
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.tasks import TASKS, get_task
@@ -89,12 +90,12 @@ def trained_data(path: str | Path) -> str | None:
     """How the run that exported `path` chose its data, as overrides (`data=stsb`, `data=tsv
     data.task=multilabel`): read from the run dir's .hydra; None without it (a model dir copied elsewhere, a
     run started from Python)."""
-    hydra_dir = hydra_dir_of(path)
-    if hydra_dir is None:
+    trained_cfg = training_config(path)
+    if trained_cfg is None:
         return None
     try:
-        name = OmegaConf.select(OmegaConf.load(hydra_dir / "config.yaml"), "data.name")
-        overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+        name = OmegaConf.select(trained_cfg, "data.name")
+        overrides = [str(o) for o in OmegaConf.load(hydra_dir_of(path) / "overrides.yaml")]
     except Exception:  # noqa: BLE001 - the hint is a nicety; the error it goes into is the point
         return None
     task = [o.lstrip("+~") for o in overrides if o.lstrip("+~").startswith("data.task=")]

@@ -47,17 +47,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
-    with rundir.claimed_run_dir(cfg):
-        return _run_in_claimed_dir(cfg)
+    # resolved once ("last": a run's last.ckpt; in a sweep, the job's own); predict.py takes exported model
+    # dirs too, which are no checkpoints, and resolves its own
+    ckpt_path = cfg.get("ckpt_path") if cfg.get("predict") else rundir.resolve_ckpt_path(cfg)
+    with rundir.claimed_run_dir(cfg, ckpt_path):
+        return _run_in_claimed_dir(cfg, ckpt_path)
 
 
-def _run_in_claimed_dir(cfg: DictConfig) -> dict[str, float]:
+def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
     if cfg.get("predict"):  # a trained model over an unlabelled file: in order, no randomness to seed
         return predict.run(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    ckpt_path = rundir.resolve_ckpt_path(cfg)
     trained = check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
     if trained is not None and cfg.train:  # resuming: the checkpoint's run goes on, under its own settings
         check_resume(ckpt_path, trained, config_hparams(cfg), cfg.seed)

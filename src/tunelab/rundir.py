@@ -25,10 +25,10 @@ SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
 
 
 @contextlib.contextmanager
-def claimed_run_dir(cfg: DictConfig) -> Iterator[None]:
+def claimed_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Iterator[None]:
     """claim_run_dir for the run; a ConfigError inside it (a user error found in the data files or the
     checkpoint, before any result) gives the dir back, so the corrected command can use it."""
-    marker = claim_run_dir(cfg)
+    marker = claim_run_dir(cfg, ckpt_path)
     try:
         yield
     except ConfigError:
@@ -37,18 +37,15 @@ def claimed_run_dir(cfg: DictConfig) -> Iterator[None]:
         raise
 
 
-def claim_run_dir(cfg: DictConfig) -> Path | None:
+def claim_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Path | None:
     """Never mix two runs in one dir: refuse a dir that already holds a run (unless overwrite=true or
     resuming from a checkpoint inside it) and take it with an exclusive marker file, so two runs
-    started at the same instant cannot share it. DDP child ranks use rank 0's dir. Returns the marker this
-    call created (None: it was there, or a child rank)."""
+    started at the same instant cannot share it. DDP child ranks use rank 0's dir. `ckpt_path`: the run's
+    resolved checkpoint. Returns the marker this call created (None: it was there, or a child rank)."""
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return None
     out = Path(cfg.paths.output_dir)
-    ckpt = cfg.get("ckpt_path")
-    if ckpt and not cfg.get("predict"):  # predict.py takes exported model dirs, which are no checkpoints
-        ckpt = resolve_ckpt_path(cfg)  # "last": a run's last.ckpt (in a sweep, the job's own)
-    resuming_here = bool(ckpt) and ckpt != "last" and out.resolve() in Path(ckpt).resolve().parents
+    resuming_here = bool(ckpt_path) and ckpt_path != "last" and out.resolve() in Path(ckpt_path).resolve().parents
     allowed = bool(cfg.get("overwrite")) or resuming_here
     used = (out / "metrics.json").exists() or any((out / "checkpoints").glob("*.ckpt"))
     if used and not allowed:
