@@ -52,6 +52,33 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path) -> None:
     assert "2 of 3 jobs finished; not finished: 1 (optimizer.lr=1e+30)" in (tmp_path / "report.md").read_text()
 
 
+def test_a_grid_sweep_is_checked_before_its_first_job(tmp_path) -> None:
+    """Every job's config passes the run's checks before any job trains: a crossed grid whose data=stsb jobs
+    cannot take the cross-entropy loss, and a learning rate out of range, fail in seconds with no job dir."""
+    proc = run_script(
+        "train.py", "-m", *TINY, "logger=csv", "data=sst2,stsb", "optimizer.lr=1e-4,-1", f"hydra.sweep.dir={tmp_path}",
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: job 1 of 4 (data=sst2 optimizer.lr=-1): optimizer.lr must be > 0; got -1. No job has run; 2 more "
+        "fail the checks: job 2 (data=stsb optimizer.lr=0.0001), job 3 (data=stsb optimizer.lr=-1).")
+    assert "Launching" not in proc.stdout + proc.stderr and not list(tmp_path.glob("*"))
+
+
+def test_an_optuna_sweep_in_the_wrong_direction_is_refused_before_its_study(tmp_path) -> None:
+    db = tmp_path / "optuna.db"
+    proc = run_script(
+        "train.py", "hparams_search=optuna_random", *TINY, "logger=csv", "optimized_metric=val/loss",
+        f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: hydra.sweeper.direction=maximize but optimized_metric=val/loss is better lower; set "
+        "hydra.sweeper.direction=minimize.")
+    assert "study" not in proc.stdout + proc.stderr and not db.exists()
+
+
 def wandb_run_record(run_file: Path):
     """The run record (name, group, tags) of an offline .wandb file."""
     for record in wandb_records(run_file):

@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from tunelab import schema
-from tunelab.errors import ConfigError, RunInterrupted, TrainingError
+from tunelab.errors import ConfigError, RunInterrupted, SweepRefused, TrainingError
 
 log = logging.getLogger("tunelab")
 
@@ -36,7 +36,7 @@ def launch(config_name: str, project_root: Path) -> None:
         _check_searched_seed(sys.argv[1:])
         app()
         _exit_if_sweep_jobs_failed()
-    except ConfigError as err:
+    except (ConfigError, SweepRefused) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
@@ -91,12 +91,10 @@ def _sweep_job_failed(err: Exception) -> float:
     """A failed sweep job is its error line, named by job; the sweeper gets NaN (Optuna: a failed trial)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from tunelab.sweeps import job_label, swept_keys
+
     hydra_cfg = HydraConfig.get()
-    # the job's values of the swept keys (command-line lists, the sweeper's params), else all its overrides
-    swept = {a.lstrip("+~").split("=")[0] for a in sys.argv[1:] if "," in a.partition("=")[2]}
-    swept |= set((hydra_cfg.sweeper.get("params") or {}).keys())
-    overrides = [o for o in hydra_cfg.overrides.task if o.lstrip("+~").split("=")[0] in swept]
-    label = f"job {hydra_cfg.job.num} ({' '.join(overrides or hydra_cfg.overrides.task)})"
+    label = job_label(hydra_cfg.job.num, list(hydra_cfg.overrides.task), swept_keys())
     print(f"error: {label}: {err}", file=sys.stderr)
     _FAILED_JOBS.append((label, err))
     return float("nan")

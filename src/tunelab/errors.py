@@ -21,3 +21,8 @@ class RunInterrupted(Exception):
         super().__init__(f"interrupted: {how}")
         self.signum = signum
         self.checkpoint = checkpoint
+
+
+class SweepRefused(BaseException):
+    """A ConfigError found in a sweep's jobs before the first one runs. A BaseException because Hydra's
+    callback runner turns every Exception of a callback into a warning and carries on with the sweep."""

@@ -46,6 +46,13 @@ def job_name(overrides: list[str], swept: set[str] | None = None) -> str:
     return ",".join(kept or [o for o, k in zip(overrides, keys) if not k.startswith(_PLUMBING)])
 
 
+def job_label(num: int, overrides: list[str], swept: set[str], jobs: int | None = None) -> str:
+    """A sweep job as error lines name it: `job 1 (optimizer.lr=1e+30)`, or `job 1 of 8 (...)`, by its swept
+    overrides (else all)."""
+    kept = [o for o in overrides if override_key(o) in swept]
+    return f"job {num}{f' of {jobs}' if jobs else ''} ({' '.join(kept or overrides)})"
+
+
 def swept_keys() -> set[str]:
     """The keys this sweep varies: the sweeper's params plus the sweep overrides (a,b / range() /
     interval()) of the command line, which the launcher saved to <sweep dir>/multirun.yaml."""

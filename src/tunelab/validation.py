@@ -49,7 +49,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optimizer.get("layer_decay") is not None and cfg.optimizer.get("lr") is None:
         raise ConfigError("optimizer.layer_decay scales optimizer.lr per layer: set optimizer.lr (it is null, "
                           "Adafactor's relative step).")
-    _check_sweeper_direction(cfg)
+    check_sweeper_direction(cfg)
     peft_adapters.validate(cfg)
 
 
@@ -214,13 +214,15 @@ def _device_count(devices) -> int:
     return devices if isinstance(devices, int) and devices > 0 else 1
 
 
-def _check_sweeper_direction(cfg: DictConfig) -> None:
+def check_sweeper_direction(cfg: DictConfig, sweeper: DictConfig | None = None) -> None:
     """An optuna sweep that maximizes a loss (or minimizes accuracy) runs fine and finds the worst
-    config: refuse it before training."""
+    config: refuse it before training. `sweeper`: hydra.sweeper, default this job's."""
     name, mode = monitor(cfg)  # also refuses an optimized_metric the task does not log
-    if not is_multirun():
-        return
-    direction = HydraConfig.get().sweeper.get("direction")
+    if sweeper is None:
+        if not is_multirun():
+            return
+        sweeper = HydraConfig.get().sweeper
+    direction = sweeper.get("direction")
     if direction is None or isinstance(direction, (list, tuple)) or not isinstance(getattr(direction, "name", direction), str):
         return  # the basic sweeper has no direction; multi-objective is the user's business
     direction = getattr(direction, "name", direction)

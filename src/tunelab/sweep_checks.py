@@ -1,0 +1,83 @@
+"""Hydra callback run before a sweep's first job (conf/hydra/default.yaml). A grid sweep's jobs are all
+composed and checked as each run checks itself, so a bad value in the ninth job fails the sweep in seconds,
+before eight jobs have trained. Optuna draws its trials as it goes: only its direction is checked, before
+it creates the study."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+from tunelab.errors import ConfigError, SweepRefused
+
+
+class CheckSweepJobs(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+            check_grid_jobs(config)
+        else:
+            check_direction(config)
+
+
+def grid_jobs(config: DictConfig) -> tuple[list[list[str]], set[str]]:
+    """Each job's overrides as Hydra's basic sweeper will run them (its params, then the command line's
+    overrides, crossed), and the swept keys."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
+    swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
+    return BasicSweeper.split_arguments(overrides, None)[0], swept
+
+
+def check_grid_jobs(config: DictConfig) -> None:
+    """Every job's config through the run's own pre-flight checks (validation.validate), with the job's
+    number and output dir set as the launcher will set them; ConfigError naming the first failing job."""
+    from tunelab.sweeps import job_label
+    from tunelab.validation import validate
+
+    jobs, swept = grid_jobs(config)
+    loader = GlobalHydra.instance().config_loader()
+    master = HydraConfig.instance().cfg
+    failed: list[tuple[str, ConfigError]] = []
+    try:
+        for num, overrides in enumerate(jobs):
+            job = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
+            with open_dict(job):
+                job.hydra.job.num = job.hydra.job.id = num
+            HydraConfig.instance().set_config(job)  # ${hydra:runtime.choices...} resolve to this job's
+            subdir = os.path.join(str(job.hydra.sweep.dir), str(job.hydra.sweep.subdir))
+            with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
+                job.hydra.runtime.output_dir = os.path.abspath(subdir)
+            try:
+                validate(job)
+            except ConfigError as err:
+                failed.append((job_label(num, overrides, swept, len(jobs)), err))
+    finally:
+        HydraConfig.instance().cfg = master
+    if failed:
+        (label, err), others = failed[0], [label.replace(f" of {len(jobs)}", "") for label, _ in failed[1:]]
+        more = f"; {len(others)} more fail the checks: {', '.join(others[:3])}{' and others' if len(others) > 3 else ''}"
+        raise SweepRefused(f"{label}: {str(err).rstrip('.')}. No job has run{more if others else ''}.")
+
+
+def check_direction(config: DictConfig) -> None:
+    """An optimizing sweeper's direction against the optimized metric, on the sweep's base config."""
+    from tunelab.results import monitor
+    from tunelab.validation import check_sweeper_direction
+
+    try:
+        monitor(config)
+    except ConfigError:
+        return  # not a metric of the base config's task (a searched data set?): the first trial says so
+    try:
+        check_sweeper_direction(config, config.hydra.sweeper)
+    except ConfigError as err:
+        raise SweepRefused(str(err)) from None
