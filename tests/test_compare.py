@@ -211,3 +211,41 @@ def test_cli_end_to_end(tmp_path, capsys) -> None:
     assert [c["config"] for c in ece["configs"][1:]] == ["loss=focal", "loss=smoothed"]
     assert ece["configs"][1]["seeds"] == [0] and ece["configs"][1]["n_pairs"] == 1
     assert (out_dir / "compare_ece.png").is_file() and not (sweep / "compare_ece.md").exists()
+
+
+def test_eval_runs_stand_for_the_models_they_tested(tmp_path, capsys) -> None:
+    """eval.py runs of checkpoints on a new test file: grouped by the training runs' configs and paired by
+    their training seeds (not eval.py's own seed 42, one config per ckpt_path)."""
+    new_test = "/data/new_test.tsv"
+    for job, (loss, seed, acc) in enumerate([("cross_entropy", 0, 0.6), ("cross_entropy", 1, 0.62),
+                                             ("focal", 0, 0.9), ("focal", 1, 0.92)]):
+        trained = tmp_path / "sweep" / str(job)
+        (trained / ".hydra").mkdir(parents=True)
+        (trained / ".hydra" / "overrides.yaml").write_text(f"- loss={loss}\n- seed={seed}\n- model=tiny\n")
+        (trained / ".hydra" / "config.yaml").write_text(
+            f"seed: {seed}\ntrain: true\ndata:\n  task: classification\nloss:\n  name: {loss}\n")
+        (trained / "checkpoints").mkdir()
+        ckpt = trained / "checkpoints" / "best.ckpt"
+        ckpt.touch()
+        correct = np.random.default_rng(job).random(300) < acc
+        evaluated = make_run(tmp_path / "evals" / str(job), [f"ckpt_path={ckpt}", "data=tsv", f"data.test_file={new_test}"],
+                             42, classification_records(correct, np.random.default_rng(0), file=new_test))
+        (evaluated / ".hydra" / "config.yaml").write_text(
+            f"seed: 42\ntrain: false\nckpt_path: {ckpt}\ndata:\n  task: classification\nloss:\n  name: cross_entropy\n")
+
+    from tunelab.results import group_runs, load_runs
+
+    groups = group_runs(load_runs(tmp_path / "evals"))
+    assert [g.label for g in groups] == ["loss=cross_entropy", "loss=focal"]
+    assert [sorted(g.by_seed()) for g in groups] == [[0, 1], [0, 1]]
+    assert all("data.test_file=/data/new_test.tsv" in g.config for g in groups)
+    assert {r.objective for r in groups[1].runs} == {'{"name": "focal"}'}  # the checkpoint's loss, not eval's default
+    assert compare.main([str(tmp_path / "evals"), "--baseline", "loss=cross_entropy", "--resamples", "200"]) == 0
+    focal = json.loads((tmp_path / "evals" / "compare_acc.json").read_text())["configs"][1]
+    assert focal["config"] == "loss=focal" and focal["n_pairs"] == 2 and focal["delta"] > 0.2
+    # the sweep report of eval runs ranks on the test metric they logged, saying what that means
+    from tunelab.report import build_report
+
+    report = build_report(tmp_path / "evals")
+    assert report["metric"] == "test/acc" and [c["seeds"] for c in report["configs"]] == [[0, 1], [0, 1]]
+    assert any("logged no val/acc: choose models on their training runs' val/acc" in n for n in report["notes"])

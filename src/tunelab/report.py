@@ -79,6 +79,8 @@ def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
         raise ValueError(f"no finished runs (metrics.json) under {sweep_dir}; pass a sweep dir from outputs/*/multiruns/.")
     if metric is not None:
         _require_logged(metric, runs)
+    else:
+        metric = _tested_metric(runs)
     metric, mode = runs_monitor(runs, metric)
     _require_logged(metric, runs)
     groups = group_runs(runs)
@@ -138,15 +140,27 @@ def _notes(runs: list[Run], groups: list[Group], metric: str, total: int,
         notes.append(f"{total - len(missing)} of {total} jobs finished; not finished: {'; '.join(jobs)}. "
                      f"The table covers the finished ones.")
     if metric.startswith("test/"):
+        val = metric.replace("test/", "val/", 1)
+        instead = (f"rank by {val} and read {metric} as the estimate" if any(val in r.metrics for r in runs) else
+                   f"these runs tested trained models (eval.py) and logged no {val}: choose models on their "
+                   f"training runs' {val}")
         notes.append(f"Ranked by {metric}: choosing among configs by a test metric biases the winner's test score "
-                     f"(it is optimistic); rank by {metric.replace('test/', 'val/', 1)} and read {metric} as the "
-                     "estimate.")
+                     f"(it is optimistic); {instead}.")
     for g in groups:
         for seed, repeated in sorted((s, rs) for s, rs in g.by_seed().items() if len(rs) > 1):
             jobs = ", ".join(r.dir.name for r in repeated)
             notes.append(f"`{g.label}` ran seed {seed} {len(repeated)} times (jobs {jobs}): a repeated seed repeats "
                          "one initialisation and data order, so it counts as one seed, valued at the mean of its runs.")
     return notes + seed_notes({g.label: g.n_seeds for g in groups})
+
+
+def _tested_metric(runs: list[Run]) -> str | None:
+    """The default ranking metric's test counterpart when the runs logged test metrics only (eval.py runs of
+    checkpoints), else None (the monitored val metric)."""
+    default = runs_monitor(runs)[0]
+    tested = default.replace("val/", "test/", 1)
+    logged = any(default in r.metrics for r in runs) or not any(tested in r.metrics for r in runs)
+    return None if logged else tested
 
 
 def _require_logged(metric: str, runs: list[Run]) -> None:

@@ -239,9 +239,10 @@ def saved_config(run_dir: Path) -> DictConfig | None:
 
 
 def _fill_from_hydra_files(run: Run) -> None:
-    overrides = {override_key(o): _value(o) for o in run.overrides}
-    hydra = run.dir / ".hydra" / "hydra.yaml"
     run.saved = saved_config(run.dir)
+    source = _tested_run(run) or run.dir
+    overrides = {override_key(o): _value(o) for o in run.overrides}
+    hydra = source / ".hydra" / "hydra.yaml"
     cfg = run.saved if run.saved is not None else OmegaConf.create()
     if run.seed is None:
         seed = overrides.get("seed", OmegaConf.select(cfg, "seed", throw_on_resolution_failure=False))
@@ -260,6 +261,27 @@ def _fill_from_hydra_files(run: Run) -> None:
             except Exception:  # noqa: BLE001
                 lr = None
         run.lr = float(lr) if lr is not None else None
+
+
+def _tested_run(run: Run) -> Path | None:
+    """An eval.py run of a checkpoint stands for the model it tested: its config is the training run's
+    overrides with the eval's own on top (the test data; ckpt_path dropped), its seed, optimizer, lr, loss
+    and monitored metric the training run's, so checkpoints of one recipe pair by their training seeds.
+    Returns the training run's dir (None for a training run, or a checkpoint without its run's .hydra)."""
+    from tunelab.checkpoints import hydra_dir_of
+
+    saved = run.saved
+    if saved is None or saved.get("train", True) or not saved.get("ckpt_path"):
+        return None
+    hydra_dir = hydra_dir_of(str(saved.ckpt_path))
+    if hydra_dir is None or not (hydra_dir / "overrides.yaml").is_file() or not (hydra_dir / "config.yaml").is_file():
+        return None
+    own = {override_key(o): o for o in run.overrides if override_key(o) not in ("ckpt_path", *SEED_KEYS)}
+    trained = [o for o in OmegaConf.load(hydra_dir / "overrides.yaml") if override_key(o) not in {*own, "ckpt_path"}]
+    run.overrides = [*trained, *own.values()]
+    run.saved = OmegaConf.load(hydra_dir / "config.yaml")
+    run.seed = run.optimizer = run.lr = None  # eval.py's own seed (42) is not the model's
+    return hydra_dir.parent
 
 
 def runs_monitor(runs: list[Run], metric: str | None = None) -> tuple[str, str]:
