@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from conftest import FIXTURES, compose_cfg, read_metrics
 from tunelab.errors import ConfigError
 from tunelab.pipeline import run
-from tunelab.results import load_predictions
+from tunelab.prediction_files import load_predictions
 
 SHORT = ["data.train_limit=64", "trainer.max_epochs=1"]
 ML_DATA = FIXTURES / "multilabel"

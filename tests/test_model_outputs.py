@@ -16,7 +16,7 @@ from tunelab.data.readers import read_conll, read_rows
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.pipeline import run
-from tunelab.results import load_predictions
+from tunelab.prediction_files import load_predictions
 from tunelab.span_metrics import spans
 
 SHORT = ["data.train_limit=64", "trainer.max_epochs=1"]

@@ -17,7 +17,7 @@ from tunelab.errors import ConfigError
 from tunelab.export import check_model_dir, exported_task
 from tunelab.pipeline import run
 from tunelab.predictions import FILE_NAME
-from tunelab.results import load_predictions
+from tunelab.prediction_files import load_predictions
 
 TINY = ["data.train_limit=64", "trainer.max_steps=5", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
         "logger=none"]

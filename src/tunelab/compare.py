@@ -24,8 +24,9 @@ from tunelab import plots
 from tunelab.errors import ConfigError
 from tunelab.prediction_metrics import ExampleMetric
 from tunelab.report import _fmt, _fmt_p, compare, describe
-from tunelab.results import (PREDICTIONS_FILE, Group, Run, canonical_override, check_comparable_losses,
-                             check_same_test_set, group_runs, label_groups, load_predictions, load_runs, monitor)
+from tunelab.prediction_files import PREDICTIONS_FILE, check_same_test_set, load_predictions
+from tunelab.results import (Group, Run, canonical_override, check_comparable_losses, group_runs, label_groups,
+                             load_runs, monitor)
 from tunelab.significance import RESAMPLES, check_alpha, holm, paired_bootstrap, seed_notes
 from tunelab.sweeps import override_key
 

@@ -151,8 +151,9 @@ def config_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
     kwargs = config_hparams(cfg)
-    if datamodule.trained_tokenizer_dir():  # the checkpoint names the tokenizer its ids come from
-        kwargs["model"]["tokenizer"] = datamodule.trained_tokenizer_dir()
+    trained_tokenizer = datamodule.trained_tokenizer_dir()
+    if trained_tokenizer:  # the checkpoint names the tokenizer its ids come from
+        kwargs["model"]["tokenizer"] = trained_tokenizer
     return kwargs | dict(
         label_names=list(datamodule.label_names),
         class_counts=datamodule.class_counts,

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from tunelab.results import PREDICTIONS_FILE as FILE_NAME
+from tunelab.prediction_files import PREDICTIONS_FILE as FILE_NAME
 
 INPUT_FIELDS = ("text", "text_pair", "tokens")
 

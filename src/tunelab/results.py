@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,7 +18,6 @@ from tunelab.errors import ConfigError
 from tunelab.sweeps import RESULTS_FILE, job_name, override_key
 
 SEED_KEYS = ("seed",)
-PREDICTIONS_FILE = "predictions.jsonl"  # one record per test example, written by every test
 # YAML 1.1 words OmegaConf reads as booleans; Hydra's override grammar only knows true / false
 _YAML_BOOLS = {w: v for v, words in ((True, ("yes", "on")), (False, ("no", "off")))
                for word in words for w in (word, word.title(), word.upper())}
@@ -189,47 +187,6 @@ def unfinished_jobs(sweep_dir: Path) -> tuple[int, list[tuple[Path, list[str]]]]
             overrides = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
             missing.append((job, [canonical_override(str(o)) for o in overrides or []]))
     return len(jobs), missing
-
-
-def load_predictions(run_dir: Path) -> list[dict]:
-    """The run's per-example predictions (predictions.jsonl of a test or predict.py run), ordered by `index`;
-    ConfigError (naming file:line for a broken line) when the file is missing or a record has no `index`.
-    The one reader of the file tunelab.predictions writes."""
-    from tunelab.data.readers import read_table  # the data package loads torch: only once asked for
-
-    path = Path(run_dir) / PREDICTIONS_FILE
-    if not path.is_file():
-        raise ConfigError(f"no {PREDICTIONS_FILE} in {run_dir}: test the run again (python eval.py "
-                          f"ckpt_path=<its checkpoint>) or leave it out.")
-    records, lines = read_table(path, "jsonl")
-    for record, line in zip(records, lines):
-        if not isinstance(record.get("index"), int):
-            raise ConfigError(f"{path}:{line}: a prediction without an integer `index`; re-test the run.")
-    return sorted(records, key=lambda r: r["index"])
-
-
-def check_same_test_set(reference: tuple[Run, list[dict]], other: tuple[Run, list[dict]]) -> None:
-    """Both runs predicted the same examples of the same file, with the same gold answers."""
-    (ref_run, ref), (run, records) = reference, other
-    indices = [r["index"] for r in records]
-    if len(set(indices)) != len(indices):
-        raise ConfigError(f"{run.dir}/{PREDICTIONS_FILE} lists a test example twice; re-test the run.")
-    files, ref_files = _files(records), _files(ref)
-    same = "compare runs tested on the same test set."
-    if files != ref_files:
-        raise ConfigError(f"{run.dir} was tested on {', '.join(sorted(files))} but {ref_run.dir} on "
-                          f"{', '.join(sorted(ref_files))}; {same}")
-    if indices != [r["index"] for r in ref]:
-        raise ConfigError(f"{run.dir} has predictions for {len(indices)} test examples, {ref_run.dir} for {len(ref)} "
-                          f"(other row indices); {same}")
-    for a, b in zip(records, ref):
-        if a.get("gold") != b.get("gold"):
-            raise ConfigError(f"{run.dir} and {ref_run.dir} disagree on the gold answer of test example "
-                              f"{a['index']}; {same}")
-
-
-def _files(records: list[dict]) -> set[str]:
-    return {os.path.realpath(str(r.get("file"))) for r in records}
 
 
 def saved_config(run_dir: Path) -> DictConfig | None:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tunelab import sweeps
-from tunelab.results import PREDICTIONS_FILE, load_predictions
+from tunelab.prediction_files import PREDICTIONS_FILE, load_predictions
 
 log = logging.getLogger(__name__)
 

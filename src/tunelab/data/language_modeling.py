@@ -54,7 +54,7 @@ class LanguageModelingDataModule(BaseDataModule):
     def tokenizer(self):
         if self._tokenizer is None:
             spec = str(self.tokenizer_path)
-            if spec.split(":")[0] in TRAINED_TOKENIZERS and not os.path.isdir(spec):
+            if self._trains_tokenizer():
                 self._tokenizer = self._trained_tokenizer(spec)
             else:
                 self._tokenizer = super().tokenizer
@@ -65,11 +65,13 @@ class LanguageModelingDataModule(BaseDataModule):
                 self._tokenizer.pad_token = self._tokenizer.eos_token
         return self._tokenizer
 
-    def trained_tokenizer_dir(self) -> str | None:
+    def _trains_tokenizer(self) -> bool:
+        """model.tokenizer=char / byte_bpe:<n> (not a directory of that name): trained on the training text."""
         spec = str(self.tokenizer_path)
-        if spec.split(":")[0] in TRAINED_TOKENIZERS and not os.path.isdir(spec):
-            return str(self.tokenizer_dir(spec).resolve())
-        return None
+        return spec.split(":")[0] in TRAINED_TOKENIZERS and not os.path.isdir(spec)
+
+    def trained_tokenizer_dir(self) -> str | None:
+        return str(self.tokenizer_dir(str(self.tokenizer_path)).resolve()) if self._trains_tokenizer() else None
 
     @property
     def vocab_size(self) -> int:
@@ -110,7 +112,7 @@ class LanguageModelingDataModule(BaseDataModule):
 
     def cache_key(self, path: Path) -> dict:
         key = super().cache_key(path)
-        if self.tokenizer_path.split(":")[0] in TRAINED_TOKENIZERS:
+        if self._trains_tokenizer():
             key["tokenizer"] = str(self.tokenizer_dir(self.tokenizer_path))
         return key
 
