@@ -10,7 +10,7 @@ from omegaconf import open_dict, read_write
 from scipy import stats
 
 from conftest import compose_cfg
-from tunelab import plots, report, sweeps
+from tunelab import plots, report, significance, sweeps
 from tunelab.errors import ConfigError
 from tunelab.results import monitor
 from tunelab.validation import validate
@@ -39,11 +39,11 @@ def make_sweep(root: Path, values: dict[str, list[float]] = VAL_ACC, lrs: dict[s
 
 
 def test_mean_std_and_t_confidence_interval_by_hand() -> None:
-    s = report.describe([0.80, 0.82, 0.84])
+    s = significance.describe([0.80, 0.82, 0.84])
     assert s.n == 3 and s.mean == pytest.approx(0.82) and s.std == pytest.approx(0.02)
     half = T_975_DF2 * 0.02 / math.sqrt(3)  # 0.04968
     assert (s.ci_low, s.ci_high) == (pytest.approx(0.82 - half), pytest.approx(0.82 + half))
-    one = report.describe([0.5])
+    one = significance.describe([0.5])
     assert one.mean == 0.5 and math.isnan(one.std) and math.isnan(one.ci_low)
 
 
@@ -57,11 +57,11 @@ def test_welch_and_paired_p_values_by_hand() -> None:
     assert t == pytest.approx(5.2223, abs=1e-3) and df == pytest.approx(3.7231, abs=1e-3)
     # paired by seed: differences 0.10, 0.11, 0.09 -> mean 0.10, sd 0.01
     t_paired = 0.10 / (0.01 / math.sqrt(3))
-    got = report.compare(a, b)
+    got = significance.compare_over_seeds(a, b)
     assert got["welch_p"] == pytest.approx(2 * stats.t.sf(t, df), rel=1e-6)
     assert got["paired_p"] == pytest.approx(2 * stats.t.sf(t_paired, 2), rel=1e-6)
     assert got["paired_p"] == pytest.approx(0.003317, abs=2e-5) and got["n_paired"] == 3
-    assert report.compare({0: 0.5}, {0: 0.4})["welch_p"] is None  # one seed each: no test
+    assert significance.compare_over_seeds({0: 0.5}, {0: 0.4})["welch_p"] is None  # one seed each: no test
 
 
 def test_report_groups_by_overrides_minus_seed_and_ranks(tmp_path) -> None:

@@ -23,11 +23,11 @@ import numpy as np
 from tunelab import plots
 from tunelab.errors import ConfigError
 from tunelab.prediction_metrics import ExampleMetric
-from tunelab.report import _fmt, _fmt_p, compare, describe
 from tunelab.prediction_files import PREDICTIONS_FILE, check_same_test_set, load_predictions
 from tunelab.results import (Group, Run, canonical_override, check_comparable_losses, group_runs, label_groups,
                              load_runs, monitor)
-from tunelab.significance import RESAMPLES, check_alpha, holm, paired_bootstrap, seed_notes
+from tunelab.significance import (RESAMPLES, check_alpha, compare_over_seeds, describe, fmt, fmt_p, holm,
+                                  paired_bootstrap, seed_notes)
 from tunelab.sweeps import override_key
 
 
@@ -176,7 +176,7 @@ def _row(arm: Arm, base: Arm | None, metric: ExampleMetric, resamples: int, seed
         return np.mean([metric.value(weights, ours) - metric.value(weights, theirs) for ours, theirs in pairs], 0)
 
     boot = paired_bootstrap(difference, len(pairs[0][0]), resamples, seed)
-    t_test = compare(base.values, arm.values)
+    t_test = compare_over_seeds(base.values, arm.values)
     return row | {"delta": boot.delta, "delta_ci_low": boot.ci_low, "delta_ci_high": boot.ci_high,
                   "p_bootstrap": boot.p_value, "p_paired_t": t_test["paired_p"], "p_welch": t_test["welch_p"],
                   "n_pairs": len(common)}
@@ -200,13 +200,13 @@ def to_markdown(result: dict[str, Any]) -> str:
     most = max(c["n"] for c in result["configs"])
     for c in result["configs"]:
         cells = [c["config"] + (" (baseline)" if c["baseline"] else ""), f"{c['n']}{'†' if c['n'] < most else ''}",
-                 f"{_fmt(c['mean'])} ± {_fmt(c['std'])}", f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]"]
+                 f"{fmt(c['mean'])} ± {fmt(c['std'])}", f"[{fmt(c['ci_low'])}, {fmt(c['ci_high'])}]"]
         if c["baseline"]:
             cells += ["—"] * 6
         else:
             cells += [str(c["n_pairs"]), f"{c['delta']:+.4f}",
                       f"[{c['delta_ci_low']:+.4f}, {c['delta_ci_high']:+.4f}]",
-                      _fmt_p(c["p_bootstrap"]), _fmt_p(c["p_holm"]), _fmt_p(c["p_paired_t"])]
+                      fmt_p(c["p_bootstrap"]), fmt_p(c["p_holm"]), fmt_p(c["p_paired_t"])]
         lines.append("| " + " | ".join(cells) + " |")
     if result.get("notes"):
         lines += ["", *(f"- {note}" for note in result["notes"])]
@@ -228,7 +228,7 @@ def plot_differences(result: dict[str, Any], out: Path) -> Path:
     errors = [deltas - [c["delta_ci_low"] for c in others], [c["delta_ci_high"] for c in others] - deltas]
     ax.errorbar(deltas, y, xerr=errors, fmt="o", capsize=4)
     ax.axvline(0, color="grey", lw=1, ls="--")
-    ax.set_yticks(y, [f"{c['config']}  (Holm p {_fmt_p(c['p_holm'])})" for c in others])
+    ax.set_yticks(y, [f"{c['config']}  (Holm p {fmt_p(c['p_holm'])})" for c in others])
     ax.invert_yaxis()
     ax.locator_params(axis="x", nbins=5)
     ax.set(xlabel=f"Δ {result['metric']} (config − baseline)",

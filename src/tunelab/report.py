@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,52 +21,10 @@ from omegaconf import DictConfig
 from tunelab import plots, tracking
 from tunelab.results import (Group, Run, canonical_override, check_comparable_losses, group_runs, load_runs,
                              runs_monitor, unfinished_jobs, varying_overrides)
-from tunelab.significance import check_alpha, seed_notes
+from tunelab.significance import check_alpha, compare_over_seeds, describe, fmt, fmt_p, seed_notes
 from tunelab.sweeps import job_name
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Stat:
-    n: int
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-
-
-# ---- statistics --------------------------------------------------------------------------------
-def describe(values: list[float], confidence: float = 0.95) -> Stat:
-    """Mean, sample std (ddof=1) and the t-distribution confidence interval of the mean."""
-    from scipy import stats
-
-    n = len(values)
-    mean = sum(values) / n if n else math.nan
-    if n < 2:
-        return Stat(n, mean, math.nan, math.nan, math.nan)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return Stat(n, mean, std, mean - half, mean + half)
-
-
-def compare(a: dict[Any, float], b: dict[Any, float]) -> dict[str, float | int | None]:
-    """Two-sided p-values that configs a and b have the same mean: Welch's t-test over all seeds and
-    a paired t-test over the seeds both ran (same seed = same init and data order)."""
-    import warnings
-
-    from scipy import stats
-
-    def p(result) -> float | None:
-        value = float(result.pvalue)
-        return None if math.isnan(value) else value
-
-    warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)  # near-identical seeds: p is still right
-    welch = p(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False)) \
-        if len(a) >= 2 and len(b) >= 2 else None
-    common = sorted(set(a) & set(b), key=str)
-    paired = p(stats.ttest_rel([a[s] for s in common], [b[s] for s in common])) if len(common) >= 2 else None
-    return {"welch_p": welch, "paired_p": paired, "n_paired": len(common)}
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -101,14 +58,14 @@ def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
             "seeds": sorted({r.seed for r in g.runs if r.seed is not None}),
             "runs": [str(r.dir.relative_to(sweep_dir)) for r in g.runs],
             "stats": {m: vars(s) for m, s in g.stats.items()},
-            "vs_best": compare(best.values(metric), g.values(metric)) if i else {},
+            "vs_best": compare_over_seeds(best.values(metric), g.values(metric)) if i else {},
         })
     comparison = None
     if len(groups) > 1:
         a, b = best.values(metric), groups[1].values(metric)
         differs_by = "paired_p" if test == "paired" else "welch_p"
         comparison = {"metric": metric, "best": best.label, "runner_up": groups[1].label,
-                      "delta": _mean(a) - _mean(b), **compare(a, b), "differs_by": differs_by, "alpha": alpha,
+                      "delta": _mean(a) - _mean(b), **compare_over_seeds(a, b), "differs_by": differs_by, "alpha": alpha,
                       "tied": _tied(score[id(best)], score[id(groups[1])])}
         p = comparison[differs_by]
         comparison["differs"] = None if p is None else bool(p < alpha)
@@ -175,14 +132,6 @@ def _mean(values: dict) -> float:
     return sum(values.values()) / len(values) if values else math.nan
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _fmt_p(value: float | None) -> str:
-    return "n/a" if value is None else (f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}")
-
-
 def to_markdown(report: dict[str, Any], extra_metrics: list[str] = ()) -> str:
     metric = report["metric"]
     test_metric = metric.replace("val/", "test/", 1)
@@ -208,25 +157,25 @@ def to_markdown(report: dict[str, Any], extra_metrics: list[str] = ()) -> str:
         cells = [str(c["rank"]), c["config"], f"{c['n']}{'†' if c['n'] < most else ''}"]
         for j, m in enumerate(shown):
             s = stats.get(m)
-            cells.append(f"{_fmt(s['mean'])} ± {_fmt(s['std'])}" if s else "")
+            cells.append(f"{fmt(s['mean'])} ± {fmt(s['std'])}" if s else "")
             if j < 2:
-                cells.append(f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]" if s else "")
-        cells.append(_fmt_p(c["vs_best"].get(p_key)) if i else "—")
+                cells.append(f"[{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]" if s else "")
+        cells.append(fmt_p(c["vs_best"].get(p_key)) if i else "—")
         lines.append("| " + " | ".join(cells) + " |")
     if report.get("notes"):
         lines += ["", *(f"- {note}" for note in report["notes"])]
     if comp and comp["tied"]:
         tied = [f"`{c['config']}`" for c in report["configs"] if c["rank"] == 1]
         mean = report["configs"][0]["stats"][metric]["mean"]
-        lines += ["", f"{', '.join(tied[:-1])} and {tied[-1]} tie on {metric} (mean {_fmt(mean)}): no config is "
+        lines += ["", f"{', '.join(tied[:-1])} and {tied[-1]} tie on {metric} (mean {fmt(mean)}): no config is "
                       "best."]
     elif comp:
         verdict = {True: f"**the best differs from the runner-up** (p < {comp['alpha']})",
                    False: f"the best is **not distinguishable** from the runner-up (p ≥ {comp['alpha']})",
                    None: f"no test possible ({comp.get('no_test')})"}[comp["differs"]]
         lines += ["", f"Best `{comp['best']}` vs runner-up `{comp['runner_up']}` on {comp['metric']}: "
-                      f"Δ = {comp['delta']:+.4f}, Welch t-test p = {_fmt_p(comp['welch_p'])}, paired by seed "
-                      f"p = {_fmt_p(comp['paired_p'])} (n = {comp['n_paired']}): {verdict}."]
+                      f"Δ = {comp['delta']:+.4f}, Welch t-test p = {fmt_p(comp['welch_p'])}, paired by seed "
+                      f"p = {fmt_p(comp['paired_p'])} (n = {comp['n_paired']}): {verdict}."]
     return "\n".join(lines) + "\n"
 
 

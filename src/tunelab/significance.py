@@ -1,12 +1,13 @@
-"""Significance over test examples: a paired bootstrap of a metric difference and Holm's correction
-for several configs tested against one baseline; notes on seed counts too small for the statistics over
-seeds. (Tests over seeds: tunelab.report.compare.)"""
+"""The statistics of reports and comparisons. Over seeds: mean, std and t-interval of a config
+(`describe`), Welch and paired t-tests of two configs (`compare_over_seeds`), notes on seed counts too small
+for them. Over test examples: a paired bootstrap of a metric difference and Holm's correction for several
+configs tested against one baseline. And how their numbers are written (`fmt`, `fmt_p`)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -81,3 +82,52 @@ def seed_notes(seeds: dict[str, int]) -> list[str]:
                      "errors with 2, too wide to inform: it can leave the metric's range (below 0 or above 1 for "
                      "accuracy) and is shown as computed, not clipped.")
     return notes
+
+
+@dataclass
+class Stat:
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+
+def describe(values: list[float], confidence: float = 0.95) -> Stat:
+    """Mean, sample std (ddof=1) and the t-distribution confidence interval of the mean."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    if n < 2:
+        return Stat(n, mean, math.nan, math.nan, math.nan)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return Stat(n, mean, std, mean - half, mean + half)
+
+
+def compare_over_seeds(a: dict[Any, float], b: dict[Any, float]) -> dict[str, float | int | None]:
+    """Two-sided p-values that configs a and b have the same mean: Welch's t-test over all seeds and
+    a paired t-test over the seeds both ran (same seed = same init and data order)."""
+    import warnings
+
+    from scipy import stats
+
+    def p(result) -> float | None:
+        value = float(result.pvalue)
+        return None if math.isnan(value) else value
+
+    warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)  # near-identical seeds: p is still right
+    welch = p(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False)) \
+        if len(a) >= 2 and len(b) >= 2 else None
+    common = sorted(set(a) & set(b), key=str)
+    paired = p(stats.ttest_rel([a[s] for s in common], [b[s] for s in common])) if len(common) >= 2 else None
+    return {"welch_p": welch, "paired_p": paired, "n_paired": len(common)}
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def fmt_p(value: float | None) -> str:
+    return "n/a" if value is None else (f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}")
