@@ -50,6 +50,24 @@ def test_ddp_ranks_get_whole_batches_covering_every_row(monkeypatch, group_by_le
     assert {i for batches in per_rank for b in batches for i in b} == set(range(45))
 
 
+def test_the_batch_repeated_to_even_out_ranks_is_marked_and_collated_as_a_repeat(monkeypatch) -> None:
+    """40 rows in 5 batches of 8 dealt to 2 ranks: rank 1's third batch is batch 0 again, its rows marked (the
+    module trains on it but counts no metric twice), and the collated batch says so; the rest cover every row once."""
+    served = []
+    for rank in (0, 1):
+        monkeypatch.setattr(sampling, "_rank_and_world", lambda rank=rank: (rank, 2))
+        dm = datamodule(40, 8, False, seed=0)
+        dm.collator = lambda: (lambda examples: [(e["i"], e.get(sampling.REPEAT, False)) for e in examples])
+        served.append(list(dm.val_dataloader()))
+    assert [len(batches) for batches in served] == [3, 3]
+    repeated = [b for batches in served for b in batches if b[0][1]]
+    assert repeated == [[(i, True) for i in range(8)]] and served[1][2] == repeated[0]
+    counted = sorted(i for batches in served for b in batches for i, repeat in b if not repeat)
+    assert counted == list(range(40))
+    collated = sampling.Collator(0)([{"input_ids": [5], "labels": 1, sampling.REPEAT: True}])
+    assert collated[sampling.REPEAT] is True and "repeat" not in sampling.Collator(0)([{"input_ids": [5], "labels": 1}])
+
+
 def test_resume_skips_exactly_the_consumed_batches() -> None:
     dm = datamodule(45, 8, group_by_length=True, seed=0)
     full, planned = served_and_planned(dm)

@@ -84,7 +84,8 @@ def test_ddp_two_cpu_processes(tmp_path) -> None:
     proc = run_script(
         "train.py", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "model=tiny", "logger=csv",
         f"paths.data_dir={FIXTURES}", "data.train_limit=72", "data.batch_size=8", "trainer.max_epochs=1",
-        "+callbacks.rows._target_=tests.ddp_rows.RecordTrainingRows",
+        # 30 val rows in 1 batch: rank 1 validates a repeat only; 200 test rows in 5 batches: one repeat
+        "data.eval_batch_size=40", "+callbacks.rows._target_=tests.ddp_rows.RecordTrainingRows",
         "+callbacks.broadcasts._target_=tests.ddp_rows.CountBroadcasts", f"hydra.run.dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -98,6 +99,11 @@ def test_ddp_two_cpu_processes(tmp_path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(len((FIXTURES / "sst2" / "dev.tsv").read_text().splitlines()) - 1))
     assert_every_row_trained_once(tmp_path, rows_per_rank=40, repeated=8)
+    # the repeated test batch is not counted again: the metrics are those of the 200 predictions
+    accuracy = sum(r["pred"] == r["gold"] for r in rows) / len(rows)
+    assert metrics["metrics"]["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+    report = json.loads((tmp_path / "test_report.json").read_text())
+    assert report["support"] == sum(c["support"] for c in report["classes"].values()) == len(rows) == 200
 
 
 @pytest.mark.parametrize("sweep", [

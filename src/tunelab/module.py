@@ -17,6 +17,7 @@ from tunelab import peft_adapters, predictions
 from tunelab.adalora import regularization
 from tunelab.callbacks import ReleaseGradsOnException, average_into_weights_only_checkpoint, evaluate_the_average
 from tunelab.checkpoints import VAL_METRICS
+from tunelab.data.sampling import REPEAT
 from tunelab.metrics import MeanLoss
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
@@ -27,7 +28,8 @@ from tunelab.tasks import get_task
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
-NOT_MODEL_INPUTS = ("labels", "index")  # batch entries for the loss / predictions.jsonl, not the model
+# batch entries for the loss / predictions.jsonl / metrics, not the model
+NOT_MODEL_INPUTS = ("labels", "index", REPEAT)
 
 
 class TransformerModule(pl.LightningModule):
@@ -77,6 +79,7 @@ class TransformerModule(pl.LightningModule):
         self.test_report_metric = self.task.report_metric(num_labels)
         self.test_report: dict | None = None
         self._prediction_batches: list = []
+        self._stages_run: set[str] = set()  # stages with a batch this epoch (log_epoch_metrics)
         self.predictions: list[dict] | None = None  # the last test / predict epoch's rows (rank 0)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -96,6 +99,9 @@ class TransformerModule(pl.LightningModule):
         loss = self.loss_fn(logits, self.task.loss_targets(labels))
         if stage == "train" and not self._loss_is_usable(loss):
             return None
+        self._stages_run.add(stage)
+        if batch.get(REPEAT):  # dealt to this DDP rank a second time: trained on, not counted again
+            return loss
         if stage != "train" or self._update_train_metrics:
             preds, targets = self.task.metric_inputs(logits.detach(), labels)
             getattr(self, f"{stage}_metrics").update(preds, targets)
@@ -122,8 +128,12 @@ class TransformerModule(pl.LightningModule):
         epoch, not self.log(metric) every step: Lightning moves and re-registers a logged Metric on every
         call."""
         metrics, loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
-        values = metrics.compute() if any(m.update_called for m in metrics.values()) else {}
-        if loss.update_called:  # train/loss_epoch beside train/loss_step; val/loss, test/loss
+        # whether the stage ran, not whether this rank updated: a rank given only repeated batches computes
+        # (and syncs) too, or the other ranks would wait for it
+        ran = stage in self._stages_run or loss.update_called or any(m.update_called for m in metrics.values())
+        self._stages_run.discard(stage)
+        values = metrics.compute() if ran and (stage != "train" or self._update_train_metrics) else {}
+        if ran:  # train/loss_epoch beside train/loss_step; val/loss, test/loss
             values[f"{stage}/loss_epoch" if stage == "train" else f"{stage}/loss"] = loss.compute()
         if values:
             self.log_dict(values, prog_bar=stage != "train", sync_dist=True)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunelab.callbacks import collection_paused
 from tunelab.data.readers import existing_file
-from tunelab.data.sampling import BatchOrderSampler, Collator
+from tunelab.data.sampling import REPEAT, BatchOrderSampler, Collator
 from tunelab.data.tokenizing import all_cores_tokenizing
 from tunelab.errors import ConfigError
 from tunelab.model import load_tokenizer
@@ -37,6 +37,8 @@ class ListDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict:
+        if i >= len(self.examples):  # a row of a batch repeated for DDP (BatchOrderSampler): marked
+            return {**self.examples[i - len(self.examples)], REPEAT: True}
         return self.examples[i]
 
 

@@ -12,6 +12,8 @@ from torch.utils.data import Sampler
 
 from tunelab.losses import IGNORE_INDEX
 
+REPEAT = "repeat"  # a batch dealt to a DDP rank a second time, to even out the ranks' batch counts
+
 
 def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -27,8 +29,9 @@ class BatchOrderSampler(Sampler[list[int]]):
       sees the same order as an uninterrupted one (Lightning calls `set_epoch`).
     * group_by_length: within windows of 50 batches, sort by length so each batch pads little, then
       shuffle the batch order so lengths do not trend through the epoch.
-    * DDP: whole batches are dealt round-robin to ranks (each rank gets the same count; the last few
-      are repeated to even out), so length grouping survives sharding.
+    * DDP: whole batches are dealt round-robin to ranks (each rank gets the same count; the first few
+      are repeated to even out, marked `repeat` so evaluation counts them once), so length grouping
+      survives sharding.
     * drop_last: n % batch_size rows, drawn anew each epoch, are left out (before grouping and dealing
       to ranks), so every training batch has the same size: torch.compile / CUDA graphs see no extra
       shape at each epoch end, and no row is left out every epoch.
@@ -81,8 +84,12 @@ class BatchOrderSampler(Sampler[list[int]]):
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         rank, world = _rank_and_world()
         if world > 1:
+            # every rank gets as many batches (their collectives stay in step): the first ones again, marked as
+            # repeats (rows offset by the data's size, ListDataset) so metrics count each row once
             per_rank = math.ceil(len(batches) / world)
-            batches = (batches * 2)[: per_rank * world][rank::world]
+            offset = len(self.lengths)
+            repeats = [[i + offset for i in b] for b in batches[: per_rank * world - len(batches)]]
+            batches = (batches + repeats)[rank::world]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -117,6 +124,8 @@ class Collator:
             batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], width, 0)
         if "index" in examples[0]:  # the row in its source file: predictions.jsonl
             batch["index"] = torch.tensor([e["index"] for e in examples])
+        if examples[0].get(REPEAT):  # a Python bool: the step reads it without a device sync
+            batch[REPEAT] = True
         if "labels" not in examples[0]:  # a file to predict on
             return batch
         labels = [e["labels"] for e in examples]
