@@ -43,6 +43,37 @@ def test_mid_epoch_resume_equals_uninterrupted(run_cfg) -> None:
     assert_same_weights(state_dict(full / "checkpoints" / "last.ckpt"), state_dict(resumed / "checkpoints" / "last.ckpt"))
 
 
+def test_training_on_after_a_max_steps_stop_trains_the_rest_of_its_epoch(tmp_path, cache_dir, caplog) -> None:
+    """max_steps=4 ends fit inside epoch 0 (6 batches); training on from its last.ckpt to 2 epochs trains that
+    epoch's last 2 batches too (Lightning restored a checkpoint saved at the early epoch end as a finished
+    epoch: 10 steps, not 12) and ends as the uninterrupted run does: a constant lr (scheduler=none), so the
+    changed length shapes no schedule. With a schedule, the changed length is a warning."""
+    from omegaconf import OmegaConf
+
+    from tunelab.pipeline import run
+
+    args = ("data.train_limit=45", "data.batch_size=8", "trainer.max_epochs=2", "optimizer.lr=1e-3",
+            "model.dropout=0.2", "seed=11", "scheduler=none")
+
+    def train(name: str, *overrides: str) -> Path:
+        cfg = compose_cfg(tmp_path / name, *args, *overrides, cache=cache_dir)
+        run(cfg)
+        (tmp_path / name / ".hydra").mkdir()
+        OmegaConf.save(cfg, tmp_path / name / ".hydra" / "config.yaml")  # as Hydra keeps it in a run dir
+        return tmp_path / name
+
+    full, stopped = train("full"), train("stopped", "trainer.max_steps=4")
+    resumed = train("resumed", f"ckpt_path={stopped / 'checkpoints' / 'last.ckpt'}")
+    assert json.loads((resumed / "metrics.json").read_text())["global_step"] == 12
+    assert_same_weights(state_dict(full / "checkpoints" / "last.ckpt"), state_dict(resumed / "checkpoints" / "last.ckpt"))
+    assert "another length" not in caplog.text  # no schedule to rebuild
+    with_schedule = [a if a != "scheduler=none" else "scheduler=linear" for a in args]
+    args = tuple(with_schedule)
+    linear = train("linear", "trainer.max_steps=4")
+    train("linear_on", f"ckpt_path={linear / 'checkpoints' / 'last.ckpt'}")
+    assert "was trained for another length (trainer.max_steps=4 -> -1): the learning-rate schedule is rebuilt" in caplog.text
+
+
 def test_a_stop_between_accumulated_batches_waits_for_the_step_and_resumes_exactly(run_cfg) -> None:
     """With gradient accumulation a signal after the first batch of a pair stops after the second, at the
     optimizer step (a checkpoint between them would drop the gradients summed so far), and resuming from it

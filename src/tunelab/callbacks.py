@@ -9,12 +9,28 @@ from typing import Any, Iterator
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """checkpoints/last.ckpt (conf/callbacks/last_checkpoint.yaml). A trainer.max_steps stop inside an epoch
+    is saved after its last batch: Lightning then ends the epoch early and restores a checkpoint saved at that
+    epoch end as a finished epoch, so training on from it (a longer max_steps or max_epochs) would skip the
+    epoch's other batches. Saved here, it resumes as a SIGTERM checkpoint does, after the consumed batches."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        stops_mid_epoch = (0 < trainer.max_steps <= trainer.global_step
+                           and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        if stops_mid_epoch and not self._should_skip_saving_checkpoint(trainer):
+            # marks this step saved: the epoch-end save Lightning runs next is skipped
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class ReleaseGradsOnException(pl.Callback):

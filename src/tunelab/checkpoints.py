@@ -4,6 +4,7 @@ loads it, so a wrong file is one line naming what was expected instead of a KeyE
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -11,6 +12,8 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 EXPECTED = "pass a .ckpt file written by train.py (or ckpt_path=last)"
 ADAPTER_HPARAMS = "tunelab_hparams.json"  # beside a saved adapter: the hyper-parameters a .ckpt holds
@@ -133,12 +136,16 @@ def check_text_pairs(path: str | Path, data: DictConfig) -> None:
 
 # what a resumed run must share with the run its checkpoint comes from (the trainer's limits may change)
 RESUMED_SETTINGS = ("loss", "optimizer", "scheduler", "peft")
+# what sets a run's number of optimizer steps, which the scheduler spans
+RUN_LENGTH = ("trainer.max_steps", "trainer.max_epochs", "trainer.accumulate_grad_batches", "data.batch_size",
+              "data.train_limit")
 
 
-def check_resume(path: str | Path, trained: Mapping[str, Any], now: Mapping[str, Any], seed: int) -> None:
+def check_resume(path: str | Path, trained: Mapping[str, Any], now: Mapping[str, Any], cfg: DictConfig) -> None:
     """Resuming continues the checkpoint's run, with its optimizer and scheduler state: a command line that
     names another loss, optimizer, scheduler, adapter, base model or seed would record the continued run
-    under settings it did not train with (and sweeps and comparisons would pair it so)."""
+    under settings it did not train with (and sweeps and comparisons would pair it so). Another length
+    (training longer after a max_steps stop) is allowed, with a warning: the schedule is rebuilt for it."""
     trained_model = (trained.get("model") or {}).get("name_or_path")
     differences = [("model.name_or_path", trained_model, now["model"].get("name_or_path"))]
     for group in RESUMED_SETTINGS:
@@ -146,9 +153,17 @@ def check_resume(path: str | Path, trained: Mapping[str, Any], now: Mapping[str,
         differences += [(f"{group}.{key}", before.get(key), after.get(key)) for key in sorted({*before, *after})]
     trained_cfg = training_config(path)
     if trained_cfg is not None:
-        differences.append(("seed", trained_cfg.get("seed"), seed))
+        differences.append(("seed", trained_cfg.get("seed"), cfg.seed))
     for key, before, after in differences:
         if before != after:
             raise ConfigError(f"ckpt_path={path} was trained with {key}={before}, this run says {after}: resuming "
                               "continues that run, so pass its settings (its .hydra/overrides.yaml), or train from "
                               "scratch without ckpt_path.")
+    if trained_cfg is None or not now.get("scheduler"):
+        return
+    changed = [f"{key}={OmegaConf.select(trained_cfg, key, default=None)} -> {OmegaConf.select(cfg, key, default=None)}"
+               for key in RUN_LENGTH if OmegaConf.select(trained_cfg, key, default=None) != OmegaConf.select(cfg, key, default=None)]
+    if changed:
+        log.warning("ckpt_path=%s was trained for another length (%s): the learning-rate schedule is rebuilt for this "
+                    "run's steps from where the checkpoint left off, so the result differs from a run trained to this "
+                    "length from the start", path, ", ".join(changed))

@@ -62,7 +62,7 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
     datamodule = build_datamodule(cfg)
     trained = check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
     if trained is not None and cfg.train:  # resuming: the checkpoint's run goes on, under its own settings
-        check_resume(ckpt_path, trained, config_hparams(cfg), cfg.seed)
+        check_resume(ckpt_path, trained, config_hparams(cfg), cfg)
     if trained is not None and not cfg.train:
         check_text_pairs(ckpt_path, cfg.data)
         datamodule.test_trained_model(trained.get("label_names") or (), trained_tokenizer(trained))

@@ -33,13 +33,13 @@ def grid_jobs(config: DictConfig) -> tuple[list[list[str]], set[str]]:
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
-    swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
+    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
     return BasicSweeper.split_arguments(overrides, None)[0], swept
 
 
 def check_grid_jobs(config: DictConfig) -> None:
     """Every job's config through the run's own pre-flight checks (validation.validate), with the job's
-    number and output dir set as the launcher will set them; ConfigError naming the first failing job."""
+    number and output dir set as the launcher will set them; SweepRefused naming the first failing job."""
     from tunelab.sweeps import job_label
     from tunelab.validation import validate
 
