@@ -64,3 +64,19 @@ def test_last_is_the_newest_last_ckpt_of_the_task_runs_and_sweep_jobs(tmp_path) 
     assert resolve_ckpt_path(cfg) == str(job_ckpt)
     os.utime(run_ckpt, (1e9, 1e9))
     assert resolve_ckpt_path(cfg) == str(run_ckpt)
+
+
+def test_resuming_into_a_new_run_dir_keeps_the_best_checkpoint_of_the_whole_run(run_cfg) -> None:
+    """ckpt_path=<last.ckpt> in a new run dir (what ckpt_path=last does): the best checkpoint saved before the
+    resume (monitor=step, mode=min: the first one) is linked into the new run's checkpoints/ and stays the best,
+    so the run tests it. Lightning alone forgot it and tested the best of the epochs after the resume."""
+    args = ("data.train_limit=32", "data.batch_size=8", "callbacks.model_checkpoint.monitor=step",
+            "callbacks.model_checkpoint.mode=min")
+    _, first = run_cfg(*args, "trainer.max_epochs=2")
+    best = "best-epoch00-step000004.ckpt"
+    assert (first / "checkpoints" / best).is_file()
+    _, resumed = run_cfg(*args, "trainer.max_epochs=4", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    record = json.loads((resumed / "metrics.json").read_text())
+    assert record["global_step"] == 16 and record["best_checkpoint"] == str(resumed / "checkpoints" / best)
+    assert (resumed / "checkpoints" / best).stat().st_ino == (first / "checkpoints" / best).stat().st_ino  # a link
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [best, "last.ckpt"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
+import shutil
 from typing import Any, Iterator
 
 import lightning.pytorch as pl
@@ -15,6 +17,16 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
+
+
+class BestCheckpoints(ModelCheckpoint):
+    """The best checkpoints on the monitored metric (conf/callbacks/model_checkpoint.yaml), kept across a resume
+    into another run dir (ckpt_path=last starts a new one): Lightning forgets the best checkpoints of another
+    dirpath, and the resumed run would test the best of the epochs after the resume. They are linked (else
+    copied) into this run's checkpoints/ and the restored state names them there."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(followed_into(self.dirpath, state_dict, carry=True))
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -31,6 +43,33 @@ class LastCheckpoint(ModelCheckpoint):
         if stops_mid_epoch and not self._should_skip_saving_checkpoint(trainer):
             # marks this step saved: the epoch-end save Lightning runs next is skipped
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(followed_into(self.dirpath, state_dict, carry=False))
+
+
+def followed_into(dirpath: str | None, state: dict[str, Any], carry: bool) -> dict[str, Any]:
+    """A ModelCheckpoint's restored state for a run whose checkpoints dir is not the one the state names:
+    with `carry`, its checkpoint files linked (else copied) into `dirpath` and named there; without, its
+    paths dropped (last.ckpt is written anew). Lightning would warn and keep only best_model_path, which
+    points into the other run."""
+    before = state.get("dirpath")
+    if not before or not dirpath or os.path.realpath(before) == os.path.realpath(dirpath):
+        return state
+    moved: dict[str, str] = {}
+    if carry:
+        paths = {*state.get("best_k_models", {}), state.get("best_model_path"), state.get("kth_best_model_path")}
+        for old in sorted(p for p in paths if p and os.path.isfile(p)):
+            moved[old] = os.path.join(dirpath, os.path.basename(old))
+            if rank_zero_only.rank == 0 and not os.path.exists(moved[old]):
+                os.makedirs(dirpath, exist_ok=True)
+                try:
+                    os.link(old, moved[old])
+                except OSError:  # another file system
+                    shutil.copy2(old, moved[old])
+    return {**state, "dirpath": dirpath,
+            "best_k_models": {moved[p]: v for p, v in state.get("best_k_models", {}).items() if p in moved},
+            **{key: moved.get(state.get(key), "") for key in ("best_model_path", "kth_best_model_path", "last_model_path")}}
 
 
 class ReleaseGradsOnException(pl.Callback):
