@@ -116,6 +116,15 @@ def test_next_token_fast_dev_run(run_cfg, optimizer: str) -> None:
     assert math.isfinite(metrics["train/loss_epoch"]) and math.isfinite(metrics["test/perplexity"])
 
 
+def test_the_epoch_loss_is_the_token_mean_whatever_the_blocks_lengths(run_cfg) -> None:
+    """Per-document blocks (data.packing=false) differ in length: the epoch loss weights each batch by the
+    tokens it scores, so test/loss is the log of test/perplexity (a mean over rows gave 3.2751 for 3.2709)."""
+    metrics, _ = run_cfg(*LM, "data.packing=false", "data.block_size=32", "data.batch_size=4", "trainer.max_epochs=1",
+                         "data.eval_batch_size=3")
+    assert metrics["test/loss"] == pytest.approx(math.log(metrics["test/perplexity"]), rel=1e-6)
+    assert metrics["val/loss"] == pytest.approx(math.log(metrics["val/perplexity"]), rel=1e-6)
+
+
 def test_lm_loss_falls_on_real_text(run_cfg) -> None:
     """gpt2_tiny on 40 kB of tiny-shakespeare, 3 epochs (51 steps): the training loss falls from its
     untrained value (~ln 67, the characters of the vocabulary) and val perplexity ends far below 67."""

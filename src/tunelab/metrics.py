@@ -227,8 +227,8 @@ class Perplexity(Metric):
 
 
 class MeanLoss(Metric):
-    """A stage's epoch loss: the batch losses' mean weighted by batch size, summed across ranks at
-    compute(). torchmetrics' MeanMetric checks every update for NaNs with `.any()` (a host sync) and
+    """A stage's epoch loss: the batch losses' mean weighted by what each averages (rows or tokens), summed
+    across ranks at compute(). torchmetrics' MeanMetric checks every update for NaNs with `.any()` (a host sync) and
     turns a Python weight into a host-to-device copy; here an update is two ops on the device."""
 
     full_state_update = False
@@ -239,9 +239,10 @@ class MeanLoss(Metric):
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("rows", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
-    def update(self, loss: torch.Tensor, batch_size: int) -> None:
-        self.total += loss.detach().float() * batch_size
-        self.rows += batch_size
+    def update(self, loss: torch.Tensor, weight: int | torch.Tensor) -> None:
+        """`weight`: what the batch loss is a mean over (Task.loss_weight: its rows, or its scored tokens)."""
+        self.total += loss.detach().float() * weight
+        self.rows += weight
 
     def compute(self) -> torch.Tensor:
         return self.total / self.rows

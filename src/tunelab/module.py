@@ -109,7 +109,7 @@ class TransformerModule(pl.LightningModule):
                 self.test_report_metric.update(preds, targets)
         if stage == "test":
             self._keep_predictions(batch, logits)
-        getattr(self, f"{stage}_loss").update(loss, labels.shape[0])
+        getattr(self, f"{stage}_loss").update(loss, self.task.loss_weight(labels))
         # the step loss only on the steps Lightning writes to the loggers: on the others it would be
         # stored for nobody, at the cost of a self.log call. Not prog_bar: that would make the loss a
         # Python number after every batch (a GPU sync per step); tunelab.progress shows it at its refreshes

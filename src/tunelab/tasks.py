@@ -15,7 +15,7 @@ from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, Pearson
 
 from tunelab import prediction_metrics
 from tunelab.errors import ConfigError
-from tunelab.losses import shift_for_next_token
+from tunelab.losses import IGNORE_INDEX, shift_for_next_token
 from tunelab.metrics import (
     Accuracy,
     Calibration,
@@ -242,6 +242,9 @@ class TokenClassificationTask(ClassificationTask):
             }
         )
 
+    def loss_weight(self, labels):
+        return (labels != IGNORE_INDEX).sum()  # a device tensor: no sync
+
     def metric_inputs(self, logits, labels):
         # tag ids, shape [batch, seq] kept (spans need sentence boundaries); no boolean filtering of ignored
         # labels here (a GPU sync): the metrics skip them
@@ -295,6 +298,9 @@ class CausalLMTask(Task):
 
     def metric_inputs(self, logits, labels):
         return shift_for_next_token(logits, labels)
+
+    def loss_weight(self, labels):
+        return (labels[:, 1:] != IGNORE_INDEX).sum()  # the next-token targets (shift_for_next_token)
 
 
 TASKS: dict[str, Task] = {
