@@ -1,5 +1,6 @@
 """Interruption, resume, bad numbers, secrets and run dirs."""
 
+import csv
 import json
 import os
 import signal
@@ -41,6 +42,12 @@ def test_mid_epoch_resume_equals_uninterrupted(run_cfg) -> None:
     assert mid.is_file(), sorted(p.name for p in (full / "checkpoints").iterdir())
     _, resumed = run_cfg(*args, f"ckpt_path={mid}")
     assert_same_weights(state_dict(full / "checkpoints" / "last.ckpt"), state_dict(resumed / "checkpoints" / "last.ckpt"))
+    # resumed in epoch 1, its metrics.csv starts with the rows logged before the checkpoint (epoch 0's)
+    _, resumed = run_cfg(*args, f"ckpt_path={full / 'checkpoints' / 'best-epoch01-step000009.ckpt'}")
+    history = [list(csv.DictReader(open(run / "csv" / "metrics.csv"))) for run in (full, resumed)]
+    assert [[(r["step"], r["val/acc"]) for r in rows if r.get("val/acc")] for rows in history] == 2 * [
+        [("5", history[0][0]["val/acc"]), ("11", history[0][2]["val/acc"])]]
+    assert [rows[1]["train/acc"] for rows in history] == 2 * [history[0][1]["train/acc"]]  # epoch 0's
 
 
 def test_training_on_after_a_max_steps_stop_trains_the_rest_of_its_epoch(tmp_path, cache_dir, caplog) -> None:

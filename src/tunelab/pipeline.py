@@ -82,6 +82,8 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
     trainer = build_trainer(cfg)
 
     if cfg.train:
+        if ckpt_path:
+            tracking.carry_csv_history(trainer.loggers, cfg.paths.output_dir, ckpt_path)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except Interrupted:  # a stop signal: last.ckpt written, nothing after it (see below)

@@ -36,6 +36,41 @@ def logger_group(cfg: DictConfig) -> DictConfig | None:
     return group
 
 
+def carry_csv_history(loggers: Sequence[Any], output_dir: str | Path, ckpt_path: str) -> None:
+    """A resumed run's csv/metrics.csv begins with the rows its checkpoint's run logged up to the checkpoint
+    (step <= its global step): the CSV logger starts a fresh file, and the learning curves would begin at the
+    resume. Rows logged after the checkpoint (a run killed later) are left out: the resumed run logs them anew."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from tunelab.checkpoints import hydra_dir_of, load_checkpoint_header
+
+    hydra_dir = hydra_dir_of(ckpt_path)
+    if hydra_dir is None or rank_zero_only.rank != 0:
+        return
+    step = int(load_checkpoint_header(ckpt_path).get("global_step", 0))
+    for logger in loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        try:
+            old = hydra_dir.parent / Path(logger.log_dir).resolve().relative_to(Path(output_dir).resolve()) / "metrics.csv"
+        except ValueError:  # a logger writing outside the run dir: no counterpart in the old run
+            continue
+        if not old.is_file():
+            continue
+        with open(old, newline="") as file:  # read before the writer starts (it removes the file of its dir)
+            reader = csv.DictReader(file)
+            keys, rows = list(reader.fieldnames or []), [r for r in reader if int(float(r.get("step") or 0)) <= step]
+        writer = logger.experiment
+        with open(writer.metrics_file_path, "w", newline="") as file:
+            out = csv.DictWriter(file, fieldnames=keys)
+            out.writeheader()
+            out.writerows(rows)
+        writer.metrics_keys = keys  # later rows append under this header (a new key rewrites it, rows kept)
+
+
 def log_config(trainer: Any, cfg: DictConfig) -> None:
     """The full resolved config as hyper-parameters of every logger (rank 0); W&B also gets the group
     choices as flat keys (`loss: focal`), so the dashboard groups and filters runs by objective."""
