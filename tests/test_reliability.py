@@ -42,6 +42,10 @@ def test_mid_epoch_resume_equals_uninterrupted(run_cfg) -> None:
     assert mid.is_file(), sorted(p.name for p in (full / "checkpoints").iterdir())
     _, resumed = run_cfg(*args, f"ckpt_path={mid}")
     assert_same_weights(state_dict(full / "checkpoints" / "last.ckpt"), state_dict(resumed / "checkpoints" / "last.ckpt"))
+    # the resumed epoch's train/* cover all its batches (the checkpoint kept the first three's metric states)
+    epoch_rows = [[r for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r.get("train/acc")] for run in (full, resumed)]
+    assert [[(r["epoch"], r["train/acc"], r["train/loss_epoch"]) for r in rows] for rows in epoch_rows] == 2 * [
+        [(r["epoch"], r["train/acc"], r["train/loss_epoch"]) for r in epoch_rows[0]]]
     # resumed in epoch 1, its metrics.csv starts with the rows logged before the checkpoint (epoch 0's)
     _, resumed = run_cfg(*args, f"ckpt_path={full / 'checkpoints' / 'best-epoch01-step000009.ckpt'}")
     history = [list(csv.DictReader(open(run / "csv" / "metrics.csv"))) for run in (full, resumed)]

@@ -246,3 +246,29 @@ class MeanLoss(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.total / self.rows
+
+
+def epoch_states(metrics: dict[str, Metric]) -> dict[str, dict]:
+    """The metrics' states accumulated so far this epoch, summed over the ranks (a collective: every rank calls
+    it, as every rank saves a checkpoint), for a checkpoint saved mid-epoch: a resumed run's epoch metrics then
+    cover the whole epoch, not the batches after the resume. `restore_epoch_states` puts them back."""
+    saved = {}
+    for name, metric in metrics.items():
+        with metric.sync_context():
+            saved[name] = {"updates": metric._update_count, "states": {
+                key: [t.detach().cpu().clone() for t in value] if isinstance(value, list) else value.detach().cpu().clone()
+                for key, value in metric.metric_state.items()}}
+    return saved
+
+
+def restore_epoch_states(metrics: dict[str, Metric], saved: dict[str, dict], device: torch.device, rank: int) -> None:
+    """Rank 0 takes the saved (summed) states, the other ranks start from zero: the ranks' sum is the whole again."""
+    if rank != 0:
+        return
+    for name, entry in saved.items():
+        metric = metrics.get(name)
+        if metric is None:
+            continue
+        for key, value in entry["states"].items():
+            setattr(metric, key, [t.to(device) for t in value] if isinstance(value, list) else value.to(device))
+        metric._update_count = entry["updates"]

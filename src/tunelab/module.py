@@ -18,7 +18,7 @@ from tunelab.adalora import regularization
 from tunelab.callbacks import ReleaseGradsOnException, average_into_weights_only_checkpoint, evaluate_the_average
 from tunelab.checkpoints import VAL_METRICS
 from tunelab.data.sampling import REPEAT
-from tunelab.metrics import MeanLoss
+from tunelab.metrics import MeanLoss, epoch_states, restore_epoch_states
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import collect_rng_states, set_rng_states
@@ -28,6 +28,7 @@ from tunelab.tasks import get_task
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
+TRAIN_EPOCH_STATES = "tunelab_train_epoch_states"  # a checkpoint saved mid-epoch: its epoch's train metrics so far
 # batch entries for the loss / predictions.jsonl / metrics, not the model
 NOT_MODEL_INPUTS = ("labels", "index", REPEAT)
 
@@ -243,6 +244,8 @@ class TransformerModule(pl.LightningModule):
         # the best checkpoint is tested: its val metrics, not the last validation's, go beside its test metrics
         checkpoint[VAL_METRICS] = {k: float(v) for k, v in self.trainer.callback_metrics.items()
                                    if k.startswith("val/") and v.numel() == 1}
+        if "train" in self._stages_run and not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            checkpoint[TRAIN_EPOCH_STATES] = epoch_states(self._train_epoch_metrics())
         average_into_weights_only_checkpoint(self.trainer, self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -250,6 +253,13 @@ class TransformerModule(pl.LightningModule):
             set_rng_states(checkpoint["rng_states"])
         if self._trainer is not None:  # not for load_from_checkpoint
             evaluate_the_average(self.trainer, checkpoint)
+            if TRAIN_EPOCH_STATES in checkpoint:  # saved mid-epoch: the epoch's train/* go on from there
+                restore_epoch_states(self._train_epoch_metrics(), checkpoint[TRAIN_EPOCH_STATES], self.device,
+                                     self.global_rank)
+                self._stages_run.add("train")
+
+    def _train_epoch_metrics(self) -> dict[str, Any]:
+        return {**dict(self.train_metrics.items(keep_base=True, copy_state=False)), "loss": self.train_loss}
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.hparams.optimizer, self, may_fuse(self.trainer))
