@@ -144,3 +144,15 @@ def test_shakespeare_experiment_lowers_perplexity(run_cfg) -> None:
     metrics, _ = run_cfg("experiment=shakespeare", "model=gpt2_tiny", f"paths.data_dir={SHARED_DATA}",
                          "callbacks.progress_bar=null")
     assert metrics["val/perplexity"] < 15, metrics  # untrained: 67.6 (README)
+
+
+def test_the_exported_lm_stops_at_its_tokenizers_end_of_text(run_cfg) -> None:
+    """gpt2_tiny with a character tokenizer trained here: the exported config carries that tokenizer's eos id
+    (GPT-2's 50256 lies beyond its vocabulary of characters, so generate() never stopped)."""
+    import transformers
+
+    _, run_dir = run_cfg(*LM, "trainer=debug", "data.block_size=32", "data.batch_size=8", "export=true")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "hf_model")
+    model = transformers.AutoModelForCausalLM.from_pretrained(run_dir / "hf_model")
+    assert model.config.eos_token_id == tokenizer.eos_token_id < len(tokenizer)
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id

@@ -39,6 +39,18 @@ def set_label_names(model: torch.nn.Module, label_names: Sequence[str]) -> None:
         model.config.label2id = {name: i for i, name in enumerate(label_names)}
 
 
+def match_special_tokens(model: torch.nn.Module, tokenizer: Any) -> None:
+    """The config's eos / bos / pad ids as the tokenizer has them: a model built from a config for a tokenizer
+    trained here (model=gpt2_tiny, model.tokenizer=char) keeps GPT-2's eos id 50256, beyond its vocabulary,
+    and generate() would never stop at the end of a text."""
+    for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None and getattr(model.config, name, None) != value:
+            setattr(model.config, name, value)
+            if getattr(model, "generation_config", None) is not None:
+                setattr(model.generation_config, name, value)
+
+
 def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: str | None = None) -> list[Path]:
     """Write the run's models: hf_model for full fine-tuning when `export` is on, the adapter / merged dirs
     of peft.save_adapter / merge_on_save. `weights`: a checkpoint to export instead of the module's
@@ -51,6 +63,7 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
         out = Path(cfg.paths.output_dir) / EXPORT_DIR
         model = copy.deepcopy(module.model)  # the module keeps its own head
         module.task.prepare_export(model)  # e.g. standardized regression answers in target units
+        match_special_tokens(model, tokenizer)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         # a model class of tunelab's own (model.pooling=mean) travels as code beside the weights
