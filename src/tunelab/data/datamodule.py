@@ -9,7 +9,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -40,6 +40,9 @@ class ListDataset(Dataset):
         if i >= len(self.examples):  # a row of a batch repeated for DDP (BatchOrderSampler): marked
             return {**self.examples[i - len(self.examples)], REPEAT: True}
         return self.examples[i]
+
+    def __iter__(self) -> Iterator[dict]:  # the rows once (iterating by index would go on into the repeats)
+        return iter(self.examples)
 
 
 class BaseDataModule(pl.LightningDataModule):
