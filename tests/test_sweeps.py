@@ -55,15 +55,16 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path) -> None:
 def test_a_grid_sweep_is_checked_before_its_first_job(tmp_path) -> None:
     """Every job's config passes the run's checks before any job trains: a crossed grid whose data=stsb jobs
     cannot take the cross-entropy loss, and a learning rate out of range, fail in seconds with no job dir."""
-    proc = run_script(
-        "train.py", "-m", *TINY, "logger=csv", "data=sst2,stsb", "optimizer.lr=1e-4,-1", f"hydra.sweep.dir={tmp_path}",
-        timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "error: job 1 of 4 (data=sst2 optimizer.lr=-1): optimizer.lr must be > 0; got -1. No job has run; 2 more "
-        "fail the checks: job 2 (data=stsb optimizer.lr=0.0001), job 3 (data=stsb optimizer.lr=-1).")
-    assert "Launching" not in proc.stdout + proc.stderr and not list(tmp_path.glob("*"))
+    for resume in ([], ["ckpt_path=last"]):  # a sweep run again to resume: each job's own last.ckpt (or none)
+        proc = run_script(
+            "train.py", "-m", *TINY, "logger=csv", "data=sst2,stsb", "optimizer.lr=1e-4,-1", *resume,
+            f"hydra.sweep.dir={tmp_path}", timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "error: job 1 of 4 (data=sst2 optimizer.lr=-1): optimizer.lr must be > 0; got -1. No job has run; 2 more "
+            "fail the checks: job 2 (data=stsb optimizer.lr=0.0001), job 3 (data=stsb optimizer.lr=-1).")
+        assert "Launching" not in proc.stdout + proc.stderr and not list(tmp_path.glob("*"))
 
 
 def test_an_optuna_sweep_in_the_wrong_direction_is_refused_before_its_study(tmp_path) -> None:

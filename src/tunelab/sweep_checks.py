@@ -52,10 +52,11 @@ def check_grid_jobs(config: DictConfig) -> None:
             job = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
             with open_dict(job):
                 job.hydra.job.num = job.hydra.job.id = num
-            HydraConfig.instance().set_config(job)  # ${hydra:runtime.choices...} resolve to this job's
+            HydraConfig.instance().set_config(job)  # the sweep subdir resolves with this job's number
             subdir = os.path.join(str(job.hydra.sweep.dir), str(job.hydra.sweep.subdir))
             with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
                 job.hydra.runtime.output_dir = os.path.abspath(subdir)
+            HydraConfig.instance().set_config(job)  # a copy is kept: again, for ${hydra:runtime.output_dir}
             try:
                 validate(job)
             except ConfigError as err:
