@@ -39,8 +39,9 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path) -> None:
     """Job 1 diverges (lr 1e30): its error line names it, jobs 0 and 2 still run, the report is written, and
     the sweep exits 3 (a training error) at its end."""
     proc = run_script(
-        "train.py", "-m", "optimizer=sgd", "optimizer.lr=0.01,1e30,0.02", *TINY, "logger=csv", "data.train_limit=32",
+        "train.py", "-m", "optimizer=sgd", "optimizer.lr=0.01,1e30,0.02", *TINY, "logger=wandb", "data.train_limit=32",
         "data.batch_size=8", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}", timeout=300,
+        env={"WANDB_MODE": "offline"},
     )
     assert proc.returncode == 3, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -50,6 +51,10 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path) -> None:
                          "sweep report lists them).")
     assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.json")) == ["0", "2"]
     assert "2 of 3 jobs finished; not finished: 1 (optimizer.lr=1e+30)" in (tmp_path / "report.md").read_text()
+    # the failed job's W&B run was closed: job 2 has a run of its own (it wrote into job 1's before)
+    for job, lr in (("1", "1e+30"), ("2", "0.02")):
+        (run_file,) = (tmp_path / job / "wandb").glob("offline-run-*/run-*.wandb")
+        assert wandb_run_record(run_file).display_name == f"optimizer.lr={lr}"
 
 
 def test_a_grid_sweep_is_checked_before_its_first_job(tmp_path) -> None:

@@ -92,7 +92,9 @@ def _sweep_job_failed(err: Exception) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from tunelab.sweeps import job_label, swept_keys
+    from tunelab.tracking import finish_failed_run
 
+    finish_failed_run()
     hydra_cfg = HydraConfig.get()
     label = job_label(hydra_cfg.job.num, list(hydra_cfg.overrides.task), swept_keys())
     print(f"error: {label}: {err}", file=sys.stderr)

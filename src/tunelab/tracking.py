@@ -86,6 +86,16 @@ def log_config(trainer: Any, cfg: DictConfig) -> None:
         logger.log_hyperparams({**sweeps.choices(), "config": hparams} if wandb else hparams)
 
 
+def finish_failed_run() -> None:
+    """Close a failed job's W&B run (a run ends with its job only when the job succeeds): the next job of a
+    sweep, in the same process, would write its metrics into it, and the sweep summary too."""
+    import sys
+
+    wandb = sys.modules.get("wandb")  # never imported here for a run without W&B
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.run.finish(exit_code=1)
+
+
 # ---- end of a run ------------------------------------------------------------------------------------
 def send_run(loggers: Sequence[Any], cfg: DictConfig, run_dir: Path, metrics: dict[str, float],
              checkpoint: str | None) -> None:
