@@ -4,6 +4,7 @@ sweep jobs' checkpoints too, and a sweep run again in its own dir resumes every 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -49,6 +50,9 @@ def test_a_sweep_run_again_in_its_dir_resumes_every_job_from_its_own(tmp_path) -
     for job, step in steps.items():  # each job went on from its own epoch 1 (seed 1's is not seed 2's)
         record = json.loads((tmp_path / job / "metrics.json").read_text())
         assert record["global_step"] == 2 * step
+        # its metrics.csv, the same file, keeps the first run's epoch beside the resumed one's
+        rows = list(csv.DictReader(open(tmp_path / job / "csv" / "metrics.csv")))
+        assert [r["epoch"] for r in rows if r.get("val/acc")] == ["0", "1"]
     assert again.stdout.count("Restoring states from the checkpoint path") == 2
 
 
