@@ -25,7 +25,10 @@ def sweep(tmp_path_factory):
     log_file = root / "train.log"
     env = {"WANDB_MODE": "offline", **{f"WANDB_{d}_DIR": str(root / d.lower()) for d in ("DATA", "CACHE", "CONFIG")}}
     with log_file.open("w") as stdout:
+        # two epochs, the first one's checkpoint the best (monitor step, mode min): it is tested, not the last
         proc = run_script("train.py", "-m", "seed=1,2", "logger=wandb", "logger.wandb.log_model=true", *TINY,
+                          "trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=step",
+                          "callbacks.model_checkpoint.mode=min",
                           "callbacks.progress_bar.metrics_every=2", f"hydra.sweep.dir={root / 'sweep'}",
                           stdout=stdout, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,6 +69,13 @@ def test_each_run_shows_report_confusion_matrix_plots_predictions_and_flat_choic
         assert config["config"]["loss"]["_target_"].endswith("CrossEntropyLoss")
         summary = {u.key: json.loads(u.value_json) for s in of_type(records, "summary") for u in s.update}
         assert summary["params/trainable"] == summary["params/total"] > 0
+        # val/* of the tested (epoch 0) weights, as metrics.json and the sweep report have them, not epoch 1's
+        tested = json.loads((sweep_dir / job / "metrics.json").read_text())["metrics"]
+        history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in h.item}
+                   for h in of_type(records, "history")]
+        val_losses = [h["val/loss"] for h in history if "val/loss" in h]
+        assert summary["val/loss"] == pytest.approx(tested["val/loss"]) == pytest.approx(val_losses[0])
+        assert len(val_losses) == 2 and val_losses[1] != val_losses[0]
         artifacts = {a.name.split("-")[0]: a.type for a in of_type(records, "artifact")}
         assert artifacts["model"] == artifacts["hf_model"] == "model"  # logger.wandb.log_model=true, offline
 
@@ -92,11 +102,11 @@ def test_redirected_stdout_has_plain_progress_and_validation_lines(sweep) -> Non
     _, stdout = sweep
     progress = [line for line in stdout.splitlines() if "[tunelab.progress]" in line]
     steps = [line.split(" - ", 1)[1] for line in progress if "validation" not in line]
-    assert len(steps) == 4, progress  # every 2 of 4 optimizer steps, in each of the 2 jobs
-    assert steps[1].startswith("epoch 1/1 | step 4/4 | loss ") and "samples/s | elapsed 0:00:" in steps[1]
-    assert "eta 0:00:00" in steps[1]
+    assert len(steps) == 8, progress  # every 2 of 8 optimizer steps (2 epochs of 4), in each of the 2 jobs
+    assert steps[3].startswith("epoch 2/2 | step 8/8 | loss ") and "samples/s | elapsed 0:00:" in steps[3]
+    assert "eta 0:00:00" in steps[3]
     validation = [line.split(" - ", 1)[1] for line in progress if "validation" in line]
-    assert len(validation) == 2 and validation[0].startswith("epoch 1/1 validation | step 4 | val/acc ")
+    assert len(validation) == 4 and validation[0].startswith("epoch 1/2 validation | step 4 | val/acc ")
     assert "\x1b[" not in stdout  # no terminal control codes in a log file
 
 

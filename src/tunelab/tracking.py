@@ -145,7 +145,9 @@ def _wandb_run(logger: Any, cfg: DictConfig, run_dir: Path, metrics: dict[str, f
     if sample:
         content["test/predictions"] = wandb.Table(columns=sample[0], data=sample[1])
     run.log(content)
-    run.summary.update({k: v for k, v in metrics.items() if k.startswith("params/")})
+    # the summary's val/* are the last validation's; the tested (best) weights' are what metrics.json, the sweep
+    # report and Optuna rank by, beside the test/* of those same weights
+    run.summary.update({k: v for k, v in metrics.items() if k.startswith(("params/", "val/"))})
     if cfg.logger.wandb.get("log_model"):
         _log_artifacts(run, run_dir, checkpoint)
     run.finish()  # the next job of a sweep (same process) starts its own run
