@@ -133,3 +133,21 @@ def test_a_tracker_failure_is_a_warning_not_a_failed_run(tmp_path, caplog) -> No
         tracking.send_run([WandbLogger()], None, tmp_path, {}, None)
     expected = f"could not send the results (ConnectionError: no route to api.wandb.ai); they are in {tmp_path}"
     assert expected in caplog.text
+
+
+def test_an_eval_run_in_wandb_is_labelled_with_the_model_it_tested(tmp_path) -> None:
+    """eval.py of a focal-loss checkpoint: the W&B run's flat choices, tags and config are the training run's
+    (loss focal, its seed), with the eval's own data; they were the eval config's defaults (cross_entropy, 42)."""
+    trained = tmp_path / "trained"
+    proc = run_script("train.py", *TINY, "loss=focal", "seed=3", "logger=csv", "test=false", f"hydra.run.dir={trained}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {"WANDB_MODE": "offline", **{f"WANDB_{d}_DIR": str(tmp_path / d.lower()) for d in ("DATA", "CACHE", "CONFIG")}}
+    proc = run_script("eval.py", "model=tiny", f"paths.data_dir={FIXTURES}", "trainer.accelerator=cpu", "logger=wandb",
+                      f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, records = offline_run(tmp_path / "eval")
+    config = {u.key: json.loads(u.value_json) for c in of_type(records, "config") for u in c.update}
+    assert (config["loss"], config["data"], config["model"]) == ("focal", "sst2", "tiny")
+    assert config["config"]["loss"]["_target_"].endswith("FocalLoss") and config["config"]["seed"] == 3
+    (run,) = of_type(records, "run")
+    assert {"loss:focal", "data:sst2"} <= set(run.tags)

@@ -67,14 +67,34 @@ def swept_keys() -> set[str]:
     return keys
 
 
-def choices() -> dict[str, str]:
+def choices(cfg: DictConfig | None = None) -> dict[str, str]:
+    """The run's config-group choices (W&B flat keys and tags, the sweep table). An eval.py / predict.py run
+    of a checkpoint (`cfg` given) takes its training run's, with its own data choice: the data it tested on."""
     if not HydraConfig.initialized():
         return {}
-    runtime = HydraConfig.get().runtime.choices
+    picked = _picked(HydraConfig.get().runtime.choices)
+    trained = trained_run_choices(cfg) if cfg is not None else {}
+    return {**trained, **{g: v for g, v in picked.items() if g == "data"}} if trained else picked
+
+
+def trained_run_choices(cfg: DictConfig) -> dict[str, str]:
+    """The config-group choices of the run that trained cfg.ckpt_path (its .hydra/hydra.yaml); {} for a training
+    run or a checkpoint without its run dir."""
+    from tunelab.checkpoints import hydra_dir_of
+
+    if cfg.get("train", True) or not cfg.get("ckpt_path"):
+        return {}
+    hydra_dir = hydra_dir_of(str(cfg.ckpt_path))
+    if hydra_dir is None or not (hydra_dir / "hydra.yaml").is_file():
+        return {}
+    return _picked(OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.runtime.choices") or {})
+
+
+def _picked(runtime: Any) -> dict[str, str]:
     return {g: str(runtime[g]) for g in CHOICE_GROUPS if runtime.get(g) is not None}
 
 
-def with_wandb_identity(logger_group: DictConfig | None) -> DictConfig | None:
+def with_wandb_identity(logger_group: DictConfig | None, cfg: DictConfig | None = None) -> DictConfig | None:
     """A copy of the logger group whose W&B entry carries tags for the data/loss/optimizer choices
     and, in a sweep, group = the sweep dir name (unless logger.wandb.group is set) and name = the job's
     swept overrides. The config itself is left as it is."""
@@ -82,7 +102,7 @@ def with_wandb_identity(logger_group: DictConfig | None) -> DictConfig | None:
         return logger_group
     group = logger_group.copy()
     entry = group.wandb
-    picked = choices()
+    picked = choices(cfg)
     with open_dict(entry):
         entry.tags = [*(entry.get("tags") or []), *(f"{g}:{picked[g]}" for g in TAG_GROUPS if g in picked)]
         if is_multirun():
@@ -129,7 +149,7 @@ def record_job(cfg: DictConfig, record: dict[str, Any]) -> Path | None:
         "job": hydra_cfg.job.get("num"),
         "job_dir": job_dir,
         "overrides": record.get("overrides", []),
-        "choices": choices(),
+        "choices": choices(cfg),
         "seed": cfg.get("seed"),
         "lr": cfg.optimizer.get("lr") if cfg.get("optimizer") else None,
         "metrics": record["metrics"],

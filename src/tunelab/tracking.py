@@ -28,7 +28,7 @@ EXPORTED_DIRS = ("hf_model", "merged", "adapter")
 def logger_group(cfg: DictConfig) -> DictConfig | None:
     """The conf/logger entries to instantiate: W&B with its sweep identity, and log_model taken over by
     `send_run` (Lightning refuses log_model offline; artifacts logged offline upload with `wandb sync`)."""
-    group = sweeps.with_wandb_identity(cfg.get("logger"))
+    group = sweeps.with_wandb_identity(cfg.get("logger"), cfg)
     if group and "wandb" in group and group.wandb.get("log_model"):
         group = group.copy()
         with open_dict(group.wandb):
@@ -93,11 +93,29 @@ def log_config(trainer: Any, cfg: DictConfig) -> None:
 
     if not trainer.is_global_zero:
         return
-    hparams = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+    hparams = redact_secrets(_with_trained_model(OmegaConf.to_container(cfg, resolve=True), cfg))
     for logger in trainer.loggers:
         wandb = type(logger).__name__ == "WandbLogger"
         # the full config under `config`: its `loss` / `data` / ... nodes would collide with the flat keys
-        logger.log_hyperparams({**sweeps.choices(), "config": hparams} if wandb else hparams)
+        logger.log_hyperparams({**sweeps.choices(cfg), "config": hparams} if wandb else hparams)
+
+
+def _with_trained_model(hparams: dict, cfg: DictConfig) -> dict:
+    """An eval.py / predict.py run of a checkpoint tests the model its training run built: that run's model,
+    loss, optimizer, scheduler, adapter and seed, not the defaults of the eval config (whose own data and
+    checkpoint stay)."""
+    from tunelab.checkpoints import training_config
+
+    if cfg.get("train", True) or not cfg.get("ckpt_path"):
+        return hparams
+    trained = training_config(str(cfg.ckpt_path))
+    if trained is None:
+        return hparams
+    try:
+        trained = OmegaConf.to_container(trained, resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation of the training run's Hydra: shown as written
+        trained = OmegaConf.to_container(trained, resolve=False)
+    return {**hparams, **{k: trained[k] for k in ("model", "loss", "optimizer", "scheduler", "peft", "seed") if k in trained}}
 
 
 def finish_failed_run() -> None:
