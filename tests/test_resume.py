@@ -68,6 +68,9 @@ def test_last_is_the_newest_last_ckpt_of_the_task_runs_and_sweep_jobs(tmp_path) 
     assert resolve_ckpt_path(cfg) == str(job_ckpt)
     os.utime(run_ckpt, (1e9, 1e9))
     assert resolve_ckpt_path(cfg) == str(run_ckpt)
+    # eval.py (task_name eval, which trains nothing) takes the newest of any task's: train's here
+    evaluating = compose_cfg(tmp_path, "ckpt_path=last", config_name="eval")
+    assert evaluating.task_name == "eval" and resolve_ckpt_path(evaluating) == str(run_ckpt)
 
 
 def test_resuming_into_a_new_run_dir_keeps_the_best_checkpoint_of_the_whole_run(run_cfg) -> None:

@@ -98,9 +98,12 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
             # that never wrote one starts from scratch
             own = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
             return str(own) if own.is_file() else None
-        task_dir = Path(cfg.paths.log_dir, cfg.task_name)
+        # training resumes its own task's newest; eval.py / predict.py (task_name eval / predict, which train
+        # nothing) take the newest of any task's runs
+        task_dir = Path(cfg.paths.log_dir, cfg.task_name if cfg.get("train") else "*")
         # runs/<run>/checkpoints and multiruns/<sweep>/<job>/checkpoints
-        found = [newest_checkpoint(task_dir, f"{levels}/checkpoints/last.ckpt") for levels in ("*/*", "*/*/*")]
+        found = [newest_checkpoint(task_dir.parent, f"{task_dir.name}/{levels}/checkpoints/last.ckpt")
+                 for levels in ("*/*", "*/*/*")]
         found = [c for c in found if c is not None]
         if not found:
             raise ConfigError(f"ckpt_path=last: no last.ckpt under {task_dir}; pass a path.")
