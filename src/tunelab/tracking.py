@@ -295,7 +295,7 @@ def _tensorboard_sweep(sweep_dir: Path) -> None:
 def sweep_table(report: dict) -> tuple[list[str], list[list]]:
     """One row per config: rank, config, seeds, mean / std / 95% CI of the ranking metric and its test
     counterpart, and the p-values against the best config."""
-    metrics = [report["metric"], report["metric"].replace("val/", "test/", 1)]
+    metrics = list(dict.fromkeys([report["metric"], report["metric"].replace("val/", "test/", 1)]))  # test/ once
     columns = ["rank", "config", "n"]
     for m in metrics:
         columns += [f"{m} mean", f"{m} std", f"{m} ci95_low", f"{m} ci95_high"]
