@@ -145,6 +145,12 @@ def write_metrics(out: Path, metrics: dict[str, float], best_checkpoint: str | N
     return record
 
 
+def redact_argument(argument: str) -> str:
+    """A command-line override with its value redacted as redact_secrets does (`+model.token=***`)."""
+    key, equals, value = argument.partition("=")
+    return f"{key}={redact_secrets(value, key.lstrip('+~'))}" if equals else argument
+
+
 def redact_secrets(value: Any, key: str = "") -> Any:
     """Config values under secret-looking keys, and the W&B key from the environment, become ***."""
     if isinstance(value, dict):

@@ -89,15 +89,23 @@ def log_config(trainer: Any, cfg: DictConfig) -> None:
     """The full resolved config as hyper-parameters of every logger (rank 0); W&B also gets the group
     choices as flat keys (`loss: focal`), so the dashboard groups and filters runs by objective."""
     # imported here: this module stays light for `python -m tunelab.report` (no torch / transformers)
-    from tunelab.rundir import redact_secrets
+    import sys
+
+    from tunelab.rundir import redact_argument, redact_secrets
 
     if not trainer.is_global_zero:
         return
     hparams = redact_secrets(_with_trained_model(OmegaConf.to_container(cfg, resolve=True), cfg))
-    for logger in trainer.loggers:
-        wandb = type(logger).__name__ == "WandbLogger"
-        # the full config under `config`: its `loss` / `data` / ... nodes would collide with the flat keys
-        logger.log_hyperparams({**sweeps.choices(cfg), "config": hparams} if wandb else hparams)
+    argv = sys.argv
+    # W&B starts its run here and records the command line in the run's metadata, which `wandb sync` uploads
+    sys.argv = [argv[0], *map(redact_argument, argv[1:])]
+    try:
+        for logger in trainer.loggers:
+            wandb = type(logger).__name__ == "WandbLogger"
+            # the full config under `config`: its `loss` / `data` / ... nodes would collide with the flat keys
+            logger.log_hyperparams({**sweeps.choices(cfg), "config": hparams} if wandb else hparams)
+    finally:
+        sys.argv = argv
 
 
 def _with_trained_model(hparams: dict, cfg: DictConfig) -> dict:
