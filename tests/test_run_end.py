@@ -53,8 +53,8 @@ def test_last_checkpoint_is_the_max_steps_state_mid_epoch(run_cfg) -> None:
 
 
 def test_progress_bar_off_drops_the_bar_callback(run_cfg, monkeypatch) -> None:
-    """The default callbacks include the bar (debug=quick drops it: put it back); enable_progress_bar=false
-    leaves it out of the Trainer instead of Lightning's MisconfigurationException."""
+    """The default callbacks include the bar (debug=quick drops it and turns the Trainer's off: put both back);
+    enable_progress_bar=false leaves it out of the Trainer instead of Lightning's MisconfigurationException."""
     trainers = []
     build = tunelab.pipeline.build_trainer
     monkeypatch.setattr(tunelab.pipeline, "build_trainer", lambda cfg: trainers.append(build(cfg)) or trainers[-1])
@@ -62,7 +62,7 @@ def test_progress_bar_off_drops_the_bar_callback(run_cfg, monkeypatch) -> None:
     run_cfg("data.train_limit=64", "trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
             "export=false", bar, "trainer.enable_progress_bar=false")
     run_cfg("data.train_limit=64", "trainer.max_steps=2", "trainer.limit_val_batches=1", "test=false",
-            "export=false", bar)
+            "export=false", bar, "trainer.enable_progress_bar=true")
     off, on = (any(isinstance(c, ProgressBar) for c in t.callbacks) for t in trainers)
     assert not off, [type(c).__name__ for c in trainers[0].callbacks]
     assert on, "with the bar on, the configured progress callback is used"
