@@ -113,7 +113,7 @@ def test_redirected_stdout_has_plain_progress_and_validation_lines(sweep) -> Non
 def test_tensorboard_gets_the_plots_and_the_report_text(run_cfg) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, run_dir = run_cfg("logger=tensorboard", "data.train_limit=32", "trainer.max_epochs=1")
+    _, run_dir = run_cfg("logger=tensorboard", "loss=focal", "data.train_limit=32", "trainer.max_epochs=1")
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
     events.Reload()
     assert {"plots/learning_curves", "plots/confusion_matrix"} <= set(events.Tags()["images"])
@@ -121,6 +121,14 @@ def test_tensorboard_gets_the_plots_and_the_report_text(run_cfg) -> None:
     assert image.width > 100 and image.encoded_image_string.startswith(b"\x89PNG")
     (text,) = events.Tensors("test/report/text_summary")
     assert "macro avg" in text.tensor_proto.string_val[0].decode()
+    # the HPARAMS tab: the objective and seed beside the final metrics
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["loss"].string_value == "focal" and session.hparams["seed"].number_value == 42
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {"test/acc", "val/acc"} <= {m.name.tag for m in experiment.metric_infos}
 
 
 def test_a_tracker_failure_is_a_warning_not_a_failed_run(tmp_path, caplog) -> None:
@@ -151,3 +159,5 @@ def test_an_eval_run_in_wandb_is_labelled_with_the_model_it_tested(tmp_path) -> 
     assert config["config"]["loss"]["_target_"].endswith("FocalLoss") and config["config"]["seed"] == 3
     (run,) = of_type(records, "run")
     assert {"loss:focal", "data:sst2"} <= set(run.tags)
+    # a single run is named by its overrides (the plumbing ones left out), not task_name
+    assert run.display_name == f"model=tiny,ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"

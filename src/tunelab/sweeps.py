@@ -95,9 +95,9 @@ def _picked(runtime: Any) -> dict[str, str]:
 
 
 def with_wandb_identity(logger_group: DictConfig | None, cfg: DictConfig | None = None) -> DictConfig | None:
-    """A copy of the logger group whose W&B entry carries tags for the data/loss/optimizer choices
-    and, in a sweep, group = the sweep dir name (unless logger.wandb.group is set) and name = the job's
-    swept overrides. The config itself is left as it is."""
+    """A copy of the logger group whose W&B entry carries tags for the data/loss/optimizer choices and a name:
+    in a sweep, the job's swept overrides, with group = the sweep dir name (unless logger.wandb.group is set);
+    a single run, its overrides (unless logger.wandb.name is given). The config itself is left as it is."""
     if not logger_group or "wandb" not in logger_group or not HydraConfig.initialized():
         return logger_group
     group = logger_group.copy()
@@ -105,10 +105,12 @@ def with_wandb_identity(logger_group: DictConfig | None, cfg: DictConfig | None 
     picked = choices(cfg)
     with open_dict(entry):
         entry.tags = [*(entry.get("tags") or []), *(f"{g}:{picked[g]}" for g in TAG_GROUPS if g in picked)]
+        overrides = list(HydraConfig.get().overrides.task)
         if is_multirun():
-            hydra_cfg = HydraConfig.get()
-            entry.group = wandb_group(entry, Path(hydra_cfg.sweep.dir))
-            entry.name = job_name(list(hydra_cfg.overrides.task), swept_keys()) or entry.get("name")
+            entry.group = wandb_group(entry, Path(HydraConfig.get().sweep.dir))
+            entry.name = job_name(overrides, swept_keys()) or entry.get("name")
+        elif not any(override_key(o) == "logger.wandb.name" for o in overrides):
+            entry.name = job_name(overrides) or entry.get("name")  # a single run by its overrides, not task_name
     return group
 
 

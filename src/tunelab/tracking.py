@@ -197,6 +197,16 @@ def _log_artifacts(run: Any, run_dir: Path, checkpoint: str | None) -> None:
 def _tensorboard_run(logger: Any, cfg: DictConfig, run_dir: Path, metrics: dict[str, float],
                      checkpoint: str | None) -> None:
     _tensorboard_write(logger.experiment, _run_images(run_dir), "test/report", run_dir / "test_report.txt")
+    # the HPARAMS tab: what the run trained (group choices, seed, lr) beside its final val/test metrics, so runs
+    # and sweep jobs compare by objective (Lightning writes it only with metrics, which it logs at step 0 too)
+    from torch.utils.tensorboard.summary import hparams
+
+    params = {**sweeps.choices(cfg), "seed": cfg.get("seed"), "optimizer.lr": OmegaConf.select(cfg, "optimizer.lr")}
+    finals = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
+    writer = logger.experiment._get_file_writer()
+    for summary in hparams({k: v for k, v in params.items() if v is not None}, finals):
+        writer.add_summary(summary)
+    writer.flush()
 
 
 def _tensorboard_write(writer: Any, images: list[Path], tag: str, text_file: Path) -> None:
