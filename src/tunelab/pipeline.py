@@ -22,7 +22,7 @@ from tunelab.checkpoints import (check_checkpoint, check_resume, check_text_pair
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
 from tunelab.module import TransformerModule
-from tunelab.resilience import Interrupted, find_resilience
+from tunelab.resilience import Interrupted, csv_history, find_resilience, restore_csv_history
 from tunelab.trainer import best_checkpoint, build_trainer
 from tunelab.validation import validate
 
@@ -79,11 +79,11 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
     else:
         module = TransformerModule.load_from_checkpoint(
             ckpt_path, map_location="cpu", label_info=tested_label_info(trained.get("label_info"), cfg.data))
-    history = tracking.csv_history(ckpt_path) if cfg.train and ckpt_path else {}
+    history = csv_history(ckpt_path) if cfg.train and ckpt_path else {}
     trainer = build_trainer(cfg)  # its loggers start: a CSV logger removes the metrics.csv of its dir
 
     if cfg.train:
-        tracking.restore_csv_history(trainer.loggers, cfg.paths.output_dir, history)
+        restore_csv_history(trainer.loggers, cfg.paths.output_dir, history)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except Interrupted:  # a stop signal: last.ckpt written, nothing after it (see below)
