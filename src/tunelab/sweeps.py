@@ -105,7 +105,9 @@ def with_wandb_identity(logger_group: DictConfig | None, cfg: DictConfig | None 
     picked = choices(cfg)
     with open_dict(entry):
         entry.tags = [*(entry.get("tags") or []), *(f"{g}:{picked[g]}" for g in TAG_GROUPS if g in picked)]
-        overrides = list(HydraConfig.get().overrides.task)
+        from tunelab.rundir import redact_argument  # rundir imports this module
+
+        overrides = [redact_argument(o) for o in HydraConfig.get().overrides.task]  # a name is sent as is
         if is_multirun():
             entry.group = wandb_group(entry, Path(HydraConfig.get().sweep.dir))
             entry.name = job_name(overrides, swept_keys()) or entry.get("name")
