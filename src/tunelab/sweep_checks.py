@@ -46,7 +46,7 @@ def check_grid_jobs(config: DictConfig) -> None:
     jobs, swept = grid_jobs(config)
     loader = GlobalHydra.instance().config_loader()
     master = HydraConfig.instance().cfg
-    failed: list[tuple[str, ConfigError]] = []
+    failed: list[tuple[int, list[str], ConfigError]] = []
     try:
         for num, overrides in enumerate(jobs):
             job = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
@@ -60,11 +60,12 @@ def check_grid_jobs(config: DictConfig) -> None:
             try:
                 validate(job)
             except ConfigError as err:
-                failed.append((job_label(num, overrides, swept, len(jobs)), err))
+                failed.append((num, list(overrides), err))
     finally:
         HydraConfig.instance().cfg = master
     if failed:
-        (label, err), others = failed[0], [label.replace(f" of {len(jobs)}", "") for label, _ in failed[1:]]
+        (num, overrides, err), others = failed[0], [job_label(n, o, swept) for n, o, _ in failed[1:]]
+        label = job_label(num, overrides, swept, len(jobs))
         more = f"; {len(others)} more fail the checks: {', '.join(others[:3])}{' and others' if len(others) > 3 else ''}"
         raise SweepRefused(f"{label}: {str(err).rstrip('.')}. No job has run{more if others else ''}.")
 
