@@ -110,6 +110,16 @@ def hydra_dir_of(path: str | Path) -> Path | None:
     return path.parent.parent / ".hydra" if path.parent.name == "checkpoints" else None
 
 
+def tested_run_dir(cfg: DictConfig) -> Path | None:
+    """The training run whose checkpoint an eval.py / predict.py run tests (cfg.ckpt_path, train=false): the run
+    it stands for in reports, comparisons and trackers. None for a training run, or a checkpoint without its
+    run's .hydra dir."""
+    if cfg.get("train", True) or not cfg.get("ckpt_path"):
+        return None
+    hydra_dir = hydra_dir_of(str(cfg.ckpt_path))
+    return hydra_dir.parent if hydra_dir is not None and hydra_dir.is_dir() else None
+
+
 def training_config(path: str | Path) -> DictConfig | None:
     """The config of the run that wrote `path` (its .hydra/config.yaml, unresolved); None without one (a model
     copied elsewhere, a run started from Python)."""

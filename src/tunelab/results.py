@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from tunelab.checkpoints import tested_run_dir
 from tunelab.errors import ConfigError
 from tunelab.sweeps import RESULTS_FILE, job_name, override_key
 
@@ -225,12 +226,8 @@ def _tested_run(run: Run) -> Path | None:
     overrides with the eval's own on top (the test data; ckpt_path dropped), its seed, optimizer, lr, loss
     and monitored metric the training run's, so checkpoints of one recipe pair by their training seeds.
     Returns the training run's dir (None for a training run, or a checkpoint without its run's .hydra)."""
-    from tunelab.checkpoints import hydra_dir_of
-
-    saved = run.saved
-    if saved is None or saved.get("train", True) or not saved.get("ckpt_path"):
-        return None
-    hydra_dir = hydra_dir_of(str(saved.ckpt_path))
+    trained_dir = tested_run_dir(run.saved) if run.saved is not None else None
+    hydra_dir = trained_dir / ".hydra" if trained_dir is not None else None
     if hydra_dir is None or not (hydra_dir / "overrides.yaml").is_file() or not (hydra_dir / "config.yaml").is_file():
         return None
     own = {override_key(o): o for o in run.overrides if override_key(o) not in ("ckpt_path", *SEED_KEYS)}
@@ -238,7 +235,7 @@ def _tested_run(run: Run) -> Path | None:
     run.overrides = [*trained, *own.values()]
     run.saved = OmegaConf.load(hydra_dir / "config.yaml")
     run.seed = run.optimizer = run.lr = None  # eval.py's own seed (42) is not the model's
-    return hydra_dir.parent
+    return trained_dir
 
 
 def runs_monitor(runs: list[Run], metric: str | None = None) -> tuple[str, str]:

@@ -14,6 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tunelab.checkpoints import tested_run_dir
+
 
 RESULTS_FILE = "results.jsonl"
 # the config-group choices that identify a run (W&B tags, results table)
@@ -80,11 +82,8 @@ def choices(cfg: DictConfig | None = None) -> dict[str, str]:
 def trained_run_choices(cfg: DictConfig) -> dict[str, str]:
     """The config-group choices of the run that trained cfg.ckpt_path (its .hydra/hydra.yaml); {} for a training
     run or a checkpoint without its run dir."""
-    from tunelab.checkpoints import hydra_dir_of
-
-    if cfg.get("train", True) or not cfg.get("ckpt_path"):
-        return {}
-    hydra_dir = hydra_dir_of(str(cfg.ckpt_path))
+    trained_dir = tested_run_dir(cfg)
+    hydra_dir = trained_dir / ".hydra" if trained_dir is not None else None
     if hydra_dir is None or not (hydra_dir / "hydra.yaml").is_file():
         return {}
     return _picked(OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.runtime.choices") or {})

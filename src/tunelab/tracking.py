@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tunelab.checkpoints import tested_run_dir
 from tunelab import sweeps
 from tunelab.prediction_files import PREDICTIONS_FILE, load_predictions
 
@@ -63,13 +64,10 @@ def _with_trained_model(hparams: dict, cfg: DictConfig) -> dict:
     """An eval.py / predict.py run of a checkpoint tests the model its training run built: that run's model,
     loss, optimizer, scheduler, adapter and seed, not the defaults of the eval config (whose own data and
     checkpoint stay)."""
-    from tunelab.checkpoints import training_config
-
-    if cfg.get("train", True) or not cfg.get("ckpt_path"):
+    trained_dir = tested_run_dir(cfg)
+    if trained_dir is None or not (trained_dir / ".hydra" / "config.yaml").is_file():
         return hparams
-    trained = training_config(str(cfg.ckpt_path))
-    if trained is None:
-        return hparams
+    trained = OmegaConf.load(trained_dir / ".hydra" / "config.yaml")
     try:
         trained = OmegaConf.to_container(trained, resolve=True)
     except Exception:  # noqa: BLE001 - an interpolation of the training run's Hydra: shown as written
