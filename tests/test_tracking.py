@@ -161,3 +161,34 @@ def test_an_eval_run_in_wandb_is_labelled_with_the_model_it_tested(tmp_path) -> 
     assert {"loss:focal", "data:sst2"} <= set(run.tags)
     # a single run is named by its overrides (the plumbing ones left out), not task_name
     assert run.display_name == f"model=tiny,ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"
+
+
+def test_a_resumed_run_goes_on_in_its_wandb_run_and_eval_of_last_names_it(tmp_path) -> None:
+    """`ckpt_path=last` resumes the newest run: the resumed run reuses its W&B run id and name (it was a second,
+    unlinked run named `ckpt_path=last`); eval.py ckpt_path=last is labelled with the training run it tested
+    and names the file "last" stood for in metrics.json and the W&B config."""
+    from tunelab.results import load_runs
+
+    logs, env = tmp_path / "logs", {"WANDB_MODE": "offline", **{f"WANDB_{d}_DIR": str(tmp_path / d.lower())
+                                                                   for d in ("DATA", "CACHE", "CONFIG")}}
+    first, resumed = logs / "train" / "runs" / "1", logs / "train" / "runs" / "2"
+    common = [*TINY, "loss=focal", "seed=3", "logger=wandb", "test=false", f"paths.log_dir={logs}"]
+    proc = run_script("train.py", *common, f"hydra.run.dir={first}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script("train.py", *common, "trainer.max_epochs=2", "ckpt_path=last", f"hydra.run.dir={resumed}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (before,), (after,) = (of_type(offline_run(d)[1], "run") for d in (first, resumed))
+    assert after.run_id == before.run_id and after.display_name == before.display_name
+    assert "loss=focal,seed=3" in before.display_name and "ckpt_path" not in before.display_name
+    assert json.loads((resumed / "metrics.json").read_text())["global_step"] == 8
+
+    proc = run_script("eval.py", "model=tiny", f"paths.data_dir={FIXTURES}", "trainer.accelerator=cpu", "logger=wandb",
+                      "ckpt_path=last", f"paths.log_dir={logs}", f"hydra.run.dir={tmp_path / 'eval'}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tested = str(resumed / "checkpoints" / "last.ckpt")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["best_checkpoint"] == tested
+    _, records = offline_run(tmp_path / "eval")
+    config = {u.key: json.loads(u.value_json) for c in of_type(records, "config") for u in c.update}
+    assert (config["loss"], config["config"]["seed"], config["config"]["ckpt_path"]) == ("focal", 3, tested)
+    (run,) = load_runs(tmp_path / "eval")  # reports and comparisons pair it by the training run's seed
+    assert run.seed == 3 and "loss=focal" in run.overrides

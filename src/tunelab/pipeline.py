@@ -50,6 +50,8 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     # resolved once ("last": a run's last.ckpt; in a sweep, the job's own); predict.py takes exported model
     # dirs too, which are no checkpoints, and resolves its own
     ckpt_path = cfg.get("ckpt_path") if cfg.get("predict") else rundir.resolve_ckpt_path(cfg)
+    if not cfg.get("predict"):
+        cfg.ckpt_path = ckpt_path  # what the trackers and metrics.json name: the file, not "last"
     with rundir.claimed_run_dir(cfg, ckpt_path):
         return _run_in_claimed_dir(cfg, ckpt_path)
 

@@ -171,7 +171,7 @@ def load_runs(sweep_dir: Path) -> list[Run]:
         run.seed = row.get("seed")
         run.optimizer = (row.get("choices") or {}).get("optimizer")
         run.lr = row.get("lr")
-        _fill_from_hydra_files(run)
+        _fill_from_hydra_files(run, record.get("best_checkpoint"))
         runs.append(run)
     return runs
 
@@ -196,8 +196,10 @@ def saved_config(run_dir: Path) -> DictConfig | None:
     return OmegaConf.load(path) if path.is_file() else None
 
 
-def _fill_from_hydra_files(run: Run) -> None:
+def _fill_from_hydra_files(run: Run, checkpoint: str | None) -> None:
     run.saved = saved_config(run.dir)
+    if run.saved is not None and run.saved.get("ckpt_path") == "last" and checkpoint:
+        run.saved.ckpt_path = checkpoint  # the file "last" stood for: metrics.json names it
     source = _tested_run(run) or run.dir
     overrides = {override_key(o): _value(o) for o in run.overrides}
     hydra = source / ".hydra" / "hydra.yaml"

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tunelab.checkpoints import tested_run_dir
+from tunelab.checkpoints import hydra_dir_of, tested_run_dir
 
 
 RESULTS_FILE = "results.jsonl"
@@ -107,12 +107,32 @@ def with_wandb_identity(logger_group: DictConfig | None, cfg: DictConfig | None 
         from tunelab.rundir import redact_argument  # rundir imports this module
 
         overrides = [redact_argument(o) for o in HydraConfig.get().overrides.task]  # a name is sent as is
+        resumed = resumed_wandb_run(cfg)
+        if resumed is not None and entry.get("id") is None:
+            # the checkpoint's run goes on: the same W&B run (Lightning's WandbLogger resumes an id with
+            # resume="allow") under the name it was given, so the dashboard shows one run with one history
+            entry.id, named_by = resumed
+            overrides = [redact_argument(o) for o in named_by if override_key(o) != "ckpt_path"]
         if is_multirun():
             entry.group = wandb_group(entry, Path(HydraConfig.get().sweep.dir))
             entry.name = job_name(overrides, swept_keys()) or entry.get("name")
         elif not any(override_key(o) == "logger.wandb.name" for o in overrides):
             entry.name = job_name(overrides) or entry.get("name")  # a single run by its overrides, not task_name
     return group
+
+
+def resumed_wandb_run(cfg: DictConfig | None) -> tuple[str, list[str]] | None:
+    """(W&B run id, the overrides its name came from) of the run a training run resumes (cfg.ckpt_path, resolved):
+    the newest W&B run in the checkpoint's run dir (<run dir>/wandb/[offline-]run-<time>-<id>), and that run's
+    .hydra/overrides.yaml. None when not resuming, or that run had no W&B logger."""
+    if cfg is None or not cfg.get("train", True) or not cfg.get("ckpt_path"):
+        return None
+    hydra_dir = hydra_dir_of(str(cfg.ckpt_path))
+    runs = [d for d in hydra_dir.parent.glob("wandb/*run-*-*") if d.is_dir()] if hydra_dir is not None else []
+    if not runs or not (hydra_dir / "overrides.yaml").is_file():
+        return None
+    newest = max(runs, key=lambda d: d.name.rsplit("run-", 1)[-1])  # by the <time>-<id> part
+    return newest.name.rsplit("-", 1)[-1], [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
 
 
 def wandb_group(entry: DictConfig, sweep: Path) -> str:
