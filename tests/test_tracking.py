@@ -147,7 +147,8 @@ def test_an_eval_run_in_wandb_is_labelled_with_the_model_it_tested(tmp_path) -> 
     """eval.py of a focal-loss checkpoint: the W&B run's flat choices, tags and config are the training run's
     (loss focal, its seed), with the eval's own data; they were the eval config's defaults (cross_entropy, 42)."""
     trained = tmp_path / "trained"
-    proc = run_script("train.py", *TINY, "loss=focal", "seed=3", "logger=csv", "test=false", f"hydra.run.dir={trained}")
+    proc = run_script("train.py", *TINY, "loss=focal", "seed=3", "optimizer.lr=1e-4", "logger=csv", "test=false",
+                      f"hydra.run.dir={trained}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     env = {"WANDB_MODE": "offline", **{f"WANDB_{d}_DIR": str(tmp_path / d.lower()) for d in ("DATA", "CACHE", "CONFIG")}}
     proc = run_script("eval.py", "model=tiny", f"paths.data_dir={FIXTURES}", "trainer.accelerator=cpu", "logger=wandb",
@@ -161,6 +162,14 @@ def test_an_eval_run_in_wandb_is_labelled_with_the_model_it_tested(tmp_path) -> 
     assert {"loss:focal", "data:sst2"} <= set(run.tags)
     # a single run is named by its overrides (the plumbing ones left out), not task_name
     assert run.display_name == f"model=tiny,ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"
+    # the sweep table and TensorBoard's HPARAMS take the training run's seed and lr too (not eval's 42 and 5e-5)
+    from conftest import compose_cfg
+    from tunelab.sweeps import run_identity
+
+    cfg = compose_cfg(tmp_path / "x", "model=tiny", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
+                      config_name="eval")
+    identity = run_identity(cfg)
+    assert (identity["seed"], identity["lr"], identity["choices"]["loss"]) == (3, 0.0001, "focal")
 
 
 def test_a_resumed_run_goes_on_in_its_wandb_run_and_eval_of_last_names_it(tmp_path) -> None:

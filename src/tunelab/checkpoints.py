@@ -120,6 +120,24 @@ def tested_run_dir(cfg: DictConfig) -> Path | None:
     return hydra_dir.parent if hydra_dir is not None and hydra_dir.is_dir() else None
 
 
+# what an eval.py / predict.py run of a checkpoint reports as its own: the training run's (its data is the eval's)
+TRAINED_SETTINGS = ("model", "loss", "optimizer", "scheduler", "peft", "seed")
+
+
+def trained_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The TRAINED_SETTINGS of the run whose checkpoint an eval.py / predict.py run tests, as plain values (resolved
+    where they resolve outside that run's Hydra); {} for a training run or a checkpoint without its run dir."""
+    trained_dir = tested_run_dir(cfg)
+    if trained_dir is None or not (trained_dir / ".hydra" / "config.yaml").is_file():
+        return {}
+    trained = OmegaConf.load(trained_dir / ".hydra" / "config.yaml")
+    try:
+        values = OmegaConf.to_container(trained, resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation of the training run's Hydra: shown as written
+        values = OmegaConf.to_container(trained, resolve=False)
+    return {k: values[k] for k in TRAINED_SETTINGS if k in values}
+
+
 def training_config(path: str | Path) -> DictConfig | None:
     """The config of the run that wrote `path` (its .hydra/config.yaml, unresolved); None without one (a model
     copied elsewhere, a run started from Python)."""

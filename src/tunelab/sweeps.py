@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tunelab.checkpoints import hydra_dir_of, tested_run_dir
+from tunelab.checkpoints import hydra_dir_of, tested_run_dir, trained_settings
 
 
 RESULTS_FILE = "results.jsonl"
@@ -77,6 +77,14 @@ def choices(cfg: DictConfig | None = None) -> dict[str, str]:
     picked = _picked(HydraConfig.get().runtime.choices)
     trained = trained_run_choices(cfg) if cfg is not None else {}
     return {**trained, **{g: v for g, v in picked.items() if g == "data"}} if trained else picked
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What a run is compared by (the sweep table, TensorBoard's HPARAMS): its group choices, seed and learning
+    rate; an eval.py / predict.py run of a checkpoint, its training run's (its data choice its own)."""
+    trained = trained_settings(cfg)
+    optimizer = trained.get("optimizer") or cfg.get("optimizer") or {}
+    return {"choices": choices(cfg), "seed": trained.get("seed", cfg.get("seed")), "lr": optimizer.get("lr")}
 
 
 def trained_run_choices(cfg: DictConfig) -> dict[str, str]:
@@ -172,9 +180,7 @@ def record_job(cfg: DictConfig, record: dict[str, Any]) -> Path | None:
         "job": hydra_cfg.job.get("num"),
         "job_dir": job_dir,
         "overrides": record.get("overrides", []),
-        "choices": choices(cfg),
-        "seed": cfg.get("seed"),
-        "lr": cfg.optimizer.get("lr") if cfg.get("optimizer") else None,
+        **run_identity(cfg),
         "metrics": record["metrics"],
         "global_step": record.get("global_step"),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

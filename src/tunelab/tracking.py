@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tunelab.checkpoints import tested_run_dir
+from tunelab.checkpoints import trained_settings
 from tunelab import sweeps
 from tunelab.prediction_files import PREDICTIONS_FILE, load_predictions
 
@@ -47,7 +47,8 @@ def log_config(trainer: Any, cfg: DictConfig) -> None:
 
     if not trainer.is_global_zero:
         return
-    hparams = redact_secrets(_with_trained_model(OmegaConf.to_container(cfg, resolve=True), cfg))
+    # an eval.py / predict.py run of a checkpoint: the model, loss, ... and seed its training run built
+    hparams = redact_secrets(OmegaConf.to_container(cfg, resolve=True) | trained_settings(cfg))
     argv = sys.argv
     # W&B starts its run here and records the command line in the run's metadata, which `wandb sync` uploads
     sys.argv = [argv[0], *map(redact_argument, argv[1:])]
@@ -58,21 +59,6 @@ def log_config(trainer: Any, cfg: DictConfig) -> None:
             logger.log_hyperparams({**sweeps.choices(cfg), "config": hparams} if wandb else hparams)
     finally:
         sys.argv = argv
-
-
-def _with_trained_model(hparams: dict, cfg: DictConfig) -> dict:
-    """An eval.py / predict.py run of a checkpoint tests the model its training run built: that run's model,
-    loss, optimizer, scheduler, adapter and seed, not the defaults of the eval config (whose own data and
-    checkpoint stay)."""
-    trained_dir = tested_run_dir(cfg)
-    if trained_dir is None or not (trained_dir / ".hydra" / "config.yaml").is_file():
-        return hparams
-    trained = OmegaConf.load(trained_dir / ".hydra" / "config.yaml")
-    try:
-        trained = OmegaConf.to_container(trained, resolve=True)
-    except Exception:  # noqa: BLE001 - an interpolation of the training run's Hydra: shown as written
-        trained = OmegaConf.to_container(trained, resolve=False)
-    return {**hparams, **{k: trained[k] for k in ("model", "loss", "optimizer", "scheduler", "peft", "seed") if k in trained}}
 
 
 def finish_failed_run() -> None:
@@ -150,7 +136,8 @@ def _tensorboard_run(logger: Any, cfg: DictConfig, run_dir: Path, metrics: dict[
     # and sweep jobs compare by objective (Lightning writes it only with metrics, which it logs at step 0 too)
     from torch.utils.tensorboard.summary import hparams
 
-    params = {**sweeps.choices(cfg), "seed": cfg.get("seed"), "optimizer.lr": OmegaConf.select(cfg, "optimizer.lr")}
+    identity = sweeps.run_identity(cfg)
+    params = {**identity["choices"], "seed": identity["seed"], "optimizer.lr": identity["lr"]}
     finals = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
     writer = logger.experiment._get_file_writer()
     for summary in hparams({k: v for k, v in params.items() if v is not None}, finals):
