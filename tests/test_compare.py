@@ -2,6 +2,7 @@
 predictions.jsonl against reference implementations, bootstrap coverage, Holm by hand, errors, CLI."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from scipy import stats
 from torchmetrics.classification import MulticlassCalibrationError
 
 from tunelab import compare, prediction_metrics, sweeps
+from tunelab.metrics import Calibration
 from tunelab.significance import holm, paired_bootstrap, resample_weights
 
 LABELS = ["negative", "positive"]
@@ -67,6 +69,13 @@ def test_classification_metrics_match_torchmetrics_and_hand_values() -> None:
     assert m["acc"](records) == pytest.approx(correct.mean())
     ece = MulticlassCalibrationError(2, n_bins=15, norm="l1")(probs, gold)
     assert m["ece"](records) == pytest.approx(float(ece), abs=1e-6)  # torchmetrics sums in float32
+    # the logged test/ece's bins: confidence 1.0 (a saturated fp32 softmax) in the last bin, as Calibration puts it
+    # (torchmetrics gives it a 16th bin: 0.525 on these two, where the logged test/ece is 0.475)
+    saturated = [{"gold": "a", "pred": "b", "probs": {"a": 0.0, "b": 1.0}, "confidence": 1.0},
+                 {"gold": "a", "pred": "a", "probs": {"a": 0.95, "b": 0.05}, "confidence": 0.95}]
+    logged = Calibration("ece")
+    logged.update(torch.tensor([[-30.0, 30.0], [math.log(0.95), math.log(0.05)]]), torch.tensor([0, 0]))
+    assert m["ece"](saturated) == pytest.approx(float(logged.compute()), abs=1e-6) == pytest.approx(0.475, abs=1e-6)
     onehot = np.eye(2)[gold.numpy()]
     assert m["brier"](records) == pytest.approx(((probs.numpy() - onehot) ** 2).sum(1).mean())
     assert m["nll"](records) == pytest.approx(float(torch.nn.functional.nll_loss(probs.log(), gold)))

@@ -87,6 +87,16 @@ class ConfusionMatrix(_CountsFromConfusion, MulticlassConfusionMatrix):
     pass
 
 
+ECE_BINS = 15
+
+
+def confidence_bins(confidence: torch.Tensor, n_bins: int = ECE_BINS) -> torch.Tensor:
+    """The calibration bin of each top-label confidence: equal-width bins [k/n, (k+1)/n), confidence 1 in the last.
+    One rule for the logged ECE and reliability diagram and for the ECE recomputed from predictions.jsonl."""
+    edges = torch.linspace(0, 1, n_bins + 1, device=confidence.device)[1:-1]
+    return torch.bucketize(confidence, edges, right=True)
+
+
 class Calibration(Metric):
     """How well the softmax of the outputs matches the class frequencies, from [batch, classes] logits
     and class ids. `stat`: "ece" (expected calibration error, top-label, equal-width confidence bins
@@ -100,12 +110,11 @@ class Calibration(Metric):
     higher_is_better = False
     STATS = ("ece", "brier", "nll", "bins")
 
-    def __init__(self, stat: str = "ece", n_bins: int = 15) -> None:
+    def __init__(self, stat: str = "ece", n_bins: int = ECE_BINS) -> None:
         super().__init__()
         if stat not in self.STATS:
             raise ValueError(f"stat={stat!r}: use one of {', '.join(self.STATS)}")
         self.stat, self.n_bins = stat, n_bins
-        self.register_buffer("edges", torch.linspace(0, 1, n_bins + 1)[1:-1], persistent=False)  # inner edges
         for name in ("count", "confidence", "correct"):
             self.add_state(name, default=torch.zeros(n_bins), dist_reduce_fx="sum")
         for name in ("brier", "nll", "examples"):
@@ -115,7 +124,7 @@ class Calibration(Metric):
         logits = logits.float()
         probs = logits.softmax(-1)
         confidence, pred = probs.max(-1)
-        bins = torch.bucketize(confidence, self.edges, right=True)
+        bins = confidence_bins(confidence, self.n_bins)
         self.count.scatter_add_(0, bins, torch.ones_like(confidence))
         self.confidence.scatter_add_(0, bins, confidence)
         self.correct.scatter_add_(0, bins, (pred == target).float())

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
+from tunelab.metrics import ECE_BINS, confidence_bins
 from tunelab.span_metrics import spans
-
-ECE_BINS = 15
 
 
 @dataclass(frozen=True)
@@ -87,19 +87,18 @@ def _require_probs(records: Sequence[dict]) -> None:
 
 
 def _calibration_features(records: Sequence[dict]) -> np.ndarray:
-    """Per example: its confidence and correctness in the column of its confidence bin. Bins are
-    [k/15, (k+1)/15) plus one for confidence 1.0, as torchmetrics' calibration_error bins them."""
+    """Per example: its confidence and correctness in the column of its confidence bin (the bins of the logged
+    test/ece), and a 1 for the bin shares."""
     _require_probs(records)
     confidence = np.array([r.get("confidence", max(r["probs"].values())) for r in records], dtype=float)
-    bins = np.searchsorted(np.linspace(0, 1, ECE_BINS + 1), confidence, side="right") - 1
-    onehot = np.eye(ECE_BINS + 1)[np.clip(bins, 0, ECE_BINS)]
+    onehot = np.eye(ECE_BINS)[confidence_bins(torch.as_tensor(confidence, dtype=torch.float32)).numpy()]
     return np.concatenate([onehot * confidence[:, None], onehot * _correct(records)[:, None],
                            np.ones((len(records), 1))], 1)
 
 
 def _ece(sums: np.ndarray) -> np.ndarray:
     """Top-label expected calibration error: sum over bins of |accuracy - confidence| x bin share."""
-    confidence, correct = sums[:, : ECE_BINS + 1], sums[:, ECE_BINS + 1: -1]
+    confidence, correct = sums[:, :ECE_BINS], sums[:, ECE_BINS: -1]
     return np.abs(correct - confidence).sum(1) / sums[:, -1]
 
 
