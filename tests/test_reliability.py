@@ -218,7 +218,7 @@ def test_wandb_key_never_lands_in_run_dir(tmp_path) -> None:
 
 
 def test_redact_secrets() -> None:
-    from tunelab.rundir import redact_secrets
+    from tunelab.redaction import redact_argument, redact_secrets
 
     os.environ["WANDB_API_KEY"] = "abc123secret"
     try:
@@ -226,6 +226,12 @@ def test_redact_secrets() -> None:
     finally:
         del os.environ["WANDB_API_KEY"]
     assert out == {"logger": {"api_key": "***", "url": "https://u:***@h"}, "lr": 0.1}
+    # secrets by their key's last word; settings runs are compared by keep their values (tokenizer, *_tokens)
+    secrets = ["+model.token=t", "model.hf_token=t", "logger.wandb.api_key=t", "db.password=t", "client_secret=t"]
+    settings = ["model.tokenizer=/tok", "data.token_column=tags", "peft.num_virtual_tokens=20",
+                "callbacks.generate.max_new_tokens=40"]
+    assert [redact_argument(a) for a in secrets] == [a[:-1] + "***" for a in secrets]
+    assert [redact_argument(a) for a in settings] == settings
 
 
 def test_run_dirs_are_unique_and_never_overwritten(tmp_path, cache_dir) -> None:

@@ -1,5 +1,5 @@
 """The run dir and what lives in it: claiming it for one run, finding checkpoints (`ckpt_path=last`, the
-newest checkpoint), metrics.json, and keeping secrets out of everything written there."""
+newest checkpoint) and metrics.json."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,9 +19,6 @@ from tunelab.peft_adapters import is_adapter_dir
 from tunelab.sweeps import is_multirun
 
 log = logging.getLogger(__name__)
-
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
-
 
 @contextlib.contextmanager
 def claimed_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Iterator[None]:
@@ -143,23 +139,3 @@ def write_metrics(out: Path, metrics: dict[str, float], best_checkpoint: str | N
     os.replace(tmp, out / "metrics.json")  # a crash mid-write never leaves a half-written file
     log.info("metrics: %s", json.dumps(record["metrics"]))
     return record
-
-
-def redact_argument(argument: str) -> str:
-    """A command-line override with its value redacted as redact_secrets does (`+model.token=***`)."""
-    key, equals, value = argument.partition("=")
-    return f"{key}={redact_secrets(value, key.lstrip('+~'))}" if equals else argument
-
-
-def redact_secrets(value: Any, key: str = "") -> Any:
-    """Config values under secret-looking keys, and the W&B key from the environment, become ***."""
-    if isinstance(value, dict):
-        return {k: redact_secrets(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_secrets(v, key) for v in value]
-    env_key = os.environ.get("WANDB_API_KEY")
-    if SECRET_KEY.search(key) and value not in (None, ""):
-        return "***"
-    if env_key and isinstance(value, str) and env_key in value:
-        return value.replace(env_key, "***")
-    return value

@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tunelab.checkpoints import hydra_dir_of, tested_run_dir, trained_settings
+from tunelab.redaction import redact_argument
 
 
 RESULTS_FILE = "results.jsonl"
@@ -112,8 +113,6 @@ def with_wandb_identity(logger_group: DictConfig | None, cfg: DictConfig | None 
     picked = choices(cfg)
     with open_dict(entry):
         entry.tags = [*(entry.get("tags") or []), *(f"{g}:{picked[g]}" for g in TAG_GROUPS if g in picked)]
-        from tunelab.rundir import redact_argument  # rundir imports this module
-
         overrides = [redact_argument(o) for o in HydraConfig.get().overrides.task]  # a name is sent as is
         resumed = resumed_wandb_run(cfg)
         if resumed is not None and entry.get("id") is None:

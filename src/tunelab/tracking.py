@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tunelab.checkpoints import trained_settings
 from tunelab import sweeps
+from tunelab.checkpoints import trained_settings
 from tunelab.prediction_files import PREDICTIONS_FILE, load_predictions
+from tunelab.redaction import redact_argument, redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,6 @@ def logger_group(cfg: DictConfig) -> DictConfig | None:
 def log_config(trainer: Any, cfg: DictConfig) -> None:
     """The full resolved config as hyper-parameters of every logger (rank 0); W&B also gets the group
     choices as flat keys (`loss: focal`), so the dashboard groups and filters runs by objective."""
-    # imported here: this module stays light for `python -m tunelab.report` (no torch / transformers)
-    import sys
-
-    from tunelab.rundir import redact_argument, redact_secrets
-
     if not trainer.is_global_zero:
         return
     # an eval.py / predict.py run of a checkpoint: the model, loss, ... and seed its training run built
@@ -64,8 +61,6 @@ def log_config(trainer: Any, cfg: DictConfig) -> None:
 def finish_failed_run() -> None:
     """Close a failed job's W&B run (a run ends with its job only when the job succeeds): the next job of a
     sweep, in the same process, would write its metrics into it, and the sweep summary too."""
-    import sys
-
     wandb = sys.modules.get("wandb")  # never imported here for a run without W&B
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.run.finish(exit_code=1)
