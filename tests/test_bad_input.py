@@ -21,6 +21,7 @@ from tunelab import cli, schema
 from tunelab.checkpoints import check_checkpoint
 from tunelab.data.readers import read_rows
 from tunelab.errors import ConfigError
+from tunelab.validation import validate
 
 ROWS = 36  # rows (sentences for CoNLL, lines for text) per base file: three splits, yet every run is fast
 HUGE = "word " * 20_000  # a 100 kB line
@@ -167,6 +168,7 @@ BAD_VALUES = {
     "trainer.limit_train_batches": ([-1, 1.5, "half"], [0, 10, 0.25, 1.0, None]),  # count or fraction
     "trainer.fast_dev_run": ([-1, "once"], [True, False, 3]),
     "trainer.devices": ([0, -5, [], [-1], "abc", "-5", ""], [1, 2, -1, "auto", "-1", [0, 1], "0,1"]),  # as Lightning parses
+    "loss.class_weights": (["balancd", [], [-1, 1], ["a"], [True], 2], ["balanced", [1, 2.5], None]),  # per label
 }
 
 
@@ -191,7 +193,7 @@ def test_bad_config_values_are_one_line_naming_key_and_value(base_cfg, key) -> N
         assert message.startswith(f"{key} must be ") and "; got " in message and "\n" not in message, message
 
 
-def test_schema_messages_and_model_positions(base_cfg) -> None:
+def test_schema_messages_and_model_positions(base_cfg, tmp_path) -> None:
     for key, value, message in [
         ("data.batch_size", "abc", "data.batch_size must be a positive integer; got 'abc'"),
         ("optimizer.lr", -1, "optimizer.lr must be > 0; got -1"),
@@ -203,13 +205,18 @@ def test_schema_messages_and_model_positions(base_cfg) -> None:
         with pytest.raises(ConfigError) as err:
             schema.check(cfg)
         assert str(err.value) == message
+    # a weight list of the wrong length for the data's labels: before the data loads, not a traceback after it
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(tmp_path, "loss.class_weights=[1,2,3]"))
+    assert str(err.value) == ("loss.class_weights has 3 entries but data=sst2 has 2 labels (negative, positive); give "
+                              "one weight per label or use loss.class_weights=balanced.")
     assert schema.model_positions({"name_or_path": None, "config": {"n_positions": 256}}) == 256
     assert schema.model_positions({"name_or_path": "/nonexistent"}) is None  # reported when the model loads
 
 
 def test_every_schema_key_is_a_real_config_key(tmp_path) -> None:
     """The table names keys the configs define (a typo in it would silently check nothing)."""
-    groups = ["data=conll", "data=text", "model=gpt2_tiny", "loss=focal", "loss=huber", "loss=smooth_l1",
+    groups = ["data=conll", "data=text", "model=gpt2_tiny", "loss=focal", "loss=bce", "loss=huber", "loss=smooth_l1",
               "optimizer=sgd", "peft=adalora", "peft=prefix", "callbacks=ema"]
     configs = [("train", [override] if override else []) for override in [None, *groups]]
     defined = set()

@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassCalibrationError, MultilabelEx
 
 from tunelab import losses, metrics, tasks
 from tunelab.data.labels import LabelSet, split_labels, target_stats
+from tunelab.errors import ConfigError
 from tunelab.report_tables import calibration_report, multilabel_report
 
 
@@ -47,7 +48,7 @@ def test_bce_and_balanced_pos_weight_by_hand() -> None:
     assert balanced.class_weights.tolist() == [4.0, 1.0]
     weighted = (4 * sp(0.0) + sp(2.0) + sp(-1.0) + 1 * sp(0.0)) / 4
     assert balanced(logits, target).item() == pytest.approx(weighted)
-    with pytest.raises(ValueError, match="loss.pos_weight has 3 entries but the data has 2 labels"):
+    with pytest.raises(ConfigError, match="loss.pos_weight has 3 entries but the data has 2 labels"):
         losses.BCELoss([1.0, 2.0, 3.0]).fit_class_weights([2, 5], examples=10)
 
 

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelab.errors import ConfigError
+
 IGNORE_INDEX = -100
 
 
@@ -33,17 +35,13 @@ class Loss(nn.Module):
         spec, key = self.class_weights_spec, self.weights_key
         if spec is None:
             return
-        if isinstance(spec, str):
-            if spec != "balanced":
-                raise ValueError(f"loss.{key}={spec!r} is not supported; use null, 'balanced' or a list.")
+        if spec == "balanced":  # schema.RULES admits "balanced" or a list
             weights = self.balanced_weights(torch.as_tensor(list(class_counts or []), dtype=torch.float), examples)
         else:
             weights = torch.as_tensor(list(spec), dtype=torch.float)
         if class_counts is not None and len(weights) != len(class_counts):
-            raise ValueError(
-                f"loss.{key} has {len(weights)} entries but the data has {len(class_counts)} labels; "
-                f"give one weight per label or use {key}=balanced."
-            )
+            raise ConfigError(f"loss.{key} has {len(weights)} entries but the data has {len(class_counts)} labels; "
+                              f"give one weight per label or use loss.{key}=balanced.")
         self.class_weights = weights
 
     def balanced_weights(self, counts: torch.Tensor, examples: int | None) -> torch.Tensor:

@@ -4,10 +4,7 @@ naming the fix instead of a traceback deep inside training."""
 
 from __future__ import annotations
 
-import codecs
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,104 +12,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tunelab.errors import ConfigError
+from tunelab.schema_rules import (BATCHES, COUNT, COUNT_OR_NULL, DROPOUT, FLAG, FLAG_OR_NULL, FRACTION, NON_NEGATIVE,
+                                  POSITIVE, WEIGHTS, Rule, integer, is_int, number, one_of)
 
 _ABSENT = object()
 
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key accepts. `kind`: int | number | bool | choice | encoding | text | separator | batches
-    (Lightning's int count or float fraction) | bool_or_count. Bounds (int / number) are inclusive unless
-    `open_low` / `open_high`; `label` replaces the generated wording (e.g. "a positive integer")."""
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-    nullable: bool = False
-    choices: tuple = ()
-    label: str | None = None
-
-    def bounds(self) -> str:
-        if self.low is not None and self.high is not None:
-            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
-        if self.low is not None:
-            return f"{'>' if self.open_low else '>='} {self.low:g}"
-        if self.high is not None:
-            return f"{'<' if self.open_high else '<='} {self.high:g}"
-        return ""
-
-    def describe(self) -> str:
-        if self.label:
-            return self.label
-        noun = {"int": "an integer", "number": "a number", "bool": "true or false", "text": "a non-empty string",
-                "separator": "a non-empty string (whitespace counts)",
-                "encoding": "a text encoding (utf-8, utf-8-sig, latin-1, cp1252, ...)",
-                "choice": f"one of {list(self.choices)}",
-                "batches": "a number of batches (an integer >= 0) or a fraction in [0, 1]",
-                "bool_or_count": "true, false or a number of batches",
-                "devices": "a count >= 1, -1 (all), auto, or device indices ([0, 1] or \"0,1\")"}[self.kind]
-        return f"{noun} {self.bounds()}".strip() + (" or null" if self.nullable else "")
-
-    def type_ok(self, value: Any) -> bool:
-        if self.kind == "bool":
-            return isinstance(value, bool)
-        if self.kind == "int":
-            return _is_int(value)
-        if self.kind == "number":
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if self.kind == "choice":
-            return value in self.choices
-        if self.kind == "batches":
-            return _is_int(value) and value >= 0 or isinstance(value, float) and 0 <= value <= 1
-        if self.kind == "bool_or_count":
-            return isinstance(value, bool) or _is_int(value) and value >= 0
-        if self.kind == "devices":  # what Lightning's Trainer(devices=...) parses
-            if isinstance(value, str):
-                parts = [p.strip() for p in value.split(",") if p.strip()]
-                return value.strip() in {"auto", "-1"} or bool(parts) and all(p.isdigit() for p in parts)
-            if isinstance(value, list):
-                return bool(value) and all(_is_int(v) and v >= 0 for v in value)
-            return _is_int(value) and (value >= 1 or value == -1)
-        if self.kind == "text":
-            return isinstance(value, str) and bool(value.strip())
-        if self.kind == "separator":
-            return isinstance(value, str) and value != ""
-        try:  # encoding
-            codecs.lookup(value)
-            return True
-        except (LookupError, TypeError):
-            return False
-
-    def range_ok(self, value: float) -> bool:
-        low_ok = self.low is None or (value > self.low if self.open_low else value >= self.low)
-        high_ok = self.high is None or (value < self.high if self.open_high else value <= self.high)
-        return low_ok and high_ok
-
-
-def integer(low: int | None = None, *, nullable: bool = False, label: str | None = None) -> Rule:
-    return Rule("int", low=low, nullable=nullable, label=label)
-
-
-def number(low: float | None = None, high: float | None = None, *, open_low: bool = False, open_high: bool = False,
-           nullable: bool = False) -> Rule:
-    return Rule("number", low=low, high=high, open_low=open_low, open_high=open_high, nullable=nullable)
-
-
-def one_of(*choices: Any, nullable: bool = False) -> Rule:
-    return Rule("choice", choices=choices, nullable=nullable)
-
-
-COUNT = integer(1, label="a positive integer")
-COUNT_OR_NULL = integer(1, nullable=True, label="a positive integer or null")
-FLAG = Rule("bool")
-FLAG_OR_NULL = Rule("bool", nullable=True)
-POSITIVE = number(0, open_low=True)
-NON_NEGATIVE = number(0)
-FRACTION = number(0, 1)  # a probability or a share of steps
-DROPOUT = number(0, 1, open_high=True)
-BATCHES = Rule("batches", nullable=True)  # null = all
 
 # Every user-set value the project reads, by dotted key. Keys a config does not define are skipped.
 RULES: dict[str, Rule] = {
@@ -178,6 +82,8 @@ RULES: dict[str, Rule] = {
     "loss.beta": NON_NEGATIVE,
     "loss.scale_k": POSITIVE,
     "loss.scale_m": POSITIVE,
+    "loss.class_weights": WEIGHTS,
+    "loss.pos_weight": WEIGHTS,
     # optimizer (Adafactor with relative_step takes lr=null)
     "optimizer.lr": number(0, open_low=True, nullable=True),
     "optimizer.weight_decay": NON_NEGATIVE,
@@ -267,7 +173,7 @@ def model_positions(model: Mapping[str, Any]) -> int | None:
     sources.append(model.get("config") or {} if path is None else _config_json(Path(str(path)) / "config.json"))
     for source in sources:
         for key in POSITION_KEYS:
-            if isinstance(source, Mapping) and _is_int(source.get(key)):
+            if isinstance(source, Mapping) and is_int(source.get(key)):
                 return source[key]
     return None
 
@@ -289,10 +195,6 @@ def _value(cfg: DictConfig, key: str) -> Any:
     except OmegaConfBaseException:
         return _ABSENT  # an interpolation that does not resolve is reported where it is used
     return value
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _show(value: Any) -> str:

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import EarlyStopping, WeightAveraging
 from lightning.pytorch.strategies import FSDPStrategy
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
 from tunelab.checkpoints import adapter_hparams
@@ -37,8 +37,6 @@ def validate(cfg: DictConfig) -> None:
     if not cfg.get("predict") and not _tests_a_checkpoint(cfg):
         _check_loss(cfg, task)
     _check_data_files(cfg)
-    if cfg.get("train") and cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be at least 1.")
     _check_weight_averaging(cfg)  # before the devices: trainer=fsdp is refused on a CPU for another reason
     _check_devices(cfg)
     _check_fsdp_keeps_a_best_checkpoint(cfg)
@@ -123,6 +121,11 @@ def _check_loss(cfg: DictConfig, task) -> None:
             f"loss={loss_cls.name} needs a {needs} task; got data={cfg.data.name} ({task.name}). "
             f"Use loss={task.default_loss}."
         )
+    key, names = loss_cls.weights_key, cfg.data.get("label_names")
+    weights = cfg.loss.get(key)
+    if isinstance(weights, ListConfig) and names and len(weights) != len(names):
+        raise ConfigError(f"loss.{key} has {len(weights)} entries but data={cfg.data.name} has {len(names)} labels "
+                          f"({', '.join(map(str, names))}); give one weight per label or use loss.{key}=balanced.")
 
 
 def _check_compile(model: DictConfig) -> None:
