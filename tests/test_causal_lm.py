@@ -13,7 +13,8 @@ from conftest import FIXTURES, compose_cfg
 from tunelab.callbacks import GenerateSample
 from tunelab.data.language_modeling import document_blocks, pack_blocks, train_tokenizer
 from tunelab.losses import NextTokenCrossEntropyLoss, shift_for_next_token
-from tunelab.tasks import Perplexity, get_task
+from tunelab.metrics import Perplexity
+from tunelab.tasks import get_task
 
 LM = ["data=tiny_shakespeare", "model=gpt2_tiny", "loss=next_token_cross_entropy"]
 

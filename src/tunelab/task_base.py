@@ -1,5 +1,5 @@
 """The Task base class: what every task answers (model head, peft task type, data check, metric directions,
-test report, predictions) with defaults; the tasks themselves and their registry are in tunelab.tasks."""
+test report, predictions) with defaults; the tasks and their registry are in tunelab.tasks and tunelab.token_tasks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torchmetrics import Metric, MetricCollection
 
-from tunelab.prediction_metrics import ExampleMetric
 from tunelab.errors import ConfigError
+from tunelab.prediction_metrics import ExampleMetric
 
 
 class Task:
@@ -32,18 +32,6 @@ class Task:
         the backbone (BERT: classifier, GPT-2: score)."""
         backbone = getattr(model, "base_model_prefix", "")
         return [n for n, m in model.named_children() if n != backbone and any(True for _ in m.parameters())]
-
-    def check_data(self, data_cfg: Any) -> None:
-        """ConfigError when the configured data module cannot serve this task."""
-        module = str(data_cfg.get("_target_", "")).rsplit(".", 1)[-1]
-        if module and module not in self.data_modules:
-            from tunelab.tasks import TASKS  # the registry imports this module
-
-            fits = sorted(t.name for t in TASKS.values() if module in t.data_modules)
-            raise ConfigError(
-                f"data={data_cfg.get('name')} ({module}) serves {' or '.join(fits)} data, not data.task={self.name}; "
-                f"use data.task={fits[0]} or a data config for {self.name}."
-            )
 
     def metric_mode(self, name: str) -> str:
         """"max" or "min": whether a larger value of a logged metric (`val/acc`, `test/loss`) is better."""

@@ -1,7 +1,8 @@
 """The task abstraction: everything that differs between classification, multi-label classification,
-regression, token classification and causal LM lives here (model head, peft task type, the data modules that
-serve it, the targets the loss sees, metrics and which of them is monitored, test report), so one
-LightningModule and one pipeline serve them all."""
+regression, token classification and causal LM lives in a Task (model head, peft task type, the data modules
+that serve it, the targets the loss sees, metrics and which of them is monitored, test report), so one
+LightningModule and one pipeline serve them all. Here: the one-prediction-per-text tasks and the registry
+(the per-token tasks are in tunelab.token_tasks, the base class in tunelab.task_base)."""
 
 from __future__ import annotations
 
@@ -15,23 +16,11 @@ from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, Pearson
 
 from tunelab import prediction_metrics
 from tunelab.errors import ConfigError
-from tunelab.losses import IGNORE_INDEX, shift_for_next_token
-from tunelab.metrics import (
-    Accuracy,
-    Calibration,
-    ConfusionMatrix,
-    F1Score,
-    HammingLoss,
-    MatthewsCorrCoef,
-    MultiLabelCounts,
-    Perplexity,
-    Precision,
-    Recall,
-    TokenAccuracy,
-)
-from tunelab.report_tables import calibration_report, classification_report, entity_report, multilabel_report
-from tunelab.span_metrics import EntityCounts, entity_types
+from tunelab.metrics import (Accuracy, Calibration, ConfusionMatrix, F1Score, HammingLoss, MatthewsCorrCoef,
+                             MultiLabelCounts, Precision, Recall)
+from tunelab.report_tables import calibration_report, classification_report, multilabel_report
 from tunelab.task_base import SequenceTask, Task, decimals
+from tunelab.token_tasks import CausalLMTask, TokenClassificationTask
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +51,7 @@ class ClassificationTask(SequenceTask):
             }
         )
 
-    def metric_inputs(self, logits, labels):
-        # the logits: the counting metrics take their argmax, the calibration metrics their softmax
-        return logits, labels
+    # metric_inputs: the logits (Task's); the counting metrics take their argmax, the calibration ones their softmax
 
     def report_metric(self, num_labels: int) -> Metric:
         return MetricCollection({"confusion": ConfusionMatrix(num_labels, validate_args=False),
@@ -78,11 +65,11 @@ class ClassificationTask(SequenceTask):
     def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
         return prediction_metrics.CLASSIFICATION
 
-    def prediction_outputs(self, logits):
+    def prediction_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         # pred is the metrics' argmax (not re-derived from rounded probabilities): the file recomputes them
         return {"pred": logits.argmax(-1), "probs": logits.float().softmax(-1)}
 
-    def prediction_record(self, outputs, gold, label_names):
+    def prediction_record(self, outputs: dict[str, Any], gold: Any, label_names: list[str]) -> dict[str, Any]:
         probs, pred = decimals(outputs["probs"]), int(outputs["pred"])
         record = {} if gold is None else {"gold": label_names[int(gold)]}
         return record | {"pred": label_names[pred], "probs": dict(zip(label_names, probs)), "confidence": probs[pred]}
@@ -126,16 +113,16 @@ class RegressionTask(SequenceTask):
             }
         )
 
-    def metric_inputs(self, logits, labels):
+    def metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.to_label_units(logits), labels.float()
 
     def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
         return prediction_metrics.REGRESSION
 
-    def prediction_outputs(self, logits):
+    def prediction_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pred": self.to_label_units(logits)}
 
-    def prediction_record(self, outputs, gold, label_names):
+    def prediction_record(self, outputs: dict[str, Any], gold: Any, label_names: list[str]) -> dict[str, Any]:
         record = {} if gold is None else {"gold": decimals(gold)[0]}
         return record | {"pred": decimals(outputs["pred"])[0]}
 
@@ -185,7 +172,7 @@ class MultiLabelTask(SequenceTask):
     def _decide(self, probs: torch.Tensor) -> torch.Tensor:
         return (probs > self.threshold).long()
 
-    def metric_inputs(self, logits, labels):
+    def metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.predict(logits), labels.long()
 
     def report_metric(self, num_labels: int) -> Metric:
@@ -203,7 +190,7 @@ class MultiLabelTask(SequenceTask):
         probs = logits.float().sigmoid()
         return {"probs": probs, "pred": self._decide(probs)}
 
-    def prediction_record(self, outputs: Mapping[str, Any], gold: Any, label_names: Sequence[str]) -> dict:
+    def prediction_record(self, outputs: dict[str, Any], gold: Any, label_names: list[str]) -> dict[str, Any]:
         """{"gold", "pred": label names, "probs": {label: probability}} (no "gold" when predicting)."""
         record = {} if gold is None else {"gold": [n for n, g in zip(label_names, gold) if float(g) > 0]}
         record["pred"] = [n for n, p in zip(label_names, outputs["pred"]) if int(p)]
@@ -211,101 +198,20 @@ class MultiLabelTask(SequenceTask):
         return record
 
 
-class TokenClassificationTask(ClassificationTask):
-    """NER-style tagging: entity-level precision/recall/F1 (strict IOB2 spans, tunelab.span_metrics)
-    plus token accuracy; the test report is per entity type."""
-
-    name = "token_classification"
-    auto_model = "AutoModelForTokenClassification"
-    peft_task_type = "TOKEN_CLS"
-    data_modules = frozenset({"TokenClassificationDataModule"})
-    default_loss = "token_cross_entropy"
-    monitor = "f1"
-    mode = "max"
-    label_names: tuple[str, ...] = ()
-
-    def with_labels(self, label_names: Sequence[str], label_info: Mapping[str, Any] | None = None
-                    ) -> "TokenClassificationTask":
-        # the span metrics decode BIO tags, so they need the names, not just the count
-        task = copy.copy(self)
-        task.label_names = tuple(label_names)
-        return task
-
-    def metrics(self, num_labels: int) -> MetricCollection:
-        names = self.label_names
-        return MetricCollection(
-            {
-                "f1": EntityCounts(names, "f1"),
-                "precision": EntityCounts(names, "precision"),
-                "recall": EntityCounts(names, "recall"),
-                "acc": TokenAccuracy(),
-            }
-        )
-
-    def loss_weight(self, labels):
-        return (labels != IGNORE_INDEX).sum()  # a device tensor: no sync
-
-    def metric_inputs(self, logits, labels):
-        # tag ids, shape [batch, seq] kept (spans need sentence boundaries); no boolean filtering of ignored
-        # labels here (a GPU sync): the metrics skip them
-        return logits.argmax(-1), labels
-
-    def report_metric(self, num_labels: int) -> Metric:
-        return EntityCounts(self.label_names, "counts")
-
-    def report(self, state: torch.Tensor, label_names: list[str]) -> tuple[dict, str]:
-        return entity_report(state, entity_types(label_names))
-
-    def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
-        return prediction_metrics.TOKEN_CLASSIFICATION
-
-    def prediction_outputs(self, logits):
-        return {"pred": logits.argmax(-1)}
-
-    def prediction_record(self, outputs, gold, label_names):
-        """One tag per word, read at the word's first sub-token; words cut off by data.max_length were
-        neither seen nor scored: null."""
-        starts, missing = outputs["word_starts"], [None] * (len(outputs["tokens"]) - len(outputs["word_starts"]))
-
-        def tags(ids: torch.Tensor) -> list[str | None]:
-            ids = ids.tolist()
-            return [label_names[ids[i]] for i in starts] + missing
-
-        return ({} if gold is None else {"gold": tags(gold)}) | {"pred": tags(outputs["pred"])}
-
-
-class CausalLMTask(Task):
-    name = "causal_lm"
-    auto_model = "AutoModelForCausalLM"
-    peft_task_type = "CAUSAL_LM"
-    data_modules = frozenset({"LanguageModelingDataModule"})
-    default_loss = "next_token_cross_entropy"
-    monitor = "perplexity"
-    mode = "min"
-    resizes_vocab = True  # the embedding matrix follows the tokenizer the datamodule built or loaded
-
-    def model_head(self, num_labels: int) -> dict[str, Any]:
-        # encoder architectures (BERT, model=tiny) mask the future only as decoders
-        return {"is_decoder": True}
-
-    def trained_head(self, model: torch.nn.Module) -> list[str]:
-        # the pretrained LM head stays, tied to the input embeddings: training it would train the whole
-        # vocabulary matrix
-        return []
-
-    def metrics(self, num_labels: int) -> MetricCollection:
-        return MetricCollection({"perplexity": Perplexity()})
-
-    def metric_inputs(self, logits, labels):
-        return shift_for_next_token(logits, labels)
-
-    def loss_weight(self, labels):
-        return (labels[:, 1:] != IGNORE_INDEX).sum()  # the next-token targets (shift_for_next_token)
-
-
 TASKS: dict[str, Task] = {
     t.name: t() for t in (ClassificationTask, RegressionTask, MultiLabelTask, TokenClassificationTask, CausalLMTask)
 }
+
+
+def check_data(task: Task, data_cfg: Any) -> None:
+    """ConfigError when the configured data module cannot serve the task, naming the tasks it serves."""
+    module = str(data_cfg.get("_target_", "")).rsplit(".", 1)[-1]
+    if module and module not in task.data_modules:
+        fits = sorted(t.name for t in TASKS.values() if module in t.data_modules)
+        raise ConfigError(
+            f"data={data_cfg.get('name')} ({module}) serves {' or '.join(fits)} data, not data.task={task.name}; "
+            f"use data.task={fits[0]} or a data config for {task.name}."
+        )
 
 
 def get_task(name: str) -> Task:

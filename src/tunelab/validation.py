@@ -22,7 +22,7 @@ from tunelab.resilience import check_skip_runs_alone
 from tunelab.results import monitor
 from tunelab.rundir import resolve_ckpt_path
 from tunelab.sweeps import is_multirun
-from tunelab.tasks import get_task
+from tunelab.tasks import check_data, get_task
 from tunelab.trainer import strategy_name
 
 
@@ -32,7 +32,7 @@ def validate(cfg: DictConfig) -> None:
     if not cfg.get("predict"):  # a ckpt_path that is not a checkpoint (predict.py takes exported models too)
         resolve_ckpt_path(cfg)
     task = get_task(cfg.data.task)
-    task.check_data(cfg.data)
+    check_data(task, cfg.data)
     # predicting computes no loss, and testing a .ckpt computes the checkpoint's own: loss=... need not fit
     if not cfg.get("predict") and not _tests_a_checkpoint(cfg):
         _check_loss(cfg, task)
