@@ -190,7 +190,7 @@ def test_a_tokenizer_without_a_rust_backend_encodes_through_its_own_call() -> No
     """encode_texts calls a fast tokenizer's backend directly; any other tokenizer through its own call,
     with the same ids and a pair's type ids."""
     from tunelab.data.text import encode_texts
-    from tunelab.model import load_tokenizer
+    from tunelab.data.tokenizing import load_tokenizer
     from tunelab.resolvers import minilm_path
 
     fast = load_tokenizer(minilm_path())

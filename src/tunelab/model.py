@@ -18,16 +18,6 @@ from tunelab.tasks import Task
 log = logging.getLogger(__name__)
 
 
-def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
-    try:
-        return transformers.AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"tokenizer not found at {path!r} (offline: only local paths work); "
-            "set model.tokenizer / model.name_or_path to a local model directory."
-        ) from err
-
-
 def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab_size: int | None = None) -> nn.Module:
     """Load `model_cfg.name_or_path` with the task's head (or random init when from_scratch)."""
     path = model_cfg.get("name_or_path")

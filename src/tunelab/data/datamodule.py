@@ -3,46 +3,26 @@ deterministically, serve dynamically padded batches (TextDataModule, the token a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import pickle
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from tunelab.callbacks import collection_paused
 from tunelab.data.readers import existing_file
-from tunelab.data.sampling import REPEAT, BatchOrderSampler, Collator
-from tunelab.data.tokenizing import all_cores_tokenizing
+from tunelab.data.cache import cached
+from tunelab.data.sampling import BatchOrderSampler, Collator, ListDataset
+from tunelab.data.tokenizing import all_cores_tokenizing, load_tokenizer
 from tunelab.errors import ConfigError
-from tunelab.model import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
 SPLITS = ("train", "val", "test")
 FILE_KEYS = tuple(f"{split}_file" for split in SPLITS)  # the data config's keys of the splits' files
-
-
-class ListDataset(Dataset):
-    def __init__(self, examples: list[dict]) -> None:
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        if i >= len(self.examples):  # a row of a batch repeated for DDP (BatchOrderSampler): marked
-            return {**self.examples[i - len(self.examples)], REPEAT: True}
-        return self.examples[i]
-
-    def __iter__(self) -> Iterator[dict]:  # the rows once (iterating by index would go on into the repeats)
-        return iter(self.examples)
 
 
 class BaseDataModule(pl.LightningDataModule):
@@ -136,9 +116,9 @@ class BaseDataModule(pl.LightningDataModule):
         return self._tokenizer
 
     def cache_key(self, path: Path) -> dict:
+        """What the encoded columns of `path` depend on: the file as it is now, the tokenizer, the options."""
         stat = path.stat()
         return {
-            "version": CACHE_VERSION,
             "kind": type(self).__name__,
             "file": str(path.resolve()),
             "size": stat.st_size,
@@ -153,30 +133,10 @@ class BaseDataModule(pl.LightningDataModule):
         """Everything besides the file and tokenizer that changes the encoded examples."""
         return {}
 
-    def _cache_path(self, path: Path) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        digest = hashlib.sha1(json.dumps(self.cache_key(path), sort_keys=True).encode()).hexdigest()[:16]
-        return self.cache_dir / f"{path.stem}-{digest}.pkl"
-
     def encoded(self, file: str) -> dict[str, list]:
         """Encoded columns of a file, from the cache when this file was tokenized before."""
         path = existing_file(file)
-        cache = self._cache_path(path)
-        if cache is not None and cache.is_file():
-            # pickle, not torch.load(weights_only=True): the safe unpickler is pure Python and took
-            # ~3 s for SST-2's 67k rows of token lists (pickle: 0.3 s). The file is one this program
-            # wrote into the user's own cache dir.
-            with cache.open("rb") as f:
-                return pickle.load(f)
-        columns = self._encode(path)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".tmp{os.getpid()}")
-            with tmp.open("wb") as f:
-                pickle.dump(columns, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, cache)  # atomic: concurrent runs never read a half-written cache
-        return columns
+        return cached(self.cache_dir, path.stem, self.cache_key(path), lambda: self._encode(path))
 
     def encode_file(self, path: Path, labelled: bool = True) -> dict[str, list]:
         raise NotImplementedError
@@ -291,10 +251,6 @@ class BaseDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", self.eval_batch_size, shuffle=False)
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names) if self.label_names else 1
 
 
 def _rows(columns: dict[str, list]) -> list[dict]:

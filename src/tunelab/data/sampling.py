@@ -8,11 +8,30 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 from tunelab.losses import IGNORE_INDEX
 
 REPEAT = "repeat"  # a batch dealt to a DDP rank a second time, to even out the ranks' batch counts
+
+
+class ListDataset(Dataset):
+    """A split's encoded rows; an index past the end is a row BatchOrderSampler repeats for DDP, marked REPEAT."""
+
+
+    def __init__(self, examples: list[dict]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        if i >= len(self.examples):  # a row of a batch repeated for DDP (BatchOrderSampler): marked
+            return {**self.examples[i - len(self.examples)], REPEAT: True}
+        return self.examples[i]
+
+    def __iter__(self) -> Iterator[dict]:  # the rows once (iterating by index would go on into the repeats)
+        return iter(self.examples)
 
 
 def _rank_and_world() -> tuple[int, int]:

@@ -63,9 +63,7 @@ class TextDataModule(BaseDataModule):
         self.truncated = 0
 
     def encoding_options(self) -> dict:
-        # label cells are normalized when encoded (label_cell): caches written before hold raw cells
-        return {"format": self.format, "columns": [self.text_column, self.text_pair_column, self.label_column],
-                "label_cells": "normalized"}
+        return {"format": self.format, "columns": [self.text_column, self.text_pair_column, self.label_column]}
 
     def encode_file(self, path: Path, labelled: bool = True) -> dict[str, list]:
         # a file to predict on is read by its extension when that names a format (new.csv beside tsv data)

@@ -1,10 +1,15 @@
-"""How data files are tokenized: the tokenizer outputs kept, and the cores a fast tokenizer may use."""
+"""How data files are tokenized: the tokenizer (from a local path), the outputs kept, and the cores a fast
+tokenizer may use."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from typing import Any, Iterator
+
+import transformers
+
+from tunelab.errors import ConfigError
 
 TOKENIZER_THREADS = "TOKENIZERS_PARALLELISM"  # read by Hugging Face's tokenizers at every batch call
 
@@ -31,3 +36,13 @@ def all_cores_tokenizing() -> Iterator[None]:
             del os.environ[TOKENIZER_THREADS]
         else:
             os.environ[TOKENIZER_THREADS] = before
+
+
+def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"tokenizer not found at {path!r} (offline: only local paths work); "
+            "set model.tokenizer / model.name_or_path to a local model directory."
+        ) from err
