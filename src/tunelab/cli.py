@@ -1,4 +1,4 @@
-"""Entry point shared by train.py and eval.py: run the pipeline, turn user errors into one line."""
+"""Entry point shared by train.py, eval.py and predict.py: run the pipeline, turn user errors into one line."""
 
 from __future__ import annotations
 

@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or args.paths[0]
         out.mkdir(parents=True, exist_ok=True)
         written = write_comparison(result, out)
-    except (ConfigError, ValueError) as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(to_markdown(result), end="")

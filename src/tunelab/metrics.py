@@ -71,8 +71,8 @@ class Recall(_CountsFromConfusion, MulticlassRecall):
 
 class MatthewsCorrCoef(_CountsFromConfusion, MulticlassMatthewsCorrCoef):
     """Gorodkin's multi-class MCC off the confusion matrix, 0 when all predictions (or all labels) are one
-    class, as sklearn defines it: torchmetrics 1.9 substitutes an epsilon there, and a model that predicts one
-    class for everything got a 'negative correlation' (-0.026)."""
+    class, as sklearn defines it (torchmetrics substitutes an epsilon for the zero denominator, which gives a
+    model that predicts one class for everything a small negative correlation)."""
 
     def compute(self) -> torch.Tensor:
         cm = self.confmat.double()

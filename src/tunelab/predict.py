@@ -15,7 +15,7 @@ from tunelab import export, predictions, rundir
 from tunelab.checkpoints import check_checkpoint, check_text_pairs, tested_label_info, trained_tokenizer
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
-from tunelab.tasks import get_task
+from tunelab.tasks import TASKS, get_task
 from tunelab.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     # checkpoint's header), then the rows of data.predict_file; only then the weights and the Trainer
     task = get_task(cfg.data.task)
     if not task.writes_predictions():
-        raise ConfigError(f"data.task={task.name} has no per-example predictions; predict.py takes a "
-                          "classification, regression or token classification model.")
+        writers = sorted(t.name for t in TASKS.values() if t.writes_predictions())
+        raise ConfigError(f"data.task={task.name} has no per-example predictions; predict.py takes a model of one of "
+                          f"the tasks {', '.join(writers)}.")
     path, tokenizer, trained = checked_model(cfg)
     check_text_pairs(path, cfg.data)
     # only the file to predict on: label names and tokenizer come with the trained model

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from tunelab.errors import ConfigError
 from tunelab.metrics import ECE_BINS, confidence_bins
 from tunelab.span_metrics import spans
 
@@ -82,7 +83,7 @@ def _probs(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 def _require_probs(records: Sequence[dict]) -> None:
     if any(not r.get("probs") for r in records):
-        raise ValueError("calibration metrics (ece, brier, nll) need `probs` in every predictions.jsonl record; "
+        raise ConfigError("calibration metrics (ece, brier, nll) need `probs` in every predictions.jsonl record; "
                          "re-test the runs (python eval.py ckpt_path=<their checkpoint>) or pass --metric acc or f1_macro")
 
 

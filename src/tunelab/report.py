@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from tunelab import plots, tracking
+from tunelab.errors import ConfigError
 from tunelab.results import (Group, Run, canonical_override, check_comparable_losses, group_runs, load_runs,
                              runs_monitor, unfinished_jobs, varying_overrides)
 from tunelab.significance import check_alpha, compare_over_seeds, describe, fmt, fmt_p, seed_notes
@@ -33,7 +34,7 @@ def build_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
     """Groups, stats and ranking of a sweep as a JSON-able dict (what report.json holds)."""
     runs = load_runs(sweep_dir) if runs is None else runs
     if not runs:
-        raise ValueError(f"no finished runs (metrics.json) under {sweep_dir}; pass a sweep dir from outputs/*/multiruns/.")
+        raise ConfigError(f"no finished runs (metrics.json) under {sweep_dir}; pass a sweep dir from outputs/*/multiruns/.")
     if metric is not None:
         _require_logged(metric, runs)
     else:
@@ -124,8 +125,8 @@ def _require_logged(metric: str, runs: list[Run]) -> None:
     if not any(metric in r.metrics for r in runs):
         known = sorted({k for r in runs for k in r.metrics if k.startswith(("val/", "test/"))})
         if not known:
-            raise ValueError(f"no run logged {metric} or any val/ or test/ metric: did the sweep's jobs finish?")
-        raise ValueError(f"no run logged {metric}; pass --metric with one of {', '.join(known)}.")
+            raise ConfigError(f"no run logged {metric} or any val/ or test/ metric: did the sweep's jobs finish?")
+        raise ConfigError(f"no run logged {metric}; pass --metric with one of {', '.join(known)}.")
 
 
 def _mean(values: dict) -> float:
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_alpha(args.alpha)
         _, markdown = write_report(args.sweep_dir, args.metric, args.alpha, args.test, args.metrics)
-    except (ValueError, KeyError) as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown, end="")

@@ -251,7 +251,7 @@ def runs_monitor(runs: list[Run], metric: str | None = None) -> tuple[str, str]:
             from tunelab.tasks import get_task
 
             return metric, get_task(run.saved.data.task).metric_mode(metric)
-    raise ValueError("the runs have no saved config (.hydra/config.yaml) naming their task; "
+    raise ConfigError("the runs have no saved config (.hydra/config.yaml) naming their task; "
                      "pass the metric to rank by (--metric val/...) from a run dir with its .hydra folder.")
 
 

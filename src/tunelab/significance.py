@@ -117,11 +117,12 @@ def compare_over_seeds(a: dict[Any, float], b: dict[Any, float]) -> dict[str, fl
         value = float(result.pvalue)
         return None if math.isnan(value) else value
 
-    warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)  # near-identical seeds: p is still right
-    welch = p(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False)) \
-        if len(a) >= 2 and len(b) >= 2 else None
-    common = sorted(set(a) & set(b), key=str)
-    paired = p(stats.ttest_rel([a[s] for s in common], [b[s] for s in common])) if len(common) >= 2 else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)  # near-identical seeds: p is still right
+        welch = p(stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False)) \
+            if len(a) >= 2 and len(b) >= 2 else None
+        common = sorted(set(a) & set(b), key=str)
+        paired = p(stats.ttest_rel([a[s] for s in common], [b[s] for s in common])) if len(common) >= 2 else None
     return {"welch_p": welch, "paired_p": paired, "n_paired": len(common)}
 
 
