@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
 from tunelab.checkpoints import adapter_hparams
-from tunelab.data.datamodule import FILE_KEYS
+from tunelab.data.datamodule import FILE_KEYS, splits_read
 from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
 from tunelab.model import compile_backend, head_class, model_config
@@ -86,14 +86,11 @@ def _tests_a_checkpoint(cfg: DictConfig) -> bool:
 
 
 def data_files_read(cfg: DictConfig) -> tuple[str, ...]:
-    """The data.*_file keys this run reads (the datamodule's splits_read is the same rule): predicting reads
-    data.predict_file alone; a checkpoint is tested on data.test_file alone when that is set; otherwise the
-    training file (val/test splits are cut from it) and the val / test files that are set."""
+    """The data.*_file keys this run reads: predicting, data.predict_file alone; else those of splits_read."""
     if cfg.get("predict"):
         return ()
-    if _tests_a_checkpoint(cfg) and OmegaConf.select(cfg, "data.test_file", throw_on_missing=False):
-        return ("test_file",)
-    return FILE_KEYS
+    test_file = OmegaConf.select(cfg, "data.test_file", throw_on_missing=False)
+    return tuple(f"{split}_file" for split in splits_read(_tests_a_checkpoint(cfg), test_file))
 
 
 def _check_data_files(cfg: DictConfig) -> None:

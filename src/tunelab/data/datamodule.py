@@ -25,6 +25,12 @@ SPLITS = ("train", "val", "test")
 FILE_KEYS = tuple(f"{split}_file" for split in SPLITS)  # the data config's keys of the splits' files
 
 
+def splits_read(tests_trained_model: bool, test_file: str | None) -> tuple[str, ...]:
+    """The splits a run reads: a trained model tested on a test file of its own reads that split alone; otherwise
+    all three (val / test cut from the training file when they have no file). validation checks those files."""
+    return ("test",) if tests_trained_model and test_file else SPLITS
+
+
 class BaseDataModule(pl.LightningDataModule):
     """Shared by every task: file -> cached encoded examples -> train/val/test splits -> loaders.
 
@@ -105,8 +111,8 @@ class BaseDataModule(pl.LightningDataModule):
         return None
 
     def splits_read(self) -> tuple[str, ...]:
-        """The splits setup() builds: the test split alone when a trained model is tested on its own file."""
-        return ("test",) if self.trained_label_names is not None and self.files["test"] else SPLITS
+        """The splits setup() builds (splits_read)."""
+        return splits_read(self.trained_label_names is not None, self.files["test"])
 
     # ---- tokenizer and cache -------------------------------------------------------------------
     @property
