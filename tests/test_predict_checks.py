@@ -16,7 +16,7 @@ from conftest import FIXTURES, ROOT, compose_cfg, run_script
 from tunelab.errors import ConfigError
 from tunelab.export import check_model_dir, exported_task
 from tunelab.pipeline import run
-from tunelab.predictions import FILE_NAME
+from tunelab.prediction_files import PREDICTIONS_FILE
 from tunelab.prediction_files import load_predictions
 
 TINY = ["data.train_limit=64", "trainer.max_steps=5", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
@@ -68,7 +68,7 @@ def refused(out, cache_dir, *overrides: str) -> str:
     with pytest.raises(ConfigError) as err:
         predict(out, cache_dir, *overrides)
     assert "\n" not in str(err.value)
-    assert not (out / FILE_NAME).exists()
+    assert not (out / PREDICTIONS_FILE).exists()
     return str(err.value)
 
 
@@ -166,7 +166,7 @@ def test_predict_py_reports_a_missing_column_before_lightning_says_anything(trai
         f"error: data.text_column='sentence' is not a column of {bad}; columns are ['review'].")
     said = proc.stdout + proc.stderr
     assert "GPU available" not in said and "Predicting" not in said  # the Trainer was never built
-    assert not (tmp_path / "out" / FILE_NAME).exists()
+    assert not (tmp_path / "out" / PREDICTIONS_FILE).exists()
 
 
 @pytest.mark.parametrize(("config", "task"), [

@@ -75,6 +75,11 @@ def trained_tokenizer(hparams: Mapping[str, Any]) -> str:
     return str(model.get("tokenizer") or model["name_or_path"])
 
 
+def is_adapter_dir(path: str | Path | None) -> bool:
+    """A dir peft saved an adapter into (peft.save_adapter's <run dir>/adapter): ckpt_path takes those too."""
+    return path is not None and (Path(path) / "adapter_config.json").is_file()
+
+
 def adapter_hparams(adapter_dir: str | Path) -> dict[str, Any] | None:
     """The hyper-parameters an adapter's training run saved beside it (task, label names and ids, label_info,
     loss): what its .ckpt would say. None for a dir without them."""

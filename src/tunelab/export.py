@@ -16,7 +16,7 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters
-from tunelab.checkpoints import (check_label_set, hydra_dir_of, load_checkpoint_header, tested_label_info,
+from tunelab.checkpoints import (check_label_set, hydra_dir_of, is_adapter_dir, load_checkpoint_header, tested_label_info,
                                  training_config)
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
@@ -75,7 +75,7 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
 
 def is_model_dir(path: str | Path | None) -> bool:
     """A save_pretrained directory (hf_model, merged), not an adapter."""
-    return path is not None and (Path(path) / "config.json").is_file() and not peft_adapters.is_adapter_dir(path)
+    return path is not None and (Path(path) / "config.json").is_file() and not is_adapter_dir(path)
 
 
 def exported_task(config: transformers.PretrainedConfig) -> str | None:

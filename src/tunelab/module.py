@@ -27,7 +27,6 @@ from tunelab.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-STAGES = ("train", "val", "test")
 TRAIN_EPOCH_STATES = "tunelab_train_epoch_states"  # a checkpoint saved mid-epoch: its epoch's train metrics so far
 # batch entries for the loss / predictions.jsonl / metrics, not the model
 NOT_MODEL_INPUTS = ("labels", "index", REPEAT)

@@ -194,10 +194,6 @@ def parameter_counts(model: nn.Module) -> dict[str, float]:
 # ---- saving and loading adapters ------------------------------------------------------------------
 
 
-def is_adapter_dir(path: str | Path | None) -> bool:
-    return path is not None and (Path(path) / "adapter_config.json").is_file()
-
-
 def save(model: nn.Module, cfg: DictConfig, tokenizer: Any = None, task: Task | None = None,
          hparams: Mapping[str, Any] | None = None) -> list[Path]:
     """peft.save_adapter: <run dir>/adapter (adapter weights + head only, and the module's `hparams` that

@@ -17,7 +17,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
-from tunelab.checkpoints import (check_checkpoint, check_resume, check_text_pairs, saved_val_metrics,
+from tunelab.checkpoints import (check_checkpoint, check_resume, check_text_pairs, is_adapter_dir, saved_val_metrics,
                                  tested_label_info, trained_tokenizer)
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
@@ -72,7 +72,7 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
         datamodule.prepare_data()
         datamodule.setup("fit")
         module = TransformerModule(**module_kwargs(cfg, datamodule))
-    elif peft_adapters.is_adapter_dir(ckpt_path):  # base model from cfg.model + a saved adapter
+    elif is_adapter_dir(ckpt_path):  # base model from cfg.model + a saved adapter
         datamodule.prepare_data()
         datamodule.setup("fit")
         kwargs = peft_adapters.adapter_module_kwargs(module_kwargs(cfg, datamodule), ckpt_path, trained)

@@ -15,6 +15,7 @@ from tunelab import export, predictions, rundir
 from tunelab.checkpoints import check_checkpoint, check_text_pairs, tested_label_info, trained_tokenizer
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
+from tunelab.prediction_files import PREDICTIONS_FILE
 from tunelab.tasks import TASKS, get_task
 from tunelab.trainer import build_trainer
 
@@ -41,7 +42,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         rows = predictions.write(out, module, datamodule.splits["predict"].examples)
-        print(summary(rows, out / predictions.FILE_NAME, cfg.data.predict_file), flush=True)
+        print(summary(rows, out / PREDICTIONS_FILE, cfg.data.predict_file), flush=True)
     return {}
 
 

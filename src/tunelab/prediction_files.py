@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tunelab.data.readers import read_table
 from tunelab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -19,8 +20,6 @@ def load_predictions(run_dir: Path) -> list[dict]:
     """The run's per-example predictions (predictions.jsonl of a test or predict.py run), ordered by `index`;
     ConfigError (naming file:line for a broken line) when the file is missing or a record has no `index`.
     The one reader of the file tunelab.predictions writes."""
-    from tunelab.data.readers import read_table  # the data package loads torch: only once asked for
-
     path = Path(run_dir) / PREDICTIONS_FILE
     if not path.is_file():
         raise ConfigError(f"no {PREDICTIONS_FILE} in {run_dir}: test the run again (python eval.py "

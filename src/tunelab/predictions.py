@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from tunelab.prediction_files import PREDICTIONS_FILE as FILE_NAME
+from tunelab.prediction_files import PREDICTIONS_FILE
 
 INPUT_FIELDS = ("text", "text_pair", "tokens")
 
@@ -57,10 +57,10 @@ def write(out_dir: Path, module: Any, examples: Sequence[dict]) -> list[dict]:
     the records written ([] and no file when the task writes no predictions)."""
     if not module.predictions:
         return []
-    path = Path(out_dir) / FILE_NAME
+    path = Path(out_dir) / PREDICTIONS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     written = list(records(module.predictions, examples, module.task, module.hparams.label_names))
-    tmp = path.with_name(f".{FILE_NAME}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{PREDICTIONS_FILE}.tmp{os.getpid()}")
     with tmp.open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in written)
     os.replace(tmp, path)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig
 
 from tunelab.errors import ConfigError
-from tunelab.peft_adapters import is_adapter_dir
+from tunelab.checkpoints import is_adapter_dir
 from tunelab.sweeps import is_multirun
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
-from tunelab.checkpoints import adapter_hparams
+from tunelab.checkpoints import adapter_hparams, is_adapter_dir
 from tunelab.data.datamodule import FILE_KEYS, splits_read
 from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
@@ -82,7 +82,7 @@ def _tests_a_checkpoint(cfg: DictConfig) -> bool:
     if cfg.get("train") or cfg.get("predict"):
         return False
     path = cfg.get("ckpt_path")
-    return not peft_adapters.is_adapter_dir(path) or adapter_hparams(path) is not None
+    return not is_adapter_dir(path) or adapter_hparams(path) is not None
 
 
 def data_files_read(cfg: DictConfig) -> tuple[str, ...]:
