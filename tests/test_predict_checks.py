@@ -100,7 +100,8 @@ def test_classification_model_with_regression_data_is_one_line(trained, tmp_path
     pairs.write_text("sentence1,sentence2\nA man plays a guitar.,A man plays an instrument.\n")
     message = refused(tmp_path / "out", cache_dir, "data=stsb", f"ckpt_path={model}", f"data.predict_file={pairs}")
     assert message == (
-        f"ckpt_path={model} is a classification model (config.json: BertForSequenceClassification, num_labels=2) "
+        f"ckpt_path={model} is a classification model (config.json: BertForSequenceClassification, "
+        "problem_type=single_label_classification) "
         "but data=stsb is a regression task; pass a model exported for regression, or the data config it was "
         "trained with (data.task=classification).")
 

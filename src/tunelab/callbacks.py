@@ -169,7 +169,7 @@ class GenerateSample(pl.Callback):
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or getattr(pl_module, "task", None) is None or pl_module.task.name != "causal_lm":
+        if trainer.sanity_checking or not getattr(getattr(pl_module, "task", None), "generates_text", False):
             return
         if generation_drops_the_prefix(pl_module.model):
             if not self._said_why_not:

@@ -25,10 +25,8 @@ from tunelab.tasks import TASKS, get_task
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "hf_model"
-# a sequence head's transformers problem_type -> the tunelab task that trains it (MultiLabelTask and
-# RegressionTask write theirs into config.json; ClassificationTask leaves it unset)
-SEQUENCE_PROBLEMS = {"single_label_classification": "classification", "regression": "regression",
-                     "multi_label_classification": "multilabel"}
+# a sequence head's transformers problem_type -> the tunelab task that trains it
+SEQUENCE_PROBLEMS = {t.problem_type: t.name for t in TASKS.values() if t.problem_type}
 
 
 def set_label_names(model: torch.nn.Module, label_names: Sequence[str]) -> None:
@@ -87,7 +85,7 @@ def exported_task(config: transformers.PretrainedConfig) -> str | None:
     fits = [t.name for t in TASKS.values() if architecture.endswith(t.auto_model.removeprefix("AutoModel"))]
     if len(fits) <= 1:
         return fits[0] if fits else None
-    # unset problem_type: one output is regression, as transformers' own forward decides
+    # unset problem_type (a model exported by another tool): one output is regression, as transformers decides
     problem = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
     return SEQUENCE_PROBLEMS.get(problem)
 

@@ -22,10 +22,13 @@ class Task:
     default_loss: ClassVar[str]
     monitor: ClassVar[str]  # metric name without the stage prefix
     mode: ClassVar[str]
+    # transformers' problem_type of a sequence head, which tells an exported model's task (None: another head)
+    problem_type: ClassVar[str | None] = None
+    generates_text: ClassVar[bool] = False  # callbacks.generate samples text from the model during validation
 
     def model_head(self, num_labels: int) -> dict[str, Any]:
         """Settings of the model config that shape this task's head (transformers config kwargs)."""
-        return {"num_labels": num_labels}
+        return {"num_labels": num_labels} | ({"problem_type": self.problem_type} if self.problem_type else {})
 
     def trained_head(self, model: torch.nn.Module) -> list[str]:
         """The task head trained in full under an adapter: the top-level modules with parameters outside
@@ -102,7 +105,8 @@ class Task:
 
 
 class SequenceTask(Task):
-    """One prediction per text (or text pair): a head on the pooled sequence, served by TextDataModule."""
+    """One prediction per text (or text pair): a head on the pooled sequence, served by TextDataModule. Three
+    tasks share the head class, so config.json carries the problem_type (transformers reads it in forward)."""
 
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"

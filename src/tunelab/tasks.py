@@ -30,6 +30,7 @@ class ClassificationTask(SequenceTask):
     default_loss = "cross_entropy"
     monitor = "acc"
     mode = "max"
+    problem_type = "single_label_classification"
 
     def metrics(self, num_labels: int) -> MetricCollection:
         # torchmetrics' metrics over one confusion matrix counted by scatter-add (tunelab.metrics: no GPU
@@ -80,6 +81,7 @@ class RegressionTask(SequenceTask):
     default_loss = "mse"
     monitor = "spearman"
     mode = "max"
+    problem_type = "regression"
 
     # z-scores of the training split's targets, learnt by the loss (data.standardize_targets); 0 / 1: raw
     target_mean: float = 0.0
@@ -93,7 +95,7 @@ class RegressionTask(SequenceTask):
         return task
 
     def model_head(self, num_labels: int) -> dict[str, Any]:
-        return {"num_labels": 1, "problem_type": "regression"}
+        return {"num_labels": 1, "problem_type": self.problem_type}
 
     def loss_targets(self, labels: torch.Tensor) -> torch.Tensor:
         return (labels.float() - self.target_mean) / self.target_std
@@ -147,6 +149,7 @@ class MultiLabelTask(SequenceTask):
     name = "multilabel"
     default_loss = "bce"
     monitor = "f1_micro"
+    problem_type = "multi_label_classification"
     mode = "max"
     threshold: float = 0.5
 
@@ -156,9 +159,6 @@ class MultiLabelTask(SequenceTask):
         threshold = (label_info or {}).get("threshold")  # None: data.threshold=null, the 0.5 default
         task.threshold = self.threshold if threshold is None else float(threshold)
         return task
-
-    def model_head(self, num_labels: int) -> dict[str, Any]:
-        return {"num_labels": num_labels, "problem_type": "multi_label_classification"}
 
     def metrics(self, num_labels: int) -> MetricCollection:
         # one state, counted once: MetricCollection's compute groups share it between the four

@@ -88,6 +88,7 @@ class CausalLMTask(Task):
     default_loss = "next_token_cross_entropy"
     monitor = "perplexity"
     mode = "min"
+    generates_text = True
     resizes_vocab = True  # the embedding matrix follows the tokenizer the datamodule built or loaded
 
     def model_head(self, num_labels: int) -> dict[str, Any]:
