@@ -22,12 +22,6 @@ SEED_KEYS = ("seed",)
 # YAML 1.1 words OmegaConf reads as booleans; Hydra's override grammar only knows true / false
 _YAML_BOOLS = {w: v for v, words in ((True, ("yes", "on")), (False, ("no", "off")))
                for word in words for w in (word, word.title(), word.upper())}
-# what to rank on instead of */loss when configs train different losses: metrics every loss of the task
-# logs on one scale (classification metrics score the softmax, regression ones the targets' units)
-LOSS_FREE_METRICS = {
-    "classification": ("nll", "acc"), "regression": ("mse", "spearman"), "multilabel": ("f1_micro", "hamming"),
-    "token_classification": ("f1",), "causal_lm": ("perplexity",),
-}
 
 
 def monitor(cfg: Mapping[str, Any]) -> tuple[str, str]:
@@ -272,8 +266,11 @@ def check_comparable_losses(groups: list[Group], metric: str) -> None:
     losses = sorted({o for g in groups for o in g.config if override_key(o).split(".")[0] == "loss"})
     stage = metric.rpartition("/")[0]
     task = runs_task([r for g in groups for r in g.runs])
-    names = [f"{stage}/{m}" if stage else m for m in LOSS_FREE_METRICS.get(task or "", ())]
-    if task == "classification":
+    from tunelab.tasks import get_task
+
+    free = get_task(task).loss_free_metrics if task else ()
+    names = [f"{stage}/{m}" if stage else m for m in free]
+    if free and free[0] == "nll":
         names[0] += " (a proper scoring rule every classification loss logs)"
     raise ConfigError(f"{metric} is each config's own training loss and they train different ones "
                       f"({', '.join(losses) or 'their loss sections differ'}), so its values are not comparable; "

@@ -25,6 +25,9 @@ class Task:
     # transformers' problem_type of a sequence head, which tells an exported model's task (None: another head)
     problem_type: ClassVar[str | None] = None
     generates_text: ClassVar[bool] = False  # callbacks.generate samples text from the model during validation
+    # what to rank on instead of */loss when configs train different losses: metrics every loss of the task logs
+    # on one scale (classification's score the softmax, regression's the targets' units)
+    loss_free_metrics: ClassVar[tuple[str, ...]] = ()
 
     def model_head(self, num_labels: int) -> dict[str, Any]:
         """Settings of the model config that shape this task's head (transformers config kwargs)."""

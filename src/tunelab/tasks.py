@@ -31,6 +31,7 @@ class ClassificationTask(SequenceTask):
     monitor = "acc"
     mode = "max"
     problem_type = "single_label_classification"
+    loss_free_metrics = ("nll", "acc")
 
     def metrics(self, num_labels: int) -> MetricCollection:
         # torchmetrics' metrics over one confusion matrix counted by scatter-add (tunelab.metrics: no GPU
@@ -82,6 +83,7 @@ class RegressionTask(SequenceTask):
     monitor = "spearman"
     mode = "max"
     problem_type = "regression"
+    loss_free_metrics = ("mse", "spearman")
 
     # z-scores of the training split's targets, learnt by the loss (data.standardize_targets); 0 / 1: raw
     target_mean: float = 0.0
@@ -150,6 +152,7 @@ class MultiLabelTask(SequenceTask):
     default_loss = "bce"
     monitor = "f1_micro"
     problem_type = "multi_label_classification"
+    loss_free_metrics = ("f1_micro", "hamming")
     mode = "max"
     threshold: float = 0.5
 

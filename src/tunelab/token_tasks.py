@@ -27,6 +27,7 @@ class TokenClassificationTask(Task):
     data_modules = frozenset({"TokenClassificationDataModule"})
     default_loss = "token_cross_entropy"
     monitor = "f1"
+    loss_free_metrics = ("f1",)
     mode = "max"
     label_names: tuple[str, ...] = ()
 
@@ -87,6 +88,7 @@ class CausalLMTask(Task):
     data_modules = frozenset({"LanguageModelingDataModule"})
     default_loss = "next_token_cross_entropy"
     monitor = "perplexity"
+    loss_free_metrics = ("perplexity",)
     mode = "min"
     generates_text = True
     resizes_vocab = True  # the embedding matrix follows the tokenizer the datamodule built or loaded
