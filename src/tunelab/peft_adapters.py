@@ -169,7 +169,13 @@ def apply_peft(model: nn.Module, cfg: Mapping[str, Any] | None, task: Task) -> n
     return model
 
 
-def build_peft_config(cfg: Mapping[str, Any], model: nn.Module, task: Task):
+def is_adalora(peft_cfg: Mapping[str, Any] | None) -> bool:
+    """Whether the peft config is AdaLoRA's, whose rank budget a callback schedules (tunelab.adalora)."""
+    target = (peft_cfg or {}).get("_target_")
+    return bool(target) and issubclass(get_class(target), _peft().AdaLoraConfig)
+
+
+def build_peft_config(cfg: Mapping[str, Any], model: nn.Module, task: Task) -> Any:
     """The peft config object (hydra-instantiated `_target_`) with tunelab's defaults filled in."""
     kwargs = {k: v for k, v in dict(cfg).items() if k not in TUNELAB_KEYS}
     model_type = model.config.model_type
@@ -179,7 +185,7 @@ def build_peft_config(cfg: Mapping[str, Any], model: nn.Module, task: Task):
     if kwargs.get("modules_to_save") == "auto":
         kwargs["modules_to_save"] = task.trained_head(model) or None
     kwargs.setdefault("task_type", task.peft_task_type)
-    if issubclass(get_class(kwargs["_target_"]), _peft().AdaLoraConfig):
+    if is_adalora(cfg):
         # provisional: the real schedule comes from the trainer at fit start (tunelab.adalora)
         kwargs.update(total_step=1, tinit=0, tfinal=0)
     return instantiate(kwargs, _convert_="all")

@@ -13,13 +13,13 @@ import sys
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from omegaconf import DictConfig, open_dict, read_write
 
-from tunelab import sweeps, tracking
+from tunelab import peft_adapters, sweeps, tracking
 from tunelab.resilience import Resilience
 from tunelab.results import monitor
 
@@ -36,7 +36,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     # always on, whatever the callbacks group: graceful SIGTERM/SIGINT, exact mid-epoch resume, NaN guard
     callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
-    if _is_adalora(cfg):
+    if peft_adapters.is_adalora(cfg.get("peft")):
         from tunelab.adalora import AdaLoraSchedule
 
         callbacks.append(AdaLoraSchedule(cfg.peft.get("tinit_ratio", 0.0), cfg.peft.get("tfinal_ratio", 0.0)))
@@ -70,15 +70,6 @@ def strategy_name(strategy: str | DictConfig | None) -> str:
     if isinstance(strategy, DictConfig):
         return str(strategy.get("_target_", "")).rsplit(".", 1)[-1].lower()
     return str(strategy or "auto").lower()
-
-
-def _is_adalora(cfg: DictConfig) -> bool:
-    target = (cfg.get("peft") or {}).get("_target_")
-    if not target:
-        return False
-    import peft
-
-    return issubclass(get_class(target), peft.AdaLoraConfig)
 
 
 def share_cores_between_cpu_ranks(trainer_cfg: DictConfig) -> None:
