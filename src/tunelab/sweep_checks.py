@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from tunelab.errors import ConfigError, SweepRefused
+from tunelab.sweeps import job_label, sweep_arguments, swept_keys_of
 
 
 class CheckSweepJobs(Callback):
@@ -30,18 +31,15 @@ def grid_jobs(config: DictConfig) -> tuple[list[list[str]], set[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
-    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
-    return BasicSweeper.split_arguments(overrides, None)[0], swept
+    overrides = parser.parse_overrides(sweep_arguments(config.hydra))
+    return BasicSweeper.split_arguments(overrides, None)[0], swept_keys_of(config.hydra)
 
 
 def check_grid_jobs(config: DictConfig) -> None:
     """Every job's config through the run's own pre-flight checks (validation.validate), with the job's
     number and output dir set as the launcher will set them; SweepRefused naming the first failing job."""
-    from tunelab.sweeps import job_label
-    from tunelab.validation import validate
+    from tunelab.validation import validate  # torch and the rest: only when a sweep starts
 
     jobs, swept = grid_jobs(config)
     loader = GlobalHydra.instance().config_loader()

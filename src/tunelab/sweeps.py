@@ -56,18 +56,25 @@ def job_label(num: int, overrides: list[str], swept: set[str], jobs: int | None 
     return f"job {num}{f' of {jobs}' if jobs else ''} ({' '.join(kept or overrides)})"
 
 
-def swept_keys() -> set[str]:
-    """The keys this sweep varies: the sweeper's params plus the sweep overrides (a,b / range() /
-    interval()) of the command line, which the launcher saved to <sweep dir>/multirun.yaml."""
-    hydra_cfg = HydraConfig.get()
-    keys = set(hydra_cfg.sweeper.get("params") or {})
-    saved = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
-    if saved.is_file():
-        from hydra.core.override_parser.overrides_parser import OverridesParser
+def sweep_arguments(hydra_cfg: DictConfig) -> list[str]:
+    """A multirun's overrides as its sweeper reads them: the sweeper's params, then the command line's."""
+    params = [f"{key}={value}" for key, value in (hydra_cfg.sweeper.get("params") or {}).items()]
+    return [*params, *(hydra_cfg.overrides.get("task") or [])]
 
-        task = OmegaConf.select(OmegaConf.load(saved), "hydra.overrides.task") or []
-        keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(list(task)) if o.is_sweep_override()}
-    return keys
+
+def swept_keys_of(hydra_cfg: DictConfig) -> set[str]:
+    """The keys a multirun varies: those of its sweep overrides (a,b / range() / choice() / interval())."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(sweep_arguments(hydra_cfg))
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def swept_keys() -> set[str]:
+    """The keys this job's sweep varies, from the sweep's config the launcher saved to <sweep dir>/multirun.yaml
+    (a job's own Hydra config holds its values, not the sweep's)."""
+    saved = Path(HydraConfig.get().sweep.dir) / "multirun.yaml"
+    return swept_keys_of(OmegaConf.load(saved).hydra) if saved.is_file() else set(HydraConfig.get().sweeper.get("params") or {})
 
 
 def choices(cfg: DictConfig | None = None) -> dict[str, str]:
