@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import FIXTURES
+from tunelab import prediction_metrics
 from tunelab.data.readers import read_conll
-from tunelab.data.token_classification import align_labels
+from tunelab.data.token_classification import align_labels, word_starts
 from tunelab.errors import ConfigError
 from tunelab.report_tables import entity_report
 from tunelab.span_metrics import EntityCounts, spans
@@ -111,6 +112,23 @@ def test_align_labels_first_or_all_subtokens() -> None:
     assert align_labels(word_ids, word_labels, names, True) == [X, 1, 2, 0, 1, 2, 2, X]
 
 
+def test_each_word_keeps_its_own_tag_when_a_word_has_no_sub_token() -> None:
+    """A zero-width space (WNUT-17 has U+FE0F words) tokenizes into nothing: its tag is null and the words after
+    it keep theirs; the tags after it moved one word left, and the last word read null, as if truncated."""
+    from tunelab.data.tokenizing import load_tokenizer
+    from tunelab.resolvers import minilm_path
+
+    words = ["Alice", "\u200b", "works", "in", "Tokyo"]
+    word_ids = [-1 if w is None else w for w in load_tokenizer(minilm_path())(words, is_split_into_words=True).word_ids()]
+    starts = word_starts(word_ids, len(words))
+    assert starts[1] == -1 and sorted(starts)[1:] == [1, 2, 3, 4]
+    gold = torch.full((len(word_ids),), X)
+    gold[torch.tensor([s for s in starts if s >= 0])] = torch.tensor(ids("B-PER", "O", "O", "B-LOC"))
+    record = get_task("token_classification").prediction_record(
+        {"word_starts": starts, "tokens": words, "pred": gold}, gold, NAMES)
+    assert record["gold"] == record["pred"] == ["B-PER", None, "O", "O", "B-LOC"]
+
+
 def test_read_conll_skips_docstart_and_picks_the_tag_column() -> None:
     sentences = read_conll(FIXTURES / "conll2003" / "train.txt", tag_column=3, delimiter=" ")
     first = sentences[0]
@@ -158,6 +176,10 @@ def test_conll2003_run_keeps_label_names_in_checkpoint(run_cfg) -> None:
     assert ckpt["hyper_parameters"]["label_names"] == ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC",
                                                         "B-MISC", "I-MISC"]
     assert (run_dir / "test_report.txt").read_text().count("MISC") == 1
+    # label_all_subtokens trains on every sub-token, but test/f1 scores words, as predictions.jsonl records them
+    records = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    recomputed = prediction_metrics.TOKEN_CLASSIFICATION["f1"](records)
+    assert metrics["test/f1"] > 0 and metrics["test/f1"] == pytest.approx(recomputed, abs=1e-6)
 
 
 @pytest.mark.slow

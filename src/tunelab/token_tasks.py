@@ -70,13 +70,13 @@ class TokenClassificationTask(Task):
         return {"pred": logits.argmax(-1)}
 
     def prediction_record(self, outputs: dict[str, Any], gold: Any, label_names: list[str]) -> dict[str, Any]:
-        """One tag per word, read at the word's first sub-token; words cut off by data.max_length were
-        neither seen nor scored: null."""
-        starts, missing = outputs["word_starts"], [None] * (len(outputs["tokens"]) - len(outputs["word_starts"]))
+        """One tag per word, read at the word's first sub-token; a word without one (cut off by data.max_length,
+        or tokenized into nothing) was neither seen nor scored: null."""
+        starts = outputs["word_starts"]
 
         def tags(ids: torch.Tensor) -> list[str | None]:
             ids = ids.tolist()
-            return [label_names[ids[i]] for i in starts] + missing
+            return [label_names[ids[i]] if i >= 0 else None for i in starts]
 
         return ({} if gold is None else {"gold": tags(gold)}) | {"pred": tags(outputs["pred"])}
 

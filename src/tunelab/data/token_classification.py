@@ -69,7 +69,7 @@ class TokenClassificationDataModule(BaseDataModule):
             "file": [str(path)] * len(sentences),
             "index": list(range(len(sentences))),
             "tokens": [s["tokens"] for s in sentences],
-            "word_starts": [word_starts(w) for w in word_ids],
+            "word_starts": [word_starts(w, len(s["tokens"])) for w, s in zip(word_ids, sentences)],
         }
 
     def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
@@ -85,10 +85,13 @@ class TokenClassificationDataModule(BaseDataModule):
                 "convert the tags to IOB2 (B-PER, I-PER, O)."
             )
         truncated = 0
-        for rows in examples.values():
+        for split, rows in examples.items():
+            # label_all_subtokens trains on every sub-token; val / test score words (their first sub-token), as
+            # entity F1 is defined and predictions.jsonl records them
+            all_subtokens = self.label_all_subtokens and split == "train"
             for e in rows:
                 word_labels = [labels.id(tag, f"{e['file']}:{line}") for tag, line in zip(e["tags"], e["lines"])]
-                e["labels"] = align_labels(e["word_ids"], word_labels, labels.names, self.label_all_subtokens)
+                e["labels"] = align_labels(e["word_ids"], word_labels, labels.names, all_subtokens)
                 truncated += max(e["word_ids"]) + 1 < len(e["tags"])
                 for key in ("word_ids", "tags", "lines"):
                     del e[key]
@@ -100,9 +103,14 @@ class TokenClassificationDataModule(BaseDataModule):
         self.class_counts = labels.counts(i for e in train for i in e["labels"])
 
 
-def word_starts(word_ids: Sequence[int]) -> list[int]:
-    """Position of each word's first sub-token (words cut off by max_length have none)."""
-    return [i for i, w in enumerate(word_ids) if w >= 0 and (i == 0 or word_ids[i - 1] != w)]
+def word_starts(word_ids: Sequence[int], words: int) -> list[int]:
+    """For each of the sentence's words, the position of its first sub-token; -1 for a word with none (cut off by
+    max_length, or one the tokenizer turns into no sub-token, such as a zero-width space or U+FE0F)."""
+    starts = [-1] * words
+    for i, w in enumerate(word_ids):
+        if w >= 0 and starts[w] < 0:
+            starts[w] = i
+    return starts
 
 
 def align_labels(word_ids: Sequence[int], word_labels: Sequence[int], names: Sequence[str], all_subtokens: bool) -> list[int]:
