@@ -147,13 +147,17 @@ def test_shakespeare_experiment_lowers_perplexity(run_cfg) -> None:
     assert metrics["val/perplexity"] < 15, metrics  # untrained: 67.6 (README)
 
 
-def test_the_exported_lm_stops_at_its_tokenizers_end_of_text(run_cfg) -> None:
-    """gpt2_tiny with a character tokenizer trained here: the exported config carries that tokenizer's eos id
-    (GPT-2's 50256 lies beyond its vocabulary of characters, so generate() never stopped)."""
+@pytest.mark.parametrize("adapter", [[], ["peft=lora", "peft.merge_on_save=true"]], ids=["full", "merged_lora"])
+def test_the_exported_lm_stops_at_its_tokenizers_end_of_text(run_cfg, adapter) -> None:
+    """gpt2_tiny with a character tokenizer trained here: the exported config (hf_model, or the merged LoRA model)
+    carries that tokenizer's eos id (GPT-2's 50256 lies beyond its vocabulary of characters, so generate() never
+    stopped), and the tokenizer cuts inputs at the model's positions (it said 1e30: a long prompt crashed)."""
     import transformers
 
-    _, run_dir = run_cfg(*LM, "trainer=debug", "data.block_size=32", "data.batch_size=8", "export=true")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "hf_model")
-    model = transformers.AutoModelForCausalLM.from_pretrained(run_dir / "hf_model")
+    _, run_dir = run_cfg(*LM, "trainer=debug", "data.block_size=32", "data.batch_size=8", "export=true", *adapter)
+    out = run_dir / ("merged" if adapter else "hf_model")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert model.config.eos_token_id == tokenizer.eos_token_id < len(tokenizer)
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert tokenizer.model_max_length == model.config.n_positions

@@ -125,7 +125,7 @@ def test_prefix_adapter_saves_and_reloads_to_the_same_logits(tmp_path: Path) -> 
     model = peft_adapters.apply_peft(load(), cfg.peft, task)
     with torch.no_grad():
         model.prompt_encoder.default.embedding.weight.normal_()
-    (adapter,) = peft_adapters.save(model, cfg)
+    adapter = peft_adapters.save_adapter(model, cfg)
     reloaded = peft_adapters.apply_peft(load(), {"adapter_path": str(adapter)}, task)
     ids = torch.randint(1, VOCAB, (2, 8))
     out = [m.eval()(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.detach() for m in (model, reloaded)]

@@ -20,7 +20,7 @@ from tunelab.checkpoints import (check_label_set, hydra_dir_of, is_adapter_dir, 
                                  training_config)
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
-from tunelab.tasks import TASKS, get_task
+from tunelab.tasks import TASKS, Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,37 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
     if weights:
         module.load_state_dict(load_checkpoint_header(weights)["state_dict"])
     set_label_names(module.model, module.hparams.label_names)
-    written = peft_adapters.save(module.model, cfg, tokenizer, module.task, hparams=module.hparams)
-    if cfg.get("export") and not peft_adapters.is_peft_model(module.model):
-        out = Path(cfg.paths.output_dir) / EXPORT_DIR
-        model = copy.deepcopy(module.model)  # the module keeps its own head
-        module.task.prepare_export(model)  # e.g. standardized regression answers in target units
-        match_special_tokens(model, tokenizer)
+    run_dir, adapted = Path(cfg.paths.output_dir), peft_adapters.is_peft_model(module.model)
+    adapter = peft_adapters.save_adapter(module.model, cfg, tokenizer, hparams=module.hparams)
+    written = [adapter] if adapter else []
+    if adapted and (cfg.get("peft") or {}).get("merge_on_save"):
+        # on a copy: the module keeps its adapter (merge_and_unload would unwrap it in place)
+        written.append(_write_standalone(copy.deepcopy(module.model).merge_and_unload(), module.task, tokenizer,
+                                         run_dir / peft_adapters.MERGED_DIR))
+    if cfg.get("export") and not adapted:  # on a copy: the module keeps its own head
+        written.append(_write_standalone(copy.deepcopy(module.model), module.task, tokenizer, run_dir / EXPORT_DIR))
+    return written
+
+
+def _write_standalone(model: torch.nn.Module, task: Task, tokenizer: Any, out: Path) -> Path:
+    """A plain transformers model dir (hf_model, merged) that predicts on its own as the task does: the task's
+    export changes (e.g. standardized regression answers in target units), the tokenizer's special tokens, and
+    a tokenizer that never makes inputs longer than the model's positions (a trained one says 1e30)."""
+    task.prepare_export(model)
+    match_special_tokens(model, tokenizer)
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    limit = tokenizer.model_max_length
+    if positions and limit > positions:
+        tokenizer.model_max_length = positions
+    try:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        # a model class of tunelab's own (model.pooling=mean) travels as code beside the weights
-        remote = ", trust_remote_code=True" if getattr(model.config, "auto_map", None) else ""
-        log.info("exported the model to %s (transformers.pipeline(model=...%s) loads it)", out, remote)
-        written.append(out)
-    return written
+    finally:
+        tokenizer.model_max_length = limit  # the run's tokenizer stays as it was
+    # a model class of tunelab's own (model.pooling=mean) travels as code beside the weights
+    remote = ", trust_remote_code=True" if getattr(model.config, "auto_map", None) else ""
+    log.info("exported the model to %s (transformers.pipeline(model=...%s) loads it)", out, remote)
+    return out
 
 
 def is_model_dir(path: str | Path | None) -> bool:

@@ -5,7 +5,6 @@ shadows the `peft` package."""
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import logging
@@ -200,34 +199,21 @@ def parameter_counts(model: nn.Module) -> dict[str, float]:
 # ---- saving and loading adapters ------------------------------------------------------------------
 
 
-def save(model: nn.Module, cfg: DictConfig, tokenizer: Any = None, task: Task | None = None,
-         hparams: Mapping[str, Any] | None = None) -> list[Path]:
-    """peft.save_adapter: <run dir>/adapter (adapter weights + head only, and the module's `hparams` that
-    testing it needs: task, base model, label names, label_info, loss); peft.merge_on_save: <run dir>/merged (a plain
-    transformers model with the adapter merged in, predicting as `task` does, e.g. regression in the targets'
-    units). Returns the dirs written."""
-    peft_cfg = cfg.get("peft")
-    if not is_peft_model(model) or not peft_cfg:
-        return []
-    run_dir, written = Path(cfg.paths.output_dir), []
-    if peft_cfg.get("save_adapter"):
-        model.save_pretrained(run_dir / ADAPTER_DIR)
-        if hparams is not None:
-            saved = {k: hparams.get(k) for k in ADAPTER_HPARAM_KEYS}
-            (run_dir / ADAPTER_DIR / ADAPTER_HPARAMS).write_text(json.dumps(saved, indent=1, default=str))
-        written.append(run_dir / ADAPTER_DIR)
-    if peft_cfg.get("merge_on_save"):
-        # on a copy: the module keeps its adapter (and merge_and_unload would unwrap it in place)
-        merged = copy.deepcopy(model).merge_and_unload()
-        if task is not None:
-            task.prepare_export(merged)
-        merged.save_pretrained(run_dir / MERGED_DIR)
-        written.append(run_dir / MERGED_DIR)
-    for out in written:
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)  # self-contained dirs
-        log.info("peft: saved %s", out)
-    return written
+def save_adapter(model: nn.Module, cfg: DictConfig, tokenizer: Any = None,
+                 hparams: Mapping[str, Any] | None = None) -> Path | None:
+    """peft.save_adapter: <run dir>/adapter (adapter weights + head only, the tokenizer, and the module's `hparams`
+    that testing it needs: task, base model, label names, label_info, loss). None when not asked for."""
+    if not is_peft_model(model) or not (cfg.get("peft") or {}).get("save_adapter"):
+        return None
+    out = Path(cfg.paths.output_dir) / ADAPTER_DIR
+    model.save_pretrained(out)
+    if hparams is not None:
+        saved = {k: hparams.get(k) for k in ADAPTER_HPARAM_KEYS}
+        (out / ADAPTER_HPARAMS).write_text(json.dumps(saved, indent=1, default=str))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)  # a self-contained dir
+    log.info("peft: saved %s", out)
+    return out
 
 
 def adapter_module_kwargs(kwargs: dict[str, Any], adapter_dir: str, trained: Mapping[str, Any] | None
