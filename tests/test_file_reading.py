@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 
 import pytest
 from hydra.utils import instantiate
@@ -117,7 +118,7 @@ def test_empty_text_cells_in_csv_stay_allowed(tmp_path) -> None:
 
 
 # ---- 3. CoNLL lines with too few columns --------------------------------------------------------------
-def test_conll_split_by_the_wrong_delimiter_names_line_and_fix(tmp_path) -> None:
+def test_conll_split_by_the_wrong_delimiter_names_line_and_fix(tmp_path, caplog) -> None:
     tabs = tmp_path / "tabs.conll"
     tabs.write_text(CONLL)
     message = _one_line_error(read_conll, tabs, delimiter=" ")
@@ -133,7 +134,10 @@ def test_conll_split_by_the_wrong_delimiter_names_line_and_fix(tmp_path) -> None
     bare.write_text("EU\tB-ORG\nrejects\n")
     assert _one_line_error(read_conll, bare).startswith(f"{bare}:2: 1 column(s) split by whitespace")
     # untagged text (a file to predict on) needs the token column only; the right delimiter reads the tags
-    assert read_conll(bare, tag_column=None)[0]["tokens"] == ["EU", "rejects"]
+    with caplog.at_level(logging.WARNING, logger="tunelab.data.readers"):
+        assert read_conll(bare, tag_column=None)[0]["tokens"] == ["EU", "rejects"]
+    # lines of different widths: free text read as CoNLL keeps one word per line, which the log says
+    assert f"{bare}:1: 2 columns where other lines have 1 ('EU\\tB-ORG'): each line is read as one token" in caplog.text
     assert read_conll(tabs, delimiter="\t")[1] == {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"],
                                                     "lines": [5, 6]}
 
@@ -186,3 +190,18 @@ def test_quoted_tsv_error_says_tsv_is_read_unquoted(tmp_path) -> None:
     glue.write_text("sentence\tlabel\nhe said \"great\" movie\t1\nno label here\n")
     message = _one_line_error(read_rows, glue, "tsv")
     assert message.startswith(f"{glue}:3: 1 columns") and "unquoted" not in message
+
+
+def test_a_tab_delimiter_spelled_backslash_t_reads_tab_separated_conll(tmp_path, cache_dir) -> None:
+    """data.delimiter='\t' on a command line reaches the config as backslash + t (it split nothing, and every
+    line failed as one column); an empty delimiter is one line before anything reads."""
+    from tunelab import schema
+
+    path = tmp_path / "tabs.conll"
+    path.write_text(CONLL.replace("Blackburn\t", "Black burn\t"))  # a space inside a token: only a tab splits it
+    cfg = compose_cfg(tmp_path, "data=conll", f"data.train_file={path}", "data.delimiter=\\t", cache=cache_dir)
+    dm = instantiate(cfg.data, tokenizer=cfg.model.tokenizer, seed=0, _recursive_=False)
+    assert dm.delimiter == "\t"
+    assert read_conll(path, delimiter=dm.delimiter)[1]["tokens"] == ["Peter", "Black burn"]
+    with pytest.raises(ConfigError, match="^data.delimiter must be a non-empty string"):
+        schema.check(compose_cfg(tmp_path, "data=conll", "data.delimiter=''"))

@@ -53,6 +53,7 @@ RULES: dict[str, Rule] = {
     "data.encoding": Rule("encoding"),
     "data.standardize_targets": FLAG,
     "data.label_separator": Rule("separator"),
+    "data.delimiter": Rule("separator", nullable=True),  # null: any whitespace
     "data.threshold": number(0, 1, open_low=True, open_high=True, nullable=True),  # null: 0.5, or as trained
     "data.predict_file": Rule("text"),
     # callbacks

@@ -6,10 +6,13 @@ import codecs
 import csv
 import io
 import json
+import logging
 import sys
 from pathlib import Path
 
 from tunelab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 csv.field_size_limit(sys.maxsize)  # IMDb reviews exceed the default 128 KiB field limit
 
@@ -180,6 +183,7 @@ def read_conll(
     tokens: list[str] = []
     tags: list[str] = []
     lines: list[int] = []
+    widths: dict[int, tuple[int, str]] = {}  # columns per line -> the first line that has that many
 
     def flush() -> None:
         if tokens:
@@ -195,6 +199,7 @@ def read_conll(
             flush()  # -DOCSTART- separates documents
             continue
         columns = line.split(delimiter)
+        widths.setdefault(len(columns), (line_no, line))
         if tag_column is None:
             needed = [token_column]
         else:  # the token and the tag must be two different columns (-1 and 0 are one on a 1-column line)
@@ -214,6 +219,12 @@ def read_conll(
     if not sentences:
         raise ConfigError(f"{path} has no tokens; it needs one 'token ... tag' line per token, a blank line between "
                           "sentences.")
+    if tag_column is None and len(widths) > 1:
+        # a CoNLL file's lines have fixed columns; lines of free text are each read as one word, the rest dropped
+        (narrow, _), (wide, (line_no, line)) = min(widths.items()), max(widths.items())
+        log.warning("%s:%d: %d columns where other lines have %d (%r): each line is read as one token (column "
+                    "data.token_column=%d); a CoNLL file has one token per line and a blank line between sentences",
+                    path, line_no, wide, narrow, line[:60], token_column)
     return sentences
 
 

@@ -34,7 +34,9 @@ class TokenClassificationDataModule(BaseDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.token_column, self.tag_column, self.delimiter = token_column, tag_column, delimiter
+        # a shell passes data.delimiter="\t" on as backslash + t: both spell a tab
+        self.delimiter = "\t" if delimiter == "\\t" else delimiter
+        self.token_column, self.tag_column = token_column, tag_column
         self.label_all_subtokens = label_all_subtokens
         self.configured_label_names = list(label_names) if label_names else None
         self.truncated = 0
