@@ -23,7 +23,7 @@ MULTILABEL = ["data=tsv", "data.task=multilabel", f"data.train_file={ML_DATA}/tr
 LM = ["data=text", "model=gpt2_tiny", "loss=next_token_cross_entropy"]
 RUNS = {
     "classification": SHORT,  # SST-2, tested on dev.tsv
-    "ner": ["data=conll2003", "loss=token_cross_entropy", *SHORT],
+    "ner": ["data=conll2003", "loss=token_cross_entropy", "data.max_length=24", *SHORT],  # many sentences cut
     "multilabel": [*MULTILABEL, "data.threshold=0.3", *SHORT],
     "lora": ["model=hf", "peft=lora", "peft.save_adapter=true", *SHORT],  # + model.name_or_path: a pretrained base
     "lm": [*LM, f"data.train_file={FIXTURES}/lm/input.txt", "data.train_limit=20", "data.batch_size=4",
@@ -108,10 +108,13 @@ def test_no_file_at_all_names_both_ways_to_test(trained, tmp_path, cache_dir) ->
 
 
 def test_ner_on_a_conll_test_file_alone_uses_the_checkpoints_tags(trained, tmp_path, cache_dir) -> None:
-    """data=conll has no label_names: the tags come from the checkpoint (conll2003's order, not sorted)."""
+    """data=conll has no label_names: the tags come from the checkpoint (conll2003's order, not sorted); the
+    sentences are cut at the training run's data.max_length (24), not data=conll's 128, unless one is given."""
     metrics, ckpt, _ = trained("ner")
     got = evaluate(tmp_path, cache_dir, ckpt, *CONLL_TEST)
     assert got["test/f1"] == metrics["test/f1"] and got["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
+    longer = evaluate(tmp_path / "longer", cache_dir, ckpt, *CONLL_TEST, "data.max_length=128")
+    assert longer["test/loss"] != pytest.approx(metrics["test/loss"], rel=1e-6)
 
 
 def predict(out, cache_dir, model, *overrides: str) -> list[dict]:

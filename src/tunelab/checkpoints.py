@@ -7,7 +7,7 @@ import json
 import logging
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -150,6 +150,28 @@ def training_config(path: str | Path) -> DictConfig | None:
     if hydra_dir is None or not (hydra_dir / "config.yaml").is_file():
         return None
     return OmegaConf.load(hydra_dir / "config.yaml")
+
+
+# how a model's inputs were cut: a checkpoint is tested (and predicts) with its training run's, not the data
+# config's defaults (conf/data/conll2003.yaml says 128 where experiment=conll2003 trained at 64)
+INPUT_LENGTHS = ("data.max_length", "data.block_size")
+
+
+def use_trained_lengths(path: str | Path, cfg: DictConfig, given: Sequence[str] = ()) -> None:
+    """Set cfg's INPUT_LENGTHS to those of the run that wrote `path` (its .hydra/config.yaml), except the keys the
+    command line gives (`given`: its overrides), logging each one that changes."""
+    trained_cfg = training_config(path)
+    if trained_cfg is None:
+        return
+    given_keys = {o.split("=", 1)[0].lstrip("+~") for o in given}
+    for key in INPUT_LENGTHS:
+        trained = OmegaConf.select(trained_cfg, key, default=None)
+        now = OmegaConf.select(cfg, key, default=None)
+        if key in given_keys or trained is None or now is None or trained == now:
+            continue
+        OmegaConf.update(cfg, key, trained)
+        log.info("%s=%s as ckpt_path=%s was trained (the data config says %s; pass %s=... to test at another "
+                 "length)", key, trained, path, now, key)
 
 
 def check_text_pairs(path: str | Path, data: DictConfig) -> None:

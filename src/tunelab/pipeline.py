@@ -11,14 +11,13 @@ from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
 from tunelab.checkpoints import (check_checkpoint, check_resume, check_text_pairs, is_adapter_dir, saved_val_metrics,
-                                 tested_label_info, trained_tokenizer)
+                                 tested_label_info, trained_tokenizer, use_trained_lengths)
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
 from tunelab.module import TransformerModule
@@ -61,6 +60,8 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
     if cfg.get("predict"):  # a trained model over an unlabelled file: in order, no randomness to seed
         return predict.run(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    if not cfg.train and ckpt_path:  # a trained model is tested on inputs cut as in its training
+        use_trained_lengths(ckpt_path, cfg, sweeps.command_line_overrides())
     datamodule = build_datamodule(cfg)
     trained = check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
     if trained is not None and cfg.train:  # resuming: the checkpoint's run goes on, under its own settings
@@ -171,7 +172,7 @@ def write_results(cfg: DictConfig, metrics: dict[str, float], checkpoint: str | 
     """metrics.json, this job's line of the sweep table, the run's plots and what the trackers show (which
     never fail the run)."""
     out = Path(cfg.paths.output_dir)
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    overrides = sweeps.command_line_overrides()
     record = rundir.write_metrics(out, metrics, checkpoint, global_step, overrides)
     sweeps.record_job(cfg, record)  # one line in <sweep dir>/results.jsonl
     if cfg.get("plots", True):

@@ -11,8 +11,9 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tunelab import export, predictions, rundir
-from tunelab.checkpoints import check_checkpoint, check_text_pairs, tested_label_info, trained_tokenizer
+from tunelab import export, predictions, rundir, sweeps
+from tunelab.checkpoints import (check_checkpoint, check_text_pairs, tested_label_info, trained_tokenizer,
+                                 use_trained_lengths)
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.prediction_files import PREDICTIONS_FILE
@@ -32,6 +33,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                           f"the tasks {', '.join(writers)}.")
     path, tokenizer, trained = checked_model(cfg)
     check_text_pairs(path, cfg.data)
+    use_trained_lengths(path, cfg, sweeps.command_line_overrides())  # words past the training length get null
     # only the file to predict on: label names and tokenizer come with the trained model
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed, train_file=None, val_file=None,
                              test_file=None, _recursive_=False)

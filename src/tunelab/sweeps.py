@@ -41,6 +41,11 @@ def sweep_dir() -> Path | None:
     return Path(HydraConfig.get().sweep.dir) if is_multirun() else None
 
 
+def command_line_overrides() -> list[str]:
+    """This run's (or sweep job's) overrides as Hydra received them; [] outside Hydra."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def job_name(overrides: list[str], swept: set[str] | None = None) -> str:
     """A run name from this job's overrides: the swept ones when known (`optimizer=sgd,seed=1`),
     else all but the plumbing ones."""
@@ -120,7 +125,7 @@ def with_wandb_identity(logger_group: DictConfig | None, cfg: DictConfig | None 
     picked = choices(cfg)
     with open_dict(entry):
         entry.tags = [*(entry.get("tags") or []), *(f"{g}:{picked[g]}" for g in TAG_GROUPS if g in picked)]
-        overrides = [redact_argument(o) for o in HydraConfig.get().overrides.task]  # a name is sent as is
+        overrides = [redact_argument(o) for o in command_line_overrides()]  # a name is sent as is
         resumed = resumed_wandb_run(cfg)
         if resumed is not None and entry.get("id") is None:
             # the checkpoint's run goes on: the same W&B run (Lightning's WandbLogger resumes an id with
