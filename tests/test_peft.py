@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -298,6 +299,33 @@ def test_adalora_resume_equals_uninterrupted_run(run_cfg) -> None:
                                                    resumed / "checkpoints" / "last.ckpt", first_epoch))
     live = lambda sd: sum(int((v != 0).sum()) for k, v in sd.items() if "lora_E" in k)  # noqa: E731
     assert live(a) < live(mid), "the rank budget did not shrink after the resume point"
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume by {(a[k] - b[k]).abs().max()}"
+
+
+def test_adalora_resumes_exactly_from_a_sigterm_checkpoint(run_cfg, monkeypatch) -> None:
+    """A SIGTERM checkpoint is written after the step's rank update (AdaLoraSchedule runs before Resilience):
+    written before it, the resumed run missed one importance update and ended with other weights and ranks."""
+    from tunelab.errors import RunInterrupted
+    from tunelab.resilience import Resilience
+
+    args = ("peft=adalora", "peft.init_r=4", "peft.target_r=1", "peft.deltaT=1", "peft.tinit_ratio=0.1",
+            "peft.tfinal_ratio=0.25", "data.train_limit=96", "data.batch_size=16", "seed=3", "trainer.max_epochs=2")
+    _, full = run_cfg(*args)
+    at_step = Resilience.on_train_batch_end
+
+    def sigterm_at_step_4(self, trainer, *rest):
+        if trainer.global_step == 4 and self.stop_signal is None:
+            self.stop_signal = signal.SIGTERM
+        return at_step(self, trainer, *rest)
+
+    monkeypatch.setattr(Resilience, "on_train_batch_end", sigterm_at_step_4)
+    with pytest.raises(RunInterrupted) as stopped:
+        run_cfg(*args)
+    monkeypatch.undo()
+    _, resumed = run_cfg(*args, f"ckpt_path={stopped.value.checkpoint}")
+    load = lambda p: torch.load(p / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)  # noqa: E731
+    a, b = load(full)["state_dict"], load(resumed)["state_dict"]
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume by {(a[k] - b[k]).abs().max()}"
 

@@ -34,12 +34,14 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback with the bar off
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    # always on, whatever the callbacks group: graceful SIGTERM/SIGINT, exact mid-epoch resume, NaN guard
-    callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
     if peft_adapters.is_adalora(cfg.get("peft")):
         from tunelab.adalora import AdaLoraSchedule
 
-        callbacks.append(AdaLoraSchedule(cfg.peft.get("tinit_ratio", 0.0), cfg.peft.get("tfinal_ratio", 0.0)))
+        # first: its rank update completes a step, before any callback saves that step (a SIGTERM checkpoint
+        # written before it would resume without the step's importance update)
+        callbacks.insert(0, AdaLoraSchedule(cfg.peft.get("tinit_ratio", 0.0), cfg.peft.get("tfinal_ratio", 0.0)))
+    # always on, whatever the callbacks group: graceful SIGTERM/SIGINT, exact mid-epoch resume, NaN guard
+    callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
     # the datamodule's batch sampler shards batches across ranks itself (keeps length grouping intact)
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False,
