@@ -153,6 +153,17 @@ def test_unknown_tag_names_file_and_line(run_cfg, tmp_path) -> None:
     assert "data.label_names" in message and "\n" not in message
 
 
+def test_iob1_tags_are_one_line_naming_file_and_line(run_cfg, tmp_path) -> None:
+    """CoNLL-2003's original files are IOB1 (I-PER starts an entity): read as IOB2 they hold no entity, and the
+    run trained and reported entity F1 0 with support 0."""
+    train = tmp_path / "iob1.conll"
+    train.write_text("Peter I-PER\nBlackburn I-PER\nsays O\n\nEU I-ORG\nrejects O\n\nAnn I-PER\nruns O\n")
+    with pytest.raises(ConfigError) as err:
+        run_cfg("data=conll", "loss=token_cross_entropy", f"data.train_file={train}", "data.batch_size=1",
+                "trainer=debug")
+    assert str(err.value).startswith(f"{train}:1: the tags are IOB1 (entities start with I-PER, no B- tag in the file)")
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])  # sgd, adamax: test_causal_lm.py
 def test_token_cross_entropy_fast_dev_run(run_cfg, optimizer: str) -> None:
     extra = ["loss.class_weights=balanced", "loss.label_smoothing=0.1"] if optimizer == "adamw" else []

@@ -86,6 +86,8 @@ class TokenClassificationDataModule(BaseDataModule):
                 f"{source}: the tags {shown(labels.names)} have no B-/I- prefixes; entity F1 scores IOB2 spans: "
                 "convert the tags to IOB2 (B-PER, I-PER, O)."
             )
+        for split in sorted(examples, key=lambda s: s != "train"):  # the training file's line first
+            check_iob2(examples[split])
         truncated = 0
         for split, rows in examples.items():
             # label_all_subtokens trains on every sub-token; val / test score words (their first sub-token), as
@@ -103,6 +105,19 @@ class TokenClassificationDataModule(BaseDataModule):
         self.truncated = truncated
         self.label_names = labels.names
         self.class_counts = labels.counts(i for e in train for i in e["labels"])
+
+
+def check_iob2(sentences: Sequence[dict]) -> None:
+    """Entity F1 reads IOB2 spans (an entity starts with B-). A file whose entities all start with I- is IOB1
+    (CoNLL-2003's original eng.train): read as IOB2 it holds no entity, and F1 would be 0 with support 0."""
+    if not sentences or any(t.startswith("B-") for e in sentences for t in e["tags"]):
+        return
+    for e in sentences:
+        for tag, line in zip(e["tags"], e["lines"]):
+            if tag.startswith("I-"):
+                raise ConfigError(f"{e['file']}:{line}: the tags are IOB1 (entities start with {tag}, no B- tag in "
+                                  "the file); entity F1 scores IOB2 spans: convert the file to IOB2 (an entity's "
+                                  "first tag B-, e.g. with seqeval or a short script).")
 
 
 def word_starts(word_ids: Sequence[int], words: int) -> list[int]:
