@@ -72,6 +72,19 @@ def test_a_grid_sweep_is_checked_before_its_first_job(tmp_path) -> None:
         assert "Launching" not in proc.stdout + proc.stderr and not list(tmp_path.glob("*"))
 
 
+def test_a_sweep_over_losses_that_ranks_on_val_loss_is_refused_before_its_first_job(tmp_path) -> None:
+    """Each job would pick its checkpoints, and the sweep rank its jobs, on its own loss's units; the report said
+    so only after every job had trained."""
+    proc = run_script("train.py", "-m", *TINY, "logger=csv", "loss=cross_entropy,focal", "optimized_metric=val/loss",
+                      f"hydra.sweep.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: val/loss is each config's own training loss and they train different ones (loss=cross_entropy, "
+        "loss=focal), so its values are not comparable; pass optimized_metric=val/nll (a proper scoring rule every "
+        "classification loss logs) or val/acc.")
+    assert "Launching" not in proc.stdout + proc.stderr and not list(tmp_path.glob("*"))
+
+
 def test_an_optuna_sweep_in_the_wrong_direction_is_refused_before_its_study(tmp_path) -> None:
     db = tmp_path / "optuna.db"
     proc = run_script(

@@ -261,17 +261,27 @@ def runs_task(runs: list[Run]) -> str | None:
 def check_comparable_losses(groups: list[Group], metric: str) -> None:
     """Refuse ranking or testing on */loss across configs that train different losses: each loss scores
     in its own units (square error vs cross-entropy), so the numbers say nothing about which is better."""
-    if metric.rsplit("/", 1)[-1].split("_")[0] != "loss" or len({r.objective for g in groups for r in g.runs}) < 2:
+    if not is_loss_metric(metric) or len({r.objective for g in groups for r in g.runs}) < 2:
         return
     losses = sorted({o for g in groups for o in g.config if override_key(o).split(".")[0] == "loss"})
-    stage = metric.rpartition("/")[0]
-    task = runs_task([r for g in groups for r in g.runs])
+    raise ConfigError(incomparable_losses(metric, losses, runs_task([r for g in groups for r in g.runs]), "--metric "))
+
+
+def is_loss_metric(metric: str) -> bool:
+    """`val/loss`, `test/loss_epoch`, ...: a run's own training loss, in the units of the loss it trains."""
+    return metric.rsplit("/", 1)[-1].split("_")[0] == "loss"
+
+
+def incomparable_losses(metric: str, losses: list[str], task: str | None, fix: str) -> str:
+    """The refusal of ranking configs that train different losses on */loss, naming the metrics to use instead
+    (`fix`: how to pass one, "--metric " or "optimized_metric=")."""
     from tunelab.tasks import get_task
 
+    stage = metric.rpartition("/")[0]
     free = get_task(task).loss_free_metrics if task else ()
     names = [f"{stage}/{m}" if stage else m for m in free]
     if free and free[0] == "nll":
         names[0] += " (a proper scoring rule every classification loss logs)"
-    raise ConfigError(f"{metric} is each config's own training loss and they train different ones "
-                      f"({', '.join(losses) or 'their loss sections differ'}), so its values are not comparable; "
-                      f"pass --metric {' or '.join(names) or 'with a metric of the task'}.")
+    return (f"{metric} is each config's own training loss and they train different ones "
+            f"({', '.join(losses) or 'their loss sections differ'}), so its values are not comparable; "
+            f"pass {fix}{' or '.join(names) or 'with a metric of the task'}.")

@@ -5,15 +5,17 @@ it creates the study."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from tunelab.errors import ConfigError, SweepRefused
+from tunelab.results import incomparable_losses, is_loss_metric, monitor
 from tunelab.sweeps import job_label, sweep_arguments, swept_keys_of
 
 
@@ -45,6 +47,7 @@ def check_grid_jobs(config: DictConfig) -> None:
     loader = GlobalHydra.instance().config_loader()
     master = HydraConfig.instance().cfg
     failed: list[tuple[int, list[str], ConfigError]] = []
+    ranked_on: dict[tuple[str, str], dict[str, list[str]]] = {}  # (metric, task) -> loss section -> its overrides
     try:
         for num, overrides in enumerate(jobs):
             job = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
@@ -59,6 +62,10 @@ def check_grid_jobs(config: DictConfig) -> None:
                 validate(job)
             except ConfigError as err:
                 failed.append((num, list(overrides), err))
+                continue
+            section = json.dumps(OmegaConf.to_container(job.loss, resolve=True), sort_keys=True)
+            losses = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] == "loss"]
+            ranked_on.setdefault((monitor(job)[0], job.data.task), {})[section] = losses
     finally:
         HydraConfig.instance().cfg = master
     if failed:
@@ -66,17 +73,23 @@ def check_grid_jobs(config: DictConfig) -> None:
         label = job_label(num, overrides, swept, len(jobs))
         more = f"; {len(others)} more fail the checks: {', '.join(others[:3])}{' and others' if len(others) > 3 else ''}"
         raise SweepRefused(f"{label}: {str(err).rstrip('.')}. No job has run{more if others else ''}.")
+    for (metric, task), sections in ranked_on.items():  # the sweep picks and ranks on what each job optimizes
+        if is_loss_metric(metric) and len(sections) > 1:
+            losses = sorted({o for found in sections.values() for o in found})
+            raise SweepRefused(incomparable_losses(metric, losses, task, "optimized_metric="))
 
 
 def check_direction(config: DictConfig) -> None:
     """An optimizing sweeper's direction against the optimized metric, on the sweep's base config."""
-    from tunelab.results import monitor
     from tunelab.validation import check_sweeper_direction
 
     try:
-        monitor(config)
+        metric = monitor(config)[0]
     except ConfigError:
         return  # not a metric of the base config's task (a searched data set?): the first trial says so
+    searched = [key for key in swept_keys_of(config.hydra) if key.split(".")[0] == "loss"]
+    if is_loss_metric(metric) and searched:
+        raise SweepRefused(incomparable_losses(metric, searched, config.data.task, "optimized_metric="))
     try:
         check_sweeper_direction(config, config.hydra.sweeper)
     except ConfigError as err:

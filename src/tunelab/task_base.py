@@ -10,6 +10,7 @@ from torchmetrics import Metric, MetricCollection
 
 from tunelab.errors import ConfigError
 from tunelab.prediction_metrics import ExampleMetric
+from tunelab.results import is_loss_metric
 
 
 class Task:
@@ -44,7 +45,7 @@ class Task:
         leaf = name.rsplit("/", 1)[-1]
         if leaf == self.monitor:
             return self.mode
-        if leaf.split("_")[0] == "loss":
+        if is_loss_metric(leaf):
             return "min"
         metrics = dict(self.metrics(2).items())
         metric = metrics.get(leaf)
