@@ -160,6 +160,29 @@ def test_sigterm_saves_resumable_checkpoint_and_exits_143(tmp_path) -> None:
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["global_step"] == 100
 
 
+def test_a_signal_during_the_last_validation_stops_before_test(run_cfg, monkeypatch) -> None:
+    """A SIGTERM after the last training step (here: in the last validation) was acknowledged, then the run tested,
+    exported and exited 0. It stops with a last.ckpt instead, and resuming from it gives the uninterrupted test."""
+    from tunelab.resilience import Resilience
+
+    args = ("data.train_limit=32", "data.batch_size=8", "trainer.max_epochs=2", "seed=4")
+    uninterrupted, _ = run_cfg(*args)
+
+    def signal_in_last_validation(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.current_epoch == trainer.max_epochs - 1:
+            self.stop_signal = signal.SIGTERM
+
+    monkeypatch.setattr(Resilience, "on_validation_end", signal_in_last_validation, raising=False)
+    with pytest.raises(RunInterrupted) as stopped:
+        run_cfg(*args)
+    monkeypatch.undo()
+    run_dir = Path(stopped.value.checkpoint).parent.parent
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "predictions.jsonl").exists()
+    resumed, _ = run_cfg(*args, f"ckpt_path={stopped.value.checkpoint}")
+    assert {k: v for k, v in resumed.items() if k.startswith("test/")} == {
+        k: v for k, v in uninterrupted.items() if k.startswith("test/")}
+
+
 def test_nan_loss_stops_with_step_and_checkpoint(run_cfg, recwarn) -> None:
     with pytest.raises(TrainingError, match=r"non-finite training loss .* at step \d+ \(epoch 0\); last good checkpoint: "):
         run_cfg("optimizer=sgd", "optimizer.lr=1e30", "data.train_limit=64", "data.batch_size=8", "trainer.max_epochs=1")

@@ -197,6 +197,16 @@ class Resilience(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore(trainer)
         self.flush_nan_check(trainer)
+        # a signal after the last training step (during the last validation): the run still stops before test
+        # and export, as a signal promises; resumed from this last.ckpt, it goes straight to them
+        late = self.stop_signal is not None and self.interrupted_checkpoint is None
+        if trainer.world_size > 1:
+            late = trainer.strategy.reduce_boolean_decision(late, all=False)
+        if late:
+            path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            trainer.save_checkpoint(path)
+            self.interrupted_checkpoint = str(path)
+            log.warning("interrupted after the last step: resume with ckpt_path=%s to test", path)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore(trainer)
