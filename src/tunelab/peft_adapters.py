@@ -72,6 +72,9 @@ def validate(cfg: DictConfig) -> None:
             "peft.save_adapter=true needs a pretrained base to load the adapter onto, but model.from_scratch=true "
             "initialises it randomly; drop peft.save_adapter (the Lightning checkpoint holds everything)."
         )
+    if cfg.model.get("from_scratch"):
+        log.warning("peft=%s adapts a randomly initialised model (model.from_scratch=true): only the adapter and "
+                    "head train, on frozen random weights; compare adapters on a pretrained model", name)
     hf_config = _hf_config(cfg.model)
     if hf_config is None:
         return  # build_model reports a missing model

@@ -72,6 +72,8 @@ def load(path: str, cfg: DictConfig, trained: dict | None) -> TransformerModule:
 
 def summary(rows: list[dict], path: Path, source: str) -> str:
     """One line: how many rows were predicted, where they went, and the predicted labels' counts."""
-    preds = Counter(r["pred"] for r in rows if isinstance(r["pred"], str))
+    # a label per row, or per word (NER: entity tags, null for words past max_length)
+    preds = Counter(p for r in rows for p in (r["pred"] if isinstance(r["pred"], list) else [r["pred"]])
+                    if isinstance(p, str))
     counts = f" ({', '.join(f'{label} {n}' for label, n in preds.most_common())})" if preds else ""
     return f"predicted {len(rows)} rows of {source}{counts}: {path}"

@@ -102,7 +102,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.trained_label_names = [str(n) for n in label_names]
         if os.path.isabs(tokenizer) and not os.path.isdir(tokenizer):
             raise ConfigError(f"the tokenizer this checkpoint was trained with is gone ({tokenizer}; a cleaned cache?): "
-                              "test the run's exported model dir with predict.py, or train again.")
+                              "the run's exported model dir (hf_model or merged) keeps a copy; else train again.")
         if tokenizer != self.tokenizer_path:
             self.tokenizer_path, self._tokenizer = tokenizer, None
 
