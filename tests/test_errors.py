@@ -113,10 +113,12 @@ def test_an_unquoted_list_for_the_sweeper_names_the_quotes() -> None:
         "\"hydra.sweeper.params.loss='cross_entropy,focal'\".")
 
 
-@pytest.mark.parametrize("seed", ["seed=0,1", "seed=choice(0,1)", "seed=range(3)"])
+@pytest.mark.parametrize("seed", ["seed=0,1", "seed=choice(0,1)", "seed=range(3)", "+hydra.sweeper.params.seed='0,1'"])
 def test_a_seed_list_under_an_optuna_search_is_refused(tmp_path, seed) -> None:
-    """The sweeper would search the seed (and pick the luckiest) instead of averaging trials over seeds."""
+    """The sweeper would search the seed (and pick the luckiest) instead of averaging trials over seeds; the
+    sweeper's params (an hparams_search file) are checked too, not only the command line."""
     proc = run_script("train.py", "hparams_search=optuna_random", seed, f"hydra.sweep.dir={tmp_path}")
+    seed = seed.removeprefix("+hydra.sweeper.params.").replace("'", "")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: {seed} with hparams_search makes the seed a searched parameter (the study would pick the luckiest "

@@ -33,7 +33,6 @@ def launch(config_name: str, project_root: Path) -> None:
         return main_entry(cfg)
 
     try:
-        _check_searched_seed(sys.argv[1:])
         app()
         _exit_if_sweep_jobs_failed()
     except (ConfigError, SweepRefused) as err:
@@ -133,19 +132,6 @@ def _to_log_files(err: Exception) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-
-
-def _check_searched_seed(argv: list[str]) -> None:
-    """An Optuna sweeper turns every command-line list into a searched parameter: seed=0,1 would let the
-    study pick the luckiest seed, where a researcher means each trial averaged over seeds."""
-    if not any(a.startswith("hparams_search=") for a in argv):
-        return
-    for arg in argv:
-        key, _, value = arg.lstrip("+").partition("=")
-        if key == "seed" and ("," in value or "(" in value):
-            raise ConfigError(f"{arg} with hparams_search makes the seed a searched parameter (the study would pick "
-                              "the luckiest seed); search with one seed, then run the best config over seeds: "
-                              "python train.py -m <best params> seed=0,1,2.")
 
 
 def explain_override_error(err: Exception, config_name: str, argv: list[str] | None = None) -> str:

@@ -87,7 +87,13 @@ def check_direction(config: DictConfig) -> None:
         metric = monitor(config)[0]
     except ConfigError:
         return  # not a metric of the base config's task (a searched data set?): the first trial says so
-    searched = [key for key in swept_keys_of(config.hydra) if key.split(".")[0] == "loss"]
+    swept = swept_keys_of(config.hydra)
+    if "seed" in swept:  # from the command line, an hparams_search / experiment file, or hydra.sweeper.params
+        given = next(a for a in sweep_arguments(config.hydra) if a.split("=", 1)[0].lstrip("+") == "seed")
+        raise SweepRefused(f"{given} with hparams_search makes the seed a searched parameter (the study would pick "
+                           "the luckiest seed); search with one seed, then run the best config over seeds: "
+                           "python train.py -m <best params> seed=0,1,2.")
+    searched = [key for key in swept if key.split(".")[0] == "loss"]
     if is_loss_metric(metric) and searched:
         raise SweepRefused(incomparable_losses(metric, searched, config.data.task, "optimized_metric="))
     try:
