@@ -13,6 +13,7 @@ from conftest import FIXTURES, compose_cfg
 from tunelab.callbacks import GenerateSample
 from tunelab.data.language_modeling import document_blocks, pack_blocks, train_tokenizer
 from tunelab.losses import NextTokenCrossEntropyLoss, shift_for_next_token
+from tunelab.errors import ConfigError
 from tunelab.metrics import Perplexity
 from tunelab.tasks import get_task
 
@@ -161,3 +162,12 @@ def test_the_exported_lm_stops_at_its_tokenizers_end_of_text(run_cfg, adapter) -
     assert model.config.eos_token_id == tokenizer.eos_token_id < len(tokenizer)
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     assert tokenizer.model_max_length == model.config.n_positions
+
+
+def test_text_shorter_than_one_packed_block_names_block_size(tmp_path, cache_dir) -> None:
+    """Packed text shorter than one block gives no block: the fix is the block size, not the file."""
+    short = tmp_path / "short.txt"
+    short.write_text("To be, or not to be.\n\nThat is the question.\n")
+    with pytest.raises(ConfigError, match=r"or a smaller data.block_size \(now 256\) or data.packing=false\.$"):
+        datamodule(tmp_path, cache_dir, "data=text", f"data.train_file={short}", "data.packing=true",
+                   "data.block_size=256", "data.batch_size=1")

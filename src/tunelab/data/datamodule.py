@@ -181,7 +181,7 @@ class BaseDataModule(pl.LightningDataModule):
                     fix = "data.val_fraction / data.test_fraction, or give data.val_file / data.test_file"
                 raise ConfigError(
                     f"the {split} split of data={self.name} is empty ({self.files[split] or self.files['train']}); "
-                    f"check {fix}."
+                    f"check {fix}{self.empty_split_hint()}."
                 )
         self.finalize_labels(examples)
         # a trained model under test takes any batch size; only training needs a batch's worth of rows
@@ -214,6 +214,10 @@ class BaseDataModule(pl.LightningDataModule):
             rest = rest[: self.train_limit]
         out["train"] = [train[i] for i in sorted(rest)]
         return {s: out[s] for s in SPLITS}
+
+    def empty_split_hint(self) -> str:
+        """More of the fix for an empty split, where this datamodule's own settings can empty one."""
+        return ""
 
     def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
         """Turn raw labels into training targets (in place). Default: nothing to do."""

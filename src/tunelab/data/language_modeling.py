@@ -155,6 +155,11 @@ class LanguageModelingDataModule(BaseDataModule):
         out["train"] = [train[i] for i in rest]
         return {s: out[s] for s in ("train", "val", "test")}
 
+    def empty_split_hint(self) -> str:
+        # packed text shorter than one block gives no block at all
+        return (f", or a smaller data.block_size (now {self.block_size}) or data.packing=false" if self.packing
+                else "")
+
     def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
         # labels are the inputs: the loss shifts them (losses.shift_for_next_token); padding gets -100
         for rows in examples.values():
