@@ -156,7 +156,12 @@ def _past_key_values_target(forward) -> str | None:
 def apply_peft(model: nn.Module, cfg: Mapping[str, Any] | None, task: Task) -> nn.Module:
     """Wrap `model` as conf/peft says (unchanged for peft=none); `adapter_path` loads a saved adapter."""
     if cfg and cfg.get("adapter_path"):
-        model = _peft().PeftModel.from_pretrained(model, str(cfg["adapter_path"]))  # frozen, for evaluation
+        # is_trainable: the parameters its training run trained stay marked so, and an eval of the adapter reports
+        # the params/* of an eval of the run's .ckpt (frozen, every count was 0); testing runs without gradients.
+        # peft loads prompt-learning adapters (prefix) frozen only
+        path = str(cfg["adapter_path"])
+        trainable = not _peft().PeftConfig.from_pretrained(path).is_prompt_learning
+        model = _peft().PeftModel.from_pretrained(model, path, is_trainable=trainable)
         name = f"adapter {cfg['adapter_path']}"
     elif enabled(cfg):
         model = _peft().get_peft_model(model, build_peft_config(cfg, model, task))
