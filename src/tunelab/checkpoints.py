@@ -7,7 +7,7 @@ import json
 import logging
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -132,10 +132,9 @@ TRAINED_SETTINGS = ("model", "loss", "optimizer", "scheduler", "peft", "seed")
 def trained_settings(cfg: DictConfig) -> dict[str, Any]:
     """The TRAINED_SETTINGS of the run whose checkpoint an eval.py / predict.py run tests, as plain values (resolved
     where they resolve outside that run's Hydra); {} for a training run or a checkpoint without its run dir."""
-    trained_dir = tested_run_dir(cfg)
-    if trained_dir is None or not (trained_dir / ".hydra" / "config.yaml").is_file():
+    trained = training_config(cfg.ckpt_path) if tested_run_dir(cfg) is not None else None
+    if trained is None:
         return {}
-    trained = OmegaConf.load(trained_dir / ".hydra" / "config.yaml")
     try:
         values = OmegaConf.to_container(trained, resolve=True)
     except Exception:  # noqa: BLE001 - an interpolation of the training run's Hydra: shown as written
@@ -157,13 +156,12 @@ def training_config(path: str | Path) -> DictConfig | None:
 INPUT_LENGTHS = ("data.max_length", "data.block_size")
 
 
-def use_trained_lengths(path: str | Path, cfg: DictConfig, given: Sequence[str] = ()) -> None:
+def use_trained_lengths(path: str | Path, cfg: DictConfig, given_keys: Collection[str] = ()) -> None:
     """Set cfg's INPUT_LENGTHS to those of the run that wrote `path` (its .hydra/config.yaml), except the keys the
-    command line gives (`given`: its overrides), logging each one that changes."""
+    command line gives (`given_keys`), logging each one that changes."""
     trained_cfg = training_config(path)
     if trained_cfg is None:
         return
-    given_keys = {o.split("=", 1)[0].lstrip("+~") for o in given}
     for key in INPUT_LENGTHS:
         trained = OmegaConf.select(trained_cfg, key, default=None)
         now = OmegaConf.select(cfg, key, default=None)

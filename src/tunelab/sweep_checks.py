@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from tunelab.errors import ConfigError, SweepRefused
 from tunelab.results import incomparable_losses, is_loss_metric, monitor
-from tunelab.sweeps import job_label, sweep_arguments, swept_keys_of
+from tunelab.sweeps import job_label, override_key, sweep_arguments, swept_keys_of
 
 
 class CheckSweepJobs(Callback):
@@ -64,7 +64,7 @@ def check_grid_jobs(config: DictConfig) -> None:
                 failed.append((num, list(overrides), err))
                 continue
             section = json.dumps(OmegaConf.to_container(job.loss, resolve=True), sort_keys=True)
-            losses = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] == "loss"]
+            losses = [o for o in overrides if override_key(o).split(".")[0] == "loss"]
             ranked_on.setdefault((monitor(job)[0], job.data.task), {})[section] = losses
     finally:
         HydraConfig.instance().cfg = master
@@ -89,7 +89,7 @@ def check_direction(config: DictConfig) -> None:
         return  # not a metric of the base config's task (a searched data set?): the first trial says so
     swept = swept_keys_of(config.hydra)
     if "seed" in swept:  # from the command line, an hparams_search / experiment file, or hydra.sweeper.params
-        given = next(a for a in sweep_arguments(config.hydra) if a.split("=", 1)[0].lstrip("+") == "seed")
+        given = next(a for a in sweep_arguments(config.hydra) if override_key(a) == "seed")
         raise SweepRefused(f"{given} with hparams_search makes the seed a searched parameter (the study would pick "
                            "the luckiest seed); search with one seed, then run the best config over seeds: "
                            "python train.py -m <best params> seed=0,1,2.")

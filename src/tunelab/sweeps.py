@@ -46,6 +46,11 @@ def command_line_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def command_line_keys() -> set[str]:
+    """The keys this run's command line sets (`optimizer.lr` of `+optimizer.lr=1e-4`)."""
+    return {override_key(o) for o in command_line_overrides()}
+
+
 def job_name(overrides: list[str], swept: set[str] | None = None) -> str:
     """A run name from this job's overrides: the swept ones when known (`optimizer=sgd,seed=1`),
     else all but the plumbing ones."""
