@@ -13,6 +13,7 @@ from conftest import compose_cfg
 from tunelab import plots, report, significance, sweeps
 from tunelab.errors import ConfigError
 from tunelab.results import monitor
+from tunelab.run_layout import RESULTS_FILE
 from tunelab.validation import validate
 
 T_975_DF2 = 4.302652729911275  # t quantile 0.975 with 2 degrees of freedom (tables)
@@ -127,7 +128,7 @@ def _append_many(args) -> None:
 def test_concurrent_appends_keep_every_line_whole(tmp_path) -> None:
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         pool.map(_append_many, [(str(tmp_path), w) for w in range(4)])
-    lines = (tmp_path / sweeps.RESULTS_FILE).read_text().splitlines()
+    lines = (tmp_path / RESULTS_FILE).read_text().splitlines()
     rows = [json.loads(line) for line in lines]  # a torn line would not parse
     assert len(rows) == 200 and len({(r["worker"], r["i"]) for r in rows}) == 200
 

@@ -12,6 +12,7 @@ from typing import Any, Collection, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.errors import ConfigError
+from tunelab import run_layout as layout
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ def hydra_dir_of(path: str | Path) -> Path | None:
     (None for a file elsewhere: the dir above it is not its run's)."""
     path = Path(path).resolve()
     if path.is_dir():
-        return path.parent / ".hydra"
-    return path.parent.parent / ".hydra" if path.parent.name == "checkpoints" else None
+        return path.parent / layout.HYDRA_DIR
+    return path.parent.parent / layout.HYDRA_DIR if path.parent.name == layout.CHECKPOINTS_DIR else None
 
 
 def tested_run_dir(cfg: DictConfig) -> Path | None:
@@ -146,9 +147,9 @@ def training_config(path: str | Path) -> DictConfig | None:
     """The config of the run that wrote `path` (its .hydra/config.yaml, unresolved); None without one (a model
     copied elsewhere, a run started from Python)."""
     hydra_dir = hydra_dir_of(path)
-    if hydra_dir is None or not (hydra_dir / "config.yaml").is_file():
+    if hydra_dir is None or not (hydra_dir / layout.CONFIG_YAML).is_file():
         return None
-    return OmegaConf.load(hydra_dir / "config.yaml")
+    return OmegaConf.load(hydra_dir / layout.CONFIG_YAML)
 
 
 # how a model's inputs were cut: a checkpoint is tested (and predicts) with its training run's, not the data

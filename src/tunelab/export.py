@@ -16,6 +16,7 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters
+from tunelab import run_layout as layout
 from tunelab.checkpoints import (check_label_set, hydra_dir_of, is_adapter_dir, load_checkpoint_header, tested_label_info,
                                  training_config)
 from tunelab.errors import ConfigError
@@ -24,7 +25,6 @@ from tunelab.tasks import TASKS, Task, get_task
 
 log = logging.getLogger(__name__)
 
-EXPORT_DIR = "hf_model"
 # a sequence head's transformers problem_type -> the tunelab task that trains it
 SEQUENCE_PROBLEMS = {t.problem_type: t.name for t in TASKS.values() if t.problem_type}
 
@@ -62,9 +62,9 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
     if adapted and (cfg.get("peft") or {}).get("merge_on_save"):
         # on a copy: the module keeps its adapter (merge_and_unload would unwrap it in place)
         written.append(_write_standalone(copy.deepcopy(module.model).merge_and_unload(), module.task, tokenizer,
-                                         run_dir / peft_adapters.MERGED_DIR))
+                                         run_dir / layout.MERGED_DIR))
     if cfg.get("export") and not adapted:  # on a copy: the module keeps its own head
-        written.append(_write_standalone(copy.deepcopy(module.model), module.task, tokenizer, run_dir / EXPORT_DIR))
+        written.append(_write_standalone(copy.deepcopy(module.model), module.task, tokenizer, run_dir / layout.HF_MODEL_DIR))
     return written
 
 
@@ -124,7 +124,7 @@ def trained_data(path: str | Path) -> str | None:
         return None
     try:
         name = OmegaConf.select(trained_cfg, "data.name")
-        overrides = [str(o) for o in OmegaConf.load(hydra_dir_of(path) / "overrides.yaml")]
+        overrides = [str(o) for o in OmegaConf.load(hydra_dir_of(path) / layout.OVERRIDES_YAML)]
     except Exception:  # noqa: BLE001 - the hint is a nicety; the error it goes into is the point
         return None
     task = [o.lstrip("+~") for o in overrides if o.lstrip("+~").startswith("data.task=")]

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 
 from tunelab import peft_adapters, predictions
+from tunelab import run_layout as layout
 from tunelab.adalora import regularization
 from tunelab.callbacks import ReleaseGradsOnException, average_into_weights_only_checkpoint, evaluate_the_average
 from tunelab.checkpoints import VAL_METRICS
@@ -231,9 +232,9 @@ class TransformerModule(pl.LightningModule):
     def _write_report(self, report: dict, text: str) -> None:
         out = Path(self.trainer.default_root_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "test_report.json").write_text(json.dumps(report, indent=2))
-        (out / "test_report.txt").write_text(text + "\n")
-        log.info("Test report (%s):\n%s", out / "test_report.txt", text)
+        (out / layout.TEST_REPORT_JSON).write_text(json.dumps(report, indent=2))
+        (out / layout.TEST_REPORT_TXT).write_text(text + "\n")
+        log.info("Test report (%s):\n%s", out / layout.TEST_REPORT_TXT, text)
 
     # Resuming must continue the same random streams (dropout masks), not restart them from the seed:
     # without this a resumed run diverges from an uninterrupted one after the first step.

@@ -18,13 +18,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from tunelab.checkpoints import ADAPTER_HPARAMS
+from tunelab import run_layout as layout
 from tunelab.errors import ConfigError
 from tunelab.model import model_config
 from tunelab.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
-ADAPTER_DIR, MERGED_DIR = "adapter", "merged"
 # the module's hyper-parameters saved beside an adapter: what its base model + adapter are tested with
 ADAPTER_HPARAM_KEYS = ("task", "model", "label_names", "class_counts", "label_info", "loss")
 # conf/peft keys that are tunelab's, not fields of the peft config class
@@ -213,7 +213,7 @@ def save_adapter(model: nn.Module, cfg: DictConfig, tokenizer: Any = None,
     that testing it needs: task, base model, label names, label_info, loss). None when not asked for."""
     if not is_peft_model(model) or not (cfg.get("peft") or {}).get("save_adapter"):
         return None
-    out = Path(cfg.paths.output_dir) / ADAPTER_DIR
+    out = Path(cfg.paths.output_dir) / layout.ADAPTER_DIR
     model.save_pretrained(out)
     if hparams is not None:
         saved = {k: hparams.get(k) for k in ADAPTER_HPARAM_KEYS}

@@ -15,6 +15,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from tunelab import run_layout as layout
+
 from tunelab.results import load_runs, monitor, runs_monitor, saved_config
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ def _save(plt, fig, out: Path) -> Path:
 
 def _read_csv_metrics(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
     """{metric: [(step, value), ...]} from the CSVLogger file (each row holds only what was logged then)."""
-    path = run_dir / "csv" / "metrics.csv"
+    path = run_dir / layout.CSV_DIR / layout.CSV_METRICS
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     if not path.is_file():
         return series
@@ -88,13 +90,13 @@ def plot_learning_curves(run_dir: Path) -> Path | None:
         ax.set(xlabel="step", ylabel=monitor.split("/")[-1], title=monitor)
         ax.legend()
     fig.suptitle(f"{run_dir.parent.name}/{run_dir.name}")
-    return _save(plt, fig, run_dir / "learning_curves.png")
+    return _save(plt, fig, run_dir / layout.LEARNING_CURVES)
 
 
 def plot_confusion_matrix(run_dir: Path) -> Path | None:
     """The test confusion matrix (rows = true, columns = predicted) from test_report.json."""
     run_dir = Path(run_dir)
-    path = run_dir / "test_report.json"
+    path = run_dir / layout.TEST_REPORT_JSON
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
@@ -113,14 +115,14 @@ def plot_confusion_matrix(run_dir: Path) -> Path | None:
         for j, count in enumerate(row):
             ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=f"test confusion matrix (n={report.get('support', '?')})")
-    return _save(plt, fig, run_dir / "confusion_matrix.png")
+    return _save(plt, fig, run_dir / layout.CONFUSION_MATRIX)
 
 
 def plot_reliability_diagram(run_dir: Path) -> Path | None:
     """Test accuracy against confidence per confidence bin (test_report.json's "calibration"), with the
     diagonal of perfect calibration and the share of examples per bin."""
     run_dir = Path(run_dir)
-    path = run_dir / "test_report.json"
+    path = run_dir / layout.TEST_REPORT_JSON
     calibration = json.loads(path.read_text()).get("calibration") if path.is_file() else None
     if not calibration or not sum(calibration["count"]):
         return None
@@ -139,7 +141,7 @@ def plot_reliability_diagram(run_dir: Path) -> Path | None:
     ax.legend(loc="upper left", fontsize="small")
     hist.bar(lows, [count[i] / sum(count) for i in filled], widths, align="edge", edgecolor="black")
     hist.set(xlabel="confidence (top-label softmax probability)", ylabel="share of examples")
-    return _save(plt, fig, run_dir / "reliability_diagram.png")
+    return _save(plt, fig, run_dir / layout.RELIABILITY_DIAGRAM)
 
 
 def write_run_plots(run_dir: Path) -> list[Path]:
@@ -190,8 +192,8 @@ def plot_sweep(sweep_dir: Path, metric: str | None = None, runs: list | None = N
 
 
 def is_sweep_dir(path: Path) -> bool:
-    return (path / "multirun.yaml").is_file() or (path / "results.jsonl").is_file() or (
-        not (path / "metrics.json").is_file() and any(path.glob("*/metrics.json"))
+    return (path / layout.MULTIRUN_YAML).is_file() or (path / layout.RESULTS_FILE).is_file() or (
+        not (path / layout.METRICS_FILE).is_file() and any(path.glob(f"*/{layout.METRICS_FILE}"))
     )
 
 
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if is_sweep_dir(args.path):
         written = [p for p in [plot_sweep(args.path, args.metric)] if p]
         if args.runs:
-            for metrics_file in sorted(args.path.glob("*/metrics.json")):
+            for metrics_file in sorted(args.path.glob(f"*/{layout.METRICS_FILE}")):
                 written += write_run_plots(metrics_file.parent)
     else:
         written = write_run_plots(args.path)

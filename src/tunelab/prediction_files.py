@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 from tunelab.data.readers import read_table
 from tunelab.errors import ConfigError
+from tunelab.run_layout import PREDICTIONS_FILE
 
 if TYPE_CHECKING:
     from tunelab.results import Run
 
-PREDICTIONS_FILE = "predictions.jsonl"  # one record per test example, written by every test
 
 
 def load_predictions(run_dir: Path) -> list[dict]:

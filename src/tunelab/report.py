@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from tunelab import plots, tracking
 from tunelab.errors import ConfigError
+from tunelab import run_layout as layout
 from tunelab.results import (Group, Run, canonical_override, check_comparable_losses, group_runs, load_runs,
                              runs_monitor, unfinished_jobs, varying_overrides)
 from tunelab.significance import check_alpha, compare_over_seeds, describe, fmt, fmt_p, seed_notes
@@ -190,9 +191,9 @@ def write_report(sweep_dir: Path, metric: str | None = None, alpha: float = 0.05
     for extra in extra_metrics:  # a mistyped --metrics name would otherwise drop its column silently
         _require_logged(extra, runs)
     markdown = to_markdown(report, list(extra_metrics))
-    (sweep_dir / "report.md").write_text(markdown)
-    (sweep_dir / "report.json").write_text(json.dumps(report, indent=2))
-    with (sweep_dir / "report.csv").open("w", newline="") as f:
+    (sweep_dir / layout.REPORT_MD).write_text(markdown)
+    (sweep_dir / layout.REPORT_JSON).write_text(json.dumps(report, indent=2))
+    with (sweep_dir / layout.REPORT_CSV).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["rank", "config", "metric", "n", "mean", "std", "ci95_low", "ci95_high", "seeds"])
         for c in report["configs"]:
@@ -207,7 +208,7 @@ def _write_runs_csv(sweep_dir: Path, report: dict[str, Any], runs: list[Run]) ->
     """runs.csv: one row per run (config, seed, optimizer, lr, every val/test metric), for pandas."""
     by_dir = {str(r.dir.relative_to(sweep_dir)): r for r in runs}
     metrics = sorted({m for c in report["configs"] for m in c["stats"]})
-    with (sweep_dir / "runs.csv").open("w", newline="") as f:
+    with (sweep_dir / layout.RUNS_CSV).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["run", "rank", "config", "seed", "optimizer", "lr", *metrics])
         for c in report["configs"]:
@@ -227,7 +228,7 @@ class SweepReport(Callback):
             runs = load_runs(sweep_dir)
             report, markdown = write_report(sweep_dir, runs=runs)
             plots.plot_sweep(sweep_dir, runs=runs)
-            log.info("sweep report (%s):\n%s", sweep_dir / "report.md", markdown)
+            log.info("sweep report (%s):\n%s", sweep_dir / layout.REPORT_MD, markdown)
             tracking.send_sweep(sweep_dir, runs, report)  # the W&B summary run of the sweep's group
         except Exception as err:  # noqa: BLE001 - the jobs are done; a report problem must not hide that
             log.warning("no sweep report for %s: %s (run python -m tunelab.report %s)", sweep_dir, err, sweep_dir)

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 
 from tunelab.errors import ConfigError, TrainingError
+from tunelab import run_layout as layout
 from tunelab.rundir import newest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class Resilience(pl.Callback):
             self._stopping = stop
         # only after an optimizer step: mid-accumulation, the checkpoint would lose the gradients summed so far
         if self._stopping and stepped:
-            path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            path = layout.last_checkpoint(trainer.default_root_dir)
             trainer.save_checkpoint(path)  # Lightning writes atomically (temp file + rename)
             self.interrupted_checkpoint = str(path)
             log.warning("interrupted at step %d: resume with ckpt_path=%s", trainer.global_step, path)
@@ -184,7 +185,7 @@ class Resilience(pl.Callback):
             self._stop_for_nan(trainer, int(bad.min()))
 
     def _stop_for_nan(self, trainer: pl.Trainer, step: int, value: str = "") -> None:
-        last = newest_checkpoint(Path(trainer.default_root_dir) / "checkpoints")
+        last = newest_checkpoint(Path(trainer.default_root_dir) / layout.CHECKPOINTS_DIR)
         raise TrainingError(
             f"non-finite training loss {value}at step {step} (epoch {trainer.current_epoch}); "
             f"last good checkpoint: {last or 'none yet'}. Lower optimizer.lr, set trainer.gradient_clip_val, "
@@ -203,7 +204,7 @@ class Resilience(pl.Callback):
         if trainer.world_size > 1:
             late = trainer.strategy.reduce_boolean_decision(late, all=False)
         if late:
-            path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            path = layout.last_checkpoint(trainer.default_root_dir)
             trainer.save_checkpoint(path)
             self.interrupted_checkpoint = str(path)
             log.warning("interrupted after the last step: resume with ckpt_path=%s to test", path)
@@ -260,7 +261,7 @@ def csv_history(ckpt_path: str) -> dict[Path, tuple[list[str], list[dict]]]:
     if hydra_dir is None or Path(ckpt_path).is_dir() or rank_zero_only.rank != 0:
         return {}
     step, history = int(load_checkpoint_header(ckpt_path).get("global_step", 0)), {}
-    for path in hydra_dir.parent.glob("*/metrics.csv"):
+    for path in hydra_dir.parent.glob(f"*/{layout.CSV_METRICS}"):
         with open(path, newline="") as file:
             reader = csv.DictReader(file)
             rows = [r for r in reader if int(float(r.get("step") or 0)) <= step]
@@ -280,7 +281,7 @@ def restore_csv_history(loggers: Sequence[Any], output_dir: str | Path,
         if not isinstance(logger, CSVLogger):
             continue
         try:
-            rel = Path(logger.log_dir).resolve().relative_to(Path(output_dir).resolve()) / "metrics.csv"
+            rel = Path(logger.log_dir).resolve().relative_to(Path(output_dir).resolve()) / layout.CSV_METRICS
         except ValueError:  # a logger writing outside the run dir: no counterpart in the old run
             continue
         if rel not in history:

@@ -16,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.checkpoints import tested_run_dir
 from tunelab.errors import ConfigError
-from tunelab.sweeps import RESULTS_FILE, job_name, override_key
+from tunelab.run_layout import (CONFIG_YAML, HYDRA_DIR, HYDRA_YAML, METRICS_FILE, OVERRIDES_YAML, RESULTS_FILE,
+                                WANDB_DIR, hydra_file)
+from tunelab.sweeps import job_name, override_key
 
 SEED_KEYS = ("seed",)
 # YAML 1.1 words OmegaConf reads as booleans; Hydra's override grammar only knows true / false
@@ -154,9 +156,9 @@ def load_runs(sweep_dir: Path) -> list[Run]:
                 row = json.loads(line)
                 rows[row.get("job_dir")] = row
     runs = []
-    for path in sorted(sweep_dir.rglob("metrics.json")):
+    for path in sorted(sweep_dir.rglob(METRICS_FILE)):
         rel = path.parent.relative_to(sweep_dir)
-        if any(part.startswith(".") or part == "wandb" for part in rel.parts):
+        if any(part.startswith(".") or part == WANDB_DIR for part in rel.parts):
             continue
         record = json.loads(path.read_text())
         row = rows.get(str(rel), {})
@@ -173,12 +175,12 @@ def load_runs(sweep_dir: Path) -> list[Run]:
 def unfinished_jobs(sweep_dir: Path) -> tuple[int, list[tuple[Path, list[str]]]]:
     """(how many job dirs the sweep has, [(job dir, its overrides)] of those without a metrics.json):
     a job dir is a numbered subdir holding .hydra/, as Hydra's multirun creates it before the job runs."""
-    jobs = sorted((d for d in Path(sweep_dir).iterdir() if d.name.isdigit() and (d / ".hydra").is_dir()),
+    jobs = sorted((d for d in Path(sweep_dir).iterdir() if d.name.isdigit() and (d / HYDRA_DIR).is_dir()),
                   key=lambda d: int(d.name)) if Path(sweep_dir).is_dir() else []
     missing = []
     for job in jobs:
-        if not (job / "metrics.json").is_file():
-            path = job / ".hydra" / "overrides.yaml"
+        if not (job / METRICS_FILE).is_file():
+            path = hydra_file(job, OVERRIDES_YAML)
             overrides = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
             missing.append((job, [canonical_override(str(o)) for o in overrides or []]))
     return len(jobs), missing
@@ -186,7 +188,7 @@ def unfinished_jobs(sweep_dir: Path) -> tuple[int, list[tuple[Path, list[str]]]]
 
 def saved_config(run_dir: Path) -> DictConfig | None:
     """The config a job ran with (<run dir>/.hydra/config.yaml, unresolved), None when missing."""
-    path = Path(run_dir) / ".hydra" / "config.yaml"
+    path = hydra_file(run_dir, CONFIG_YAML)
     return OmegaConf.load(path) if path.is_file() else None
 
 
@@ -196,7 +198,7 @@ def _fill_from_hydra_files(run: Run, checkpoint: str | None) -> None:
         run.saved.ckpt_path = checkpoint  # the file "last" stood for: metrics.json names it
     source = _tested_run(run) or run.dir
     overrides = {override_key(o): _value(o) for o in run.overrides}
-    hydra = source / ".hydra" / "hydra.yaml"
+    hydra = hydra_file(source, HYDRA_YAML)
     cfg = run.saved if run.saved is not None else OmegaConf.create()
     if run.seed is None:
         seed = overrides.get("seed", OmegaConf.select(cfg, "seed", throw_on_resolution_failure=False))
@@ -223,13 +225,13 @@ def _tested_run(run: Run) -> Path | None:
     and monitored metric the training run's, so checkpoints of one recipe pair by their training seeds.
     Returns the training run's dir (None for a training run, or a checkpoint without its run's .hydra)."""
     trained_dir = tested_run_dir(run.saved) if run.saved is not None else None
-    hydra_dir = trained_dir / ".hydra" if trained_dir is not None else None
-    if hydra_dir is None or not (hydra_dir / "overrides.yaml").is_file() or not (hydra_dir / "config.yaml").is_file():
+    hydra_dir = trained_dir / HYDRA_DIR if trained_dir is not None else None
+    if hydra_dir is None or not (hydra_dir / OVERRIDES_YAML).is_file() or not (hydra_dir / CONFIG_YAML).is_file():
         return None
     own = {override_key(o): o for o in run.overrides if override_key(o) not in ("ckpt_path", *SEED_KEYS)}
-    trained = [o for o in OmegaConf.load(hydra_dir / "overrides.yaml") if override_key(o) not in {*own, "ckpt_path"}]
+    trained = [o for o in OmegaConf.load(hydra_dir / OVERRIDES_YAML) if override_key(o) not in {*own, "ckpt_path"}]
     run.overrides = [*trained, *own.values()]
-    run.saved = OmegaConf.load(hydra_dir / "config.yaml")
+    run.saved = OmegaConf.load(hydra_dir / CONFIG_YAML)
     run.seed = run.optimizer = run.lr = None  # eval.py's own seed (42) is not the model's
     return trained_dir
 

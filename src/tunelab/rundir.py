@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from tunelab.errors import ConfigError
 from tunelab.checkpoints import is_adapter_dir
+from tunelab import run_layout as layout
 from tunelab.sweeps import is_multirun
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def claim_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Path | None:
     out = Path(cfg.paths.output_dir)
     resuming_here = bool(ckpt_path) and ckpt_path != "last" and out.resolve() in Path(ckpt_path).resolve().parents
     allowed = bool(cfg.get("overwrite")) or resuming_here
-    used = (out / "metrics.json").exists() or any((out / "checkpoints").glob("*.ckpt"))
+    used = (out / layout.METRICS_FILE).exists() or any((out / layout.CHECKPOINTS_DIR).glob("*.ckpt"))
     if used and not allowed:
         raise ConfigError(f"run dir {out} already holds a run; pass overwrite=true to replace it or choose another hydra.run.dir.")
     if used and not resuming_here:
@@ -59,16 +60,8 @@ def claim_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Path | None:
     return marker
 
 
-# what a run writes into its dir besides Hydra's .hydra/ and log (rewritten by the new run). overwrite=true
-# removes them first: a stale best-*.ckpt beside the new last.ckpt, or an old predictions.jsonl after a
-# test=false run, would pass for the new run's
-RUN_OUTPUTS = ("checkpoints", "metrics.json", "predictions.jsonl", "test_report.txt", "test_report.json", "hf_model",
-               "adapter", "merged", "csv", "tensorboard", "wandb", "learning_curves.png", "confusion_matrix.png",
-               "reliability_diagram.png")
-
-
 def _remove_previous_run(out: Path) -> None:
-    for name in RUN_OUTPUTS:
+    for name in layout.RUN_OUTPUTS:
         path = out / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -92,13 +85,13 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         if cfg.get("train") and is_multirun():
             # each job of a sweep resumes its own (the sweep run again with hydra.sweep.dir=<its dir>); a job
             # that never wrote one starts from scratch
-            own = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+            own = layout.last_checkpoint(cfg.paths.output_dir)
             return str(own) if own.is_file() else None
         # training resumes its own task's newest; eval.py / predict.py (task_name eval / predict, which train
         # nothing) take the newest of any task's runs
         task_dir = Path(cfg.paths.log_dir, cfg.task_name if cfg.get("train") else "*")
         # runs/<run>/checkpoints and multiruns/<sweep>/<job>/checkpoints
-        found = [newest_checkpoint(task_dir.parent, f"{task_dir.name}/{levels}/checkpoints/last.ckpt")
+        found = [newest_checkpoint(task_dir.parent, f"{task_dir.name}/{levels}/{layout.CHECKPOINTS_DIR}/{layout.LAST_CKPT}")
                  for levels in ("*/*", "*/*/*")]
         found = [c for c in found if c is not None]
         if not found:
@@ -118,7 +111,7 @@ def _what_dir(folder: Path) -> str:
     if (folder / "config.json").is_file():
         return (f"is an exported model: predict with it (predict.py ckpt_path={folder}); to test or resume, "
                 "pass a .ckpt from the run's checkpoints/.")
-    newest = newest_checkpoint(folder, "checkpoints/*.ckpt")
+    newest = newest_checkpoint(folder, f"{layout.CHECKPOINTS_DIR}/*.ckpt")
     if newest is not None:
         return f"is a run directory; pass one of its checkpoints, e.g. ckpt_path={newest}"
     return "is a directory; pass the path of a .ckpt file (or ckpt_path=last)."
@@ -134,8 +127,8 @@ def write_metrics(out: Path, metrics: dict[str, float], best_checkpoint: str | N
         "overrides": overrides,
     }
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".metrics.json.tmp{os.getpid()}"
+    tmp = out / f".{layout.METRICS_FILE}.tmp{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out / "metrics.json")  # a crash mid-write never leaves a half-written file
+    os.replace(tmp, out / layout.METRICS_FILE)  # a crash mid-write never leaves a half-written file
     log.info("metrics: %s", json.dumps(record["metrics"]))
     return record

@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tunelab.checkpoints import hydra_dir_of, tested_run_dir, trained_settings
 from tunelab.redaction import redact_argument
+from tunelab.run_layout import HYDRA_DIR, HYDRA_YAML, MULTIRUN_YAML, OVERRIDES_YAML, RESULTS_FILE, WANDB_DIR
 
 
-RESULTS_FILE = "results.jsonl"
 # the config-group choices that identify a run (W&B tags, results table)
 CHOICE_GROUPS = ("data", "loss", "optimizer", "scheduler", "model", "peft")
 TAG_GROUPS = ("data", "loss", "optimizer")
@@ -83,7 +83,7 @@ def swept_keys_of(hydra_cfg: DictConfig) -> set[str]:
 def swept_keys() -> set[str]:
     """The keys this job's sweep varies, from the sweep's config the launcher saved to <sweep dir>/multirun.yaml
     (a job's own Hydra config holds its values, not the sweep's)."""
-    saved = Path(HydraConfig.get().sweep.dir) / "multirun.yaml"
+    saved = Path(HydraConfig.get().sweep.dir) / MULTIRUN_YAML
     return swept_keys_of(OmegaConf.load(saved).hydra) if saved.is_file() else set(HydraConfig.get().sweeper.get("params") or {})
 
 
@@ -109,10 +109,10 @@ def trained_run_choices(cfg: DictConfig) -> dict[str, str]:
     """The config-group choices of the run that trained cfg.ckpt_path (its .hydra/hydra.yaml); {} for a training
     run or a checkpoint without its run dir."""
     trained_dir = tested_run_dir(cfg)
-    hydra_dir = trained_dir / ".hydra" if trained_dir is not None else None
-    if hydra_dir is None or not (hydra_dir / "hydra.yaml").is_file():
+    hydra_dir = trained_dir / HYDRA_DIR if trained_dir is not None else None
+    if hydra_dir is None or not (hydra_dir / HYDRA_YAML).is_file():
         return {}
-    return _picked(OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.runtime.choices") or {})
+    return _picked(OmegaConf.select(OmegaConf.load(hydra_dir / HYDRA_YAML), "hydra.runtime.choices") or {})
 
 
 def _picked(runtime: Any) -> dict[str, str]:
@@ -152,11 +152,11 @@ def resumed_wandb_run(cfg: DictConfig | None) -> tuple[str, list[str]] | None:
     if cfg is None or not cfg.get("train", True) or not cfg.get("ckpt_path"):
         return None
     hydra_dir = hydra_dir_of(str(cfg.ckpt_path))
-    runs = [d for d in hydra_dir.parent.glob("wandb/*run-*-*") if d.is_dir()] if hydra_dir is not None else []
-    if not runs or not (hydra_dir / "overrides.yaml").is_file():
+    runs = [d for d in hydra_dir.parent.glob(f"{WANDB_DIR}/*run-*-*") if d.is_dir()] if hydra_dir is not None else []
+    if not runs or not (hydra_dir / OVERRIDES_YAML).is_file():
         return None
     newest = max(runs, key=lambda d: d.name.rsplit("run-", 1)[-1])  # by the <time>-<id> part
-    return newest.name.rsplit("-", 1)[-1], [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+    return newest.name.rsplit("-", 1)[-1], [str(o) for o in OmegaConf.load(hydra_dir / OVERRIDES_YAML)]
 
 
 def wandb_group(entry: DictConfig, sweep: Path) -> str:

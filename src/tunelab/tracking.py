@@ -17,14 +17,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tunelab import sweeps
 from tunelab.checkpoints import trained_settings
-from tunelab.prediction_files import PREDICTIONS_FILE, load_predictions
+from tunelab.prediction_files import load_predictions
 from tunelab.redaction import redact_argument, redact_secrets
+from tunelab.run_layout import (EXPORTED_DIRS, IMAGES, PREDICTIONS_FILE, REPORT_MD, TENSORBOARD_DIR, TEST_REPORT_JSON,
+                                TEST_REPORT_TXT)
 
 log = logging.getLogger(__name__)
 
-IMAGES = ("learning_curves.png", "confusion_matrix.png", "reliability_diagram.png")
 SAMPLE_ROWS = 300  # test predictions shown per run
-EXPORTED_DIRS = ("hf_model", "merged", "adapter")
 
 
 # ---- start of a run ----------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def _wandb_run(logger: Any, cfg: DictConfig, run_dir: Path, metrics: dict[str, f
 
     run = logger.experiment
     content: dict[str, Any] = {f"plots/{png.stem}": wandb.Image(str(png)) for png in _run_images(run_dir)}
-    report = _read_json(run_dir / "test_report.json")
+    report = _read_json(run_dir / TEST_REPORT_JSON)
     if report:
         columns, rows = report_table(report)
         content["test/report"] = wandb.Table(columns=columns, data=rows)
@@ -126,7 +126,7 @@ def _log_artifacts(run: Any, run_dir: Path, checkpoint: str | None) -> None:
 
 def _tensorboard_run(logger: Any, cfg: DictConfig, run_dir: Path, metrics: dict[str, float],
                      checkpoint: str | None) -> None:
-    _tensorboard_write(logger.experiment, _run_images(run_dir), "test/report", run_dir / "test_report.txt")
+    _tensorboard_write(logger.experiment, _run_images(run_dir), "test/report", run_dir / TEST_REPORT_TXT)
     # the HPARAMS tab: what the run trained (group choices, seed, lr) beside its final val/test metrics, so runs
     # and sweep jobs compare by objective (Lightning writes it only with metrics, which it logs at step 0 too)
     from torch.utils.tensorboard.summary import hparams
@@ -229,15 +229,15 @@ def _wandb_sweep(sweep_dir: Path, entry: DictConfig, report: dict) -> None:
     # tied configs share rank 1: all of them are "best", none above the others
     first = [c["config"] for c in report["configs"] if c.get("rank", 1) == 1] or [report["configs"][0]["config"]]
     run.summary.update({"best": " | ".join(first), **{k: v for k, v in best.items() if k != "best"}})
-    run.save(str(sweep_dir / "report.md"), base_path=str(sweep_dir), policy="now")
+    run.save(str(sweep_dir / REPORT_MD), base_path=str(sweep_dir), policy="now")
     run.finish()
 
 
 def _tensorboard_sweep(sweep_dir: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(sweep_dir / "tensorboard"))
-    _tensorboard_write(writer, sorted(sweep_dir.glob("*.png")), "sweep/report", sweep_dir / "report.md")
+    writer = SummaryWriter(str(sweep_dir / TENSORBOARD_DIR))
+    _tensorboard_write(writer, sorted(sweep_dir.glob("*.png")), "sweep/report", sweep_dir / REPORT_MD)
     writer.close()
 
 
