@@ -11,8 +11,8 @@ from typing import Any, Collection, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.errors import ConfigError
 from tunelab import run_layout as layout
+from tunelab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

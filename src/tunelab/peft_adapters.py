@@ -17,8 +17,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from tunelab.checkpoints import ADAPTER_HPARAMS
 from tunelab import run_layout as layout
+from tunelab.checkpoints import ADAPTER_HPARAMS
 from tunelab.errors import ConfigError
 from tunelab.model import model_config
 from tunelab.tasks import Task, get_task

@@ -18,10 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
 from tunelab.checkpoints import (check_checkpoint, check_resume, check_text_pairs, is_adapter_dir, saved_val_metrics,
                                  tested_label_info, trained_tokenizer, use_trained_lengths)
+from tunelab.csv_history import csv_history, restore_csv_history
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
 from tunelab.module import TransformerModule
-from tunelab.resilience import Interrupted, csv_history, find_resilience, restore_csv_history
+from tunelab.resilience import Interrupted, find_resilience
 from tunelab.trainer import best_checkpoint, build_trainer
 from tunelab.validation import validate
 

@@ -19,8 +19,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from tunelab import plots, tracking
-from tunelab.errors import ConfigError
 from tunelab import run_layout as layout
+from tunelab.errors import ConfigError
 from tunelab.results import (Group, Run, canonical_override, check_comparable_losses, group_runs, load_runs,
                              runs_monitor, unfinished_jobs, varying_overrides)
 from tunelab.significance import check_alpha, compare_over_seeds, describe, fmt, fmt_p, seed_notes

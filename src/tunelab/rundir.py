@@ -14,9 +14,9 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
-from tunelab.errors import ConfigError
-from tunelab.checkpoints import is_adapter_dir
 from tunelab import run_layout as layout
+from tunelab.checkpoints import is_adapter_dir
+from tunelab.errors import ConfigError
 from tunelab.sweeps import is_multirun
 
 log = logging.getLogger(__name__)
