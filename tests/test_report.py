@@ -13,6 +13,7 @@ from conftest import compose_cfg
 from tunelab import plots, report, significance, sweeps
 from tunelab.errors import ConfigError
 from tunelab.results import monitor
+from tunelab.tasks import TASKS
 from tunelab.run_layout import RESULTS_FILE
 from tunelab.validation import validate
 
@@ -177,6 +178,15 @@ def test_sweeper_direction_must_match_the_metric(tmp_path) -> None:
 ])
 def test_monitor_is_the_optimized_metric_with_its_direction(task, metric, mode) -> None:
     assert monitor({"data": {"task": task}, "optimized_metric": metric}) == mode
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_logged_metric_can_be_optimized(task) -> None:
+    """Each val/ metric a task logs has a direction, so optimized_metric, early stopping and reports accept it."""
+    for name in ["loss", *TASKS[task].metrics(2)]:
+        assert monitor({"data": {"task": task}, "optimized_metric": f"val/{name}"})[0] == f"val/{name}"
+    if task == "regression":
+        assert monitor({"data": {"task": task}, "optimized_metric": "val/pearson"}) == ("val/pearson", "max")
 
 
 @pytest.mark.parametrize("metric,message", [

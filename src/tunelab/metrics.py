@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchmetrics import Metric
+from torchmetrics.regression import PearsonCorrCoef as _PearsonCorrCoef
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -281,3 +282,11 @@ def restore_epoch_states(metrics: dict[str, Metric], saved: dict[str, dict], dev
         for key, value in entry["states"].items():
             setattr(metric, key, [t.to(device) for t in value] if isinstance(value, list) else value.to(device))
         metric._update_count = entry["updates"]
+
+
+class PearsonCorrCoef(_PearsonCorrCoef):
+    """torchmetrics leaves a correlation's direction unset (None); runs are ranked, checkpointed and stopped early
+    on it (optimized_metric=val/pearson) as on Spearman's: higher is better."""
+
+    higher_is_better = True
+

@@ -51,7 +51,7 @@ class Task:
         metric = metrics.get(leaf)
         if metric is None or metric.higher_is_better is None:
             stage = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
-            known = sorted(["loss", *metrics])
+            known = sorted(["loss", *(k for k, m in metrics.items() if m.higher_is_better is not None)])
             raise ConfigError(f"{name} is not a metric of {self.name} runs; use one of "
                               f"{', '.join(stage + k for k in known)}.")
         return "max" if metric.higher_is_better else "min"

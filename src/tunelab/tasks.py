@@ -12,12 +12,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, SpearmanCorrCoef
 
 from tunelab import prediction_metrics
 from tunelab.errors import ConfigError
 from tunelab.metrics import (Accuracy, Calibration, ConfusionMatrix, F1Score, HammingLoss, MatthewsCorrCoef,
-                             MultiLabelCounts, Precision, Recall)
+                             MultiLabelCounts, PearsonCorrCoef, Precision, Recall)
 from tunelab.report_tables import calibration_report, classification_report, multilabel_report
 from tunelab.task_base import SequenceTask, Task, decimals
 from tunelab.token_tasks import CausalLMTask, TokenClassificationTask
