@@ -283,3 +283,44 @@ def test_hooks_run_unprofiled_unless_trainer_profiler_names_a_profiler(tmp_path)
     with trainer.profiler.profile("[Callback]x.on_train_batch_end") as entered:
         assert entered is None
     assert isinstance(build_trainer(compose_cfg(tmp_path / "simple", "trainer.profiler=simple")).profiler, SimpleProfiler)
+
+
+RELATIVE_STEP = ("optimizer=adafactor", "optimizer.lr=null", "optimizer.relative_step=true", "optimizer.warmup_init=true")
+
+
+def test_adafactor_relative_step_trains_with_its_own_step_size(run_cfg) -> None:
+    """optimizer.lr=null: Adafactor's relative step, no scheduler and no lr column (its step size lives in the
+    optimizer's state); the weights move."""
+    import csv
+
+    _, run_dir = run_cfg(*RELATIVE_STEP, "scheduler=none", "trainer.max_steps=3", "data.train_limit=32",
+                         "data.batch_size=8", "trainer.log_every_n_steps=1", "test=false", "export=false")
+    trained = final_weights(run_dir)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3 and not ckpt["lr_schedulers"]
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] is None
+    columns = next(csv.reader(open(run_dir / "csv" / "metrics.csv")))
+    assert "train/loss_step" in columns and not any(c.startswith("lr-") for c in columns)
+    assert all(torch.isfinite(w).all() for w in trained.values() if w.is_floating_point())
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (RELATIVE_STEP, "optimizer.relative_step=true: Adafactor sets its step size itself, so a scheduler "
+                    "(get_linear_schedule_with_warmup) has no lr to scale; pass scheduler=none."),
+    (("optimizer=adafactor", "optimizer.relative_step=true"),
+     "optimizer.relative_step=true takes Adafactor's step size from its step count: pass optimizer.lr=null as well "
+     "(it is 0.0001)."),
+    (("optimizer=adafactor", "optimizer.warmup_init=true"),
+     "optimizer.warmup_init=true warms up Adafactor's relative step: pass optimizer.relative_step=true "
+     "optimizer.lr=null as well."),
+    (("optimizer=sgd", "optimizer.lr=null"),
+     "optimizer.lr=null leaves the optimizer without a learning rate: set one, or use optimizer=adafactor "
+     "optimizer.relative_step=true (Adafactor's own step size)."),
+])
+def test_adafactor_relative_step_settings_are_checked_together(tmp_path, overrides, message) -> None:
+    from tunelab.errors import ConfigError
+    from tunelab.validation import validate
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(tmp_path, *overrides))
+    assert str(err.value) == message

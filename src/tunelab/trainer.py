@@ -30,7 +30,9 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = instantiate_group(cfg.get("callbacks"), monitor=monitor(cfg))
     # W&B: tags for the data/loss/optimizer choices; in a sweep, group = sweep and name = overrides
     loggers = instantiate_group(tracking.logger_group(cfg))
-    if not loggers:  # nothing to monitor the learning rate into
+    # nothing to monitor the learning rate into, or no lr to monitor: Adafactor's relative step (optimizer.lr=null)
+    # keeps its step size inside the optimizer's state
+    if not loggers or (cfg.get("train") and cfg.optimizer.get("lr") is None):
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback with the bar off
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
