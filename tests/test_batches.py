@@ -68,6 +68,20 @@ def test_the_batch_repeated_to_even_out_ranks_is_marked_and_collated_as_a_repeat
     assert collated[sampling.REPEAT] is True and "repeat" not in sampling.Collator(0)([{"input_ids": [5], "labels": 1}])
 
 
+@pytest.mark.parametrize("rows,batch_size,world", [(5, 16, 3), (3, 1, 8), (17, 4, 8)])
+def test_every_rank_gets_a_batch_when_a_split_has_fewer_batches_than_ranks(monkeypatch, rows, batch_size, world) -> None:
+    """A small val split on many devices (1 batch, 3 ranks): every rank gets as many batches (Lightning refuses a
+    rank with none), the repeats are marked, and the unmarked rows are each row once."""
+    served = []
+    for rank in range(world):
+        monkeypatch.setattr(sampling, "_rank_and_world", lambda rank=rank: (rank, world))
+        served.append(sampling.BatchOrderSampler([3] * rows, batch_size, seed=1).batches())
+    assert len({len(batches) for batches in served}) == 1 and len(served[0]) >= 1
+    counted = sorted(i for batches in served for b in batches for i in b if i < rows)
+    assert counted == list(range(rows))
+    assert all(i < 2 * rows for batches in served for b in batches for i in b)
+
+
 def test_resume_skips_exactly_the_consumed_batches() -> None:
     dm = datamodule(45, 8, group_by_length=True, seed=0)
     full, planned = served_and_planned(dm)

@@ -105,9 +105,9 @@ class BatchOrderSampler(Sampler[list[int]]):
         if world > 1:
             # every rank gets as many batches (their collectives stay in step): the first ones again, marked as
             # repeats (rows offset by the data's size, ListDataset) so metrics count each row once
-            per_rank = math.ceil(len(batches) / world)
-            offset = len(self.lengths)
-            repeats = [[i + offset for i in b] for b in batches[: per_rank * world - len(batches)]]
+            # cycled: a split of fewer batches than half the ranks needs some batches more than once
+            per_rank, offset = math.ceil(len(batches) / world), len(self.lengths)
+            repeats = [[i + offset for i in batches[j % len(batches)]] for j in range(per_rank * world - len(batches))]
             batches = (batches + repeats)[rank::world]
         return batches
 
