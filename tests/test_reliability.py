@@ -368,6 +368,23 @@ def test_sigterm_to_one_ddp_rank_stops_both_with_a_resumable_checkpoint(tmp_path
     assert ckpt["global_step"] == stopped_at and (stopped_at % 10 == 0 or stopped_at == 25), stopped_at
 
 
+def test_a_resumed_ddp_run_ends_with_the_uninterrupted_runs_weights(tmp_path) -> None:
+    """Each rank draws its own dropout masks: every rank resumes its own random streams (the checkpoint holds each
+    rank's), so the resumed run's weights equal the uninterrupted run's bit for bit."""
+    args = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", *LONG, "data.train_limit=80",
+            "trainer.max_epochs=2", "scheduler=none", "export=false", "plots=false", "logger=csv"]
+    straight = run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'straight'}", timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    stop = ("+callbacks.signal._target_=tests.ddp_rows.SignalAtBatch", "+callbacks.signal.batch=1")
+    stopped = run_script("train.py", *args, *stop, f"hydra.run.dir={tmp_path / 'resumed'}", timeout=300)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 5  # the first epoch's end
+    resumed = run_script("train.py", *args, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(state_dict(tmp_path / "straight" / "checkpoints" / "last.ckpt"), state_dict(last))
+
+
 def test_a_nan_loss_on_one_ddp_rank_stops_every_rank(tmp_path) -> None:
     """Under DDP a non-finite loss on one rank stops all of them with the error naming its step (the
     ranks read their deferred flags together). A rank stopping alone fails the other in its next collective,

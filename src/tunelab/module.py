@@ -22,7 +22,7 @@ from tunelab.data.sampling import REPEAT
 from tunelab.metrics import MeanLoss, epoch_states, restore_epoch_states
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
-from tunelab.rng import collect_rng_states, set_rng_states
+from tunelab.rng import checkpoint_rng_states, restore_rng_states
 from tunelab.optim import build_optimizer, build_scheduler, clip_gradients, grad_norm, may_fuse, remember_param_groups
 from tunelab.tasks import get_task
 
@@ -240,7 +240,7 @@ class TransformerModule(pl.LightningModule):
     # without this a resumed run diverges from an uninterrupted one after the first step.
     # callbacks=ema: these hooks run for every checkpoint, the callback's own only for some (tunelab.callbacks)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng_states"] = collect_rng_states()
+        checkpoint["rng_states"] = checkpoint_rng_states()
         # the best checkpoint is tested: its val metrics, not the last validation's, go beside its test metrics
         checkpoint[VAL_METRICS] = {k: float(v) for k, v in self.trainer.callback_metrics.items()
                                    if k.startswith("val/") and v.numel() == 1}
@@ -250,7 +250,8 @@ class TransformerModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
-            set_rng_states(checkpoint["rng_states"])
+            world_size = self.trainer.world_size if self._trainer is not None else 1
+            restore_rng_states(checkpoint["rng_states"], self.global_rank, world_size)
         if self._trainer is not None:  # not for load_from_checkpoint
             evaluate_the_average(self.trainer, checkpoint)
             if TRAIN_EPOCH_STATES in checkpoint:  # saved mid-epoch: the epoch's train/* go on from there
