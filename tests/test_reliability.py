@@ -81,8 +81,12 @@ def test_training_on_after_a_max_steps_stop_trains_the_rest_of_its_epoch(tmp_pat
     with_schedule = [a if a != "scheduler=none" else "scheduler=linear" for a in args]
     args = tuple(with_schedule)
     linear = train("linear", "trainer.max_steps=4")
-    train("linear_on", f"ckpt_path={linear / 'checkpoints' / 'last.ckpt'}")
+    linear_on = train("linear_on", f"ckpt_path={linear / 'checkpoints' / 'last.ckpt'}", "trainer.log_every_n_steps=1")
     assert "was trained for another length (trainer.max_steps=4 -> -1): the learning-rate schedule is rebuilt" in caplog.text
+    # the first step trained on runs at the rebuilt schedule's lr (12 steps, warmup 1), not the stopped one's last (0)
+    lrs = {int(r["step"]): float(r["lr-AdamW/pg1"]) for r in csv.DictReader(open(linear_on / "csv" / "metrics.csv"))
+           if r.get("lr-AdamW/pg1")}
+    assert lrs[4] == pytest.approx(1e-3 * (12 - 4) / (12 - 1)) and lrs[5] == pytest.approx(1e-3 * (12 - 5) / (12 - 1))
 
 
 def test_a_stop_between_accumulated_batches_waits_for_the_step_and_resumes_exactly(run_cfg) -> None:

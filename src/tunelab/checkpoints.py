@@ -191,8 +191,8 @@ def check_text_pairs(path: str | Path, data: DictConfig) -> None:
 # what a resumed run must share with the run its checkpoint comes from (the trainer's limits may change)
 RESUMED_SETTINGS = ("peft", "loss", "optimizer", "scheduler")  # peft first: it sets its own optimizer.lr
 # what sets a run's number of optimizer steps, which the scheduler spans
-RUN_LENGTH = ("trainer.max_steps", "trainer.max_epochs", "trainer.accumulate_grad_batches", "data.batch_size",
-              "data.train_limit")
+RUN_LENGTH = ("trainer.max_steps", "trainer.max_epochs", "trainer.limit_train_batches",
+              "trainer.accumulate_grad_batches", "data.batch_size", "data.train_limit")
 
 
 def check_resume(path: str | Path, trained: Mapping[str, Any], now: Mapping[str, Any], cfg: DictConfig) -> None:

@@ -23,7 +23,8 @@ from tunelab.metrics import MeanLoss, epoch_states, restore_epoch_states
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import checkpoint_rng_states, restore_rng_states
-from tunelab.optim import build_optimizer, build_scheduler, clip_gradients, grad_norm, may_fuse, remember_param_groups
+from tunelab.optim import (apply_restored_schedule, build_optimizer, build_scheduler, clip_gradients, grad_norm, may_fuse,
+                           remember_param_groups)
 from tunelab.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,9 @@ class TransformerModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         trainer = self.trainer
+        if trainer.ckpt_path:  # resumed: the schedule's lr at the restored step, not the checkpoint's lr
+            for config in trainer.lr_scheduler_configs:
+                apply_restored_schedule(config.scheduler)
         if not trainer.enable_validation or trainer.max_steps < 0 or trainer.val_check_batch == float("inf"):
             return
         # batches before the first validation: a max_steps below it ends fit with no val/ metric at all

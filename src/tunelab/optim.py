@@ -129,3 +129,17 @@ def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimi
     accepts = inspect.signature(factory.func).parameters
     kwargs = {"num_warmup_steps": warmup, "num_training_steps": total_steps}
     return factory(optimizer, **{k: v for k, v in kwargs.items() if k in accepts})
+
+
+def apply_restored_schedule(scheduler: Any) -> None:
+    """A schedule restored from a checkpoint leaves the optimizer's lr at the checkpoint's until its next step: the
+    first step of a run trained on after a max_steps stop ran at the old schedule's last lr (0 for linear decay).
+    Set it to what this run's schedule (rebuilt for its length) gives at the restored step; a run of the same length
+    gets the very value it had."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
