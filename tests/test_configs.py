@@ -53,3 +53,20 @@ def test_optimizers_are_the_real_classes(tmp_path: Path, optimizer: str) -> None
     factory = instantiate(cfg)
     opt = factory([torch.nn.Parameter(torch.zeros(2, 2))])
     assert type(opt).__module__.split(".")[0] in {"torch", "transformers"}
+
+
+def test_a_callback_monitoring_its_own_metric_takes_that_metrics_direction(tmp_path: Path) -> None:
+    """callbacks.<name>.monitor=val/loss with mode auto: min (the run itself still ranks on val/acc, max)."""
+    from tunelab.errors import ConfigError
+    from tunelab.trainer import instantiate_group
+
+    cfg = compose_cfg(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.monitor=val/loss",
+                      "callbacks.model_checkpoint.monitor=val/ece")
+    validate(cfg)
+    watched = {type(c).__name__: (c.monitor, c.mode) for c in instantiate_group(cfg.callbacks, cfg)
+               if getattr(c, "monitor", None)}
+    assert watched == {"EarlyStopping": ("val/loss", "min"), "BestCheckpoints": ("val/ece", "min")}
+    cfg = compose_cfg(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.monitor=val/lss")
+    with pytest.raises(ConfigError, match=r"^callbacks.early_stopping.monitor=val/lss: val/lss is not a metric of "
+                                          r"classification runs; use one of val/acc, "):
+        validate(cfg)

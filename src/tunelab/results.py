@@ -38,6 +38,18 @@ def monitor(cfg: Mapping[str, Any]) -> tuple[str, str]:
     return name, task.metric_mode(name)
 
 
+def callback_monitor(cfg: Mapping[str, Any], metric: str, mode: str) -> tuple[str, str]:
+    """(metric, mode) a best-checkpoint or early-stopping callback watches: monitor `auto` is the run's (`monitor`);
+    a metric named with mode `auto` takes that metric's direction (val/loss: min)."""
+    if metric == "auto":
+        return monitor(cfg)
+    if mode != "auto":
+        return metric, mode
+    from tunelab.tasks import get_task
+
+    return metric, get_task(cfg["data"]["task"]).metric_mode(metric)
+
+
 @dataclass
 class Run:
     dir: Path

@@ -21,13 +21,13 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from tunelab import peft_adapters, sweeps, tracking
 from tunelab.resilience import Resilience
-from tunelab.results import monitor
+from tunelab.results import callback_monitor
 
 log = logging.getLogger(__name__)
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    callbacks = instantiate_group(cfg.get("callbacks"), monitor=monitor(cfg))
+    callbacks = instantiate_group(cfg.get("callbacks"), cfg)
     # W&B: tags for the data/loss/optimizer choices; in a sweep, group = sweep and name = overrides
     loggers = instantiate_group(tracking.logger_group(cfg))
     # nothing to monitor the learning rate into, or no lr to monitor: Adafactor's relative step (optimizer.lr=null)
@@ -98,17 +98,17 @@ def launch_ddp_children_for_this_job_only() -> None:
     log.info("multirun + DDP: child ranks run this job only (%s)", " ".join(sys.argv[1:]))
 
 
-def instantiate_group(group: DictConfig | None, monitor: tuple[str, str] | None = None) -> list:
-    """Instantiate every entry of a callbacks/logger group that has a _target_; `monitor: auto`
-    (checkpoint, early stopping) becomes the run's monitored metric and its mode."""
+def instantiate_group(group: DictConfig | None, cfg: DictConfig | None = None) -> list:
+    """Instantiate every entry of a callbacks/logger group that has a _target_; a checkpoint's or early stopping's
+    `monitor: auto` / `mode: auto` become the run's monitored metric / the metric's direction (callback_monitor)."""
     objects = []
     for entry in (group or {}).values():
         if not isinstance(entry, DictConfig) or "_target_" not in entry:
             continue
-        if monitor is not None and entry.get("monitor") == "auto":
+        if cfg is not None and entry.get("monitor") is not None and "auto" in (entry.monitor, entry.get("mode")):
             entry = entry.copy()
             with open_dict(entry):
-                entry.monitor, entry.mode = monitor
+                entry.monitor, entry.mode = callback_monitor(cfg, entry.monitor, entry.get("mode", "auto"))
         objects.append(instantiate(entry))
     return objects
 

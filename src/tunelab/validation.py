@@ -20,7 +20,7 @@ from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
 from tunelab.model import compile_backend, head_class, model_config
 from tunelab.resilience import check_skip_runs_alone
-from tunelab.results import monitor
+from tunelab.results import callback_monitor, monitor
 from tunelab.rundir import resolve_ckpt_path
 from tunelab.sweeps import is_multirun
 from tunelab.tasks import check_data, get_task
@@ -46,6 +46,7 @@ def validate(cfg: DictConfig) -> None:
     _check_devices(cfg)
     _check_fsdp_keeps_a_best_checkpoint(cfg)
     _check_early_stopping_can_validate(cfg)
+    _check_callback_monitors(cfg)
     _check_compile(cfg.model)
     if cfg.model.get("pooling"):  # the head's rules, from config.json alone: before the data and weights load
         head_class(cfg.model, task, model_config(cfg.model))
@@ -183,6 +184,16 @@ def _check_learning_rate(cfg: DictConfig) -> None:
     if scheduler:
         raise ConfigError(f"optimizer.relative_step=true: Adafactor sets its step size itself, so a scheduler "
                           f"({scheduler.rsplit('.', 1)[-1]}) has no lr to scale; pass scheduler=none.")
+
+
+def _check_callback_monitors(cfg: DictConfig) -> None:
+    """A callback's own monitor must be a metric the run logs, with a direction (mode auto takes the metric's)."""
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if isinstance(entry, DictConfig) and entry.get("monitor") not in (None, "auto"):
+            try:
+                callback_monitor(cfg, entry.monitor, entry.get("mode", "auto"))
+            except ConfigError as err:
+                raise ConfigError(f"callbacks.{name}.monitor={entry.monitor}: {err}") from None
 
 
 def _check_early_stopping_can_validate(cfg: DictConfig) -> None:
