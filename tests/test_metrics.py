@@ -92,3 +92,29 @@ def test_classification_metrics_update_as_two_compute_groups() -> None:
     metrics.update(torch.randn(8, 3), torch.randint(0, 3, (8,)))
     groups = sorted(sorted(g) for g in metrics.compute_groups.values())
     assert groups == [["acc", "f1_macro", "f1_micro", "mcc", "precision", "recall"], ["brier", "ece", "nll"]]
+
+
+def test_every_macro_average_leaves_out_the_classes_that_never_occur() -> None:
+    """A third class with no test example and no prediction: the logged macro F1 / precision / recall, the test
+    report's macro avg and torchmetrics agree (the class is left out, and the report says so); likewise for a
+    multi-label label that never occurs."""
+    from tunelab.metrics import F1Score, MultiLabelCounts, Precision, Recall
+    from tunelab.report_tables import classification_report
+
+    preds, gold = torch.tensor([1, 1, 0, 1, 1]), torch.tensor([0, 1, 0, 1, 0])
+    logged = {}
+    for name, metric in (("f1", F1Score(3, average="macro")), ("precision", Precision(3, average="macro")),
+                         ("recall", Recall(3, average="macro"))):
+        metric.update(preds, gold)
+        logged[name] = metric.compute().item()
+    confusion = torch.zeros(3, 3, dtype=torch.long)
+    confusion.index_put_((gold, preds), torch.ones(5, dtype=torch.long), accumulate=True)
+    report, text = classification_report(confusion, ["negative", "positive", "neutral"])
+    assert report["macro_avg"] == pytest.approx(logged)
+    assert logged["recall"] == pytest.approx((1 / 3 + 1) / 2)  # two classes, not three
+    assert report["not_in_macro_avg"] == ["neutral"] and "left out: neutral" in text
+    # label 2 never occurs: torchmetrics' multi-label macro F1 would count it as 0 (2/3 + 2/3 + 0) / 3
+    multi_preds, multi_gold = torch.tensor([[1, 0, 0], [1, 1, 0]]), torch.tensor([[1, 1, 0], [0, 1, 0]])
+    ours = MultiLabelCounts(3, "f1_macro")
+    ours.update(multi_preds, multi_gold)
+    assert ours.compute().item() == pytest.approx((2 / 3 + 2 / 3) / 2)

@@ -18,7 +18,7 @@ from torchmetrics.classification import (
 )
 
 from tunelab.losses import IGNORE_INDEX
-from tunelab.report_tables import prf
+from tunelab.report_tables import macro_mean, prf
 
 
 def confusion_matrix(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -145,7 +145,7 @@ class Calibration(Metric):
 
 class MultiLabelCounts(Metric):
     """Multi-label metrics from [batch, labels] 0/1 predictions and targets, counted per label. `stat`:
-    "f1_micro", "f1_macro" (mean of the per-label F1, 0 where undefined), "subset_acc" (exact match of the
+    "f1_micro", "f1_macro" (mean of the per-label F1 over the labels that occur: report_tables.macro_mean), "subset_acc" (exact match of the
     whole label set), "hamming" (share of wrong label decisions: HammingLoss) or "counts" (the test
     report's state)."""
 
@@ -178,7 +178,7 @@ class MultiLabelCounts(Metric):
         if self.stat == "f1_micro":
             return prf(self.tp.sum(), self.pred.sum(), self.gold.sum())[2]
         if self.stat == "f1_macro":
-            return prf(self.tp, self.pred, self.gold)[2].mean()
+            return macro_mean(prf(self.tp, self.pred, self.gold)[2], self.pred, self.gold)
         examples = self.examples.clamp(min=1)
         if self.stat == "subset_acc":
             return self.exact.float() / examples
@@ -237,7 +237,7 @@ class Perplexity(Metric):
 
 
 class MeanLoss(Metric):
-    """A stage's epoch loss: the batch losses' mean weighted by what each averages (rows or tokens), summed
+    """A stage's epoch loss: the batch losses' mean weighted by what each averages (rows, tokens, class weights), summed
     across ranks at compute(). torchmetrics' MeanMetric checks every update for NaNs with `.any()` (a host sync) and
     turns a Python weight into a host-to-device copy; here an update is two ops on the device."""
 
@@ -250,7 +250,8 @@ class MeanLoss(Metric):
         self.add_state("rows", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, loss: torch.Tensor, weight: int | torch.Tensor) -> None:
-        """`weight`: what the batch loss is a mean over (Task.loss_weight: its rows, or its scored tokens)."""
+        """`weight`: what the batch loss is a mean over (Task.loss_weight: its rows or scored tokens; with class
+        weights, Loss.batch_weight)."""
         self.total += loss.detach().float() * weight
         self.rows += weight
 

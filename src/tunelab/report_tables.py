@@ -21,6 +21,14 @@ def prf(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor) -> tuple[torch
     return precision.float(), recall.float(), f1.float()
 
 
+def macro_mean(values: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """The macro average of per-class values over the classes that occur (gold or predicted): a class with neither
+    has no precision, recall or F1 to average (torchmetrics' rule, and tunelab.compare's), so every macro figure
+    of a run, logged or in its report, is the same number."""
+    present = (pred + gold) > 0
+    return values[present].mean() if present.any() else values.new_zeros(())
+
+
 def per_class_report(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor, names: Sequence[str]) -> dict:
     """{"classes": {name: p/r/f1/support/predicted}, "macro_avg", "micro_avg", "weighted_avg", "support",
     "predicted"} from per-class count vectors."""
@@ -36,10 +44,11 @@ def per_class_report(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor, n
     return {
         "classes": classes,
         "micro_avg": {"precision": mp.item(), "recall": mr.item(), "f1": mf.item()},
-        "macro_avg": {"precision": p.mean().item(), "recall": r.mean().item(), "f1": f.mean().item()},
+        "macro_avg": {k: macro_mean(v, pred, gold).item() for k, v in (("precision", p), ("recall", r), ("f1", f))},
         "weighted_avg": {k: float((v.double() * weights).sum()) for k, v in (("precision", p), ("recall", r), ("f1", f))},
         "support": int(gold.sum()),
         "predicted": int(pred.sum()),
+        "not_in_macro_avg": [name for i, name in enumerate(names) if gold[i] + pred[i] == 0],
     }
 
 
@@ -67,6 +76,10 @@ def format_table(report: dict, first_column: str, averages: Sequence[str], accur
         lines.append(f"{name:>{width}} {cells} {support:9d}")
     if len(rows) == len(report["classes"]):
         lines.append("")
+    if report.get("not_in_macro_avg") and "macro_avg" in averages:
+        kind = {"entity": "entity types", "label": "labels"}.get(first_column, "classes")
+        lines.append(f"macro avg: over the {kind} that occur (gold or predicted); left out: "
+                     f"{', '.join(report['not_in_macro_avg'])}")
     return "\n".join(lines)
 
 
