@@ -85,3 +85,20 @@ def test_merged_lora_export_predicts_in_target_units(run_cfg) -> None:
         exported = merged(**batch).logits.squeeze(-1)
     torch.testing.assert_close(exported, expected, atol=1e-5, rtol=1e-4)
     assert module.task.target_std != 1.0  # standardized: the fold was not the identity
+
+
+def test_a_class_weighted_epoch_loss_is_the_weighted_loss_over_the_split_whatever_the_batches(run_cfg) -> None:
+    """loss.class_weights: each batch's loss is divided by its targets' weights, so the epoch loss weighs batches by
+    those (not by rows): the same model gets the same test/loss in batches of 3 and of 200, and it is the weighted
+    cross-entropy of its predictions, not the unweighted one (test/nll)."""
+    args = ("loss.class_weights=[1.0,5.0]", "data.train_limit=32", "trainer.max_steps=2", "optimizer.lr=1e-2",
+            "data.group_by_length=true", *NO_CHECKPOINTS)
+    small, run_dir = run_cfg(*args, "data.eval_batch_size=3")
+    whole, _ = run_cfg(*args, "data.eval_batch_size=200")
+    assert small["test/acc"] == whole["test/acc"]
+    assert small["test/loss"] == pytest.approx(whole["test/loss"], rel=1e-5)
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    weight = {"negative": 1.0, "positive": 5.0}
+    weighted = sum(-weight[r["gold"]] * torch.tensor(r["probs"][r["gold"]]).log() for r in rows)
+    assert small["test/loss"] == pytest.approx(float(weighted) / sum(weight[r["gold"]] for r in rows), rel=1e-3)
+    assert abs(small["test/loss"] - small["test/nll"]) > 1e-3

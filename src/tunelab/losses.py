@@ -48,6 +48,14 @@ class Loss(nn.Module):
         """Inverse training-set frequency, total / (labels x count): each label weighs the same in total."""
         return counts.sum() / (len(counts) * counts.clamp(min=1))
 
+    def batch_weight(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """What the batch loss divides its sum by when that is not the count of what it scores: with class weights
+        over class ids, the weights of the scored targets (F.cross_entropy's `weight` normalization). The epoch loss
+        weights each batch by it, so it is the weighted loss over the whole epoch. None: the task's count."""
+        if self.class_weights is None or targets.is_floating_point():
+            return None
+        return (self.class_weights[targets.clamp(min=0)] * (targets != IGNORE_INDEX)).sum()
+
 
 class CrossEntropyLoss(Loss):
     name = "cross_entropy"

@@ -98,7 +98,8 @@ class TransformerModule(pl.LightningModule):
         a training batch the non-finite-loss guard skips (Lightning then skips the optimizer step)."""
         labels = batch["labels"]
         logits = self(batch)
-        loss = self.loss_fn(logits, self.task.loss_targets(labels))
+        targets = self.task.loss_targets(labels)
+        loss = self.loss_fn(logits, targets)
         if stage == "train" and not self._loss_is_usable(loss):
             return None
         self._stages_run.add(stage)
@@ -111,7 +112,8 @@ class TransformerModule(pl.LightningModule):
                 self.test_report_metric.update(preds, targets)
         if stage == "test":
             self._keep_predictions(batch, logits)
-        getattr(self, f"{stage}_loss").update(loss, self.task.loss_weight(labels))
+        weight = self.loss_fn.batch_weight(targets)
+        getattr(self, f"{stage}_loss").update(loss, self.task.loss_weight(labels) if weight is None else weight)
         # the step loss only on the steps Lightning writes to the loggers: on the others it would be
         # stored for nobody, at the cost of a self.log call. Not prog_bar: that would make the loss a
         # Python number after every batch (a GPU sync per step); tunelab.progress shows it at its refreshes
