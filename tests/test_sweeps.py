@@ -14,12 +14,10 @@ TINY = ["debug=quick", f"paths.data_dir={FIXTURES}"]
 
 def test_optuna_random_search_three_trials_in_a_resumable_study(tmp_path) -> None:
     db = tmp_path / "optuna.db"
-    proc = run_script(
-        "train.py", "hparams_search=optuna_random", *TINY, "logger=csv", "data.train_limit=64",
-        "loss.label_smoothing=interval(0.0, 0.2)",  # a loss's own knob joins the search from the command line
-        "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        timeout=300,
-    )
+    args = ("train.py", "hparams_search=optuna_random", *TINY, "logger=csv", "data.train_limit=64",
+            "loss.label_smoothing=interval(0.0, 0.2)",  # a loss's own knob joins the search from the command line
+            f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = run_script(*args, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "sweep"
     jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
@@ -33,6 +31,11 @@ def test_optuna_random_search_three_trials_in_a_resumable_study(tmp_path) -> Non
     assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert len((sweep / "results.jsonl").read_text().splitlines()) == 3
     assert (sweep / "report.md").is_file()
+    # continued: two more trials, at new points (the sampler's seed moves on with the study's trials)
+    proc = run_script(*args[:-2], "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'more'}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    params = [t.params for t in optuna.load_study(study_name="train", storage=f"sqlite:///{db}").trials]
+    assert len(params) == 5 and params[3] not in params[:3] and params[4] not in params[:3]
 
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path) -> None:

@@ -36,6 +36,21 @@ def multiply(*factors: float) -> float:
     return out
 
 
-for _name, _fn in {"minilm_path": minilm_path, "wandb_offline": wandb_offline, "mul": multiply}.items():
+def optuna_seed(base: int, storage: str | None = None, study_name: str | None = None) -> int:
+    """${optuna_seed:base,storage,study}: the sampler seed of a search, base + the trials its study already holds. A
+    rerun of the command continues the study with new points (a fixed seed drew the first run's points again), and
+    the same command on the same study stays reproducible."""
+    if not storage:
+        return int(base)
+    import optuna
+
+    try:
+        return int(base) + len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # no such study yet: the sweeper creates it
+        return int(base)
+
+
+RESOLVERS = {"minilm_path": minilm_path, "wandb_offline": wandb_offline, "mul": multiply, "optuna_seed": optuna_seed}
+for _name, _fn in RESOLVERS.items():
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
