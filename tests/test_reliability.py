@@ -283,6 +283,21 @@ def test_run_dirs_are_unique_and_never_overwritten(tmp_path, cache_dir) -> None:
     assert not stale.exists() and (run_dir / "metrics.json").is_file()
 
 
+@pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK", "SLURM_PROCID"])
+def test_only_the_first_rank_claims_the_run_dir(tmp_path, monkeypatch, variable) -> None:
+    """Rank 0 claims the dir; the other ranks of its run use it, however they were launched (Lightning's children,
+    torchrun, one SLURM task per device): a SLURM task 1 refused the dir as "taken by another run"."""
+    from tunelab.rundir import claim_run_dir
+
+    cfg = compose_cfg(tmp_path / "run", "debug=fdr")
+    for key in ("LOCAL_RANK", "RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv(variable, "0")
+    assert claim_run_dir(cfg, None) == tmp_path / "run" / ".tunelab_run"  # rank 0 took it
+    monkeypatch.setenv(variable, "1")
+    assert claim_run_dir(cfg, None) is None  # rank 1: the same run, no error
+
+
 def test_empty_split_and_truncation_are_reported(run_cfg, tmp_path, caplog) -> None:
     empty = tmp_path / "empty_test.tsv"
     empty.write_text("sentence\tlabel\n")

@@ -21,6 +21,16 @@ from tunelab.sweeps import is_multirun
 
 log = logging.getLogger(__name__)
 
+# where a launcher puts a process's rank: Lightning's child ranks (LOCAL_RANK), torchrun (RANK), SLURM tasks
+# (SLURM_PROCID: hydra/launcher=slurm starts one task per device, each running the job itself)
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "SLURM_PROCID")
+
+
+def launched_rank() -> int:
+    """This process's rank among a run's processes before any Trainer exists: 0 for the first (or only) one."""
+    return max(int(os.environ.get(key) or 0) for key in RANK_VARIABLES)
+
+
 @contextlib.contextmanager
 def claimed_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Iterator[None]:
     """claim_run_dir for the run; a ConfigError inside it (a user error found in the data files or the
@@ -37,9 +47,9 @@ def claimed_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Iterator[None]:
 def claim_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Path | None:
     """Never mix two runs in one dir: refuse a dir that already holds a run (unless overwrite=true or
     resuming from a checkpoint inside it) and take it with an exclusive marker file, so two runs
-    started at the same instant cannot share it. DDP child ranks use rank 0's dir. `ckpt_path`: the run's
+    started at the same instant cannot share it. The other ranks (launched_rank) use rank 0's dir. `ckpt_path`: the run's
     resolved checkpoint. Returns the marker this call created (None: it was there, or a child rank)."""
-    if os.environ.get("LOCAL_RANK", "0") != "0":
+    if launched_rank() != 0:
         return None
     out = Path(cfg.paths.output_dir)
     resuming_here = bool(ckpt_path) and ckpt_path != "last" and out.resolve() in Path(ckpt_path).resolve().parents
