@@ -134,6 +134,24 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path, sweep) -> None:
     assert banners == (2 if optuna else 1)  # Optuna launches a trial at a time
 
 
+def test_a_ddp_sweep_outlives_a_failed_job_and_resumes_each_job_from_its_own_checkpoint(tmp_path) -> None:
+    """Job 0 diverges: its child rank exits 3 after rank 0 has moved on, which must not take the sweep down (Lightning's
+    child observer SIGKILLed it: exit 137, no report). Run again with ckpt_path=last, each job's child ranks resume
+    the checkpoint rank 0 resolved for that job (as single runs they read "last" as the sweep's newest)."""
+    args = ("train.py", "-m", "optimizer=sgd", "optimizer.lr=1e12,0.01", "trainer=ddp", "trainer.devices=2",
+            "trainer.accelerator=cpu", "model=tiny", "logger=csv", f"paths.data_dir={FIXTURES}", "data.train_limit=32",
+            "data.batch_size=8", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}")
+    proc = run_script(*args, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.json")) == ["1"]
+    assert "1 of 2 jobs finished; not finished: 0 (optimizer.lr=1000000000000)" in (tmp_path / "report.md").read_text()
+    last = tmp_path / "1" / "checkpoints" / "last.ckpt"
+    resumed = run_script(*args, "ckpt_path=last", timeout=300)
+    assert resumed.returncode == 3, resumed.stderr[-3000:]  # job 0 has no checkpoint: it diverges again
+    assert f"ckpt_path='{last}' hydra.mode=RUN" in resumed.stdout + resumed.stderr
+    assert json.loads((tmp_path / "1" / "metrics.json").read_text())["best_checkpoint"].startswith(str(tmp_path / "1"))
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs ../shared/data")
 def test_shared_data_layout_is_read(run_cfg) -> None:
     """The documented configs read ../shared/data directly (what make train uses)."""

@@ -23,7 +23,7 @@ from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
 from tunelab.module import TransformerModule
 from tunelab.resilience import Interrupted, find_resilience
-from tunelab.trainer import best_checkpoint, build_trainer
+from tunelab.trainer import best_checkpoint, build_trainer, end_sweep_job_ranks
 from tunelab.validation import validate
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     try:
         return _run(cfg)
     finally:
+        end_sweep_job_ranks()  # a failed job's child ranks must not take the sweep down with them
         # a sweep runs its jobs in one process: DDP leaves LOCAL_RANK/WORLD_SIZE/MASTER_PORT and a process
         # group behind, which would make the next job believe its ranks were launched already
         os.environ.clear()

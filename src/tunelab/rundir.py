@@ -33,15 +33,15 @@ def launched_rank() -> int:
 
 @contextlib.contextmanager
 def claimed_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Iterator[None]:
-    """claim_run_dir for the run; a ConfigError inside it (a user error found in the data files or the
-    checkpoint, before any result) gives the dir back, so the corrected command can use it."""
+    """claim_run_dir for the run, given back when it ends however it ends: what it wrote (metrics.json, checkpoints)
+    keeps the dir from another run, and a run that wrote nothing (a user error in the data files, a diverged sweep
+    job run again with ckpt_path=last) leaves it to the next command."""
     marker = claim_run_dir(cfg, ckpt_path)
     try:
         yield
-    except ConfigError:
+    finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
-        raise
 
 
 def claim_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Path | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 
 import lightning.pytorch as pl
@@ -51,7 +52,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     if isinstance(trainer.strategy, (DDPStrategy, FSDPStrategy)):  # one process per device, started at fit
         share_cores_between_cpu_ranks(cfg.trainer)
         if sweeps.is_multirun():
-            launch_ddp_children_for_this_job_only()
+            launch_ddp_children_for_this_job_only(cfg)
+            _SWEEP_JOB_STRATEGIES.append(trainer.strategy)
     tracking.log_config(trainer, cfg)
     return trainer
 
@@ -85,17 +87,50 @@ def share_cores_between_cpu_ranks(trainer_cfg: DictConfig) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // devices))
 
 
-def launch_ddp_children_for_this_job_only() -> None:
+def launch_ddp_children_for_this_job_only(cfg: DictConfig) -> None:
     """Lightning's DDP (and FSDP) launcher starts ranks 1..N-1 by re-running `sys.argv` with
     `hydra.run.dir=<HydraConfig run.dir>` appended. Under multirun, sys.argv is the whole sweep
     (`-m lr=1e-5,1e-4`), so every child would relaunch the sweep. Point both at this job instead:
     its own overrides, run in its own job dir, as a single run: an experiment or hparams_search config
-    among those overrides sets hydra.mode=MULTIRUN and would start a sweep (an Optuna study) again."""
+    among those overrides sets hydra.mode=MULTIRUN and would start a sweep (an Optuna study) again. The
+    checkpoint is the one rank 0 resolved: a single run reads ckpt_path=last as the newest of any job's."""
     hydra_cfg = HydraConfig.get()
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra.mode=RUN"]
+    overrides = [o for o in hydra_cfg.overrides.task if sweeps.override_key(o) != "ckpt_path"]
+    if cfg.get("ckpt_path") is not None or len(overrides) < len(hydra_cfg.overrides.task):
+        overrides.append("ckpt_path=null" if cfg.get("ckpt_path") is None else f"ckpt_path='{cfg.ckpt_path}'")
+    _SWEEP_ARGV[:] = _SWEEP_ARGV or sys.argv  # given back at the job's end (the sweep's W&B summary records it)
+    sys.argv = [sys.argv[0], *overrides, "hydra.mode=RUN"]
     with read_write(hydra_cfg), open_dict(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     log.info("multirun + DDP: child ranks run this job only (%s)", " ".join(sys.argv[1:]))
+
+
+_SWEEP_JOB_STRATEGIES: list = []  # the strategies of this sweep job's trainers (multirun + DDP / FSDP)
+_SWEEP_ARGV: list[str] = []  # the sweep's own command line while a job's child ranks are pointed at the job
+
+
+def end_sweep_job_ranks(timeout: float = 120.0) -> None:
+    """At the end of a sweep job trained under DDP / FSDP: wait for the job's child ranks (they finish its run on
+    their own; one still running after `timeout`, say stuck in a collective after rank 0 failed, is killed), and take
+    them from Lightning's child-process observer first: once a child exits non-zero, as a failed job's ranks do
+    after rank 0 has moved on, it SIGKILLs its own process, the sweep with every later job."""
+    if _SWEEP_ARGV:
+        sys.argv = list(_SWEEP_ARGV)
+        _SWEEP_ARGV.clear()
+    while _SWEEP_JOB_STRATEGIES:
+        launcher = getattr(_SWEEP_JOB_STRATEGIES.pop(), "launcher", None)
+        procs = getattr(launcher, "procs", None)
+        if not procs:
+            continue
+        children = list(procs)
+        procs.clear()  # the observer's own list: empty, it ends quietly at its next look
+        for child in children:
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("a child rank of this job was still running %.0f s after it: stopped", timeout)
+                child.kill()
+                child.wait()
 
 
 def instantiate_group(group: DictConfig | None, cfg: DictConfig | None = None) -> list:
