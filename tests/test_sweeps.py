@@ -38,6 +38,24 @@ def test_optuna_random_search_three_trials_in_a_resumable_study(tmp_path) -> Non
     assert len(params) == 5 and params[3] not in params[:3] and params[4] not in params[:3]
 
 
+def test_failed_trials_are_failed_trials_and_the_search_goes_on(tmp_path) -> None:
+    """Trials that diverge (lr up to 1e12) are recorded as failed and the study goes on to its last trial, its
+    results and the report; the sweep exits 3 at its end. A NaN given to Optuna ended the search with a traceback."""
+    db = tmp_path / "optuna.db"
+    proc = run_script(
+        "train.py", "hparams_search=optuna_random", *TINY, "logger=csv", "optimizer=sgd", "data.train_limit=64",
+        "optimizer.lr=tag(log, interval(1e-3, 1e12))", "data.batch_size=choice(8,16)", "hydra.sweeper.n_trials=4",
+        f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=300,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    states = [t.state.name for t in optuna.load_study(study_name="train", storage=f"sqlite:///{db}").trials]
+    finished = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(states) == 4 and 0 < states.count("FAIL") < 4 and len(finished) == states.count("COMPLETE")
+    assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
+    assert f"{len(finished)} of 4 jobs finished" in (tmp_path / "sweep" / "report.md").read_text()
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path) -> None:
     """Job 1 diverges (lr 1e30): its error line names it, jobs 0 and 2 still run, the report is written, and
     the sweep exits 3 (a training error) at its end."""

@@ -42,6 +42,8 @@ def launch(config_name: str, project_root: Path) -> None:
         print(f"error: {explain_override_error(err, config_name)}", file=sys.stderr)
         sys.exit(2)
     except ValueError as err:
+        if _FAILED_JOBS and str(err).startswith("No trials are completed yet"):
+            _exit_if_sweep_jobs_failed()  # every trial of the study failed: Optuna has no best one to report
         if not str(err).startswith("Only one of --run, --multirun"):
             raise
         # Hydra's flags that exclude each other (-m with --cfg / --info): its own text, on one line
@@ -86,8 +88,9 @@ def _in_sweep() -> bool:
     return is_multirun() and str(HydraConfig.get().launcher.get("_target_", "")).endswith(".BasicLauncher")
 
 
-def _sweep_job_failed(err: Exception) -> float:
-    """A failed sweep job is its error line, named by job; the sweeper gets NaN (Optuna: a failed trial)."""
+def _sweep_job_failed(err: Exception) -> None:
+    """A failed sweep job is its error line, named by job. The sweeper gets None, which Optuna's records as a failed
+    trial before it goes on (a NaN made optuna tell the trial twice and end the search with a traceback)."""
     from hydra.core.hydra_config import HydraConfig
 
     from tunelab.sweeps import job_label, swept_keys
@@ -98,7 +101,7 @@ def _sweep_job_failed(err: Exception) -> float:
     label = job_label(hydra_cfg.job.num, list(hydra_cfg.overrides.task), swept_keys())
     print(f"error: {label}: {err}", file=sys.stderr)
     _FAILED_JOBS.append((label, err))
-    return float("nan")
+    return None
 
 
 def _exit_if_sweep_jobs_failed() -> None:
