@@ -342,3 +342,27 @@ def test_adafactor_relative_step_settings_are_checked_together(tmp_path, overrid
     with pytest.raises(ConfigError) as err:
         validate(compose_cfg(tmp_path, *overrides))
     assert str(err.value) == message
+
+
+def test_a_warmup_as_long_as_the_run_is_warned(caplog) -> None:
+    """warmup_ratio x steps, rounded (25 x 0.1: 2 steps); a warmup that spans the whole run, so that the lr never
+    reaches optimizer.lr, is a warning."""
+    from tunelab.optim import build_scheduler
+
+    linear = {"_target_": "transformers.get_linear_schedule_with_warmup", "_partial_": True}
+
+    def lrs(cfg: dict, total: int) -> list[float]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = build_scheduler(cfg, optimizer, total)
+        out = []
+        for _ in range(total):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    assert lrs({**linear, "warmup_ratio": 0.1}, 25)[:3] == pytest.approx([0, 1 / 2, 1])
+    assert "warmup" not in caplog.text
+    assert max(lrs({**linear, "warmup_steps": 100}, 16)) == pytest.approx(15 / 100)
+    assert "the learning-rate warmup (100 steps) is as long as the whole run (16 optimizer steps)" in caplog.text
+

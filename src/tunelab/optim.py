@@ -4,6 +4,7 @@ of the real torch/transformers classes; no wrappers)."""
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any, Iterable, Mapping
 
 import lightning.pytorch as pl
@@ -15,6 +16,8 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
 from tunelab.model import transformer_layers
+
+log = logging.getLogger(__name__)
 
 
 def remember_param_groups(model: nn.Module, layer_decay: float | None = None) -> None:
@@ -125,7 +128,12 @@ def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimi
     cfg = dict(cfg)
     ratio, steps = cfg.pop("warmup_ratio", 0.0), cfg.pop("warmup_steps", None)
     factory = instantiate(cfg)
+    # the nearest step (Python's round, ties to even), as docs/ results are measured; transformers' Trainer rounds up
     warmup = int(steps) if steps is not None else round(float(ratio or 0.0) * total_steps)
+    if warmup >= total_steps > 0:
+        log.warning("the learning-rate warmup (%d steps) is as long as the whole run (%d optimizer steps): the lr never "
+                    "reaches optimizer.lr; lower scheduler.warmup_steps / warmup_ratio or train longer", warmup,
+                    total_steps)
     accepts = inspect.signature(factory.func).parameters
     kwargs = {"num_warmup_steps": warmup, "num_training_steps": total_steps}
     return factory(optimizer, **{k: v for k, v in kwargs.items() if k in accepts})
