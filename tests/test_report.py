@@ -12,7 +12,7 @@ from scipy import stats
 from conftest import compose_cfg
 from tunelab import plots, report, significance, sweeps
 from tunelab.errors import ConfigError
-from tunelab.results import monitor
+from tunelab.monitoring import monitor
 from tunelab.tasks import TASKS
 from tunelab.run_layout import RESULTS_FILE
 from tunelab.validation import validate

@@ -56,7 +56,7 @@ def main_entry(cfg: DictConfig) -> float | None:
         schema.check(cfg)  # a wrong value fails in a fraction of a second, before torch is imported
         # imported here, not at the top: a mistyped override or value exits before torch and Lightning load
         from tunelab.pipeline import run
-        from tunelab.results import monitor
+        from tunelab.monitoring import monitor
 
         _one_console_for_lightning()
         metrics = run(cfg)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tunelab import run_layout as layout
 
-from tunelab.results import load_runs, monitor, runs_monitor, saved_config
+from tunelab.monitoring import monitor
+from tunelab.results import load_runs, runs_monitor, saved_config
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
-"""Results of finished runs, and the one rule for which metric a run optimizes: `monitor(cfg)` is what
-checkpoints and early stopping watch, what train.py returns to sweepers, and what reports and plots
-rank by. `load_runs` reads a sweep's (or any folder's) finished runs back from disk, `group_runs` groups
-them into configs, `unfinished_jobs` names the jobs that wrote no results."""
+"""Results of finished runs: `load_runs` reads a sweep's (or any folder's) finished runs back from disk, `group_runs`
+groups them into configs, `unfinished_jobs` names the jobs that wrote no results, `runs_monitor` the metric they
+are ranked by (tunelab.monitoring's rule)."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.checkpoints import tested_run_dir
 from tunelab.errors import ConfigError
+from tunelab.monitoring import incomparable_losses, is_loss_metric, monitor
 from tunelab.run_layout import (CONFIG_YAML, HYDRA_DIR, HYDRA_YAML, METRICS_FILE, OVERRIDES_YAML, RESULTS_FILE,
                                 WANDB_DIR, hydra_file)
 from tunelab.sweeps import job_name, override_key
@@ -24,30 +24,6 @@ SEED_KEYS = ("seed",)
 # YAML 1.1 words OmegaConf reads as booleans; Hydra's override grammar only knows true / false
 _YAML_BOOLS = {w: v for v, words in ((True, ("yes", "on")), (False, ("no", "off")))
                for word in words for w in (word, word.title(), word.upper())}
-
-
-def monitor(cfg: Mapping[str, Any]) -> tuple[str, str]:
-    """(metric, "max" | "min"): `optimized_metric` when set, else val/<the task's monitor metric>."""
-    from tunelab.tasks import get_task  # torch + torchmetrics: only once a config is at hand
-
-    task = get_task(cfg["data"]["task"])
-    name = cfg.get("optimized_metric") or f"val/{task.monitor}"
-    if not name.startswith("val/"):
-        # picking checkpoints or configs on test (or train) numbers would report an optimistic test score
-        raise ConfigError(f"optimized_metric={name} is not a validation metric; use val/{name.split('/')[-1]}.")
-    return name, task.metric_mode(name)
-
-
-def callback_monitor(cfg: Mapping[str, Any], metric: str, mode: str) -> tuple[str, str]:
-    """(metric, mode) a best-checkpoint or early-stopping callback watches: monitor `auto` is the run's (`monitor`);
-    a metric named with mode `auto` takes that metric's direction (val/loss: min)."""
-    if metric == "auto":
-        return monitor(cfg)
-    if mode != "auto":
-        return metric, mode
-    from tunelab.tasks import get_task
-
-    return metric, get_task(cfg["data"]["task"]).metric_mode(metric)
 
 
 @dataclass
@@ -279,23 +255,3 @@ def check_comparable_losses(groups: list[Group], metric: str) -> None:
         return
     losses = sorted({o for g in groups for o in g.config if override_key(o).split(".")[0] == "loss"})
     raise ConfigError(incomparable_losses(metric, losses, runs_task([r for g in groups for r in g.runs]), "--metric "))
-
-
-def is_loss_metric(metric: str) -> bool:
-    """`val/loss`, `test/loss_epoch`, ...: a run's own training loss, in the units of the loss it trains."""
-    return metric.rsplit("/", 1)[-1].split("_")[0] == "loss"
-
-
-def incomparable_losses(metric: str, losses: list[str], task: str | None, fix: str) -> str:
-    """The refusal of ranking configs that train different losses on */loss, naming the metrics to use instead
-    (`fix`: how to pass one, "--metric " or "optimized_metric=")."""
-    from tunelab.tasks import get_task
-
-    stage = metric.rpartition("/")[0]
-    free = get_task(task).loss_free_metrics if task else ()
-    names = [f"{stage}/{m}" if stage else m for m in free]
-    if free and free[0] == "nll":
-        names[0] += " (a proper scoring rule every classification loss logs)"
-    return (f"{metric} is each config's own training loss and they train different ones "
-            f"({', '.join(losses) or 'their loss sections differ'}), so its values are not comparable; "
-            f"pass {fix}{' or '.join(names) or 'with a metric of the task'}.")

@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from tunelab.errors import ConfigError, SweepRefused
-from tunelab.results import incomparable_losses, is_loss_metric, monitor
+from tunelab.monitoring import incomparable_losses, is_loss_metric, monitor
 from tunelab.sweeps import job_label, override_key, sweep_arguments, swept_keys_of
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from tunelab import peft_adapters, sweeps, tracking
 from tunelab.resilience import Resilience
-from tunelab.results import callback_monitor
+from tunelab.monitoring import callback_monitor
 
 log = logging.getLogger(__name__)
 

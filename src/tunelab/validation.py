@@ -19,8 +19,8 @@ from tunelab.data.language_modeling import TRAINED_TOKENIZERS
 from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
 from tunelab.model import compile_backend, head_class, model_config
+from tunelab.monitoring import callback_monitor, monitor
 from tunelab.resilience import check_skip_runs_alone
-from tunelab.results import callback_monitor, monitor
 from tunelab.rundir import resolve_ckpt_path
 from tunelab.sweeps import is_multirun
 from tunelab.tasks import check_data, get_task
