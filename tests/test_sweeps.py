@@ -56,6 +56,15 @@ def test_failed_trials_are_failed_trials_and_the_search_goes_on(tmp_path) -> Non
     assert "Traceback" not in proc.stderr
 
 
+def test_submitit_local_with_several_ranks_is_refused_before_the_first_job(tmp_path) -> None:
+    """Lightning would start rank 1 as submitit's own entry point with Hydra's overrides, and the job died: refused."""
+    proc = run_script("train.py", "-m", "hydra/launcher=submitit_local", *TINY, "trainer=ddp", "trainer.accelerator=cpu",
+                      "trainer.devices=2", "seed=0", f"hydra.sweep.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert ("hydra/launcher=submitit_local cannot start the other ranks of a 2-process job; use the default launcher "
+            "(drop hydra/launcher) or hydra/launcher=slurm.") in proc.stderr
+
+
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path) -> None:
     """Job 1 diverges (lr 1e30): its error line names it, jobs 0 and 2 still run, the report is written, and
     the sweep exits 3 (a training error) at its end."""

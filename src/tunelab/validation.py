@@ -144,7 +144,13 @@ def _check_devices(cfg: DictConfig) -> None:
     if strategy_name(trainer.get("strategy")).startswith("fsdp") and (accelerator == "cpu" or not gpus):
         raise ConfigError("trainer=fsdp needs GPUs (Lightning's FSDPStrategy refuses CPU); use trainer=ddp on CPU.")
     # "auto" / -1 count 1 here: Resilience checks again once Lightning resolves them
-    check_skip_runs_alone(cfg.get("on_nan", "stop"), _device_count(devices) * int(trainer.get("num_nodes") or 1))
+    processes = _device_count(devices) * int(trainer.get("num_nodes") or 1)
+    check_skip_runs_alone(cfg.get("on_nan", "stop"), processes)
+    launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
+    if processes > 1 and launcher.endswith("submitit_launcher.LocalLauncher"):
+        # Lightning starts a job's other ranks by running its process's entry point again: here submitit's
+        raise ConfigError(f"hydra/launcher=submitit_local cannot start the other ranks of a {processes}-process "
+                          "job; use the default launcher (drop hydra/launcher) or hydra/launcher=slurm.")
     if not isinstance(devices, int) or devices < 1:
         return  # "auto", -1 or a list of ids: Lightning resolves and validates them
     if accelerator in {"gpu", "cuda"} and devices > gpus:
