@@ -108,3 +108,19 @@ def test_the_optimizer_never_sees_the_setting() -> None:
     module = tiny_module(BERT)
     assert isinstance(build_optimizer(module.hparams.optimizer, module), torch.optim.AdamW)
 
+
+
+@pytest.mark.parametrize("peft", [
+    {"_target_": "peft.IA3Config", "name": "ia3", "target_modules": ["key", "value", "output.dense"],
+     "feedforward_modules": ["output.dense"]},
+    {"_target_": "peft.AdaLoraConfig", "name": "adalora", "init_r": 2, "target_r": 1, "lora_alpha": 4,
+     "target_modules": ["query", "value"], "total_step": 10},
+], ids=["ia3", "adalora"])
+def test_peft_gain_vectors_take_no_weight_decay(peft: dict) -> None:
+    """(IA)^3's gains and AdaLoRA's singular values are vectors stored as (d, 1): decayed, they would shrink toward
+    switching channels off. Like LayerNorm weights they take none; the adapters' matrices do."""
+    lrs = lr_by_parameter(tiny_module(BERT, peft=peft, layer_decay=None))
+    vectors = [n for n in lrs if ".ia3_l." in n or ".lora_E." in n]
+    assert vectors and all(lrs[n][1] == 0.0 for n in vectors)
+    matrices = [n for n in lrs if ".lora_A." in n]
+    assert all(lrs[n][1] == 0.01 for n in matrices)

@@ -20,12 +20,17 @@ from tunelab.model import transformer_layers
 log = logging.getLogger(__name__)
 
 
+# vectors peft stores as (d, 1) matrices: (IA)^3's per-channel gains, AdaLoRA's singular values. Like LayerNorm's
+# weights they take no weight decay, which would pull them toward 0 (a channel switched off), not the identity
+VECTOR_PARAMETERS = frozenset({"ia3_l", "lora_E"})
+
+
 def remember_param_groups(model: nn.Module, layer_decay: float | None = None) -> None:
     """Decide each parameter's weight decay, and under optimizer.layer_decay its layer, while it has its own
     shape and place in the model: FSDP later turns parameters into 1-D views of their shard (the same
     Parameter objects, so the marks stay)."""
-    for p in model.parameters():
-        p.tunelab_weight_decay = p.ndim >= 2
+    for name, p in model.named_parameters():
+        p.tunelab_weight_decay = p.ndim >= 2 and not VECTOR_PARAMETERS.intersection(name.split("."))
     if layer_decay is not None:
         for p, layer in layer_depths(model, layer_decay).items():
             p.tunelab_layer = layer
@@ -34,7 +39,8 @@ def remember_param_groups(model: nn.Module, layer_decay: float | None = None) ->
 def layer_depths(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, tuple[int, str, float]]:
     """Layer-wise learning-rate decay: each parameter's (depth, group name, lr scale). Depth 0 is what comes
     before the transformer layers (embeddings), layer i is i + 1, and what comes after them (pooler, head) is
-    the top, trained at the full rate; a parameter `k` levels below the top trains at lr x layer_decay^k."""
+    the top, trained at the full rate; a parameter `k` levels below the top trains at lr x layer_decay^k. An output
+    layer tied to the input embeddings (GPT-2's LM head) is the embedding parameter, so it trains at their rate."""
     layers = transformer_layers(model, "optimizer.layer_decay")
     in_layer = {p: i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}
     top, past_layers, depths = len(layers) + 1, False, {}
@@ -48,7 +54,7 @@ def layer_depths(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, tup
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
-    """Weight decay on matrices only: biases and LayerNorm weights (all 1-D parameters) are excluded.
+    """Weight decay on matrices only: biases, LayerNorm weights (all 1-D parameters) and VECTOR_PARAMETERS are excluded.
     Parameters marked with a layer (optimizer.layer_decay) get a group per layer and decay, named for the
     LR monitor, at `lr` x their layer's scale."""
     groups: dict[tuple, dict] = {}
