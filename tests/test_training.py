@@ -366,3 +366,15 @@ def test_a_warmup_as_long_as_the_run_is_warned(caplog) -> None:
     assert max(lrs({**linear, "warmup_steps": 100}, 16)) == pytest.approx(15 / 100)
     assert "the learning-rate warmup (100 steps) is as long as the whole run (16 optimizer steps)" in caplog.text
 
+
+def test_the_lr_monitors_last_logged_lr_is_no_result(run_cfg) -> None:
+    """metrics.json holds results: the lr monitor logs every log_every_n_steps, so its last lr is neither a result
+    nor the schedule's final lr (it read 45% of the peak on a schedule that had reached 0)."""
+    import csv
+
+    metrics, run_dir = run_cfg("data.train_limit=32", "data.batch_size=8", "trainer.max_epochs=1",
+                               "trainer.log_every_n_steps=3", "test=false", "export=false")
+    assert any(r.get("lr-AdamW/pg1") for r in csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    recorded = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert "val/acc" in recorded and not any(k.startswith("lr-") for k in [*metrics, *recorded])
+

@@ -183,4 +183,7 @@ def write_results(cfg: DictConfig, metrics: dict[str, float], checkpoint: str | 
 
 
 def _as_floats(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+    """The run's results among what Lightning holds: not the lr monitor's lr-*, the lr of the last step it logged
+    (log_every_n_steps), which is neither a result nor the schedule's final lr."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, torch.Tensor) and v.numel() == 1 and not k.startswith("lr-")}
