@@ -80,7 +80,15 @@ def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
 @pytest.mark.parametrize("argv,message", [
     (["loss=mse", "loss.label_smoothing=0.1"],  # the default loss has the key; the chosen one does not
      "unknown config key 'loss.label_smoothing': loss=mse has no label_smoothing (its keys: _target_, scale_k, "
-     "scale_m); pick a loss option that has it."),
+     "scale_m); the loss options with label_smoothing: cross_entropy, cross_entropy_smoothed, "
+     "next_token_cross_entropy, token_cross_entropy."),
+    (["scheduler=none", "scheduler.warmup_steps=10"],  # an option without keys
+     "unknown config key 'scheduler.warmup_steps': scheduler=none takes no settings; the scheduler options with "
+     "warmup_steps: constant_with_warmup, cosine, linear."),
+    (["hparams_search=optuna_random", "hydra.sweeper.params.optimizer.lr=interval(1e-5, 1e-3)"],  # not nested
+     "unknown config key 'hydra.sweeper.params.optimizer.lr': search optimizer.lr with a plain override of a search "
+     "expression, 'optimizer.lr=interval(<low>, <high>)' or 'optimizer.lr=choice(<a>, <b>)' (with "
+     "hparams_search=...)."),
     (["optimzer.lr=0.1"], "unknown config key 'optimzer.lr': did you mean optimizer.lr? (to add a new key write "
                           "+optimzer.lr=...)"),
     (["optimizer=sgd", "optimizer.momentun=0.9"],

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
 from conftest import FIXTURES, run_script, wandb_records
@@ -63,6 +64,17 @@ def test_submitit_local_with_several_ranks_is_refused_before_the_first_job(tmp_p
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert ("hydra/launcher=submitit_local cannot start the other ranks of a 2-process job; use the default launcher "
             "(drop hydra/launcher) or hydra/launcher=slurm.") in proc.stderr
+
+
+@pytest.mark.parametrize("devices", ["auto", "-1"])
+def test_the_slurm_launcher_needs_a_device_count(tmp_path, devices) -> None:
+    """SLURM is asked for trainer.devices GPUs and tasks per node: auto / -1 are one line before any submission."""
+    proc = run_script("train.py", "-m", "hydra/launcher=slurm", "trainer=ddp", f"trainer.devices={devices}", *TINY,
+                      "seed=0,1", f"hydra.sweep.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: hydra/launcher=slurm asks SLURM for trainer.devices GPUs and tasks per node: give a number "
+        f"(trainer.devices={devices} is resolved only on the node).")
 
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path) -> None:

@@ -173,6 +173,10 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
 
     from tunelab.config import compose_config
 
+    if dotted.startswith("hydra.sweeper.params.") and dotted.count(".") > 3:
+        key = dotted.removeprefix("hydra.sweeper.params.")  # a dotted key is no nested node of the params
+        return (f"unknown config key '{dotted}': search {key} with a plain override of a search expression, "
+                f"'{key}=interval(<low>, <high>)' or '{key}=choice(<a>, <b>)' (with hparams_search=...).")
     others = [a for a in argv if "=" in a and not a.startswith("-") and a.lstrip("+~").split("=")[0] != dotted]
     parent, _, leaf = dotted.rpartition(".")
     hint = ""
@@ -198,14 +202,24 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
                     return (f"unknown config key '{dotted}': {group}={choice} has no {leaf} (its keys: {keys}), and a "
                             f"sweep crosses every {dotted} value with every {group} option: sweep {dotted} in a "
                             f"sweep of its own, with the {group} option that has it.")
-                return (f"unknown config key '{dotted}': {group}={choice} has no {leaf} (its keys: {keys}); pick "
-                        f"a {group} option that has it.")
+                having = ", ".join(_options_with(group, leaf)) or "none"
+                has = f"has no {leaf} (its keys: {keys})" if keys else "takes no settings"
+                return f"unknown config key '{dotted}': {group}={choice} {has}; the {group} options with {leaf}: {having}."
         params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
         if dotted in params:  # the sweep config searches a key this composition lacks
             return (f"unknown config key '{dotted}': {hint}the hparams_search config searches it "
                     "(hydra.sweeper.params): remove it there, or pick an option that has it")
         break
     return f"unknown config key '{dotted}': {hint}(to add a new key write +{dotted}=...)"
+
+
+def _options_with(group: str, key: str) -> list[str]:
+    """The options of this project's config group whose own file sets `key` (conf/<group>/<option>.yaml)."""
+    from omegaconf import OmegaConf
+
+    from tunelab.config import CONF_DIR
+
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if key in (OmegaConf.load(p) or {}))
 
 
 def _group_options(group: str) -> list[str]:

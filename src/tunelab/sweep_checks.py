@@ -21,10 +21,22 @@ from tunelab.sweeps import job_label, override_key, sweep_arguments, swept_keys_
 
 class CheckSweepJobs(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_slurm_devices(config)
         if str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
             check_grid_jobs(config)
         else:
             check_direction(config)
+
+
+def check_slurm_devices(config: DictConfig) -> None:
+    """hydra/launcher=slurm asks SLURM for trainer.devices GPUs and tasks per node: a count, which auto / -1 are not
+    (the launcher's config failed to resolve with a traceback)."""
+    if not str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        return
+    devices = OmegaConf.select(config, "trainer.devices", default=None)
+    if not isinstance(devices, int) or devices < 1:
+        raise SweepRefused(f"hydra/launcher=slurm asks SLURM for trainer.devices GPUs and tasks per node: give a "
+                           f"number (trainer.devices={devices} is resolved only on the node).")
 
 
 def grid_jobs(config: DictConfig) -> tuple[list[list[str]], set[str]]:
