@@ -89,6 +89,27 @@ def test_training_on_after_a_max_steps_stop_trains_the_rest_of_its_epoch(tmp_pat
     assert lrs[4] == pytest.approx(1e-3 * (12 - 4) / (12 - 1)) and lrs[5] == pytest.approx(1e-3 * (12 - 5) / (12 - 1))
 
 
+def test_a_stop_on_a_logging_step_keeps_that_steps_logged_values(run_cfg) -> None:
+    """Stopped at a step the loggers write (log_every_n_steps=2, step 4): the resumed run's metrics.csv has every
+    train/loss_step row of the uninterrupted run, the checkpoint's own step included, with the same values."""
+    import csv
+
+    args = ("data.train_limit=48", "data.batch_size=8", "trainer.max_epochs=1", "optimizer.lr=1e-3", "seed=3",
+            "trainer.log_every_n_steps=2", "test=false", "export=false")
+
+    def losses(run_dir: Path) -> list[tuple[str, str]]:
+        rows = csv.DictReader(open(run_dir / "csv" / "metrics.csv"))
+        return [(r["step"], r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+
+    _, straight = run_cfg(*args)
+    with pytest.raises(RunInterrupted) as stop:
+        run_cfg(*args, "+callbacks.signal._target_=tests.ddp_rows.SignalAtBatch", "+callbacks.signal.batch=3")
+    last = Path(stop.value.checkpoint)
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+    _, resumed = run_cfg(*args, f"ckpt_path={last}")
+    assert losses(straight) == losses(resumed) and ("3", losses(straight)[1][1]) in losses(resumed)
+
+
 def test_a_stop_between_accumulated_batches_waits_for_the_step_and_resumes_exactly(run_cfg) -> None:
     """With gradient accumulation a signal after the first batch of a pair stops after the second, at the
     optimizer step (a checkpoint between them would drop the gradients summed so far), and resuming from it

@@ -112,6 +112,9 @@ class Resilience(pl.Callback):
             trainer.save_checkpoint(path)  # Lightning writes atomically (temp file + rename)
             self.interrupted_checkpoint = str(path)
             log.warning("interrupted at step %d: resume with ckpt_path=%s", trainer.global_step, path)
+            # Lightning writes a step's logged values (train/loss_step, grad_norm) after the batch-end hooks, which
+            # this stop skips: written here, or the checkpoint's own step would be missing from the history for good
+            trainer._logger_connector.update_train_step_metrics()
             # ends fit here (on every rank: the stop was agreed). trainer.should_stop would not: Lightning
             # trains on to min_epochs, then validates and lets the checkpoint callbacks rewrite last.ckpt
             # with the epoch marked done, so a resume would skip the rest of it
