@@ -24,6 +24,8 @@ def write(path: Path, text: str) -> Path:
         (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt does not exist"),
         (["model.freeze_layers=9"], "model.freeze_layers=9 but the model has 2 layers"),
         (["trainer.devices=2", "on_nan=skip"], "on_nan=skip needs one process, not 2; use on_nan=stop"),
+        (["trainer.accelerator=cpu", "trainer.num_nodes=2"],  # rank 0 waited for the other node forever
+         "trainer.num_nodes=2 needs the other nodes started with it: use hydra/launcher=slurm"),
         (["model.compile=true", "model.compile_backend=cudagraphs", "model.compile_dynamic=true"],
          "model.compile_backend=cudagraphs replays the graph recorded for the first batch shape"),
         (["+callbacks.probe._target_=tunelab.callbacks.Probe"],

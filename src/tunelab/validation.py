@@ -4,6 +4,7 @@ the fix) for a configuration that cannot train, before any model, data or tokeni
 from __future__ import annotations
 
 import importlib
+import os
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -136,6 +137,10 @@ def _check_compile(model: DictConfig) -> None:
                           "length bucket).")
 
 
+# set where a job's processes on several nodes are started together (SLURM, torchrun, by hand per node)
+CLUSTER_VARIABLES = ("SLURM_NTASKS", "NODE_RANK", "GROUP_RANK")
+
+
 def _check_devices(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     devices, accelerator = trainer.get("devices", 1), trainer.get("accelerator", "auto")
@@ -147,6 +152,11 @@ def _check_devices(cfg: DictConfig) -> None:
     processes = _device_count(devices) * int(trainer.get("num_nodes") or 1)
     check_skip_runs_alone(cfg.get("on_nan", "stop"), processes)
     launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
+    cluster = launcher.endswith("SlurmLauncher") or any(v in os.environ for v in CLUSTER_VARIABLES)
+    if int(trainer.get("num_nodes") or 1) > 1 and not cluster:  # rank 0 would wait for the other nodes forever
+        raise ConfigError(f"trainer.num_nodes={trainer.num_nodes} needs the other nodes started with it: use "
+                          "hydra/launcher=slurm, or start one process per node with NODE_RANK, MASTER_ADDR, "
+                          "MASTER_PORT set.")
     if processes > 1 and launcher.endswith("submitit_launcher.LocalLauncher"):
         # Lightning starts a job's other ranks by running its process's entry point again: here submitit's
         raise ConfigError(f"hydra/launcher=submitit_local cannot start the other ranks of a {processes}-process "
