@@ -89,8 +89,8 @@ def _in_sweep() -> bool:
 
 
 def _sweep_job_failed(err: Exception) -> None:
-    """A failed sweep job is its error line, named by job. The sweeper gets None, which Optuna's records as a failed
-    trial before it goes on (a NaN made optuna tell the trial twice and end the search with a traceback)."""
+    """A failed sweep job is its error line, named by job. The sweeper gets None, which Optuna's sweeper records as a
+    failed trial before it goes on (a NaN made optuna tell the trial twice and end the search with a traceback)."""
     from hydra.core.hydra_config import HydraConfig
 
     from tunelab.sweeps import job_label, swept_keys
@@ -204,7 +204,8 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
                             f"sweep of its own, with the {group} option that has it.")
                 having = ", ".join(_options_with(group, leaf)) or "none"
                 has = f"has no {leaf} (its keys: {keys})" if keys else "takes no settings"
-                return f"unknown config key '{dotted}': {group}={choice} {has}; the {group} options with {leaf}: {having}."
+                return (f"unknown config key '{dotted}': {group}={choice} {has}; the {group} options with {leaf}: "
+                        f"{having}.")
         params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
         if dotted in params:  # the sweep config searches a key this composition lacks
             return (f"unknown config key '{dotted}': {hint}the hparams_search config searches it "

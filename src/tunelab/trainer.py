@@ -21,8 +21,8 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from omegaconf import DictConfig, open_dict, read_write
 
 from tunelab import peft_adapters, sweeps, tracking
-from tunelab.resilience import Resilience
 from tunelab.monitoring import callback_monitor
+from tunelab.resilience import Resilience
 
 log = logging.getLogger(__name__)
 
