@@ -64,7 +64,8 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
         written.append(_write_standalone(copy.deepcopy(module.model).merge_and_unload(), module.task, tokenizer,
                                          run_dir / layout.MERGED_DIR))
     if cfg.get("export") and not adapted:  # on a copy: the module keeps its own head
-        written.append(_write_standalone(copy.deepcopy(module.model), module.task, tokenizer, run_dir / layout.HF_MODEL_DIR))
+        written.append(_write_standalone(copy.deepcopy(module.model), module.task, tokenizer,
+                                         run_dir / layout.HF_MODEL_DIR))
     return written
 
 

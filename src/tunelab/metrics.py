@@ -145,8 +145,8 @@ class Calibration(Metric):
 
 class MultiLabelCounts(Metric):
     """Multi-label metrics from [batch, labels] 0/1 predictions and targets, counted per label. `stat`:
-    "f1_micro", "f1_macro" (mean of the per-label F1 over the labels that occur: report_tables.macro_mean), "subset_acc" (exact match of the
-    whole label set), "hamming" (share of wrong label decisions: HammingLoss) or "counts" (the test
+    "f1_micro", "f1_macro" (mean of the per-label F1 over the labels that occur: report_tables.macro_mean),
+    "subset_acc" (exact match of the whole label set), "hamming" (share of wrong label decisions: HammingLoss) or "counts" (the test
     report's state)."""
 
     full_state_update = False
@@ -237,8 +237,8 @@ class Perplexity(Metric):
 
 
 class MeanLoss(Metric):
-    """A stage's epoch loss: the batch losses' mean weighted by what each averages (rows, tokens, class weights), summed
-    across ranks at compute(). torchmetrics' MeanMetric checks every update for NaNs with `.any()` (a host sync) and
+    """A stage's epoch loss: the batch losses' mean weighted by what each averages (rows, tokens, class weights),
+    summed across ranks at compute(). torchmetrics' MeanMetric checks every update for NaNs with `.any()` (a host sync) and
     turns a Python weight into a host-to-device copy; here an update is two ops on the device."""
 
     full_state_update = False

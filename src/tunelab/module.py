@@ -23,8 +23,8 @@ from tunelab.metrics import MeanLoss, epoch_states, restore_epoch_states
 from tunelab.model import build_model, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import checkpoint_rng_states, restore_rng_states
-from tunelab.optim import (apply_restored_schedule, build_optimizer, build_scheduler, clip_gradients, grad_norm, may_fuse,
-                           remember_param_groups)
+from tunelab.optim import (apply_restored_schedule, build_optimizer, build_scheduler, clip_gradients, grad_norm,
+                           may_fuse, remember_param_groups)
 from tunelab.tasks import get_task
 
 log = logging.getLogger(__name__)

@@ -137,8 +137,8 @@ def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimi
     # the nearest step (Python's round, ties to even), as docs/ results are measured; transformers' Trainer rounds up
     warmup = int(steps) if steps is not None else round(float(ratio or 0.0) * total_steps)
     if warmup >= total_steps > 0:
-        log.warning("the learning-rate warmup (%d steps) is as long as the whole run (%d optimizer steps): the lr never "
-                    "reaches optimizer.lr; lower scheduler.warmup_steps / warmup_ratio or train longer", warmup,
+        log.warning("the learning-rate warmup (%d steps) is as long as the whole run (%d optimizer steps): the lr "
+                    "never reaches optimizer.lr; lower scheduler.warmup_steps / warmup_ratio or train longer", warmup,
                     total_steps)
     accepts = inspect.signature(factory.func).parameters
     kwargs = {"num_warmup_steps": warmup, "num_training_steps": total_steps}
