@@ -146,8 +146,8 @@ class Calibration(Metric):
 class MultiLabelCounts(Metric):
     """Multi-label metrics from [batch, labels] 0/1 predictions and targets, counted per label. `stat`:
     "f1_micro", "f1_macro" (mean of the per-label F1 over the labels that occur: report_tables.macro_mean),
-    "subset_acc" (exact match of the whole label set), "hamming" (share of wrong label decisions: HammingLoss) or "counts" (the test
-    report's state)."""
+    "subset_acc" (exact match of the whole label set), "hamming" (share of wrong label decisions: HammingLoss) or
+    "counts" (the test report's state)."""
 
     full_state_update = False
     higher_is_better = True
