@@ -366,7 +366,8 @@ def test_ranks_agree_on_a_stop_every_few_batches_not_every_step(tmp_path) -> Non
         saved = []
         trainer = SimpleNamespace(world_size=2, should_stop=False, global_step=0, default_root_dir=str(tmp_path),
                                   num_training_batches=batches_per_epoch, save_checkpoint=saved.append,
-                                  strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision))
+                                  strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision),
+                                  _logger_connector=SimpleNamespace(update_train_step_metrics=lambda: None))
         guard = Resilience(stop_check_every=10)
         for batch in range(1, 101):
             if batch == signal_at:
