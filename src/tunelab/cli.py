@@ -81,11 +81,9 @@ _FAILED_JOBS: list[tuple[str, Exception]] = []  # this sweep's failed jobs, in t
 def _in_sweep() -> bool:
     """A job of a sweep whose jobs all run in this process (Hydra's basic launcher: grids, Optuna). Under
     submitit / SLURM each job is a process of its own, whose failure its launcher reports."""
-    from hydra.core.hydra_config import HydraConfig
+    from tunelab.sweeps import is_multirun, launcher_target
 
-    from tunelab.sweeps import is_multirun
-
-    return is_multirun() and str(HydraConfig.get().launcher.get("_target_", "")).endswith(".BasicLauncher")
+    return is_multirun() and launcher_target().endswith(".BasicLauncher")
 
 
 def _sweep_job_failed(err: Exception) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchmetrics import Metric
-from torchmetrics.regression import PearsonCorrCoef as _PearsonCorrCoef
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -16,6 +15,7 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+from torchmetrics.regression import PearsonCorrCoef as _PearsonCorrCoef
 
 from tunelab.losses import IGNORE_INDEX
 from tunelab.report_tables import macro_mean, prf
@@ -290,4 +290,3 @@ class PearsonCorrCoef(_PearsonCorrCoef):
     on it (optimized_metric=val/pearson) as on Spearman's: higher is better."""
 
     higher_is_better = True
-

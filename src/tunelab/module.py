@@ -106,10 +106,10 @@ class TransformerModule(pl.LightningModule):
         if batch.get(REPEAT):  # dealt to this DDP rank a second time: trained on, not counted again
             return loss
         if stage != "train" or self._update_train_metrics:
-            preds, targets = self.task.metric_inputs(logits.detach(), labels)
-            getattr(self, f"{stage}_metrics").update(preds, targets)
+            preds, gold = self.task.metric_inputs(logits.detach(), labels)
+            getattr(self, f"{stage}_metrics").update(preds, gold)
             if stage == "test" and self.test_report_metric is not None:
-                self.test_report_metric.update(preds, targets)
+                self.test_report_metric.update(preds, gold)
         if stage == "test":
             self._keep_predictions(batch, logits)
         weight = self.loss_fn.batch_weight(targets)

@@ -54,8 +54,8 @@ def layer_depths(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, tup
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
-    """Weight decay on matrices only: biases, LayerNorm weights (all 1-D parameters) and VECTOR_PARAMETERS are excluded.
-    Parameters marked with a layer (optimizer.layer_decay) get a group per layer and decay, named for the
+    """Weight decay on matrices only: biases, LayerNorm weights (all 1-D parameters) and VECTOR_PARAMETERS are
+    excluded. Parameters marked with a layer (optimizer.layer_decay) get a group per layer and decay, named for the
     LR monitor, at `lr` x their layer's scale."""
     groups: dict[tuple, dict] = {}
     for _, p in model.named_parameters():
@@ -156,4 +156,3 @@ def apply_restored_schedule(scheduler: Any) -> None:
     for group, lr in zip(scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr
     scheduler._last_lr = lrs
-

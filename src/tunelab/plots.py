@@ -16,7 +16,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from tunelab import run_layout as layout
-
 from tunelab.monitoring import monitor
 from tunelab.results import load_runs, runs_monitor, saved_config
 

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from tunelab.results import Run
 
 
-
 def load_predictions(run_dir: Path) -> list[dict]:
     """The run's per-example predictions (predictions.jsonl of a test or predict.py run), ordered by `index`;
     ConfigError (naming file:line for a broken line) when the file is missing or a record has no `index`.

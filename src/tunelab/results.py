@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.checkpoints import tested_run_dir
 from tunelab.errors import ConfigError
-from tunelab.monitoring import incomparable_losses, is_loss_metric, monitor
+from tunelab.monitoring import callback_monitor, incomparable_losses, is_loss_metric
 from tunelab.run_layout import (CONFIG_YAML, HYDRA_DIR, HYDRA_YAML, METRICS_FILE, OVERRIDES_YAML, RESULTS_FILE,
                                 WANDB_DIR, hydra_file)
 from tunelab.sweeps import job_name, override_key
@@ -229,12 +229,7 @@ def runs_monitor(runs: list[Run], metric: str | None = None) -> tuple[str, str]:
     direction, from the first run whose saved config names its task."""
     for run in runs:
         if run.saved is not None and OmegaConf.select(run.saved, "data.task", throw_on_resolution_failure=False):
-            name, mode = monitor(run.saved)
-            if metric is None or metric == name:
-                return name, mode
-            from tunelab.tasks import get_task
-
-            return metric, get_task(run.saved.data.task).metric_mode(metric)
+            return callback_monitor(run.saved, metric or "auto", "auto")
     raise ConfigError("the runs have no saved config (.hydra/config.yaml) naming their task; "
                      "pass the metric to rank by (--metric val/...) from a run dir with its .hydra folder.")
 

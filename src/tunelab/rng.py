@@ -51,4 +51,3 @@ def restore_rng_states(states: dict[str, Any], rank: int, world_size: int) -> No
     rank the saving rank's, as the streams cannot be split or joined."""
     ranks = states.get("ranks")
     set_rng_states(ranks[rank] if ranks and len(ranks) == world_size else states)
-

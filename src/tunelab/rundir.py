@@ -47,8 +47,8 @@ def claimed_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Iterator[None]:
 def claim_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Path | None:
     """Never mix two runs in one dir: refuse a dir that already holds a run (unless overwrite=true or
     resuming from a checkpoint inside it) and take it with an exclusive marker file, so two runs
-    started at the same instant cannot share it. The other ranks (launched_rank) use rank 0's dir. `ckpt_path`: the run's
-    resolved checkpoint. Returns the marker this call created (None: it was there, or a child rank)."""
+    started at the same instant cannot share it. The other ranks (launched_rank) use rank 0's dir. `ckpt_path`: the
+    run's resolved checkpoint. Returns the marker this call created (None: it was there, or a child rank)."""
     if launched_rank() != 0:
         return None
     out = Path(cfg.paths.output_dir)
@@ -101,7 +101,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         # nothing) take the newest of any task's runs
         task_dir = Path(cfg.paths.log_dir, cfg.task_name if cfg.get("train") else "*")
         # runs/<run>/checkpoints and multiruns/<sweep>/<job>/checkpoints
-        found = [newest_checkpoint(task_dir.parent, f"{task_dir.name}/{levels}/{layout.CHECKPOINTS_DIR}/{layout.LAST_CKPT}")
+        found = [newest_checkpoint(task_dir.parent, str(layout.last_checkpoint(f"{task_dir.name}/{levels}")))
                  for levels in ("*/*", "*/*/*")]
         found = [c for c in found if c is not None]
         if not found:

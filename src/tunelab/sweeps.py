@@ -36,6 +36,11 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def launcher_target() -> str:
+    """The _target_ of the Hydra launcher running this job ("" outside Hydra)."""
+    return str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
+
+
 def sweep_dir() -> Path | None:
     """The sweep's root dir when this process runs a multirun job, else None."""
     return Path(HydraConfig.get().sweep.dir) if is_multirun() else None

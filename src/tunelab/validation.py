@@ -23,7 +23,7 @@ from tunelab.model import compile_backend, head_class, model_config
 from tunelab.monitoring import callback_monitor, monitor
 from tunelab.resilience import check_skip_runs_alone
 from tunelab.rundir import resolve_ckpt_path
-from tunelab.sweeps import is_multirun
+from tunelab.sweeps import is_multirun, launcher_target
 from tunelab.tasks import check_data, get_task
 from tunelab.trainer import strategy_name
 
@@ -151,7 +151,7 @@ def _check_devices(cfg: DictConfig) -> None:
     # "auto" / -1 count 1 here: Resilience checks again once Lightning resolves them
     processes = _device_count(devices) * int(trainer.get("num_nodes") or 1)
     check_skip_runs_alone(cfg.get("on_nan", "stop"), processes)
-    launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
+    launcher = launcher_target()
     cluster = launcher.endswith("SlurmLauncher") or any(v in os.environ for v in CLUSTER_VARIABLES)
     if int(trainer.get("num_nodes") or 1) > 1 and not cluster:  # rank 0 would wait for the other nodes forever
         raise ConfigError(f"trainer.num_nodes={trainer.num_nodes} needs the other nodes started with it: use "
