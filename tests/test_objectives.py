@@ -182,3 +182,47 @@ def test_json_list_labels_are_multilabel_rows_only() -> None:
     with pytest.raises(Exception, match=r"f:2: the label is a list \['a', 'b'\]; rows with several labels need "
                                         r"data.task=multilabel"):
         LabelSet(None, ["a", "b"], "label").id(["a", "b"], "f:2")
+
+
+
+def _two_batches(kind: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, labels) of two batches of different sizes, labels as the task of `kind` gives them; token labels
+    with padding and a continuation sub-token ignored."""
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for rows in (5, 2):
+        if kind == "tokens":
+            labels = torch.randint(0, 3, (rows, 6), generator=gen)
+            labels[:, 4:] = losses.IGNORE_INDEX
+            labels[0, 1] = losses.IGNORE_INDEX
+            batches.append((torch.randn(rows, 6, 3, generator=gen), labels))
+        elif kind == "multilabel":
+            batches.append((torch.randn(rows, 3, generator=gen), torch.randint(0, 2, (rows, 3), generator=gen).float()))
+        elif kind == "regression":
+            batches.append((torch.randn(rows, 1, generator=gen), torch.randn(rows, generator=gen)))
+        else:
+            batches.append((torch.randn(rows, 3, generator=gen), torch.randint(0, 3, (rows,), generator=gen)))
+    return batches
+
+
+WEIGHTS = [1.0, 4.0, 0.5]
+
+
+@pytest.mark.parametrize("loss,kind", [
+    (losses.CrossEntropyLoss(), "classes"), (losses.CrossEntropyLoss(class_weights=WEIGHTS), "classes"),
+    (losses.CrossEntropyLoss(0.1, class_weights="balanced"), "classes"),
+    (losses.TokenCrossEntropyLoss(), "tokens"), (losses.TokenCrossEntropyLoss(class_weights=WEIGHTS), "tokens"),
+    (losses.FocalLoss(class_weights=WEIGHTS), "classes"), (losses.FocalLoss(class_weights=WEIGHTS), "tokens"),
+    (losses.FocalLoss(class_weights=WEIGHTS), "multilabel"), (losses.BCELoss("balanced"), "multilabel"),
+    (losses.MSELoss(), "classes"), (losses.HuberLoss(), "regression"), (losses.NextTokenCrossEntropyLoss(), "tokens"),
+], ids=lambda x: x if isinstance(x, str) else f"{x.name}{'' if x.class_weights_spec is None else '_weighted'}")
+def test_epoch_loss_weighted_by_batch_weight_is_the_loss_over_all_batches(loss: losses.Loss, kind: str) -> None:
+    """The epoch loss is each batch's loss times Loss.batch_weight, over the weights' sum: the same number as the
+    loss over the epoch's examples as one batch, whatever the batch sizes, ignored tokens or class weights."""
+    loss.fit_class_weights([3, 1, 2], examples=6)
+    batches = _two_batches(kind)
+    epoch = metrics.MeanLoss()
+    for logits, labels in batches:
+        epoch.update(loss(logits, labels), loss.batch_weight(labels))
+    whole = loss(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    assert epoch.compute().item() == pytest.approx(whole.item(), rel=1e-5)

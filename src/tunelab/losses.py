@@ -48,13 +48,17 @@ class Loss(nn.Module):
         """Inverse training-set frequency, total / (labels x count): each label weighs the same in total."""
         return counts.sum() / (len(counts) * counts.clamp(min=1))
 
-    def batch_weight(self, targets: torch.Tensor) -> torch.Tensor | None:
-        """What the batch loss divides its sum by when that is not the count of what it scores: with class weights
-        over class ids, the weights of the scored targets (F.cross_entropy's `weight` normalization). The epoch loss
-        weights each batch by it, so it is the weighted loss over the whole epoch. None: the task's count."""
-        if self.class_weights is None or targets.is_floating_point():
-            return None
-        return (self.class_weights[targets.clamp(min=0)] * (targets != IGNORE_INDEX)).sum()
+    def batch_weight(self, targets: torch.Tensor) -> int | torch.Tensor:
+        """What the batch loss is a mean over, so an epoch loss weighted by it is that mean over the whole epoch
+        whatever the batches' sizes: the rows of float targets (regression values, multi-label vectors; every row
+        has the same number of outputs), the scored class ids (ignored sub-tokens and padding left out) or, with
+        class weights, their weights (F.cross_entropy's `weight` normalization). Counted on the device: no sync."""
+        if targets.is_floating_point():
+            return targets.shape[0]
+        scored = targets != IGNORE_INDEX
+        if self.class_weights is None:
+            return scored.sum()
+        return (self.class_weights[targets.clamp(min=0)] * scored).sum()
 
 
 class CrossEntropyLoss(Loss):
@@ -205,6 +209,9 @@ class NextTokenCrossEntropyLoss(Loss):
             ignore_index=IGNORE_INDEX,
             label_smoothing=self.label_smoothing,
         )
+
+    def batch_weight(self, targets: torch.Tensor) -> int | torch.Tensor:
+        return super().batch_weight(targets[:, 1:])  # the next-token targets (shift_for_next_token)
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

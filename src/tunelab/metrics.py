@@ -250,8 +250,7 @@ class MeanLoss(Metric):
         self.add_state("rows", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, loss: torch.Tensor, weight: int | torch.Tensor) -> None:
-        """`weight`: what the batch loss is a mean over (Task.loss_weight: its rows or scored tokens; with class
-        weights, Loss.batch_weight)."""
+        """`weight`: what the batch loss is a mean over (Loss.batch_weight)."""
         self.total += loss.detach().float() * weight
         self.rows += weight
 

@@ -112,8 +112,7 @@ class TransformerModule(pl.LightningModule):
                 self.test_report_metric.update(preds, gold)
         if stage == "test":
             self._keep_predictions(batch, logits)
-        weight = self.loss_fn.batch_weight(targets)
-        getattr(self, f"{stage}_loss").update(loss, self.task.loss_weight(labels) if weight is None else weight)
+        getattr(self, f"{stage}_loss").update(loss, self.loss_fn.batch_weight(targets))
         # the step loss only on the steps Lightning writes to the loggers: on the others it would be
         # stored for nobody, at the cost of a self.log call. Not prog_bar: that would make the loss a
         # Python number after every batch (a GPU sync per step); tunelab.progress shows it at its refreshes

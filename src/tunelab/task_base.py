@@ -67,11 +67,6 @@ class Task:
         """The batch labels as the loss sees them (regression: standardized targets)."""
         return labels
 
-    def loss_weight(self, labels: torch.Tensor) -> int | torch.Tensor:
-        """What the batch loss is a mean over (examples; per-token losses: the tokens they score), so an epoch
-        loss weighted by it is that mean over the whole epoch, whatever the batches' sizes."""
-        return labels.shape[0]
-
     def report_metric(self, num_labels: int) -> Metric | None:
         """A metric accumulated over the test split from which `report` builds the test report."""
         return None

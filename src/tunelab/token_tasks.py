@@ -10,7 +10,7 @@ import torch
 from torchmetrics import Metric, MetricCollection
 
 from tunelab import prediction_metrics
-from tunelab.losses import IGNORE_INDEX, shift_for_next_token
+from tunelab.losses import shift_for_next_token
 from tunelab.metrics import Perplexity, TokenAccuracy
 from tunelab.report_tables import entity_report
 from tunelab.span_metrics import EntityCounts, entity_types
@@ -48,9 +48,6 @@ class TokenClassificationTask(Task):
                 "acc": TokenAccuracy(),
             }
         )
-
-    def loss_weight(self, labels: torch.Tensor) -> torch.Tensor:
-        return (labels != IGNORE_INDEX).sum()  # a device tensor: no sync
 
     def metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # tag ids, shape [batch, seq] kept (spans need sentence boundaries); no boolean filtering of ignored
@@ -107,6 +104,3 @@ class CausalLMTask(Task):
 
     def metric_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return shift_for_next_token(logits, labels)
-
-    def loss_weight(self, labels: torch.Tensor) -> torch.Tensor:
-        return (labels[:, 1:] != IGNORE_INDEX).sum()  # the next-token targets (shift_for_next_token)
