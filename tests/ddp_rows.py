@@ -85,11 +85,11 @@ class NonFiniteLossOnRank1(pl.Callback):
 
 
 class SignalAtBatch(pl.Callback):
-    """Delivers SIGTERM to the run's Resilience guard at the end of training batch `batch` (counted over the
-    whole fit), as the signal handler would: a stop requested at an exact batch."""
+    """Delivers SIGTERM (or `signum`) to the run's Resilience guard at the end of training batch `batch` (counted
+    over the whole fit), as the signal handler would: a stop requested at an exact batch."""
 
-    def __init__(self, batch: int) -> None:
-        self.batch = batch
+    def __init__(self, batch: int, signum: int = 15) -> None:
+        self.batch, self.signum = batch, signum
         self._seen = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -98,5 +98,5 @@ class SignalAtBatch(pl.Callback):
         from tunelab.resilience import find_resilience
 
         if self._seen == self.batch:
-            find_resilience(trainer)._request_stop(signal.SIGTERM, None)
+            find_resilience(trainer)._request_stop(signal.Signals(self.signum), None)
         self._seen += 1

@@ -126,10 +126,10 @@ def test_a_stop_between_accumulated_batches_waits_for_the_step_and_resumes_exact
     assert_same_weights(state_dict(straight / "checkpoints" / "last.ckpt"), state_dict(resumed / "checkpoints" / "last.ckpt"))
 
 
-def _start(run_dir: Path, *extra: str) -> subprocess.Popen:
+def _start(run_dir: Path, *extra: str, script: tuple[str, ...] = ("train.py",)) -> subprocess.Popen:
     # its own process group: a test that fails can kill the run with every rank it started
     return subprocess.Popen(
-        [sys.executable, "train.py", *LONG, *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+        [sys.executable, *script, *LONG, *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
     )
@@ -183,6 +183,49 @@ def test_sigterm_saves_resumable_checkpoint_and_exits_143(tmp_path) -> None:
     resumed = run_script("train.py", *LONG, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["global_step"] == 100
+
+
+def test_sigusr2_writes_last_ckpt_before_the_launchers_own_handler_requeues(tmp_path) -> None:
+    """submitit's pre-emption notice is SIGUSR2, whose handler requeues the job and exits at once. The run takes the
+    signal like SIGTERM (finish the step, write last.ckpt) and then hands it to that handler: the requeued job loses
+    nothing, not the steps since the last periodic checkpoint."""
+    run_dir, handed_over = tmp_path / "run", tmp_path / "handed_over"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    submitit_like = (
+        "import runpy, signal, sys, torch\n"
+        "def requeue(signum, frame):  # records the checkpoint on disk when it runs, exits as submitit's does\n"
+        f"    step = torch.load({str(last)!r}, map_location='cpu', weights_only=True)['global_step']\n"
+        f"    open({str(handed_over)!r}, 'w').write(str(step))\n"
+        "    sys.exit(-1)\n"
+        "signal.signal(signal.SIGUSR2, requeue)\n"
+        "sys.argv[0] = 'train.py'\n"
+        "runpy.run_path('train.py', run_name='__main__')\n")
+    proc = _start(run_dir, "callbacks.last_checkpoint.every_n_train_steps=5", script=("-c", submitit_like))
+    _wait_for(last, proc)
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 255, out[-3000:]  # the handler's exit, not 128 + 12
+    stopped_at = int(out.split("interrupted at step ")[1].split(":")[0])
+    assert int(handed_over.read_text()) == stopped_at < 50  # at the signal's step, not the epoch's end
+
+
+def test_a_requeued_slurm_job_goes_on_from_its_own_last_checkpoint(tmp_path, cache_dir, monkeypatch, caplog) -> None:
+    """A requeued job runs its command again in its run dir: with SLURM_RESTART_COUNT set it resumes from the
+    last.ckpt of its stop, where the same command otherwise refuses the used dir."""
+    from tunelab.pipeline import run
+
+    args = ("data.train_limit=48", "data.batch_size=8", "trainer.max_epochs=2", "seed=3")
+    out = tmp_path / "job"
+    with pytest.raises(RunInterrupted) as stop:
+        run(compose_cfg(out, *args, "+callbacks.signal._target_=tests.ddp_rows.SignalAtBatch",
+                        "+callbacks.signal.batch=2", f"+callbacks.signal.signum={int(signal.SIGUSR2)}", cache=cache_dir))
+    assert stop.value.signum == signal.SIGUSR2
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(compose_cfg(out, *args, cache=cache_dir))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    run(compose_cfg(out, *args, cache=cache_dir))
+    assert f"resuming from {out / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 12
 
 
 def test_a_signal_during_the_last_validation_stops_before_test(run_cfg, monkeypatch) -> None:

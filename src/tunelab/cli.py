@@ -69,8 +69,11 @@ def main_entry(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 3)
     except RunInterrupted as stop:
+        from tunelab.resilience import pass_on_preemption
+
         _to_log_files(stop)
         print(stop, file=sys.stderr)
+        pass_on_preemption(stop.signum)  # under submitit: requeue the job
         sys.exit(128 + stop.signum)
     return metrics.get(optimized)
 

@@ -98,7 +98,7 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
     if guard is not None and guard.skipped_batches:
         metrics["train/skipped_batches"] = float(guard.skipped_batches)
     if guard is not None and guard.interrupted_checkpoint:
-        # stopped by SIGTERM/SIGINT: no test on half-trained weights; the run resumes from last.ckpt. A rank
+        # stopped by a signal: no test on half-trained weights; the run resumes from last.ckpt. A rank
         # that stopped because another rank got the signal reports SIGTERM, what schedulers send.
         sweep = sweeps.sweep_dir()
         raise RunInterrupted(guard.stop_signal or signal.SIGTERM, guard.interrupted_checkpoint,

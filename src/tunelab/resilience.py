@@ -1,4 +1,4 @@
-"""Always-on training safety: graceful stop on SIGTERM/SIGINT with a resumable checkpoint, exact
+"""Always-on training safety: graceful stop on SIGTERM/SIGINT/SIGUSR2 with a resumable checkpoint, exact
 mid-epoch resume, and a guard against non-finite losses."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from tunelab.rundir import newest_checkpoint
 log = logging.getLogger(__name__)
 
 LOOP_POSITION_KEY = "tunelab_loop_position"
+# SIGUSR2: submitit's pre-emption notice (SLURM --signal=USR2@<s>), sent before SLURM stops the job
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 class Interrupted(Exception):
@@ -26,7 +28,7 @@ class Interrupted(Exception):
 
 
 class Resilience(pl.Callback):
-    """* SIGTERM (what SLURM sends before preemption) or SIGINT: finish the current optimizer step (with
+    """* SIGTERM, SIGINT or SIGUSR2 (submitit's pre-emption notice): finish the current optimizer step (with
       gradient accumulation: the step the current batches add up to), write <run dir>/checkpoints/last.ckpt
       and end fit at once (Interrupted). Resume with ckpt_path=last (or the path). Under DDP / FSDP the
       ranks agree on stopping (a signal may reach one rank only) every `stop_check_every` batches and at
@@ -75,7 +77,7 @@ class Resilience(pl.Callback):
         if not self.handle_signals:
             return
         installed = True
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             try:
                 self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
             except ValueError:  # not the main thread (e.g. some launchers): leave signals alone
@@ -234,6 +236,15 @@ def _skip_lightning_sigterm_broadcast(trainer: pl.Trainer) -> None:
     loop = trainer.fit_loop.epoch_loop
     if callable(getattr(loop, _LIGHTNING_BROADCAST, None)):
         setattr(loop, _LIGHTNING_BROADCAST, lambda: None)
+
+
+def pass_on_preemption(signum: int) -> None:
+    """After a SIGUSR2 stop has written last.ckpt: the handler that was there before the run's (submitit's, which
+    requeues the job and exits) runs now, as it would have at the signal, but without losing the steps since the
+    last periodic checkpoint. Other signals, or no Python handler: nothing (the caller exits 128 + signum)."""
+    handler = signal.getsignal(signum)
+    if signum == signal.SIGUSR2 and callable(handler):
+        handler(signum, None)
 
 
 def check_skip_runs_alone(on_nan: str, processes: int) -> None:

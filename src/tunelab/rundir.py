@@ -90,7 +90,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """ckpt_path=last picks the newest last.ckpt among this task's runs; an adapter dir is accepted."""
     path = cfg.get("ckpt_path")
     if path is None:
-        return None
+        return _requeued_own_checkpoint(cfg)
     if path == "last":
         if cfg.get("train") and is_multirun():
             # each job of a sweep resumes its own (the sweep run again with hydra.sweep.dir=<its dir>); a job
@@ -114,6 +114,18 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if not Path(path).is_file():
         raise ConfigError(f"ckpt_path={path} does not exist; pass the path of a .ckpt file (or ckpt_path=last).")
     return str(path)
+
+
+def _requeued_own_checkpoint(cfg: DictConfig) -> str | None:
+    """A SLURM job requeued after pre-emption (SLURM_RESTART_COUNT) runs its command again in its own run dir: it
+    goes on from the last.ckpt its stop signal wrote there, as ckpt_path=last would, instead of refusing the dir."""
+    if not cfg.get("train") or int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
+        return None
+    own = layout.last_checkpoint(cfg.paths.output_dir)
+    if not own.is_file():
+        return None
+    log.warning("requeued SLURM job: resuming from %s", own)
+    return str(own)
 
 
 def _what_dir(folder: Path) -> str:
