@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ RUNS = {
     # test carved out of the training file: indices are rows of train.tsv
     "regression": ["data=stsb", "loss=mse", "data.test_file=null", "data.test_fraction=0.2"],
     "mean_pooled": ["model.pooling=mean"],  # exported with its own model code (mean_pooling.py)
+    "short": ["data.max_length=8"],  # most test sentences cut
 }
 SST2 = ["negative", "positive"]
 
@@ -128,6 +130,19 @@ def test_exported_classifier_is_the_checkpoint_in_a_pipeline_with_label_names(tr
         torch.testing.assert_close(torch.tensor([scores[n] for n in SST2]), expected, atol=1e-5, rtol=1e-4)
 
 
+def test_exported_model_cuts_inputs_where_training_did(trained) -> None:
+    """A pipeline that truncates (at the tokenizer's model_max_length) scores the exported model on what the run
+    trained and tested on: data.max_length=8 tokens, not the model's 512 positions."""
+    _, run_dir = trained("short")
+    tested = load_predictions(run_dir)
+    pipe = transformers.pipeline("text-classification", model=str(run_dir / "hf_model"), top_k=None)
+    assert pipe.tokenizer.model_max_length == 8
+    cut = [r for r in tested if len(pipe.tokenizer(r["text"])["input_ids"]) > 8][:6]
+    assert len(cut) == 6
+    for answer, row in zip(pipe([r["text"] for r in cut], truncation=True), cut):
+        assert {a["label"]: a["score"] for a in answer} == pytest.approx(row["probs"], abs=1e-5)
+
+
 def test_exported_tagger_is_the_checkpoint_in_a_pipeline_with_label_names(trained) -> None:
     _, run_dir = trained("ner")
     module = best_module(run_dir)
@@ -170,6 +185,19 @@ def test_predict_on_unlabelled_csv_with_the_checkpoint_or_the_exported_model(tra
         assert a["pred"] == b["pred"] == expected["pred"]
         assert a["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
         assert b["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
+
+
+def test_an_exported_model_copied_away_from_its_run_predicts_at_its_training_length(trained, tmp_path,
+                                                                                    cache_dir) -> None:
+    _, run_dir = trained("short")
+    copied = tmp_path / "model"  # no .hydra/config.yaml beside it: the length comes from its tokenizer
+    shutil.copytree(run_dir / "hf_model", copied)
+    tested = load_predictions(run_dir)[:5]
+    new = tmp_path / "new.csv"
+    new.write_text("sentence\n" + "".join(f'"{r["text"]}"\n' for r in tested))
+    rows = predict(tmp_path / "out", cache_dir, f"ckpt_path={copied}", f"data.predict_file={new}")
+    for row, expected in zip(rows, tested):
+        assert row["probs"] == pytest.approx(expected["probs"], abs=1e-5)
 
 
 def test_predict_on_conll_tokens_without_tags(trained, tmp_path, cache_dir, caplog) -> None:

@@ -162,6 +162,7 @@ def use_trained_lengths(path: str | Path, cfg: DictConfig, given_keys: Collectio
     command line gives (`given_keys`), logging each one that changes."""
     trained_cfg = training_config(path)
     if trained_cfg is None:
+        _use_exported_length(path, cfg, given_keys)
         return
     for key in INPUT_LENGTHS:
         trained = OmegaConf.select(trained_cfg, key, default=None)
@@ -171,6 +172,21 @@ def use_trained_lengths(path: str | Path, cfg: DictConfig, given_keys: Collectio
         OmegaConf.update(cfg, key, trained)
         log.info("%s=%s as ckpt_path=%s was trained (the data config says %s; pass %s=... to test at another "
                  "length)", key, trained, path, now, key)
+
+
+def _use_exported_length(path: str | Path, cfg: DictConfig, given_keys: Collection[str]) -> None:
+    """An exported model dir away from its run (no .hydra beside it): its tokenizer's model_max_length is where its
+    run cut inputs (export writes it), an upper bound for the data config's length."""
+    tokenizer_file = Path(path) / "tokenizer_config.json"
+    if not tokenizer_file.is_file():
+        return
+    exported = json.loads(tokenizer_file.read_text()).get("model_max_length")
+    for key in INPUT_LENGTHS:
+        now = OmegaConf.select(cfg, key, default=None)
+        if key in given_keys or now is None or not isinstance(exported, int) or exported >= now:
+            continue
+        OmegaConf.update(cfg, key, exported)
+        log.info("%s=%s, where the tokenizer of %s cuts inputs (the data config says %s)", key, exported, path, now)
 
 
 def check_text_pairs(path: str | Path, data: DictConfig) -> None:

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters
 from tunelab import run_layout as layout
-from tunelab.checkpoints import (check_label_set, hydra_dir_of, is_adapter_dir, load_checkpoint_header, tested_label_info,
-                                 training_config)
+from tunelab.checkpoints import (INPUT_LENGTHS, check_label_set, hydra_dir_of, is_adapter_dir, load_checkpoint_header,
+                                 tested_label_info, training_config)
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.tasks import TASKS, Task, get_task
@@ -57,28 +57,30 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
         module.load_state_dict(load_checkpoint_header(weights)["state_dict"])
     set_label_names(module.model, module.hparams.label_names)
     run_dir, adapted = Path(cfg.paths.output_dir), peft_adapters.is_peft_model(module.model)
+    trained_length = next((v for v in (OmegaConf.select(cfg, k, default=None) for k in INPUT_LENGTHS) if v), None)
     adapter = peft_adapters.save_adapter(module.model, cfg, tokenizer, hparams=module.hparams)
     written = [adapter] if adapter else []
     if adapted and (cfg.get("peft") or {}).get("merge_on_save"):
         # on a copy: the module keeps its adapter (merge_and_unload would unwrap it in place)
         written.append(_write_standalone(copy.deepcopy(module.model).merge_and_unload(), module.task, tokenizer,
-                                         run_dir / layout.MERGED_DIR))
+                                         run_dir / layout.MERGED_DIR, trained_length))
     if cfg.get("export") and not adapted:  # on a copy: the module keeps its own head
         written.append(_write_standalone(copy.deepcopy(module.model), module.task, tokenizer,
-                                         run_dir / layout.HF_MODEL_DIR))
+                                         run_dir / layout.HF_MODEL_DIR, trained_length))
     return written
 
 
-def _write_standalone(model: torch.nn.Module, task: Task, tokenizer: Any, out: Path) -> Path:
+def _write_standalone(model: torch.nn.Module, task: Task, tokenizer: Any, out: Path,
+                      trained_length: int | None) -> Path:
     """A plain transformers model dir (hf_model, merged) that predicts on its own as the task does: the task's
     export changes (e.g. standardized regression answers in target units), the tokenizer's special tokens, and
-    a tokenizer that never makes inputs longer than the model's positions (a trained one says 1e30)."""
+    a tokenizer that cuts inputs where training did (`trained_length`: data.max_length / block_size; pipelines
+    truncate at model_max_length), never beyond the model's positions (a trained tokenizer says 1e30)."""
     task.prepare_export(model)
     match_special_tokens(model, tokenizer)
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     limit = tokenizer.model_max_length
-    if positions and limit > positions:
-        tokenizer.model_max_length = positions
+    tokenizer.model_max_length = min(n for n in (limit, positions, trained_length) if n)
     try:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
