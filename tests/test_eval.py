@@ -6,6 +6,7 @@ travels into exported models; a pair model refuses single texts."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ RUNS = {
     "classification": SHORT,  # SST-2, tested on dev.tsv
     "ner": ["data=conll2003", "loss=token_cross_entropy", "data.max_length=24", *SHORT],  # many sentences cut
     "multilabel": [*MULTILABEL, "data.threshold=0.3", *SHORT],
-    "lora": ["model=hf", "peft=lora", "peft.save_adapter=true", *SHORT],  # + model.name_or_path: a pretrained base
+    # + model.name_or_path: a pretrained base; most sentences cut
+    "lora": ["model=hf", "peft=lora", "peft.save_adapter=true", "data.max_length=12", *SHORT],
     "lm": [*LM, f"data.train_file={FIXTURES}/lm/input.txt", "data.train_limit=20", "data.batch_size=4",
            "trainer.max_steps=2"],
     "pairs": ["data=stsb", "loss=mse", *SHORT],
@@ -146,6 +148,16 @@ def test_an_adapter_is_tested_with_its_own_labels_on_a_test_file_alone(trained, 
         evaluate(tmp_path / "swapped", cache_dir, adapter, "data.label_names=[positive,negative]")
     assert str(err.value).startswith(f"ckpt_path={adapter} was trained on the labels ['negative', 'positive'] but "
                                      "data=sst2 has ['positive', 'negative']")
+
+
+def test_an_adapter_copied_away_from_its_run_is_tested_at_its_training_length(trained, tmp_path, cache_dir) -> None:
+    """No .hydra beside the copy: the length comes from the tokenizer saved with the adapter (data.max_length=12),
+    not from data=sst2's 128."""
+    metrics, _, run_dir = trained("lora")
+    copied = tmp_path / "adapter"
+    shutil.copytree(run_dir / "adapter", copied)
+    got = evaluate(tmp_path / "copied", cache_dir, copied)
+    assert got["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
 
 
 def test_a_language_model_is_tested_with_the_tokenizer_it_trained(trained, tmp_path, cache_dir) -> None:

@@ -157,6 +157,11 @@ def training_config(path: str | Path) -> DictConfig | None:
 INPUT_LENGTHS = ("data.max_length", "data.block_size")
 
 
+def input_length(cfg: DictConfig) -> int | None:
+    """Where this run cuts its inputs: data.max_length, or data.block_size for causal LM text."""
+    return next((v for v in (OmegaConf.select(cfg, k, default=None) for k in INPUT_LENGTHS) if v), None)
+
+
 def use_trained_lengths(path: str | Path, cfg: DictConfig, given_keys: Collection[str] = ()) -> None:
     """Set cfg's INPUT_LENGTHS to those of the run that wrote `path` (its .hydra/config.yaml), except the keys the
     command line gives (`given_keys`), logging each one that changes."""

@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters
 from tunelab import run_layout as layout
-from tunelab.checkpoints import (INPUT_LENGTHS, check_label_set, hydra_dir_of, is_adapter_dir, load_checkpoint_header,
+from tunelab.checkpoints import (check_label_set, hydra_dir_of, input_length, is_adapter_dir, load_checkpoint_header,
                                  tested_label_info, training_config)
+from tunelab.data.tokenizing import save_tokenizer
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.tasks import TASKS, Task, get_task
@@ -57,7 +58,7 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
         module.load_state_dict(load_checkpoint_header(weights)["state_dict"])
     set_label_names(module.model, module.hparams.label_names)
     run_dir, adapted = Path(cfg.paths.output_dir), peft_adapters.is_peft_model(module.model)
-    trained_length = next((v for v in (OmegaConf.select(cfg, k, default=None) for k in INPUT_LENGTHS) if v), None)
+    trained_length = input_length(cfg)
     adapter = peft_adapters.save_adapter(module.model, cfg, tokenizer, hparams=module.hparams)
     written = [adapter] if adapter else []
     if adapted and (cfg.get("peft") or {}).get("merge_on_save"):
@@ -74,18 +75,12 @@ def _write_standalone(model: torch.nn.Module, task: Task, tokenizer: Any, out: P
                       trained_length: int | None) -> Path:
     """A plain transformers model dir (hf_model, merged) that predicts on its own as the task does: the task's
     export changes (e.g. standardized regression answers in target units), the tokenizer's special tokens, and
-    a tokenizer that cuts inputs where training did (`trained_length`: data.max_length / block_size; pipelines
-    truncate at model_max_length), never beyond the model's positions (a trained tokenizer says 1e30)."""
+    a tokenizer that cuts inputs where training did (`trained_length`), never beyond the model's positions."""
     task.prepare_export(model)
     match_special_tokens(model, tokenizer)
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    limit = tokenizer.model_max_length
-    tokenizer.model_max_length = min(n for n in (limit, positions, trained_length) if n)
-    try:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    finally:
-        tokenizer.model_max_length = limit  # the run's tokenizer stays as it was
+    model.save_pretrained(out)
+    save_tokenizer(tokenizer, out, trained_length, positions)
     # a model class of tunelab's own (model.pooling=mean) travels as code beside the weights
     remote = ", trust_remote_code=True" if getattr(model.config, "auto_map", None) else ""
     log.info("exported the model to %s (transformers.pipeline(model=...%s) loads it)", out, remote)

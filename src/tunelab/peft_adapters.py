@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from tunelab import run_layout as layout
-from tunelab.checkpoints import ADAPTER_HPARAMS
+from tunelab.checkpoints import ADAPTER_HPARAMS, input_length
+from tunelab.data.tokenizing import save_tokenizer
 from tunelab.errors import ConfigError
 from tunelab.model import model_config
 from tunelab.tasks import Task, get_task
@@ -219,7 +220,7 @@ def save_adapter(model: nn.Module, cfg: DictConfig, tokenizer: Any = None,
         saved = {k: hparams.get(k) for k in ADAPTER_HPARAM_KEYS}
         (out / ADAPTER_HPARAMS).write_text(json.dumps(saved, indent=1, default=str))
     if tokenizer is not None:
-        tokenizer.save_pretrained(out)  # a self-contained dir
+        save_tokenizer(tokenizer, out, input_length(cfg))  # a self-contained dir
     log.info("peft: saved %s", out)
     return out
 

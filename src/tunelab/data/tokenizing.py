@@ -46,3 +46,15 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
             f"tokenizer not found at {path!r} (offline: only local paths work); "
             "set model.tokenizer / model.name_or_path to a local model directory."
         ) from err
+
+
+def save_tokenizer(tokenizer: Any, out: Any, max_length: int | None, positions: int | None = None) -> None:
+    """save_pretrained with model_max_length where the run cut its inputs (pipelines that truncate, and predict.py
+    on a dir away from its run, cut there), never beyond the model's positions (a trained tokenizer says 1e30).
+    The run's own tokenizer stays as it was."""
+    limit = tokenizer.model_max_length
+    tokenizer.model_max_length = min(n for n in (limit, positions, max_length) if n)
+    try:
+        tokenizer.save_pretrained(out)
+    finally:
+        tokenizer.model_max_length = limit
