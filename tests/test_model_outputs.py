@@ -28,6 +28,7 @@ RUNS = {
     "regression": ["data=stsb", "loss=mse", "data.test_file=null", "data.test_fraction=0.2"],
     "mean_pooled": ["model.pooling=mean"],  # exported with its own model code (mean_pooling.py)
     "short": ["data.max_length=8"],  # most test sentences cut
+    "ner_cut": ["data=conll2003", "loss=token_cross_entropy", "data.max_length=12"],
 }
 SST2 = ["negative", "positive"]
 
@@ -94,6 +95,18 @@ def test_ner_predictions_are_word_tags_that_give_the_logged_entity_scores(traine
     assert precision == pytest.approx(metrics["test/precision"], abs=1e-6)
     assert recall == pytest.approx(metrics["test/recall"], abs=1e-6)
     assert f1 == pytest.approx(metrics["test/f1"], abs=1e-6)
+
+
+def test_entity_scores_recomputed_from_cut_sentences_are_the_logged_ones(trained) -> None:
+    """Words past data.max_length are null in predictions.jsonl; tunelab.compare's entity scores leave them out,
+    as the logged metric does."""
+    from tunelab.prediction_metrics import TOKEN_CLASSIFICATION
+
+    metrics, run_dir = trained("ner_cut")
+    rows = load_predictions(run_dir)
+    assert any(None in r["gold"] for r in rows)
+    for stat in ("f1", "precision", "recall"):
+        assert TOKEN_CLASSIFICATION[stat](rows) == pytest.approx(metrics[f"test/{stat}"], abs=1e-6)
 
 
 def test_regression_predictions_of_a_carved_split_index_the_training_file(trained) -> None:

@@ -175,10 +175,12 @@ REGRESSION = {
 
 # ---- token classification (entity level, strict IOB2) ------------------------------------------
 def _entity_features(records: Sequence[dict]) -> np.ndarray:
-    """Per sentence: correct, predicted and gold entities (micro-averaged over entity types)."""
+    """Per sentence: correct, predicted and gold entities (micro-averaged over entity types). Words past
+    data.max_length (null in both lists) are left out, as the logged metric leaves out their label -100."""
     rows = []
     for r in records:
-        gold, pred = spans(r["gold"]), spans(r["pred"])
+        scored = [(g, p) for g, p in zip(r["gold"], r["pred"]) if g is not None]
+        gold, pred = spans([g for g, _ in scored]), spans([p for _, p in scored])
         rows.append([len(gold & pred), len(pred), len(gold)])
     return np.array(rows, dtype=float).reshape(-1, 3)
 
