@@ -30,6 +30,13 @@ def test_multilabel_fast_dev_run_reports_per_label(run_cfg) -> None:
     assert report["threshold"] == 0.5 and report["micro_avg"]["f1"] == pytest.approx(metrics["test/f1_micro"])
     assert report["subset_accuracy"] == pytest.approx(metrics["test/subset_acc"])
     assert "Hamming loss" in (run_dir / "test_report.txt").read_text()
+    # tunelab.compare recomputes the logged numbers from predictions.jsonl
+    from tunelab.prediction_files import load_predictions
+    from tunelab import prediction_metrics
+
+    rows = load_predictions(run_dir)
+    for name, metric in prediction_metrics.MULTILABEL.items():
+        assert metric(rows) == pytest.approx(metrics[f"test/{name}"], abs=1e-6), name
 
 
 @pytest.mark.slow

@@ -89,7 +89,7 @@ def _settings(overrides: Iterable[str]) -> dict[str, str]:
 def pick_metric(groups: list[Group], requested: str | None) -> tuple[str, ExampleMetric]:
     """(test metric name, how to compute it) for runs that must share their task; default: the test
     counterpart of the metric the runs picked checkpoints on."""
-    from tunelab.tasks import get_task
+    from tunelab.tasks import TASKS, get_task
 
     runs = [r for g in groups for r in g.runs]
     for run in runs:
@@ -101,8 +101,8 @@ def pick_metric(groups: list[Group], requested: str | None) -> tuple[str, Exampl
     task = get_task(tasks.pop())
     available = task.prediction_metrics()
     if not available:
-        raise ConfigError(f"{task.name} runs write no {PREDICTIONS_FILE} to compare; compare classification, "
-                          "regression or token_classification runs.")
+        comparable = ", ".join(t.name for t in TASKS.values() if t.prediction_metrics())
+        raise ConfigError(f"{task.name} runs write no {PREDICTIONS_FILE} to compare; compare runs of {comparable}.")
     if requested is None:
         monitored = {monitor(r.saved)[0] for r in runs}
         if len(monitored) > 1:

@@ -173,6 +173,42 @@ REGRESSION = {
 }
 
 
+# ---- multi-label -------------------------------------------------------------------------------
+def _label_features(records: Sequence[dict]) -> np.ndarray:
+    """Per example: per-label columns of true positives, predictions and gold labels (every label of the run's
+    set: the keys of `probs`), then whether the whole set is right, then a 1."""
+    labels = sorted({n for r in records for n in (*(r.get("probs") or {}), *r["gold"], *r["pred"])})
+    index = {name: i for i, name in enumerate(labels)}
+    gold, pred = np.zeros((2, len(records), len(labels)))
+    for i, r in enumerate(records):
+        gold[i, [index[n] for n in r["gold"]]] = 1
+        pred[i, [index[n] for n in r["pred"]]] = 1
+    exact = (gold == pred).all(1, keepdims=True)
+    return np.concatenate([gold * pred, pred, gold, exact, np.ones((len(records), 1))], 1)
+
+
+def _label_sums(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """tp, pred, gold per label ([r, labels]), exact matches and examples ([r]) from _label_features' sums."""
+    labels = (sums.shape[1] - 2) // 3
+    tp, pred, gold = np.split(sums[:, :3 * labels], 3, axis=1)
+    return tp, pred, gold, sums[:, -2], sums[:, -1]
+
+
+def _hamming(sums: np.ndarray) -> np.ndarray:
+    """Wrong label decisions (false positives + false negatives) over examples x labels."""
+    tp, pred, gold, _, examples = _label_sums(sums)
+    return ((pred - tp) + (gold - tp)).sum(1) / (examples * tp.shape[1])
+
+
+MULTILABEL = {
+    "f1_micro": ExampleMetric(_label_features, lambda sums: (lambda tp, pred, gold, *_: _ratio(
+        2 * tp.sum(1), pred.sum(1) + gold.sum(1)))(*_label_sums(sums))),
+    "f1_macro": ExampleMetric(_label_features, lambda sums: _macro_f1(np.concatenate(_label_sums(sums)[:3], 1))),
+    "subset_acc": ExampleMetric(_label_features, lambda sums: _label_sums(sums)[3] / _label_sums(sums)[4]),
+    "hamming": ExampleMetric(_label_features, _hamming, higher_is_better=False),
+}
+
+
 # ---- token classification (entity level, strict IOB2) ------------------------------------------
 def _entity_features(records: Sequence[dict]) -> np.ndarray:
     """Per sentence: correct, predicted and gold entities (micro-averaged over entity types). Words past

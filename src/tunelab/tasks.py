@@ -193,6 +193,9 @@ class MultiLabelTask(SequenceTask):
         probs = logits.float().sigmoid()
         return {"probs": probs, "pred": self._decide(probs)}
 
+    def prediction_metrics(self) -> dict[str, prediction_metrics.ExampleMetric]:
+        return prediction_metrics.MULTILABEL
+
     def prediction_record(self, outputs: dict[str, Any], gold: Any, label_names: list[str]) -> dict[str, Any]:
         """{"gold", "pred": label names, "probs": {label: probability}} (no "gold" when predicting)."""
         record = {} if gold is None else {"gold": [n for n, g in zip(label_names, gold) if float(g) > 0]}
