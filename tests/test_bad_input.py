@@ -205,9 +205,11 @@ def test_schema_messages_and_model_positions(base_cfg, tmp_path) -> None:
         with pytest.raises(ConfigError) as err:
             schema.check(cfg)
         assert str(err.value) == message
-    # gpt2_tiny's character tokenizer is trained on LM text: NER with it said "tokenizer not found at 'char'"
-    with pytest.raises(ConfigError, match=r"^model.tokenizer=char is trained on the language-modelling text"):
-        validate(compose_cfg(tmp_path, "model=gpt2_tiny", "data=wnut17", "loss=token_cross_entropy"))
+    # a tokenizer trained on LM text (gpt2_tiny's character one, byte-level BPE of a given size) for another task
+    for tokenizer in ("char", "byte_bpe:512"):
+        with pytest.raises(ConfigError, match=rf"^model.tokenizer={tokenizer} is trained on the language-modelling"):
+            validate(compose_cfg(tmp_path, "model=gpt2_tiny", f"model.tokenizer={tokenizer}", "data=wnut17",
+                                 "loss=token_cross_entropy"))
     # a weight list of the wrong length for the data's labels: before the data loads, not a traceback after it
     with pytest.raises(ConfigError) as err:
         validate(compose_cfg(tmp_path, "loss.class_weights=[1,2,3]"))

@@ -192,7 +192,8 @@ class SmoothL1Loss(_SquareLoss):
 
 
 class NextTokenCrossEntropyLoss(Loss):
-    """Causal LM objective. The one place where labels are shifted: logits at t predict token t+1."""
+    """Causal LM objective: logits at t predict token t+1 (shift_for_next_token, the one definition of that
+    alignment, which the causal LM task's metrics use too)."""
 
     name = "next_token_cross_entropy"
     tasks = frozenset({"causal_lm"})
@@ -211,9 +212,14 @@ class NextTokenCrossEntropyLoss(Loss):
         )
 
     def batch_weight(self, targets: torch.Tensor) -> int | torch.Tensor:
-        return super().batch_weight(targets[:, 1:])  # the next-token targets (shift_for_next_token)
+        return super().batch_weight(next_token_targets(targets))
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The tokens predicted: every one but the first."""
+    return labels[:, 1:]
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Align predictions at position t with the token at t+1."""
-    return logits[:, :-1, :], labels[:, 1:]
+    return logits[:, :-1, :], next_token_targets(labels)

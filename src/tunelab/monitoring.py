@@ -33,11 +33,6 @@ def callback_monitor(cfg: Mapping[str, Any], metric: str, mode: str) -> tuple[st
     return metric, get_task(cfg["data"]["task"]).metric_mode(metric)
 
 
-def is_loss_metric(metric: str) -> bool:
-    """`val/loss`, `test/loss_epoch`, ...: a run's own training loss, in the units of the loss it trains."""
-    return metric.rsplit("/", 1)[-1].split("_")[0] == "loss"
-
-
 def incomparable_losses(metric: str, losses: list[str], task: str | None, fix: str) -> str:
     """The refusal of ranking configs that train different losses on */loss, naming the metrics to use instead
     (`fix`: how to pass one, "--metric " or "optimized_metric=")."""

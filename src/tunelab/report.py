@@ -99,7 +99,7 @@ def _notes(runs: list[Run], groups: list[Group], metric: str, total: int,
         notes.append(f"{total - len(missing)} of {total} jobs finished; not finished: {'; '.join(jobs)}. "
                      f"The table covers the finished ones.")
     if metric.startswith("test/"):
-        val = metric.replace("test/", "val/", 1)
+        val = layout.at_stage(metric, "val")
         instead = (f"rank by {val} and read {metric} as the estimate" if any(val in r.metrics for r in runs) else
                    f"these runs tested trained models (eval.py) and logged no {val}: choose models on their "
                    f"training runs' {val}")
@@ -117,7 +117,7 @@ def _tested_metric(runs: list[Run]) -> str | None:
     """The default ranking metric's test counterpart when the runs logged test metrics only (eval.py runs of
     checkpoints), else None (the monitored val metric)."""
     default = runs_monitor(runs)[0]
-    tested = default.replace("val/", "test/", 1)
+    tested = layout.at_stage(default, "test")
     logged = any(default in r.metrics for r in runs) or not any(tested in r.metrics for r in runs)
     return None if logged else tested
 
@@ -136,7 +136,7 @@ def _mean(values: dict) -> float:
 
 def to_markdown(report: dict[str, Any], extra_metrics: list[str] = ()) -> str:
     metric = report["metric"]
-    test_metric = metric.replace("val/", "test/", 1)
+    test_metric = layout.at_stage(metric, "test")
     shown = [m for m in dict.fromkeys([metric, test_metric, *extra_metrics])
              if any(m in c["stats"] for c in report["configs"])]
     comp = report["best_vs_runner_up"]

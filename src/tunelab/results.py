@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.checkpoints import tested_run_dir
 from tunelab.errors import ConfigError
-from tunelab.monitoring import callback_monitor, incomparable_losses, is_loss_metric
+from tunelab.monitoring import callback_monitor, incomparable_losses
 from tunelab.run_layout import (CONFIG_YAML, HYDRA_DIR, HYDRA_YAML, METRICS_FILE, OVERRIDES_YAML, RESULTS_FILE,
-                                WANDB_DIR, hydra_file)
+                                WANDB_DIR, hydra_file, is_loss_metric)
 from tunelab.sweeps import job_name, override_key
 
 SEED_KEYS = ("seed",)

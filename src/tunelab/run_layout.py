@@ -1,5 +1,6 @@
-"""The names of what a run writes into its dir, and a sweep into its sweep dir: written here once and imported by
-whatever writes, finds or removes them (a renamed file cannot leave a reader looking for the old name)."""
+"""The names of what a run writes into its dir, and a sweep into its sweep dir, and of the metrics it logs: written
+here once and imported by whatever writes, finds or removes them (a renamed file cannot leave a reader looking for
+the old name)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,14 @@ def hydra_file(run_dir: str | Path, name: str) -> Path:
 def last_checkpoint(run_dir: str | Path) -> Path:
     """<run dir>/checkpoints/last.ckpt (whether or not it exists)."""
     return Path(run_dir) / CHECKPOINTS_DIR / LAST_CKPT
+
+
+# ---- metric keys: <stage>/<name> (val/acc, test/loss_epoch) -----------------------------------------------
+def is_loss_metric(metric: str) -> bool:
+    """`val/loss`, `test/loss_epoch`, ...: a run's own training loss, in the units of the loss it trains."""
+    return metric.rsplit("/", 1)[-1].split("_")[0] == "loss"
+
+
+def at_stage(metric: str, stage: str) -> str:
+    """The same metric logged at another stage: at_stage("val/acc", "test") is test/acc."""
+    return f"{stage}/{metric.split('/', 1)[-1]}"

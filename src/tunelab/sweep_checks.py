@@ -15,7 +15,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from tunelab.errors import ConfigError, SweepRefused
-from tunelab.monitoring import incomparable_losses, is_loss_metric, monitor
+from tunelab.monitoring import incomparable_losses, monitor
+from tunelab.run_layout import is_loss_metric
 from tunelab.sweeps import job_label, override_key, sweep_arguments, swept_keys_of
 
 

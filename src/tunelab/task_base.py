@@ -10,7 +10,7 @@ from torchmetrics import Metric, MetricCollection
 
 from tunelab.errors import ConfigError
 from tunelab.prediction_metrics import ExampleMetric
-from tunelab.monitoring import is_loss_metric
+from tunelab.run_layout import is_loss_metric
 
 
 class Task:

@@ -20,7 +20,7 @@ from tunelab.checkpoints import trained_settings
 from tunelab.prediction_files import load_predictions
 from tunelab.redaction import redact_argument, redact_secrets
 from tunelab.run_layout import (EXPORTED_DIRS, IMAGES, PREDICTIONS_FILE, REPORT_MD, TENSORBOARD_DIR, TEST_REPORT_JSON,
-                                TEST_REPORT_TXT)
+                                TEST_REPORT_TXT, at_stage)
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def _tensorboard_sweep(sweep_dir: Path) -> None:
 def sweep_table(report: dict) -> tuple[list[str], list[list]]:
     """One row per config: rank, config, seeds, mean / std / 95% CI of the ranking metric and its test
     counterpart, and the p-values against the best config."""
-    metrics = list(dict.fromkeys([report["metric"], report["metric"].replace("val/", "test/", 1)]))  # test/ once
+    metrics = list(dict.fromkeys([report["metric"], at_stage(report["metric"], "test")]))  # test/ once
     columns = ["rank", "config", "n"]
     for m in metrics:
         columns += [f"{m} mean", f"{m} std", f"{m} ci95_low", f"{m} ci95_high"]

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tunelab import peft_adapters, schema
 from tunelab.checkpoints import adapter_hparams, is_adapter_dir
 from tunelab.data.datamodule import FILE_KEYS, splits_read
-from tunelab.data.language_modeling import TRAINED_TOKENIZERS
+from tunelab.data.language_modeling import is_trained_tokenizer
 from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
 from tunelab.model import compile_backend, head_class, model_config
@@ -35,7 +35,7 @@ def validate(cfg: DictConfig) -> None:
         resolve_ckpt_path(cfg)
     task = get_task(cfg.data.task)
     check_data(task, cfg.data)
-    if cfg.model.get("tokenizer") in TRAINED_TOKENIZERS and not task.resizes_vocab:
+    if is_trained_tokenizer(cfg.model.get("tokenizer")) and not task.resizes_vocab:
         raise ConfigError(f"model.tokenizer={cfg.model.tokenizer} is trained on the language-modelling text of a "
                           f"causal LM run; data.task={task.name} needs a pretrained tokenizer: use model=minilm or "
                           "model=hf (or model.tokenizer=<a local tokenizer dir>).")

@@ -66,9 +66,7 @@ class LanguageModelingDataModule(BaseDataModule):
         return self._tokenizer
 
     def _trains_tokenizer(self) -> bool:
-        """model.tokenizer=char / byte_bpe:<n> (not a directory of that name): trained on the training text."""
-        spec = str(self.tokenizer_path)
-        return spec.split(":")[0] in TRAINED_TOKENIZERS and not os.path.isdir(spec)
+        return is_trained_tokenizer(self.tokenizer_path)
 
     def trained_tokenizer_dir(self) -> str | None:
         return str(self.tokenizer_dir(str(self.tokenizer_path)).resolve()) if self._trains_tokenizer() else None
@@ -209,3 +207,8 @@ def train_tokenizer(spec: str, text: str) -> transformers.PreTrainedTokenizerFas
         raise ConfigError(f"model.tokenizer={spec!r}: use a local tokenizer path, char or byte_bpe:<vocab size>.")
     tok.add_special_tokens([EOS])
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, **specials)
+
+
+def is_trained_tokenizer(spec: Any) -> bool:
+    """model.tokenizer=char / byte_bpe / byte_bpe:<n> (not a directory of that name): trained on the training text."""
+    return spec is not None and str(spec).split(":")[0] in TRAINED_TOKENIZERS and not os.path.isdir(str(spec))
