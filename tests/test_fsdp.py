@@ -57,6 +57,23 @@ def test_slurm_launcher_asks_for_trainer_num_nodes(tmp_path) -> None:
         validate(compose_cfg(tmp_path, "trainer.num_nodes=0"))
 
 
+def test_cpu_ranks_share_the_cores_when_lightning_picks_the_cpu(tmp_path, monkeypatch) -> None:
+    """trainer=ddp says accelerator auto: on a machine without a GPU that is the CPU, and each of the two ranks
+    gets half the cores (all of them each would spin the ranks' OpenMP threads against each other)."""
+    import os
+
+    from tunelab.trainer import build_trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        built = build_trainer(compose_cfg(tmp_path, "trainer=ddp", "trainer.devices=2", "logger=none", fast=False))
+        assert built.accelerator.__class__.__name__ == "CPUAccelerator" and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("layer_decay", [None, 0.5])
 def test_param_groups_survive_fsdp_flattening_the_parameters(layer_decay) -> None:
     """FSDP shards each parameter into a 1-D view of its flat shard before configure_optimizers: the

@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
@@ -50,7 +51,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False,
                           **profiler)
     if isinstance(trainer.strategy, (DDPStrategy, FSDPStrategy)):  # one process per device, started at fit
-        share_cores_between_cpu_ranks(cfg.trainer)
+        share_cores_between_cpu_ranks(trainer)
         if sweeps.is_multirun():
             launch_ddp_children_for_this_job_only(cfg)
             _SWEEP_JOB_STRATEGIES.append(trainer.strategy)
@@ -78,13 +79,13 @@ def strategy_name(strategy: str | DictConfig | None) -> str:
     return str(strategy or "auto").lower()
 
 
-def share_cores_between_cpu_ranks(trainer_cfg: DictConfig) -> None:
+def share_cores_between_cpu_ranks(trainer: pl.Trainer) -> None:
     """DDP on CPU runs its ranks on one machine, and torch gives every process all cores by default: the
     ranks' OpenMP threads then spin against each other (two processes on two cores, two threads each,
-    ran several times slower than one). Each rank gets its share of the cores instead."""
-    devices = trainer_cfg.get("devices")
-    if trainer_cfg.get("accelerator") == "cpu" and isinstance(devices, int) and devices > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // devices))
+    ran several times slower than one). Each rank gets its share of the cores instead. Decided on what
+    Lightning resolved: trainer=ddp says accelerator auto, which is the CPU on a machine without a GPU."""
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
 
 
 def launch_ddp_children_for_this_job_only(cfg: DictConfig) -> None:
