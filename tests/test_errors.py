@@ -91,6 +91,9 @@ def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
      "unknown config key 'hydra.sweeper.params.optimizer.lr': search optimizer.lr with a plain override of a search "
      "expression, 'optimizer.lr=interval(<low>, <high>)' or 'optimizer.lr=choice(<a>, <b>)' (with "
      "hparams_search=...)."),
+    (["peft.r=4"],  # peft=none; lora's r sits under `peft:` of a _global_ file, adalora inherits it from lora
+     "unknown config key 'peft.r': peft=none has no r (its keys: name, save_adapter, merge_on_save, modules_to_save); "
+     "the peft options with r: adalora, lora."),
     (["optimzer.lr=0.1"], "unknown config key 'optimzer.lr': did you mean optimizer.lr? (to add a new key write "
                           "+optimzer.lr=...)"),
     (["optimizer=sgd", "optimizer.momentun=0.9"],

@@ -173,12 +173,13 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
     from omegaconf import OmegaConf
 
     from tunelab.config import compose_config
+    from tunelab.sweeps import override_key
 
     if dotted.startswith("hydra.sweeper.params.") and dotted.count(".") > 3:
         key = dotted.removeprefix("hydra.sweeper.params.")  # a dotted key is no nested node of the params
         return (f"unknown config key '{dotted}': search {key} with a plain override of a search expression, "
                 f"'{key}=interval(<low>, <high>)' or '{key}=choice(<a>, <b>)' (with hparams_search=...).")
-    others = [a for a in argv if "=" in a and not a.startswith("-") and a.lstrip("+~").split("=")[0] != dotted]
+    others = [a for a in argv if "=" in a and not a.startswith("-") and override_key(a) != dotted]
     parent, _, leaf = dotted.rpartition(".")
     hint = ""
     for overrides in (others, []):
@@ -216,12 +217,21 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
 
 
 def _options_with(group: str, key: str) -> list[str]:
-    """The options of this project's config group whose own file sets `key` (conf/<group>/<option>.yaml)."""
+    """The options of a config group that have `key` as composed: in their own file, under the group of an
+    `@package _global_` file (conf/peft/*), or inherited through their defaults (adalora from lora)."""
     from omegaconf import OmegaConf
 
-    from tunelab.config import CONF_DIR
+    from tunelab.config import compose_config
 
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if key in (OmegaConf.load(p) or {}))
+    having = []
+    for option in _group_options(group):
+        try:
+            node = OmegaConf.select(compose_config([f"{group}={option}"], "."), group)
+        except Exception:  # noqa: BLE001 - an option that needs other choices (a launcher plugin): not listed
+            continue
+        if node is not None and key in node:
+            having.append(option)
+    return having
 
 
 def _group_options(group: str) -> list[str]:
