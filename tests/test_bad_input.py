@@ -205,6 +205,18 @@ def test_schema_messages_and_model_positions(base_cfg, tmp_path) -> None:
         with pytest.raises(ConfigError) as err:
             schema.check(cfg)
         assert str(err.value) == message
+    # a value or keyword the optimizer / scheduler class refuses: one line before the data and model load
+    for override, message in [
+        ("optimizer.betas=[0.9,2.0]", "the optimizer (AdamW) refuses its optimizer.* settings: Invalid beta parameter "
+                                      "at index 1: 2.0"),
+        ("+optimizer.beta=0.9", "the optimizer (AdamW) refuses its optimizer.* settings: AdamW.__init__() got an "
+                                "unexpected keyword argument 'beta'"),
+        ("+scheduler.cycles=2", "the scheduler refuses its scheduler.* settings: get_linear_schedule_with_warmup() "
+                                "got an unexpected keyword argument 'cycles'"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            validate(compose_cfg(tmp_path, override))
+        assert str(err.value) == message
     # a tokenizer trained on LM text (gpt2_tiny's character one, byte-level BPE of a given size) for another task
     for tokenizer in ("char", "byte_bpe:512"):
         with pytest.raises(ConfigError, match=rf"^model.tokenizer={tokenizer} is trained on the language-modelling"):

@@ -10,11 +10,13 @@ from typing import Any, Iterable, Mapping
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
+from tunelab.errors import ConfigError
 from tunelab.model import transformer_layers
 
 log = logging.getLogger(__name__)
@@ -156,3 +158,44 @@ def apply_restored_schedule(scheduler: Any) -> None:
     for group, lr in zip(scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr
     scheduler._last_lr = lrs
+
+
+def check_optimizer_settings(cfg: DictConfig) -> None:
+    """Before anything loads: the learning-rate rules below, then the optimizer and scheduler built as training
+    builds them, on a stand-in parameter, so a value the classes refuse (optimizer.betas=[0.9,2.0], a keyword
+    they do not take) is one line now, not a traceback once the data and model have loaded."""
+    _check_learning_rate(cfg)
+    stand_in = nn.Linear(2, 2)
+    target = str(cfg["optimizer"].get("_target_", "")).rsplit(".", 1)[-1]
+    try:
+        optimizer = build_optimizer(cfg["optimizer"], stand_in, may_fuse=False)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"the optimizer ({target}) refuses its optimizer.* settings: {err}") from None
+    try:
+        build_scheduler(cfg.get("scheduler"), optimizer, total_steps=10**9)  # past any warmup: no length warning
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"the scheduler refuses its scheduler.* settings: {err}") from None
+
+
+def _check_learning_rate(cfg: DictConfig) -> None:
+    """optimizer.lr=null is Adafactor's relative step (a step size from its step count, 1/sqrt(step), kept inside the
+    optimizer): the two settings go together, and nothing may scale or schedule an lr that is not there."""
+    optimizer, relative = cfg.optimizer, bool(cfg.optimizer.get("relative_step"))
+    if optimizer.get("lr") is None and not relative:
+        raise ConfigError("optimizer.lr=null leaves the optimizer without a learning rate: set one, or use "
+                          "optimizer=adafactor optimizer.relative_step=true (Adafactor's own step size).")
+    if relative and optimizer.get("lr") is not None:
+        raise ConfigError(f"optimizer.relative_step=true takes Adafactor's step size from its step count: pass "
+                          f"optimizer.lr=null as well (it is {optimizer.lr}).")
+    if optimizer.get("warmup_init") and not relative:
+        raise ConfigError("optimizer.warmup_init=true warms up Adafactor's relative step: pass "
+                          "optimizer.relative_step=true optimizer.lr=null as well.")
+    if not relative:
+        return
+    if optimizer.get("layer_decay") is not None:
+        raise ConfigError("optimizer.layer_decay scales optimizer.lr per layer: set optimizer.lr (it is null, "
+                          "Adafactor's relative step).")
+    scheduler = (cfg.get("scheduler") or {}).get("_target_")
+    if scheduler:
+        raise ConfigError(f"optimizer.relative_step=true: Adafactor sets its step size itself, so a scheduler "
+                          f"({scheduler.rsplit('.', 1)[-1]}) has no lr to scale; pass scheduler=none.")

@@ -21,6 +21,7 @@ from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
 from tunelab.model import compile_backend, head_class, model_config
 from tunelab.monitoring import callback_monitor, monitor
+from tunelab.optim import check_optimizer_settings
 from tunelab.resilience import check_skip_runs_alone
 from tunelab.rundir import resolve_ckpt_path
 from tunelab.sweeps import is_multirun, launcher_target
@@ -51,7 +52,8 @@ def validate(cfg: DictConfig) -> None:
     _check_compile(cfg.model)
     if cfg.model.get("pooling"):  # the head's rules, from config.json alone: before the data and weights load
         head_class(cfg.model, task, model_config(cfg.model))
-    _check_learning_rate(cfg)
+    if cfg.get("train"):  # eval.py / predict.py build no optimizer
+        check_optimizer_settings(cfg)
     check_sweeper_direction(cfg)
     peft_adapters.validate(cfg)
 
@@ -174,32 +176,6 @@ def _is_fsdp(cfg: DictConfig) -> bool:
     strategy = cfg.trainer.get("strategy")
     target = strategy.get("_target_") if isinstance(strategy, DictConfig) else None
     return issubclass(get_class(target), FSDPStrategy) if target else strategy_name(strategy).startswith("fsdp")
-
-
-def _check_learning_rate(cfg: DictConfig) -> None:
-    """optimizer.lr=null is Adafactor's relative step (a step size from its step count, 1/sqrt(step), kept inside the
-    optimizer): the two settings go together, and nothing may scale or schedule an lr that is not there."""
-    if not cfg.get("train"):
-        return  # eval.py / predict.py build no optimizer
-    optimizer, relative = cfg.optimizer, bool(cfg.optimizer.get("relative_step"))
-    if optimizer.get("lr") is None and not relative:
-        raise ConfigError("optimizer.lr=null leaves the optimizer without a learning rate: set one, or use "
-                          "optimizer=adafactor optimizer.relative_step=true (Adafactor's own step size).")
-    if relative and optimizer.get("lr") is not None:
-        raise ConfigError(f"optimizer.relative_step=true takes Adafactor's step size from its step count: pass "
-                          f"optimizer.lr=null as well (it is {optimizer.lr}).")
-    if optimizer.get("warmup_init") and not relative:
-        raise ConfigError("optimizer.warmup_init=true warms up Adafactor's relative step: pass "
-                          "optimizer.relative_step=true optimizer.lr=null as well.")
-    if not relative:
-        return
-    if optimizer.get("layer_decay") is not None:
-        raise ConfigError("optimizer.layer_decay scales optimizer.lr per layer: set optimizer.lr (it is null, "
-                          "Adafactor's relative step).")
-    scheduler = (cfg.get("scheduler") or {}).get("_target_")
-    if scheduler:
-        raise ConfigError(f"optimizer.relative_step=true: Adafactor sets its step size itself, so a scheduler "
-                          f"({scheduler.rsplit('.', 1)[-1]}) has no lr to scale; pass scheduler=none.")
 
 
 def _check_callback_monitors(cfg: DictConfig) -> None:
