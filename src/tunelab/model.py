@@ -18,10 +18,14 @@ from tunelab.tasks import Task
 log = logging.getLogger(__name__)
 
 
-def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab_size: int | None = None) -> nn.Module:
-    """Load `model_cfg.name_or_path` with the task's head (or random init when from_scratch)."""
+def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab_size: int | None = None,
+                pad_token_id: int | None = None) -> nn.Module:
+    """Load `model_cfg.name_or_path` with the task's head (or random init when from_scratch). `pad_token_id`: the
+    batches' padding, for a config without one (GPT-2's sequence head finds each text's last token by it)."""
     path = model_cfg.get("name_or_path")
     config = model_config(model_cfg, **task.model_head(num_labels))
+    if pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = pad_token_id
     model_class = head_class(model_cfg, task, config)
     resize = vocab_size is not None and task.resizes_vocab
     if model_cfg.get("from_scratch"):

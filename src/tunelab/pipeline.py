@@ -166,6 +166,7 @@ def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
         class_counts=datamodule.class_counts,
         label_info=datamodule.label_info,
         vocab_size=getattr(datamodule, "vocab_size", None),
+        pad_token_id=datamodule.pad_token_id,
     )
 
 

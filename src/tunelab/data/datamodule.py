@@ -223,8 +223,13 @@ class BaseDataModule(pl.LightningDataModule):
         """Turn raw labels into training targets (in place). Default: nothing to do."""
 
     # ---- loaders -------------------------------------------------------------------------------
+    @property
+    def pad_token_id(self) -> int:
+        """The id batches are padded with: the tokenizer's pad token (0 without one)."""
+        return self.tokenizer.pad_token_id or 0
+
     def collator(self) -> Collator:
-        return Collator(self.tokenizer.pad_token_id or 0, self.pad_to_multiple_of)
+        return Collator(self.pad_token_id, self.pad_to_multiple_of)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         data = self.splits[split]
