@@ -29,6 +29,8 @@ RUNS = {
     "mean_pooled": ["model.pooling=mean"],  # exported with its own model code (mean_pooling.py)
     "short": ["data.max_length=8"],  # most test sentences cut
     "ner_cut": ["data=conll2003", "loss=token_cross_entropy", "data.max_length=12"],
+    # GPT-2's sequence head: the last real token by the pad id, a bias-free score layer
+    "gpt2_regression": ["model=gpt2_tiny", "model.tokenizer=${minilm_path:}", "data=stsb", "loss=mse"],
 }
 SST2 = ["negative", "positive"]
 
@@ -211,6 +213,19 @@ def test_an_exported_model_copied_away_from_its_run_predicts_at_its_training_len
     rows = predict(tmp_path / "out", cache_dir, f"ckpt_path={copied}", f"data.predict_file={new}")
     for row, expected in zip(rows, tested):
         assert row["probs"] == pytest.approx(expected["probs"], abs=1e-5)
+
+
+def test_a_gpt2_regression_head_trains_and_its_export_predicts_in_target_units(trained, tmp_path, cache_dir) -> None:
+    """GPT-2's config has no pad id (its sequence head needs one for batches of several texts) and its score layer no
+    bias to fold the target units into: config.json carries them and predict.py applies them."""
+    metrics, run_dir = trained("gpt2_regression")
+    assert math.isfinite(metrics["test/mse"])
+    tested = load_predictions(run_dir)[:5]
+    new = tmp_path / "pairs.tsv"
+    new.write_text("sentence1\tsentence2\n" + "".join(f"{r['text']}\t{r['text_pair']}\n" for r in tested))
+    rows = predict(tmp_path / "out", cache_dir, f"ckpt_path={run_dir / 'hf_model'}", "data=stsb",
+                   f"data.predict_file={new}")
+    assert [r["pred"] for r in rows] == pytest.approx([r["pred"] for r in tested], abs=1e-4)
 
 
 def test_predict_on_conll_tokens_without_tags(trained, tmp_path, cache_dir, caplog) -> None:

@@ -157,9 +157,7 @@ def load_module(path: str | Path, cfg: DictConfig) -> TransformerModule:
     head's label names from its config, a multi-label decision threshold as exported (or data.threshold)."""
     config = check_model_dir(path, cfg)
     task = cfg.data.task
-    # the exported weights give target units already (prepare_export): a regression head needs no statistics
-    exported = {"threshold": config.multilabel_threshold} if hasattr(config, "multilabel_threshold") else {}
-    label_info = tested_label_info(exported, cfg.data)
+    label_info = tested_label_info(get_task(task).exported_label_info(config), cfg.data)
     return TransformerModule(
         model={"name_or_path": str(path)},
         task=task,

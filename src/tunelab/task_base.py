@@ -102,6 +102,10 @@ class Task:
         """Make a plain transformers copy of the trained model (peft.merge_on_save) predict on its own as the
         task does (in place); nothing to do for most tasks."""
 
+    def exported_label_info(self, config: Any) -> dict[str, Any]:
+        """The label info prepare_export left in an exported model's config.json, for predict.py on that dir."""
+        return {}
+
 
 class SequenceTask(Task):
     """One prediction per text (or text pair): a head on the pooled sequence, served by TextDataModule. Three

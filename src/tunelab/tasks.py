@@ -136,12 +136,17 @@ class RegressionTask(SequenceTask):
                   if isinstance(m, torch.nn.Linear)]
         out = layers[-1] if layers else None
         if out is None or out.bias is None:  # e.g. GPT-2's bias-free score layer: nowhere to add the mean
-            log.warning("the exported model's outputs are z-scores: multiply by %g and add %g for target units",
-                        self.target_std, self.target_mean)
+            # config.json carries the units instead: predict.py applies them, a plain pipeline cannot
+            model.config.target_mean, model.config.target_std = self.target_mean, self.target_std
+            log.warning("the exported model's outputs are z-scores (predict.py converts them): multiply by %g and "
+                        "add %g for target units", self.target_std, self.target_mean)
             return
         with torch.no_grad():
             out.weight.mul_(self.target_std)
             out.bias.mul_(self.target_std).add_(self.target_mean)
+
+    def exported_label_info(self, config: Any) -> dict[str, Any]:
+        return {k: getattr(config, k) for k in ("target_mean", "target_std") if getattr(config, k, None) is not None}
 
 
 class MultiLabelTask(SequenceTask):
@@ -187,6 +192,10 @@ class MultiLabelTask(SequenceTask):
     def prepare_export(self, model: torch.nn.Module) -> None:
         # config.json carries the decision threshold: predict.py on hf_model / merged decides as this run tested
         model.config.multilabel_threshold = self.threshold
+
+    def exported_label_info(self, config: Any) -> dict[str, Any]:
+        threshold = getattr(config, "multilabel_threshold", None)
+        return {} if threshold is None else {"threshold": threshold}
 
     def prediction_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         # the decisions themselves, not re-derived from the probabilities on the host: exactly the metrics'
