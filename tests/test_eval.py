@@ -31,6 +31,9 @@ RUNS = {
     "lm": [*LM, f"data.train_file={FIXTURES}/lm/input.txt", "data.train_limit=20", "data.batch_size=4",
            "trainer.max_steps=2"],
     "pairs": ["data=stsb", "loss=mse", *SHORT],
+    # the test split carved from the training file, not at the data config's split_seed / test_fraction
+    "carved": ["data=tsv", "data.text_column=sentence", f"data.train_file={FIXTURES}/sst2/train.tsv",
+               "data.test_file=null", "data.split_seed=7", "data.test_fraction=0.3", *SHORT],
 }
 SST2_DEV = FIXTURES / "sst2" / "dev.tsv"
 # SST-2's dev file as data=tsv reads it: no train_file, no label_names
@@ -107,6 +110,14 @@ def test_no_file_at_all_names_both_ways_to_test(trained, tmp_path, cache_dir) ->
         evaluate(tmp_path, cache_dir, ckpt, *TSV)
     assert str(err.value) == ("data.train_file is not set (data=tsv needs it): pass data.test_file=<file> to test "
                               "the checkpoint on it, or data.train_file=<file> to test on the split cut from it.")
+
+
+def test_a_checkpoint_tested_on_its_training_file_gets_the_rows_its_run_held_out(trained, tmp_path, cache_dir) -> None:
+    metrics, ckpt, run_dir = trained("carved")
+    got = evaluate(tmp_path, cache_dir, ckpt, "data=tsv", "data.text_column=sentence",
+                   f"data.train_file={FIXTURES}/sst2/train.tsv", "data.test_file=null")
+    assert [r["index"] for r in load_predictions(tmp_path)] == [r["index"] for r in load_predictions(run_dir)]
+    assert got["test/acc"] == metrics["test/acc"] and got["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
 
 
 def test_ner_on_a_conll_test_file_alone_uses_the_checkpoints_tags(trained, tmp_path, cache_dir) -> None:

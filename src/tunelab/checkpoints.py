@@ -162,21 +162,26 @@ def input_length(cfg: DictConfig) -> int | None:
     return next((v for v in (OmegaConf.select(cfg, k, default=None) for k in INPUT_LENGTHS) if v), None)
 
 
-def use_trained_lengths(path: str | Path, cfg: DictConfig, given_keys: Collection[str] = ()) -> None:
-    """Set cfg's INPUT_LENGTHS to those of the run that wrote `path` (its .hydra/config.yaml), except the keys the
-    command line gives (`given_keys`), logging each one that changes."""
+# how the training file was split: a checkpoint tested on the split carved from its training file gets the test
+# rows its run held out, not rows it trained on (another data.split_seed or test_fraction carves others)
+SPLIT_SETTINGS = ("data.split_seed", "data.val_fraction", "data.test_fraction")
+
+
+def use_trained_data_settings(path: str | Path, cfg: DictConfig, given_keys: Collection[str] = ()) -> None:
+    """Set cfg's INPUT_LENGTHS and SPLIT_SETTINGS to those of the run that wrote `path` (its .hydra/config.yaml),
+    except the keys the command line gives (`given_keys`), logging each one that changes."""
     trained_cfg = training_config(path)
     if trained_cfg is None:
         _use_exported_length(path, cfg, given_keys)
         return
-    for key in INPUT_LENGTHS:
+    for key in (*INPUT_LENGTHS, *SPLIT_SETTINGS):
         trained = OmegaConf.select(trained_cfg, key, default=None)
         now = OmegaConf.select(cfg, key, default=None)
         if key in given_keys or trained is None or now is None or trained == now:
             continue
         OmegaConf.update(cfg, key, trained)
-        log.info("%s=%s as ckpt_path=%s was trained (the data config says %s; pass %s=... to test at another "
-                 "length)", key, trained, path, now, key)
+        log.info("%s=%s as ckpt_path=%s was trained (the data config says %s; pass %s=... to test otherwise)",
+                 key, trained, path, now, key)
 
 
 def _use_exported_length(path: str | Path, cfg: DictConfig, given_keys: Collection[str]) -> None:

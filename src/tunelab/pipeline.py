@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
 from tunelab.checkpoints import (check_checkpoint, check_resume, check_text_pairs, is_adapter_dir, saved_val_metrics,
-                                 tested_label_info, trained_tokenizer, use_trained_lengths)
+                                 tested_label_info, trained_tokenizer, use_trained_data_settings)
 from tunelab.csv_history import csv_history, restore_csv_history
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
@@ -63,7 +63,7 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
         return predict.run(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     if not cfg.train and ckpt_path:  # a trained model is tested on inputs cut as in its training
-        use_trained_lengths(ckpt_path, cfg, sweeps.command_line_keys())
+        use_trained_data_settings(ckpt_path, cfg, sweeps.command_line_keys())
     datamodule = build_datamodule(cfg)
     trained = check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
     if trained is not None and cfg.train:  # resuming: the checkpoint's run goes on, under its own settings

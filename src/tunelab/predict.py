@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from tunelab import export, predictions, rundir, sweeps
 from tunelab.checkpoints import (check_checkpoint, check_text_pairs, tested_label_info, trained_tokenizer,
-                                 use_trained_lengths)
+                                 use_trained_data_settings)
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.prediction_files import PREDICTIONS_FILE
@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                           f"the tasks {', '.join(writers)}.")
     path, tokenizer, trained = checked_model(cfg)
     check_text_pairs(path, cfg.data)
-    use_trained_lengths(path, cfg, sweeps.command_line_keys())  # words past the training length get null
+    use_trained_data_settings(path, cfg, sweeps.command_line_keys())  # words past the training length get null
     # only the file to predict on: label names and tokenizer come with the trained model
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed, train_file=None, val_file=None,
                              test_file=None, _recursive_=False)
