@@ -52,7 +52,7 @@ class AdaLoraSchedule(pl.Callback):
     """`tinit_ratio` / `tfinal_ratio`: the full-budget warm-up and fixed-rank final phases as fractions
     of the trainer's optimizer steps (too short a run for both phases budgets all the way)."""
 
-    def __init__(self, tinit_ratio: float = 0.0, tfinal_ratio: float = 0.0) -> None:
+    def __init__(self, tinit_ratio: float, tfinal_ratio: float) -> None:
         self.tinit_ratio, self.tfinal_ratio = tinit_ratio, tfinal_ratio
         self._steps_done = 0
 

@@ -43,7 +43,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
 
         # first: its rank update completes a step, before any callback saves that step (a SIGTERM checkpoint
         # written before it would resume without the step's importance update)
-        callbacks.insert(0, AdaLoraSchedule(cfg.peft.get("tinit_ratio", 0.0), cfg.peft.get("tfinal_ratio", 0.0)))
+        callbacks.insert(0, AdaLoraSchedule(cfg.peft.tinit_ratio, cfg.peft.tfinal_ratio))
     # always on, whatever the callbacks group: graceful SIGTERM/SIGINT/SIGUSR2, exact mid-epoch resume, NaN guard
     callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
     # the datamodule's batch sampler shards batches across ranks itself (keeps length grouping intact)
