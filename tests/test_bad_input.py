@@ -164,6 +164,7 @@ BAD_VALUES = {
     "data.text_column": (["", " ", 3], ["review"]),  # non-empty string
     "data.label_separator": (["", 3, None], [",", " ", " | "]),  # separator: whitespace counts
     "data.threshold": ([0, 1, 1.5, "half"], [0.05, 0.5, 0.95]),  # number in (0, 1)
+    "data.val_fraction": ([0, 1, -0.1], [0.05, 0.5]),  # a share to carve: 0 would still carve one row
     "callbacks.ema.multi_avg_fn.decay": ([0, 1, -0.5], [0.5, 0.999]),  # (callbacks=ema)
     "trainer.limit_train_batches": ([-1, 1.5, "half"], [0, 10, 0.25, 1.0, None]),  # count or fraction
     "trainer.fast_dev_run": ([-1, "once"], [True, False, 3]),

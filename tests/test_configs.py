@@ -70,3 +70,11 @@ def test_a_callback_monitoring_its_own_metric_takes_that_metrics_direction(tmp_p
     with pytest.raises(ConfigError, match=r"^callbacks.early_stopping.monitor=val/lss: val/lss is not a metric of "
                                           r"classification runs; use one of val/acc, "):
         validate(cfg)
+    # on the run's own metric (monitor auto), a mode against its direction is refused, an agreeing one kept
+    validate(compose_cfg(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.mode=max"))
+    cfg = compose_cfg(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.mode=min")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value) == ("callbacks.early_stopping.mode=min, but it watches the run's val/acc, which is maximized: "
+                              "leave callbacks.early_stopping.mode=auto, or give the callback a metric of its own "
+                              "(callbacks.early_stopping.monitor=...).")

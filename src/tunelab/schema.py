@@ -35,8 +35,8 @@ RULES: dict[str, Rule] = {
     "data.eval_batch_size": COUNT_OR_NULL,
     "data.max_length": COUNT,
     "data.block_size": integer(2, label="an integer >= 2 (a token and its successor)"),
-    "data.val_fraction": number(0, 1, open_high=True),
-    "data.test_fraction": number(0, 1, open_high=True),
+    "data.val_fraction": number(0, 1, open_low=True, open_high=True),  # 0 would still carve one row
+    "data.test_fraction": number(0, 1, open_low=True, open_high=True),
     "data.split_seed": integer(),
     "data.train_limit": COUNT_OR_NULL,
     "data.num_workers": integer(0, nullable=True),

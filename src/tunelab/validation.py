@@ -179,9 +179,18 @@ def _is_fsdp(cfg: DictConfig) -> bool:
 
 
 def _check_callback_monitors(cfg: DictConfig) -> None:
-    """A callback's own monitor must be a metric the run logs, with a direction (mode auto takes the metric's)."""
+    """A callback's own monitor must be a metric the run logs, with a direction (mode auto takes the metric's);
+    on the run's metric (monitor auto) a mode can only agree with the run's direction."""
     for name, entry in (cfg.get("callbacks") or {}).items():
-        if isinstance(entry, DictConfig) and entry.get("monitor") not in (None, "auto"):
+        if not isinstance(entry, DictConfig) or entry.get("monitor") is None:
+            continue
+        if entry.monitor == "auto":
+            metric, direction = monitor(cfg)
+            if entry.get("mode", "auto") not in ("auto", direction):
+                raise ConfigError(f"callbacks.{name}.mode={entry.mode}, but it watches the run's {metric}, which is "
+                                  f"{direction}imized: leave callbacks.{name}.mode=auto, or give the callback a "
+                                  f"metric of its own (callbacks.{name}.monitor=...).")
+        else:
             try:
                 callback_monitor(cfg, entry.monitor, entry.get("mode", "auto"))
             except ConfigError as err:
