@@ -222,3 +222,18 @@ def test_a_tokenizer_without_a_rust_backend_encodes_through_its_own_call() -> No
         expected = encode_texts(fast, texts, p, max_length=10)
         assert encode_texts(WithoutBackend(), texts, p, max_length=10) == expected
         assert ("token_type_ids" in expected) == (p is not None) and max(map(len, expected["input_ids"])) == 10
+
+
+def test_loader_workers_and_pinned_memory_follow_the_trainers_device(monkeypatch) -> None:
+    """data.num_workers / pin_memory null: workers and pinned memory for a run on a GPU, none for a run on the CPU,
+    even on a machine with a GPU (trainer=cpu: workers would only compete with the training threads)."""
+    import lightning.pytorch as pl
+    import torch
+
+    dm = datamodule(10, 4, group_by_length=False, seed=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    loader = dm.train_dataloader()  # no trainer (a benchmark's own loop): by the machine
+    assert (loader.num_workers, loader.pin_memory) == (2, True)
+    dm.trainer = pl.Trainer(accelerator="cpu", logger=False)
+    loader = dm.train_dataloader()
+    assert (loader.num_workers, loader.pin_memory) == (0, False)

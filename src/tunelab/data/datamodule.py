@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader
 
 from tunelab.callbacks import collection_paused
@@ -75,11 +76,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        # GPU runs overlap host-side batching with compute (pinned memory, worker processes); on a
-        # CPU-only machine workers would only compete with the training threads for cores
-        gpu = torch.cuda.is_available()
-        self.num_workers = num_workers if num_workers is not None else (2 if gpu else 0)
-        self.pin_memory = pin_memory if pin_memory is not None else gpu
+        self.num_workers, self.pin_memory = num_workers, pin_memory  # None: as _loader decides
         self.group_by_length = group_by_length
         self.pad_to_multiple_of = pad_to_multiple_of
         self.drop_last = drop_last
@@ -243,13 +240,18 @@ class BaseDataModule(pl.LightningDataModule):
         )
         if split == "train":
             self.train_sampler = sampler
+        # a run on a GPU overlaps host-side batching with compute (pinned memory, worker processes); a run on
+        # the CPU (trainer=cpu on a GPU machine too) would only set workers against the training threads
+        trainer = self.trainer
+        gpu = isinstance(trainer.accelerator, CUDAAccelerator) if trainer is not None else torch.cuda.is_available()
+        workers = self.num_workers if self.num_workers is not None else (2 if gpu else 0)
         return DataLoader(
             data,
             batch_sampler=sampler,
             collate_fn=self.collator(),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            pin_memory=self.pin_memory if self.pin_memory is not None else gpu,
+            persistent_workers=workers > 0,
             # own generator: creating a loader iterator must not draw from the global RNG that dropout
             # uses, or a resumed run (which creates loaders in a different order) would diverge
             generator=torch.Generator().manual_seed(self.seed),
