@@ -35,7 +35,7 @@ def write(path: Path, text: str) -> Path:
          "model.pooling=mean averages a text into one vector for a sequence head; data.task=token_classification"),
         # a ??? the chosen option leaves (OmegaConf's MissingMandatoryValue traceback otherwise)
         (["data=csv"], "data.train_file is not set (data=csv needs it): pass data.train_file=<value>."),
-        # model=hf inherits no path: before, it silently trained MiniLM
+        # model=hf inherits no path: it must not train MiniLM silently
         (["model=hf"], "model.name_or_path is not set (model=hf needs it): pass model.name_or_path=<value>."),
         (["data.test_file=null", "data.val_fraction=0.5", "data.test_fraction=0.5"],
          "data.val_fraction + data.test_fraction = 1 leaves no training rows; keep the sum below 1."),

@@ -155,7 +155,7 @@ def test_an_adapter_is_tested_with_its_own_labels_on_a_test_file_alone(trained, 
     got = evaluate(tmp_path / "alone", cache_dir, adapter, *TSV, f"data.test_file={SST2_DEV}")
     assert got["test/acc"] == metrics["test/acc"] and got["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
     assert got["params/trainable"] == metrics["params/trainable"] > 0  # the adapter's, as the training run counted
-    with pytest.raises(ConfigError) as err:  # before, the classes were silently swapped
+    with pytest.raises(ConfigError) as err:  # not the classes silently swapped
         evaluate(tmp_path / "swapped", cache_dir, adapter, "data.label_names=[positive,negative]")
     assert str(err.value).startswith(f"ckpt_path={adapter} was trained on the labels ['negative', 'positive'] but "
                                      "data=sst2 has ['positive', 'negative']")

@@ -40,7 +40,7 @@ def test_fsdp_on_cpu_fails_before_training_naming_the_fix(tmp_path) -> None:
 
 
 def test_fsdp_without_a_best_checkpoint_fails_before_training_naming_the_fix(tmp_path) -> None:
-    # the test and the export load the best checkpoint into a fresh module; without one the run failed
+    # the test and the export load the best checkpoint into a fresh module; without one the run would fail
     # after training, testing the module FSDP had wrapped ("'weight' must be 2-D")
     cpu_fsdp = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.strategy._target_=tests.cpu_fsdp.CpuFSDPStrategy"]
     with pytest.raises(ConfigError, match="keep callbacks.model_checkpoint with a monitor, or set test=false"):

@@ -104,7 +104,6 @@ def test_classification_fast_dev_run(run_cfg, caplog, peft: str) -> None:
     # trainable / total parameters: logged at start and in metrics.json
     assert any(f"peft={peft}:" in r.message and "trainable of" in r.message for r in caplog.records)
     ratio = metrics["params/trainable_ratio"]
-    assert ratio == metrics["params/trainable"] / metrics["params/total"]
     assert ratio == 1.0 if peft == "none" else ratio < 0.05
 
 

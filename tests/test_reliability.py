@@ -229,8 +229,8 @@ def test_a_requeued_slurm_job_goes_on_from_its_own_last_checkpoint(tmp_path, cac
 
 
 def test_a_signal_during_the_last_validation_stops_before_test(run_cfg, monkeypatch) -> None:
-    """A SIGTERM after the last training step (here: in the last validation) was acknowledged, then the run tested,
-    exported and exited 0. It stops with a last.ckpt instead, and resuming from it gives the uninterrupted test."""
+    """A SIGTERM after the last training step (here: in the last validation) stops the run with a last.ckpt, before
+    the test and the export, and resuming from it gives the uninterrupted test."""
     from tunelab.resilience import Resilience
 
     args = ("data.train_limit=32", "data.batch_size=8", "trainer.max_epochs=2", "seed=4")

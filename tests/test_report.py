@@ -105,7 +105,7 @@ def test_report_cli_and_its_one_line_errors(tmp_path, capsys) -> None:
     assert report.main([str(tmp_path / "missing")]) == 2
     assert report.main([str(sweep), "--metric", "val/nope"]) == 2
     assert "--metric" in capsys.readouterr().err
-    assert report.main([str(sweep), "--metrics", "val/bogus"]) == 2  # before, the column was silently left out
+    assert report.main([str(sweep), "--metrics", "val/bogus"]) == 2  # not a column silently left out
     assert capsys.readouterr().err.startswith("error: no run logged val/bogus; pass --metric with one of ")
     assert report.main([str(sweep), "--alpha", "2"]) == 2  # as tunelab.compare: one check for both
     assert capsys.readouterr().err == "error: --alpha=2.0 must lie in (0, 1), e.g. 0.05.\n"

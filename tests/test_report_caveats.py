@@ -108,7 +108,7 @@ def test_compare_refuses_a_loss_and_other_splits(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("error: test/loss is each config's own training loss") and err.count("\n") == 1
     assert "pass --metric test/nll (a proper scoring rule every classification loss logs) or test/acc." in err
-    # predictions exist for the test split only: val/acc used to compute test/acc silently
+    # predictions exist for the test split only: val/acc is refused, not computed as test/acc
     assert compare.main([*args, "--metric", "val/acc"]) == 2
     assert capsys.readouterr().err == ("error: --metric val/acc: the comparison recomputes test metrics from "
                                        "predictions.jsonl (written for the test split only); pass --metric test/acc.\n")

@@ -91,7 +91,7 @@ def _in_sweep() -> bool:
 
 def _sweep_job_failed(err: Exception) -> None:
     """A failed sweep job is its error line, named by job. The sweeper gets None, which Optuna's sweeper records as a
-    failed trial before it goes on (a NaN made optuna tell the trial twice and end the search with a traceback)."""
+    failed trial before it goes on (with a NaN, optuna tells the trial twice and ends the search with a traceback)."""
     from hydra.core.hydra_config import HydraConfig
 
     from tunelab.sweeps import job_label, swept_keys

@@ -118,7 +118,7 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
 
             fx_config.use_duck_shape = False
         # the model's float attributes (dropout p, LayerNorm eps, attention scaling) are constants: traced
-        # as symbols (dynamo's default under dynamic shapes), they made dynamo trace the whole step and
+        # as symbols (dynamo's default under dynamic shapes), they make dynamo trace the whole step and
         # build its joint graph once, then throw both away and start again specialised
         torch._dynamo.config.specialize_float = True
         # in place (nn.Module.compile): parameter names, hence checkpoints, stay those of the eager model

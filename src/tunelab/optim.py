@@ -149,7 +149,7 @@ def build_scheduler(cfg: Mapping[str, Any] | None, optimizer: torch.optim.Optimi
 
 def apply_restored_schedule(scheduler: Any) -> None:
     """A schedule restored from a checkpoint leaves the optimizer's lr at the checkpoint's until its next step: the
-    first step of a run trained on after a max_steps stop ran at the old schedule's last lr (0 for linear decay).
+    first step of a run trained on after a max_steps stop would run at the old schedule's last lr (0 for linear decay).
     Set it to what this run's schedule (rebuilt for its length) gives at the restored step; a run of the same length
     gets the very value it had."""
     if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):

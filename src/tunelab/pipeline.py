@@ -48,8 +48,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
-    # resolved once ("last": a run's last.ckpt; in a sweep, the job's own); predict.py takes exported model
-    # dirs too, which are no checkpoints, and resolves its own
+    # the checkpoint this run uses ("last": a run's last.ckpt; in a sweep, the job's own), which validation
+    # checked; predict.py takes exported model dirs too, which are no checkpoints, and resolves its own
     ckpt_path = cfg.get("ckpt_path") if cfg.get("predict") else rundir.resolve_ckpt_path(cfg)
     if not cfg.get("predict"):
         cfg.ckpt_path = ckpt_path  # what the trackers and metrics.json name: the file, not "last"

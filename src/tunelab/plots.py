@@ -101,7 +101,7 @@ def plot_confusion_matrix(run_dir: Path) -> Path | None:
         return None
     report = json.loads(path.read_text())
     matrix, labels = report.get("confusion_matrix"), report.get("labels")
-    if not matrix or not labels or len(labels) > 50:  # token tagging with many labels: unreadable
+    if not matrix or not labels or len(labels) > 50:  # a matrix of over 50 classes is unreadable
         return None
     plt = _pyplot()
     size = max(4, 0.5 * len(labels) + 2)

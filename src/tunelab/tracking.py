@@ -156,7 +156,7 @@ def report_table(report: dict) -> tuple[list[str], list[list]]:
     from tunelab.report_tables import AVERAGE_NAMES, table_rows
 
     averages = [key for key in AVERAGE_NAMES if key in report]
-    first = "entity" if "types" in report else "class"
+    first = "entity" if "types" in report else "label" if "threshold" in report else "class"  # as the text report
     return [first, "precision", "recall", "f1", "support"], table_rows(report, averages, report.get("accuracy"))
 
 
