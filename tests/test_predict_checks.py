@@ -16,8 +16,8 @@ from conftest import FIXTURES, ROOT, compose_cfg, run_script
 from tunelab.errors import ConfigError
 from tunelab.export import check_model_dir, exported_task
 from tunelab.pipeline import run
-from tunelab.prediction_files import PREDICTIONS_FILE
 from tunelab.prediction_files import load_predictions
+from tunelab.run_layout import PREDICTIONS_FILE
 
 TINY = ["data.train_limit=64", "trainer.max_steps=5", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
         "logger=none"]

@@ -24,9 +24,10 @@ from tunelab import plots
 from tunelab.errors import ConfigError
 from tunelab.monitoring import monitor
 from tunelab.prediction_metrics import ExampleMetric
-from tunelab.prediction_files import PREDICTIONS_FILE, check_same_test_set, load_predictions
+from tunelab.prediction_files import check_same_test_set, load_predictions
 from tunelab.results import (Group, Run, canonical_override, check_comparable_losses, group_runs, label_groups,
                              load_runs)
+from tunelab.run_layout import PREDICTIONS_FILE
 from tunelab.significance import (RESAMPLES, check_alpha, compare_over_seeds, describe, fmt, fmt_p, holm,
                                   paired_bootstrap, seed_notes)
 from tunelab.sweeps import override_key

@@ -27,12 +27,17 @@ log = logging.getLogger(__name__)
 VECTOR_PARAMETERS = frozenset({"ia3_l", "lora_E"})
 
 
+def decays(name: str, p: nn.Parameter) -> bool:
+    """Weight decay on matrices only: not on biases, LayerNorm weights (1-D) or VECTOR_PARAMETERS."""
+    return p.ndim >= 2 and not VECTOR_PARAMETERS.intersection(name.split("."))
+
+
 def remember_param_groups(model: nn.Module, layer_decay: float | None = None) -> None:
     """Decide each parameter's weight decay, and under optimizer.layer_decay its layer, while it has its own
     shape and place in the model: FSDP later turns parameters into 1-D views of their shard (the same
     Parameter objects, so the marks stay)."""
     for name, p in model.named_parameters():
-        p.tunelab_weight_decay = p.ndim >= 2 and not VECTOR_PARAMETERS.intersection(name.split("."))
+        p.tunelab_weight_decay = decays(name, p)
     if layer_decay is not None:
         for p, layer in layer_depths(model, layer_decay).items():
             p.tunelab_layer = layer
@@ -60,10 +65,11 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None)
     excluded. Parameters marked with a layer (optimizer.layer_decay) get a group per layer and decay, named for the
     LR monitor, at `lr` x their layer's scale."""
     groups: dict[tuple, dict] = {}
-    for _, p in model.named_parameters():
+    for param_name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = getattr(p, "tunelab_weight_decay", p.ndim >= 2)
+        decay = getattr(p, "tunelab_weight_decay", None)
+        decay = decays(param_name, p) if decay is None else decay
         depth, name, scale = getattr(p, "tunelab_layer", (-1, None, 1.0))
         key = (depth, not decay)
         if key not in groups:

@@ -16,7 +16,7 @@ from tunelab.checkpoints import (check_checkpoint, check_text_pairs, tested_labe
                                  use_trained_data_settings)
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
-from tunelab.prediction_files import PREDICTIONS_FILE
+from tunelab.run_layout import PREDICTIONS_FILE
 from tunelab.tasks import TASKS, get_task
 from tunelab.trainer import build_trainer
 

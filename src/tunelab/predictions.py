@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from tunelab.prediction_files import PREDICTIONS_FILE
+from tunelab.run_layout import PREDICTIONS_FILE
 
 INPUT_FIELDS = ("text", "text_pair", "tokens")
 

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown, end="")
-    print(f"\nwrote {args.sweep_dir / 'report.md'}, report.csv, report.json, runs.csv")
+    print(f"\nwrote {args.sweep_dir / layout.REPORT_MD}, {layout.REPORT_CSV}, {layout.REPORT_JSON}, {layout.RUNS_CSV}")
     return 0
 
 

@@ -65,6 +65,9 @@ def _decodes(data: bytes, codec: str) -> bool:
     return True
 
 
+TABLE_FORMATS = ("csv", "tsv", "jsonl")  # what read_table reads
+
+
 def read_rows(path: str | Path, fmt: str, *, encoding: str = "utf-8") -> list[dict[str, str]]:
     """All rows of a csv/tsv/jsonl file as dicts of column -> raw string value."""
     return read_table(path, fmt, encoding=encoding)[0]
@@ -74,7 +77,7 @@ def read_table(path: str | Path, fmt: str, *, encoding: str = "utf-8") -> tuple[
     """The rows of a csv/tsv/jsonl file and the line each starts on (for error messages). A file without
     rows is a ConfigError naming it."""
     path = existing_file(path)
-    if fmt not in {"csv", "tsv", "jsonl"}:
+    if fmt not in TABLE_FORMATS:
         raise ConfigError(f"data.format={fmt!r} is not supported; use csv, tsv or jsonl.")
     text = read_text(path, encoding)
     rows, lines = _read_jsonl(path, text) if fmt == "jsonl" else _read_delimited(path, text, fmt)

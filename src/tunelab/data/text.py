@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from tunelab.data.datamodule import BaseDataModule
 from tunelab.data.tokenizing import ids_only
 from tunelab.data.labels import LabelSet, label_cell, regression_target, single_label, split_labels, target_stats
-from tunelab.data.readers import read_table, require_columns
+from tunelab.data.readers import TABLE_FORMATS, read_table, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class TextDataModule(BaseDataModule):
 
     def encode_file(self, path: Path, labelled: bool = True) -> dict[str, list]:
         # a file to predict on is read by its extension when that names a format (new.csv beside tsv data)
-        fmt = self.format if labelled or path.suffix[1:] not in {"csv", "tsv", "jsonl"} else path.suffix[1:]
+        fmt = self.format if labelled or path.suffix[1:] not in TABLE_FORMATS else path.suffix[1:]
         rows, lines = read_table(path, fmt, encoding=self.encoding)
         columns = {"text_column": self.text_column, "text_pair_column": self.text_pair_column}
         if labelled:
