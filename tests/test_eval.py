@@ -85,6 +85,21 @@ def test_label_names_in_the_file_map_to_the_checkpoints_ids(trained, tmp_path, c
     assert got["test/acc"] == metrics["test/acc"]
 
 
+def test_ids_in_a_test_file_are_read_only_for_names_given_in_order(trained, tmp_path, cache_dir) -> None:
+    """SST-2's 0/1 mean negative/positive because data=sst2 lists the names; a model trained on names sorted from
+    its training file ('bad' < 'good' by chance) gives ids no meaning: one line, not a silent 0 = 'bad'."""
+    _, ckpt, _ = trained("classification")
+    assert evaluate(tmp_path / "ordered", cache_dir, ckpt, *TSV, f"data.test_file={SST2_DEV}")["test/acc"] > 0
+    words = tmp_path / "words.tsv"
+    rows = (FIXTURES / "sst2" / "train.tsv").read_text().splitlines()[:40]
+    words.write_text("\n".join([rows[0]] + [r.replace("\t0", "\tgood").replace("\t1", "\tbad") for r in rows[1:]]))
+    out = tmp_path / "sorted"
+    run(compose_cfg(out, *TSV, f"data.train_file={words}", f"data.test_file={words}", *SHORT, cache=cache_dir))
+    sorted_ckpt = json.loads((out / "metrics.json").read_text())["best_checkpoint"] or str(out / "checkpoints/last.ckpt")
+    with pytest.raises(ConfigError, match=r":2: label '\d' is not in the label set \['bad', 'good'\]; the model was "):
+        evaluate(tmp_path / "ids", cache_dir, sorted_ckpt, *TSV, f"data.test_file={SST2_DEV}")
+
+
 def test_a_label_the_checkpoint_does_not_know_is_one_line_and_gives_the_run_dir_back(trained, tmp_path,
                                                                                      cache_dir) -> None:
     _, ckpt, _ = trained("classification")
@@ -92,8 +107,8 @@ def test_a_label_the_checkpoint_does_not_know_is_one_line_and_gives_the_run_dir_
     odd.write_text("sentence\tlabel\ngreat fun\tpositive\ndull\tneutral\n")
     with pytest.raises(ConfigError) as err:
         evaluate(tmp_path / "out", cache_dir, ckpt, *TSV, f"data.test_file={odd}")
-    assert str(err.value) == (f"{odd}:3: label 'neutral' is not in the label set ['negative', 'positive']; "
-                              "fix the row or list every label in data.label_names.")
+    assert str(err.value) == (f"{odd}:3: label 'neutral' is not in the label set ['negative', 'positive']; the model "
+                              "was trained on these and cannot predict it: fix or drop the row.")
     assert not (tmp_path / "out" / ".tunelab_run").exists()  # the corrected command may use the same dir
     evaluate(tmp_path / "out", cache_dir, ckpt, *TSV, f"data.test_file={SST2_DEV}")
 

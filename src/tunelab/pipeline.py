@@ -70,7 +70,8 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
         check_resume(ckpt_path, trained, config_hparams(cfg), cfg)
     if trained is not None and not cfg.train:
         check_text_pairs(ckpt_path, cfg.data)
-        datamodule.test_trained_model(trained.get("label_names") or (), trained_tokenizer(trained))
+        datamodule.test_trained_model(trained.get("label_names") or (), trained_tokenizer(trained),
+                                      ordered_names=bool((trained.get("label_info") or {}).get("ordered_names")))
     if cfg.train:
         datamodule.prepare_data()
         datamodule.setup("fit")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -14,8 +14,9 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader
 
 from tunelab.callbacks import collection_paused
-from tunelab.data.readers import existing_file
 from tunelab.data.cache import cached
+from tunelab.data.labels import LabelSet
+from tunelab.data.readers import existing_file
 from tunelab.data.sampling import BatchOrderSampler, Collator, ListDataset
 from tunelab.data.tokenizing import all_cores_tokenizing, load_tokenizer
 from tunelab.errors import ConfigError
@@ -91,12 +92,16 @@ class BaseDataModule(pl.LightningDataModule):
         self.label_info: dict[str, Any] = {}  # TransformerModule's label_info (the task binds it)
         self.train_sampler: BatchOrderSampler | None = None
         self.trained_label_names: list[str] | None = None  # set by test_trained_model
+        self.configured_label_names: list[str] | None = None  # data.label_names, where a datamodule takes them
+        self.trained_names_ordered = False
 
-    def test_trained_model(self, label_names: Sequence[str], tokenizer: str) -> None:
+    def test_trained_model(self, label_names: Sequence[str], tokenizer: str, ordered_names: bool = False) -> None:
         """Testing a trained model: the text is tokenized by its tokenizer, labels map to the ids its head was
         trained with (not the sorted labels of this training file, which may miss a class), and a test split
-        with its own file is read alone."""
+        with its own file is read alone. `ordered_names`: its run was given the names in order (data.label_names),
+        so a file's ids 0..n-1 mean them."""
         self.trained_label_names = [str(n) for n in label_names]
+        self.trained_names_ordered = ordered_names
         if os.path.isabs(tokenizer) and not os.path.isdir(tokenizer):
             raise ConfigError(f"the tokenizer this checkpoint was trained with is gone ({tokenizer}; a cleaned cache?): "
                               "the run's exported model dir (hf_model or merged) keeps a copy; else train again.")
@@ -215,6 +220,14 @@ class BaseDataModule(pl.LightningDataModule):
     def empty_split_hint(self) -> str:
         """More of the fix for an empty split, where this datamodule's own settings can empty one."""
         return ""
+
+    def label_set(self, train_labels: Iterable[str], kind: str, numeric_ids: bool = False) -> LabelSet:
+        """The run's labels: a trained model's names, else data.label_names, else the training split's, sorted. A
+        file's ids 0..n-1 (`numeric_ids`) are read only where names were given in an order: sorted names have none
+        a file's ids could mean (a 0 would silently be the alphabetically first class)."""
+        ordered = bool(self.configured_label_names) or self.trained_names_ordered
+        return LabelSet(self.trained_label_names or self.configured_label_names, train_labels, kind,
+                        numeric_ids=numeric_ids and ordered, trained=self.trained_label_names is not None)
 
     def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
         """Turn raw labels into training targets (in place). Default: nothing to do."""

@@ -22,12 +22,13 @@ class LabelSet:
     names are stored in the checkpoint, so evaluation maps labels the same way)."""
 
     def __init__(self, configured: Sequence[str] | None, train_labels: Iterable[str], kind: str,
-                 numeric_ids: bool = False) -> None:
-        self.configured = bool(configured)
+                 numeric_ids: bool = False, trained: bool = False) -> None:
+        """`configured`: the names in their id order (data.label_names, or a trained model's: `trained`).
+        `numeric_ids`: a file may give classes as ids 0..n-1 of those names (SST-2: 0/1 for negative/positive)."""
+        self.configured, self.trained = bool(configured), trained
         self.names = [str(n) for n in configured] if configured else _sorted_labels(set(train_labels))
         self.kind = kind
         self.index = {n: i for i, n in enumerate(self.names)}
-        # a file may give classes as ids 0..n-1 where the names are words (SST-2: 0/1 for negative/positive);
         # when a name is itself a number, a "0" the names lack is a wrong row, not class 0
         if numeric_ids and not any(_is_number(n) for n in self.names):
             self.index = {str(i): i for i in range(len(self.names))} | self.index
@@ -37,10 +38,9 @@ class LabelSet:
     def id(self, label: str, where: str) -> int:
         single_label(label, where, self.kind)
         if label not in self.index:
-            raise ConfigError(
-                f"{where}: {self.kind} {label!r} is not in the label set {shown(self.names)}; "
-                f"fix the row or list every {self.kind} in data.label_names."
-            )
+            fix = ("the model was trained on these and cannot predict it: fix or drop the row" if self.trained
+                   else f"fix the row or list every {self.kind} in data.label_names")
+            raise ConfigError(f"{where}: {self.kind} {label!r} is not in the label set {shown(self.names)}; {fix}.")
         return self.index[label]
 
     def require_two(self, train_file: str, task: str, column: str) -> None:

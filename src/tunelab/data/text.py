@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from tunelab.data.datamodule import BaseDataModule
 from tunelab.data.tokenizing import ids_only
-from tunelab.data.labels import LabelSet, label_cell, regression_target, single_label, split_labels, target_stats
+from tunelab.data.labels import label_cell, regression_target, single_label, split_labels, target_stats
 from tunelab.data.readers import TABLE_FORMATS, read_table, require_columns
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,6 @@ class TextDataModule(BaseDataModule):
             log.warning("%d examples were truncated to data.max_length=%d tokens", at_max, self.max_length)
         self.truncated = at_max
         train = examples.get("train", [])  # absent when a trained model is tested on a test file alone
-        names = self.trained_label_names or self.configured_label_names
         if self.task == "regression":
             for rows in examples.values():
                 for e in rows:
@@ -107,25 +106,27 @@ class TextDataModule(BaseDataModule):
             for rows in examples.values():
                 for e in rows:
                     e["label"] = split_labels(e["label"], self.label_separator)
-            labels = LabelSet(names, (n for e in train for n in e["label"]), "label", numeric_ids=True)
+            labels = self.label_set((n for e in train for n in e["label"]), "label", numeric_ids=True)
             for rows in examples.values():
                 for e in rows:
                     e["labels"] = labels.multi_hot(e["label"], f"{e['file']}:{e['row']}")
             self.label_names = labels.names
             positives = sum(e["labels"] for e in train) if train else [0] * len(labels.names)
             self.class_counts = [int(c) for c in positives]
-            self.label_info = {"threshold": self.threshold, "train_examples": len(train)}
+            self.label_info = {"threshold": self.threshold, "train_examples": len(train),
+                               "ordered_names": labels.configured}
         else:
             for rows in examples.values():  # a JSON list is a one-line error here, not a TypeError in LabelSet
                 for e in rows:
                     single_label(e["label"], f"{e['file']}:{e['row']}")
-            labels = LabelSet(names, [e["label"] for e in train], "label", numeric_ids=True)
+            labels = self.label_set([e["label"] for e in train], "label", numeric_ids=True)
             labels.require_two(self.files["train"], "classification", "label_column")
             for rows in examples.values():
                 for e in rows:
                     e["labels"] = labels.id(e["label"], f"{e['file']}:{e['row']}")
             self.label_names = labels.names
             self.class_counts = labels.counts(e["labels"] for e in train)
+            self.label_info = {"ordered_names": labels.configured}  # a tested file's ids 0..n-1 mean the names
         for rows in examples.values():
             for e in rows:
                 del e["label"], e["row"]

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from tunelab.data.datamodule import BaseDataModule
 from tunelab.data.tokenizing import ids_only
-from tunelab.data.labels import LabelSet, shown
+from tunelab.data.labels import shown
 from tunelab.data.readers import read_conll
 from tunelab.errors import ConfigError
 from tunelab.losses import IGNORE_INDEX
@@ -76,8 +76,7 @@ class TokenClassificationDataModule(BaseDataModule):
 
     def finalize_labels(self, examples: dict[str, list[dict]]) -> None:
         train = examples.get("train", [])  # absent when a trained model is tested on a test file alone
-        names = self.trained_label_names or self.configured_label_names
-        labels = LabelSet(names, (t for e in train for t in e["tags"]), "tag")
+        labels = self.label_set((t for e in train for t in e["tags"]), "tag")
         labels.require_two(self.files["train"], "token classification", "tag_column")
         # entity F1, the monitored metric, would be 0 all run long (a trained model's tags were checked then)
         if not entity_types(labels.names) and self.trained_label_names is None:
