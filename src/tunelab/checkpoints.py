@@ -162,9 +162,10 @@ def input_length(cfg: DictConfig) -> int | None:
     return next((v for v in (OmegaConf.select(cfg, k, default=None) for k in INPUT_LENGTHS) if v), None)
 
 
-# how the training file was split: a checkpoint tested on the split carved from its training file gets the test
-# rows its run held out, not rows it trained on (another data.split_seed or test_fraction carves others)
-SPLIT_SETTINGS = ("data.split_seed", "data.val_fraction", "data.test_fraction")
+# how the training file was split and cut into examples: a checkpoint tested on the split carved from its training
+# file gets the test rows (or text blocks) its run held out, not rows it trained on
+SPLIT_SETTINGS = ("data.split_seed", "data.val_fraction", "data.test_fraction", "data.packing",
+                  "data.document_separator")
 
 
 def use_trained_data_settings(path: str | Path, cfg: DictConfig, given_keys: Collection[str] = ()) -> None:
