@@ -228,6 +228,18 @@ def test_a_gpt2_regression_head_trains_and_its_export_predicts_in_target_units(t
     assert [r["pred"] for r in rows] == pytest.approx([r["pred"] for r in tested], abs=1e-4)
 
 
+def test_predicting_into_a_dir_that_holds_predictions_needs_overwrite(trained, tmp_path, cache_dir) -> None:
+    """The refusal names overwrite=true, which predict.py (and eval.py) take."""
+    _, run_dir = trained("classification")
+    new = tmp_path / "new.csv"
+    new.write_text('sentence\n"fine"\n')
+    args = (f"ckpt_path={run_dir / 'hf_model'}", f"data.predict_file={new}")
+    predict(tmp_path / "out", cache_dir, *args)
+    with pytest.raises(ConfigError, match="already holds a run; pass overwrite=true to replace it"):
+        predict(tmp_path / "out", cache_dir, *args)
+    assert len(predict(tmp_path / "out", cache_dir, *args, "overwrite=true")) == 1
+
+
 def test_predict_on_conll_tokens_without_tags(trained, tmp_path, cache_dir, caplog) -> None:
     _, run_dir = trained("ner")
     sentences = [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"], ["word"] * 40]

@@ -54,7 +54,8 @@ def claim_run_dir(cfg: DictConfig, ckpt_path: str | None) -> Path | None:
     out = Path(cfg.paths.output_dir)
     resuming_here = bool(ckpt_path) and ckpt_path != "last" and out.resolve() in Path(ckpt_path).resolve().parents
     allowed = bool(cfg.get("overwrite")) or resuming_here
-    used = (out / layout.METRICS_FILE).exists() or any((out / layout.CHECKPOINTS_DIR).glob("*.ckpt"))
+    used = ((out / layout.METRICS_FILE).exists() or (out / layout.PREDICTIONS_FILE).exists()  # predict.py's output
+            or any((out / layout.CHECKPOINTS_DIR).glob("*.ckpt")))
     if used and not allowed:
         raise ConfigError(f"run dir {out} already holds a run; pass overwrite=true to replace it or choose another hydra.run.dir.")
     if used and not resuming_here:
