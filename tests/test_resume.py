@@ -68,9 +68,18 @@ def test_last_is_the_newest_last_ckpt_of_the_task_runs_and_sweep_jobs(tmp_path) 
     assert resolve_ckpt_path(cfg) == str(job_ckpt)
     os.utime(run_ckpt, (1e9, 1e9))
     assert resolve_ckpt_path(cfg) == str(run_ckpt)
-    # eval.py (task_name eval, which trains nothing) takes the newest of any task's: train's here
+    # eval.py (task_name eval, which trains nothing) takes the newest of any task_name's: train's here
     evaluating = compose_cfg(tmp_path, "ckpt_path=last", config_name="eval")
     assert evaluating.task_name == "eval" and resolve_ckpt_path(evaluating) == str(run_ckpt)
+    # ... among the runs trained for the data's task: a newer causal LM run is passed over
+    lm_ckpt = tmp_path / "outputs" / "lm" / "runs" / "c" / "checkpoints" / "last.ckpt"
+    lm_ckpt.parent.mkdir(parents=True)
+    lm_ckpt.write_bytes(b"")
+    (lm_ckpt.parents[1] / ".hydra").mkdir()
+    (lm_ckpt.parents[1] / ".hydra" / "config.yaml").write_text("data:\n  task: causal_lm\n")
+    assert resolve_ckpt_path(evaluating) == str(run_ckpt)
+    lm = compose_cfg(tmp_path, "ckpt_path=last", "data=tiny_shakespeare", config_name="eval")
+    assert resolve_ckpt_path(lm) == str(lm_ckpt)
 
 
 def test_resuming_into_a_new_run_dir_keeps_the_best_checkpoint_of_the_whole_run(run_cfg) -> None:

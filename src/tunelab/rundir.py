@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tunelab import run_layout as layout
-from tunelab.checkpoints import is_adapter_dir
+from tunelab.checkpoints import is_adapter_dir, training_config
 from tunelab.errors import ConfigError
 from tunelab.sweeps import is_multirun
 
@@ -98,16 +98,19 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
             # that never wrote one starts from scratch
             own = layout.last_checkpoint(cfg.paths.output_dir)
             return str(own) if own.is_file() else None
-        # training resumes its own task's newest; eval.py / predict.py (task_name eval / predict, which train
-        # nothing) take the newest of any task's runs
+        # training resumes its own task_name's newest; eval.py / predict.py (task_name eval / predict, which train
+        # nothing) take the newest of the runs that trained for the data's task (another task's would be refused)
         task_dir = Path(cfg.paths.log_dir, cfg.task_name if cfg.get("train") else "*")
         # runs/<run>/checkpoints and multiruns/<sweep>/<job>/checkpoints
-        found = [newest_checkpoint(task_dir.parent, str(layout.last_checkpoint(f"{task_dir.name}/{levels}")))
-                 for levels in ("*/*", "*/*/*")]
-        found = [c for c in found if c is not None]
-        if not found:
-            raise ConfigError(f"ckpt_path=last: no last.ckpt under {task_dir}; pass a path.")
-        return str(max(found, key=lambda c: c.stat().st_mtime))
+        found = sorted((c for levels in ("*/*", "*/*/*")
+                        for c in task_dir.parent.glob(str(layout.last_checkpoint(f"{task_dir.name}/{levels}")))),
+                       key=lambda c: c.stat().st_mtime, reverse=True)
+        fits = (c for c in found if cfg.get("train") or _trained_task(c) in (None, cfg.data.task))
+        newest = next(fits, None)
+        if newest is None:
+            of = "" if cfg.get("train") or not found else f" of a {cfg.data.task} run"
+            raise ConfigError(f"ckpt_path=last: no last.ckpt{of} under {task_dir}; pass a path.")
+        return str(newest)
     if is_adapter_dir(path):  # <run dir>/adapter from peft.save_adapter
         return str(path)
     if Path(path).is_dir():
@@ -115,6 +118,12 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if not Path(path).is_file():
         raise ConfigError(f"ckpt_path={path} does not exist; pass the path of a .ckpt file (or ckpt_path=last).")
     return str(path)
+
+
+def _trained_task(checkpoint: Path) -> str | None:
+    """The data.task of the run that wrote `checkpoint` (None: no config beside it)."""
+    trained = training_config(checkpoint)
+    return None if trained is None else OmegaConf.select(trained, "data.task", default=None)
 
 
 def _requeued_own_checkpoint(cfg: DictConfig) -> str | None:
@@ -134,7 +143,12 @@ def _what_dir(folder: Path) -> str:
     if (folder / "config.json").is_file():
         return (f"is an exported model: predict with it (predict.py ckpt_path={folder}); to test or resume, "
                 "pass a .ckpt from the run's checkpoints/.")
-    newest = newest_checkpoint(folder, f"{layout.CHECKPOINTS_DIR}/*.ckpt")
+    run_dir = folder.parent if folder.name == layout.CHECKPOINTS_DIR else folder
+    metrics = run_dir / layout.METRICS_FILE
+    tested = json.loads(metrics.read_text()).get("best_checkpoint") if metrics.is_file() else None
+    if tested and Path(tested).is_file():  # the one its test metrics are of
+        return f"is a run directory; pass the checkpoint its run tested, ckpt_path={tested}"
+    newest = newest_checkpoint(run_dir, f"{layout.CHECKPOINTS_DIR}/*.ckpt")
     if newest is not None:
         return f"is a run directory; pass one of its checkpoints, e.g. ckpt_path={newest}"
     return "is a directory; pass the path of a .ckpt file (or ckpt_path=last)."
