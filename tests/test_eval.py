@@ -100,6 +100,15 @@ def test_ids_in_a_test_file_are_read_only_for_names_given_in_order(trained, tmp_
         evaluate(tmp_path / "ids", cache_dir, sorted_ckpt, *TSV, f"data.test_file={SST2_DEV}")
 
 
+def test_a_run_dir_as_ckpt_path_names_the_checkpoint_its_run_tested(trained, tmp_path, cache_dir) -> None:
+    _, best, run_dir = trained("classification")
+    assert Path(best).name != "last.ckpt"  # the one whose test metrics the run reported, not the newest file
+    for given in (run_dir, run_dir / "checkpoints"):
+        with pytest.raises(ConfigError) as err:
+            evaluate(tmp_path, cache_dir, str(given))
+        assert str(err.value) == f"ckpt_path={given} is a run directory; pass the checkpoint its run tested, ckpt_path={best}"
+
+
 def test_a_label_the_checkpoint_does_not_know_is_one_line_and_gives_the_run_dir_back(trained, tmp_path,
                                                                                      cache_dir) -> None:
     _, ckpt, _ = trained("classification")
