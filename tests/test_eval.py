@@ -100,6 +100,15 @@ def test_ids_in_a_test_file_are_read_only_for_names_given_in_order(trained, tmp_
         evaluate(tmp_path / "ids", cache_dir, sorted_ckpt, *TSV, f"data.test_file={SST2_DEV}")
 
 
+def test_another_tasks_checkpoint_names_the_data_it_was_trained_on(trained, tmp_path, cache_dir) -> None:
+    _, ckpt, _ = trained("pairs")
+    with pytest.raises(ConfigError) as err:
+        evaluate(tmp_path, cache_dir, ckpt)
+    assert str(err.value) == (f"ckpt_path={ckpt} is a regression checkpoint but data=sst2 is a classification task; "
+                              "pass a checkpoint trained for classification, or the data config it was trained with "
+                              "(data=stsb).")
+
+
 def test_a_run_dir_as_ckpt_path_names_the_checkpoint_its_run_tested(trained, tmp_path, cache_dir) -> None:
     _, best, run_dir = trained("classification")
     assert Path(best).name != "last.ckpt"  # the one whose test metrics the run reported, not the newest file

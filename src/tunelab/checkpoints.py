@@ -65,7 +65,8 @@ def check_checkpoint(path: str | Path | None, cfg: DictConfig) -> dict[str, Any]
         raise ConfigError(f"ckpt_path={path} holds no tunelab hyper-parameters (task, label names); {EXPECTED}.")
     if task != data.task:
         raise ConfigError(f"ckpt_path={path} is a {task} checkpoint but data={data.name} is a {data.task} task; "
-                          f"pass a checkpoint trained for {data.task}, or the data it was trained on.")
+                          f"pass a checkpoint trained for {data.task}, or the data config it was trained with "
+                          f"({trained_data(path) or f'data.task={task}'}).")
     check_label_set(path, hparams.get("label_names") or (), data, "checkpoint")
     return hparams
 
@@ -150,6 +151,23 @@ def training_config(path: str | Path) -> DictConfig | None:
     if hydra_dir is None or not (hydra_dir / layout.CONFIG_YAML).is_file():
         return None
     return OmegaConf.load(hydra_dir / layout.CONFIG_YAML)
+
+
+def trained_data(path: str | Path) -> str | None:
+    """How the run that wrote `path` (a checkpoint, an exported dir) chose its data, as overrides (`data=stsb`, `data=tsv
+    data.task=multilabel`): read from the run dir's .hydra; None without it (a model dir copied elsewhere, a
+    run started from Python)."""
+    trained_cfg = training_config(path)
+    if trained_cfg is None:
+        return None
+    try:
+        name = OmegaConf.select(trained_cfg, "data.name")
+        file = hydra_dir_of(path) / layout.OVERRIDES_YAML
+        overrides = [str(o) for o in OmegaConf.load(file)] if file.is_file() else []
+    except Exception:  # noqa: BLE001 - the hint is a nicety; the error it goes into is the point
+        return None
+    task = [o.lstrip("+~") for o in overrides if o.lstrip("+~").startswith("data.task=")]
+    return " ".join([f"data={name}", *task]) if name else None
 
 
 # how a model's inputs were cut: a checkpoint is tested (and predicts) with its training run's, not the data

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters
 from tunelab import run_layout as layout
-from tunelab.checkpoints import (check_label_set, hydra_dir_of, input_length, is_adapter_dir, load_checkpoint_header,
-                                 tested_label_info, training_config)
+from tunelab.checkpoints import (check_label_set, input_length, is_adapter_dir, load_checkpoint_header,
+                                 tested_label_info, trained_data)
 from tunelab.data.tokenizing import save_tokenizer
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
@@ -111,22 +111,6 @@ def exported_label_names(config: transformers.PretrainedConfig) -> list[str]:
     if exported_task(config) == "regression":
         return []
     return [str(config.id2label[i]) for i in range(config.num_labels)]
-
-
-def trained_data(path: str | Path) -> str | None:
-    """How the run that exported `path` chose its data, as overrides (`data=stsb`, `data=tsv
-    data.task=multilabel`): read from the run dir's .hydra; None without it (a model dir copied elsewhere, a
-    run started from Python)."""
-    trained_cfg = training_config(path)
-    if trained_cfg is None:
-        return None
-    try:
-        name = OmegaConf.select(trained_cfg, "data.name")
-        overrides = [str(o) for o in OmegaConf.load(hydra_dir_of(path) / layout.OVERRIDES_YAML)]
-    except Exception:  # noqa: BLE001 - the hint is a nicety; the error it goes into is the point
-        return None
-    task = [o.lstrip("+~") for o in overrides if o.lstrip("+~").startswith("data.task=")]
-    return " ".join([f"data={name}", *task]) if name else None
 
 
 def check_model_dir(path: str | Path, cfg: DictConfig) -> transformers.PretrainedConfig:

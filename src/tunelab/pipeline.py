@@ -62,10 +62,10 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
     if cfg.get("predict"):  # a trained model over an unlabelled file: in order, no randomness to seed
         return predict.run(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    trained = check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
     if not cfg.train and ckpt_path:  # a trained model is tested on inputs cut as in its training
         use_trained_data_settings(ckpt_path, cfg, sweeps.command_line_keys())
     datamodule = build_datamodule(cfg)
-    trained = check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
     if trained is not None and cfg.train:  # resuming: the checkpoint's run goes on, under its own settings
         check_resume(ckpt_path, trained, config_hparams(cfg), cfg)
     if trained is not None and not cfg.train:
