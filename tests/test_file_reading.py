@@ -205,3 +205,11 @@ def test_a_tab_delimiter_spelled_backslash_t_reads_tab_separated_conll(tmp_path,
     assert read_conll(path, delimiter=dm.delimiter)[1]["tokens"] == ["Peter", "Black burn"]
     with pytest.raises(ConfigError, match="^data.delimiter must be a non-empty string"):
         schema.check(compose_cfg(tmp_path, "data=conll", "data.delimiter=''"))
+
+
+def test_a_directory_given_as_a_data_file_says_so(tmp_path) -> None:
+    from tunelab.data.readers import existing_file
+
+    with pytest.raises(ConfigError) as err:
+        existing_file(tmp_path, "data.predict_file")
+    assert str(err.value) == f"{tmp_path} is a directory, not a data file; check data.predict_file."

@@ -339,3 +339,11 @@ def test_token_classification_with_adapter_through_the_pipeline(run_cfg, peft: s
     assert {"val/f1", "test/f1", "test/acc"} <= set(metrics)
     assert 0 < metrics["params/trainable_ratio"] < 0.5
     assert (run_dir / "test_report.json").is_file()
+
+
+def test_an_adapter_run_says_where_its_reusable_model_is(run_cfg, caplog) -> None:
+    """export=true promises a model to reuse; a PEFT run writes no hf_model and says which setting writes one."""
+    with caplog.at_level(logging.WARNING, logger="tunelab.export"):
+        _, run_dir = run_cfg("trainer=debug", "peft=lora")
+    assert not (run_dir / "hf_model").exists()
+    assert "peft=lora writes no hf_model (its model is the base plus an adapter): peft.merge_on_save=true" in caplog.text

@@ -65,6 +65,10 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
         # on a copy: the module keeps its adapter (merge_and_unload would unwrap it in place)
         written.append(_write_standalone(copy.deepcopy(module.model).merge_and_unload(), module.task, tokenizer,
                                          run_dir / layout.MERGED_DIR, trained_length))
+    if cfg.get("export") and adapted and not written:  # export=true promises a model to reuse: say where it is
+        log.warning("peft=%s writes no hf_model (its model is the base plus an adapter): peft.merge_on_save=true "
+                    "saves a plain model in <run dir>/%s, peft.save_adapter=true the adapter alone",
+                    (cfg.get("peft") or {}).get("name"), layout.MERGED_DIR)
     if cfg.get("export") and not adapted:  # on a copy: the module keeps its own head
         written.append(_write_standalone(copy.deepcopy(module.model), module.task, tokenizer,
                                          run_dir / layout.HF_MODEL_DIR, trained_length))

@@ -20,6 +20,8 @@ csv.field_size_limit(sys.maxsize)  # IMDb reviews exceed the default 128 KiB fie
 def existing_file(path: str | Path, keys: str = "data.train_file / data.val_file / data.test_file") -> Path:
     """`path` as a Path; a ConfigError naming the config keys to check when it is not a file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a data file; check {keys}.")
     if not path.is_file():
         raise ConfigError(f"data file not found: {path}; check {keys}.")
     return path
