@@ -5,6 +5,7 @@ the label names (the merged adapter's: test_peft), and predict.py over unlabelle
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 
@@ -156,6 +157,35 @@ def test_exported_model_cuts_inputs_where_training_did(trained) -> None:
     assert len(cut) == 6
     for answer, row in zip(pipe([r["text"] for r in cut], truncation=True), cut):
         assert {a["label"]: a["score"] for a in answer} == pytest.approx(row["probs"], abs=1e-5)
+
+
+def test_fine_tuning_from_an_exported_model_keeps_its_head_meaning(trained, caplog) -> None:
+    """model=hf on a run's hf_model: the classifier's rows follow this run's label order (config.json names them),
+    another number of labels gets a new head (no size-mismatch traceback), and a regression head's folded target
+    units are unfolded (tunelab applies units itself: twice, else)."""
+    from tunelab.model import build_model
+    from tunelab.tasks import get_task
+
+    _, run_dir = trained("classification")
+    exported = str(run_dir / "hf_model")
+    batch = dict(transformers.AutoTokenizer.from_pretrained(exported)(["a fine film", "dull"], padding=True,
+                                                                        return_tensors="pt"))
+    task = get_task("classification")
+    with torch.no_grad():
+        as_saved = build_model({"name_or_path": exported}, task, 2, label_names=SST2).eval()(**batch).logits
+        reordered = build_model({"name_or_path": exported}, task, 2, label_names=SST2[::-1]).eval()(**batch).logits
+    torch.testing.assert_close(reordered, as_saved[:, [1, 0]])
+    with caplog.at_level(logging.WARNING, logger="tunelab.model"):
+        build_model({"name_or_path": exported}, task, 3, label_names=["a", "b", "c"])
+    assert f"{exported} has a head for 2 labels; this run trains a new one for 3" in caplog.text
+
+    _, run_dir = trained("regression")
+    module = best_module(run_dir)
+    regression = module.task
+    exported = str(run_dir / "hf_model")
+    with torch.no_grad():
+        z_scores = build_model({"name_or_path": exported}, regression, 1).eval()(**batch).logits
+        torch.testing.assert_close(z_scores, module(batch), atol=1e-5, rtol=1e-4)
 
 
 def test_exported_tagger_is_the_checkpoint_in_a_pipeline_with_label_names(trained) -> None:

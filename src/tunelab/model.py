@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import transformers
@@ -19,9 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab_size: int | None = None,
-                pad_token_id: int | None = None) -> nn.Module:
+                pad_token_id: int | None = None, label_names: Sequence[str] = ()) -> nn.Module:
     """Load `model_cfg.name_or_path` with the task's head (or random init when from_scratch). `pad_token_id`: the
-    batches' padding, for a config without one (GPT-2's sequence head finds each text's last token by it)."""
+    batches' padding, for a config without one (GPT-2's sequence head finds each text's last token by it).
+    A model fine-tuned for the task (an exported hf_model) keeps its head in `label_names`' order (Task.adopt_head);
+    one with another number of labels gets a new head."""
     path = model_cfg.get("name_or_path")
     config = model_config(model_cfg, **task.model_head(num_labels))
     if pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
@@ -36,7 +38,16 @@ def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab
     else:
         # fp32 master weights whatever the checkpoint's dtype (transformers 5 loads "auto", so an fp16
         # checkpoint would train in pure fp16 and overflow); Lightning's precision plugin does mixed precision
-        model = model_class.from_pretrained(str(path), config=config, dtype=torch.float32)
+        saved = transformers.AutoConfig.from_pretrained(str(path))  # as on disk: its head's size and label names
+        new_head = saved.num_labels != config.num_labels
+        model = model_class.from_pretrained(str(path), config=config, dtype=torch.float32,
+                                            ignore_mismatched_sizes=new_head)
+        head = task.auto_model.removeprefix("AutoModel")  # ForSequenceClassification: a head of this task's kind
+        if new_head and any(a.endswith(head) for a in saved.architectures or ()):
+            log.warning("%s has a head for %d labels; this run trains a new one for %d", path, saved.num_labels,
+                        config.num_labels)
+        elif not new_head:
+            task.adopt_head(model, saved, label_names)
         if resize and vocab_size > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(vocab_size)  # tokenizer grew (e.g. an added pad token)
     model.train()  # from_pretrained returns eval mode; Lightning toggles modes per stage after this

@@ -62,7 +62,8 @@ class TransformerModule(pl.LightningModule):
         label_info = dict(label_info or {})
         self.task = get_task(task).with_labels(list(label_names), label_info)
         num_labels = max(len(label_names), 1)
-        self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size, pad_token_id=pad_token_id)
+        self.model = build_model(model, self.task, num_labels, vocab_size=vocab_size, pad_token_id=pad_token_id,
+                                 label_names=label_names)
         self._cuda_graphs = uses_cuda_graphs(model)
         self._update_train_metrics = train_metrics
         # compile_eval=false: evaluation runs eager (torch.compiler.set_stance, torch >= 2.6)

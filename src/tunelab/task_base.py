@@ -3,6 +3,8 @@ test report, predictions) with defaults; the tasks and their registry are in tun
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -11,6 +13,11 @@ from torchmetrics import Metric, MetricCollection
 from tunelab.errors import ConfigError
 from tunelab.prediction_metrics import ExampleMetric
 from tunelab.run_layout import is_loss_metric
+
+log = logging.getLogger(__name__)
+
+
+_DEFAULT_NAME = re.compile(r"LABEL_\d+")  # transformers' id2label of a head nobody named
 
 
 class Task:
@@ -39,6 +46,31 @@ class Task:
         the backbone (BERT: classifier, GPT-2: score)."""
         backbone = getattr(model, "base_model_prefix", "")
         return [n for n, m in model.named_children() if n != backbone and any(True for _ in m.parameters())]
+
+    def output_layer(self, model: torch.nn.Module) -> torch.nn.Linear | None:
+        """The head's last linear layer: one row (and bias) per label."""
+        layers = [m for name in self.trained_head(model) for m in getattr(model, name).modules()
+                  if isinstance(m, torch.nn.Linear)]
+        return layers[-1] if layers else None
+
+    def adopt_head(self, model: torch.nn.Module, trained: Any, label_names: Sequence[str]) -> None:
+        """`model` was loaded from a model fine-tuned for this task (an exported hf_model; `trained`: its config as
+        saved): its head's rows are put in this run's label order (config.json's id2label names them). Another
+        label set keeps the rows by position, with a warning."""
+        saved = [str(trained.id2label[i]) for i in range(trained.num_labels)] if trained.id2label else []
+        if not label_names or saved == list(label_names) or all(_DEFAULT_NAME.fullmatch(n) for n in saved):
+            return
+        if sorted(saved) != sorted(label_names):
+            log.warning("the head of %s was trained for the labels %s; this run's %s take its outputs by position",
+                        trained.name_or_path, saved, list(label_names))
+            return
+        out, order = self.output_layer(model), [saved.index(n) for n in label_names]
+        with torch.no_grad():
+            out.weight.copy_(out.weight[order])
+            if out.bias is not None:
+                out.bias.copy_(out.bias[order])
+        log.info("the head of %s put in this run's label order %s (it had %s)", trained.name_or_path,
+                 list(label_names), saved)
 
     def metric_mode(self, name: str) -> str:
         """"max" or "min": whether a larger value of a logged metric (`val/acc`, `test/loss`) is better."""

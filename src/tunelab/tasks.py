@@ -131,13 +131,13 @@ class RegressionTask(SequenceTask):
         return record | {"pred": decimals(outputs["pred"])[0]}
 
     def prepare_export(self, model: torch.nn.Module) -> None:
-        # to_label_units folded into the output layer: y = (w x + b) * std + mean
-        layers = [m for name in self.trained_head(model) for m in getattr(model, name).modules()
-                  if isinstance(m, torch.nn.Linear)]
-        out = layers[-1] if layers else None
-        if out is None or out.bias is None:  # e.g. GPT-2's bias-free score layer: nowhere to add the mean
-            # config.json carries the units instead: predict.py applies them, a plain pipeline cannot
-            model.config.target_mean, model.config.target_std = self.target_mean, self.target_std
+        # to_label_units folded into the output layer: y = (w x + b) * std + mean. config.json records the units
+        # and whether they are folded: predict.py and a run fine-tuning the model further read them
+        out = self.output_layer(model)
+        folded = out is not None and out.bias is not None  # GPT-2's score layer has no bias to add the mean to
+        model.config.target_mean, model.config.target_std = self.target_mean, self.target_std
+        model.config.target_units_folded = folded
+        if not folded:
             log.warning("the exported model's outputs are z-scores (predict.py converts them): multiply by %g and "
                         "add %g for target units", self.target_std, self.target_mean)
             return
@@ -148,6 +148,16 @@ class RegressionTask(SequenceTask):
     def exported_label_info(self, config: Any) -> dict[str, Any]:
         return {k: getattr(config, k) for k in ("target_mean", "target_std") if getattr(config, k, None) is not None}
 
+    def adopt_head(self, model: torch.nn.Module, trained: Any, label_names: Sequence[str]) -> None:
+        """An exported regression model gives target units (folded into its head): loaded by tunelab, whose task
+        maps z-scores to units itself (exported_label_info, or a new run's own statistics), it is unfolded, or
+        the units would be applied twice."""
+        if not getattr(trained, "target_units_folded", False):
+            return
+        out = self.output_layer(model)
+        with torch.no_grad():
+            out.bias.sub_(trained.target_mean).div_(trained.target_std)
+            out.weight.div_(trained.target_std)
 
 class MultiLabelTask(SequenceTask):
     """Several labels per example (data.task=multilabel): one sigmoid per label, a label predicted when its
