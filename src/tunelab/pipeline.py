@@ -62,7 +62,8 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
     if cfg.get("predict"):  # a trained model over an unlabelled file: in order, no randomness to seed
         return predict.run(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    trained = check_checkpoint(ckpt_path, cfg)  # not a checkpoint / another task or label set: one line
+    # not a checkpoint / another task or label set: one line
+    trained = check_checkpoint(ckpt_path, cfg, sweeps.command_line_keys())
     if not cfg.train and ckpt_path:  # a trained model is tested on inputs cut as in its training
         use_trained_data_settings(ckpt_path, cfg, sweeps.command_line_keys())
     datamodule = build_datamodule(cfg)
@@ -84,7 +85,8 @@ def _run_in_claimed_dir(cfg: DictConfig, ckpt_path: str | None) -> dict[str, flo
         ckpt_path = None
     else:
         module = TransformerModule.load_from_checkpoint(
-            ckpt_path, map_location="cpu", label_info=tested_label_info(trained.get("label_info"), cfg.data))
+            ckpt_path, map_location="cpu", label_info=tested_label_info(trained.get("label_info"), cfg.data),
+            model=trained["model"])
     history = csv_history(ckpt_path) if cfg.train and ckpt_path else {}
     trainer = build_trainer(cfg)  # its loggers start: a CSV logger removes the metrics.csv of its dir
 

@@ -58,7 +58,7 @@ def checked_model(cfg: DictConfig) -> tuple[str, str, dict | None]:
     if Path(path).is_dir():  # an adapter dir: its base model and label names are the training run's config
         raise ConfigError(f"ckpt_path={path} is an adapter; predict with the run's checkpoint (.ckpt) or its merged "
                           "model (peft.merge_on_save=true).")
-    trained = check_checkpoint(path, cfg)  # the checkpoint's hyper-parameters, read once
+    trained = check_checkpoint(path, cfg, sweeps.command_line_keys())  # its hyper-parameters, read once
     return path, trained_tokenizer(trained), trained
 
 
@@ -67,7 +67,8 @@ def load(path: str, cfg: DictConfig, trained: dict | None) -> TransformerModule:
     if export.is_model_dir(path):
         return export.load_module(path, cfg)
     label_info = tested_label_info(trained.get("label_info"), cfg.data)
-    return TransformerModule.load_from_checkpoint(path, map_location="cpu", label_info=label_info)
+    return TransformerModule.load_from_checkpoint(path, map_location="cpu", label_info=label_info,
+                                                  model=trained["model"])
 
 
 def summary(rows: list[dict], path: Path, source: str) -> str:

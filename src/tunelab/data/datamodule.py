@@ -103,8 +103,9 @@ class BaseDataModule(pl.LightningDataModule):
         self.trained_label_names = [str(n) for n in label_names]
         self.trained_names_ordered = ordered_names
         if os.path.isabs(tokenizer) and not os.path.isdir(tokenizer):
-            raise ConfigError(f"the tokenizer this checkpoint was trained with is gone ({tokenizer}; a cleaned cache?): "
-                              "the run's exported model dir (hf_model or merged) keeps a copy; else train again.")
+            raise ConfigError(f"the tokenizer this checkpoint was trained with is gone ({tokenizer}): pass "
+                              "model.tokenizer=<where it is now>; one trained on the text (char, byte_bpe) is kept in "
+                              "the run's exported model dir (hf_model or merged) too.")
         if tokenizer != self.tokenizer_path:
             self.tokenizer_path, self._tokenizer = tokenizer, None
 
