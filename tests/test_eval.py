@@ -33,7 +33,8 @@ RUNS = {
     "pairs": ["data=stsb", "loss=mse", *SHORT],
     # the test split carved from the training file, not at the data config's split_seed / test_fraction
     "carved": ["data=tsv", "data.text_column=sentence", f"data.train_file={FIXTURES}/sst2/train.tsv",
-               "data.test_file=null", "data.split_seed=7", "data.test_fraction=0.3", *SHORT],
+               f"data.val_file={FIXTURES}/sst2/dev.tsv", "data.test_file=null", "data.split_seed=7", "data.test_fraction=0.3",
+               *SHORT],
 }
 SST2_DEV = FIXTURES / "sst2" / "dev.tsv"
 # SST-2's dev file as data=tsv reads it: no train_file, no label_names

@@ -199,8 +199,9 @@ def input_length(cfg: DictConfig) -> int | None:
 
 
 # how the training file was split and cut into examples: a checkpoint tested on the split carved from its training
-# file gets the test rows (or text blocks) its run held out, not rows it trained on
-SPLIT_SETTINGS = ("data.split_seed", "data.val_fraction", "data.test_fraction", "data.packing",
+# file gets the test rows (or text blocks) its run held out, not rows it trained on (a val_file of its own changes
+# what is carved too)
+SPLIT_SETTINGS = ("data.val_file", "data.split_seed", "data.val_fraction", "data.test_fraction", "data.packing",
                   "data.document_separator")
 
 
@@ -211,10 +212,11 @@ def use_trained_data_settings(path: str | Path, cfg: DictConfig, given_keys: Col
     if trained_cfg is None:
         _use_exported_length(path, cfg, given_keys)
         return
+    absent = object()  # a key the data config lacks, unlike one set to null (data.val_file=null: carve it)
     for key in (*INPUT_LENGTHS, *SPLIT_SETTINGS):
-        trained = OmegaConf.select(trained_cfg, key, default=None)
-        now = OmegaConf.select(cfg, key, default=None)
-        if key in given_keys or trained is None or now is None or trained == now:
+        trained = OmegaConf.select(trained_cfg, key, default=absent)
+        now = OmegaConf.select(cfg, key, default=absent)
+        if key in given_keys or trained is absent or now is absent or trained == now:
             continue
         OmegaConf.update(cfg, key, trained)
         log.info("%s=%s as ckpt_path=%s was trained (the data config says %s; pass %s=... to test otherwise)",
