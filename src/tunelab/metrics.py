@@ -18,7 +18,7 @@ from torchmetrics.classification import (
 from torchmetrics.regression import PearsonCorrCoef as _PearsonCorrCoef
 
 from tunelab.losses import IGNORE_INDEX
-from tunelab.report_tables import macro_mean, prf
+from tunelab.report_tables import expected_calibration_error, hamming_loss, macro_mean, prf
 
 
 def confusion_matrix(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -139,7 +139,7 @@ class Calibration(Metric):
             return torch.stack([self.count, self.confidence, self.correct])
         n = self.examples.clamp(min=1)
         if self.stat == "ece":
-            return (self.correct - self.confidence).abs().sum() / n
+            return expected_calibration_error(self.confidence, self.correct, n)
         return {"brier": self.brier, "nll": self.nll}[self.stat] / n
 
 
@@ -182,8 +182,7 @@ class MultiLabelCounts(Metric):
         examples = self.examples.clamp(min=1)
         if self.stat == "subset_acc":
             return self.exact.float() / examples
-        wrong = (self.pred - self.tp) + (self.gold - self.tp)  # false positives + false negatives
-        return wrong.sum().float() / (examples * len(self.tp))
+        return hamming_loss(self.tp, self.pred, self.gold, examples).float()
 
 
 class HammingLoss(MultiLabelCounts):

@@ -14,6 +14,7 @@ import torch
 
 from tunelab.errors import ConfigError
 from tunelab.metrics import ECE_BINS, confidence_bins
+from tunelab.report_tables import expected_calibration_error, hamming_loss
 from tunelab.span_metrics import spans
 
 
@@ -98,9 +99,7 @@ def _calibration_features(records: Sequence[dict]) -> np.ndarray:
 
 
 def _ece(sums: np.ndarray) -> np.ndarray:
-    """Top-label expected calibration error: sum over bins of |accuracy - confidence| x bin share."""
-    confidence, correct = sums[:, :ECE_BINS], sums[:, ECE_BINS: -1]
-    return np.abs(correct - confidence).sum(1) / sums[:, -1]
+    return expected_calibration_error(sums[:, :ECE_BINS], sums[:, ECE_BINS: -1], sums[:, -1])
 
 
 def _brier(records: Sequence[dict]) -> np.ndarray:
@@ -195,9 +194,8 @@ def _label_sums(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 
 def _hamming(sums: np.ndarray) -> np.ndarray:
-    """Wrong label decisions (false positives + false negatives) over examples x labels."""
     tp, pred, gold, _, examples = _label_sums(sums)
-    return ((pred - tp) + (gold - tp)).sum(1) / (examples * tp.shape[1])
+    return hamming_loss(tp, pred, gold, examples)
 
 
 MULTILABEL = {

@@ -21,6 +21,19 @@ def prf(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor) -> tuple[torch
     return precision.float(), recall.float(), f1.float()
 
 
+# One formula each for the logged metric, the test report and tunelab.compare's recomputation: torch tensors or
+# numpy arrays, the last axis over confidence bins / labels
+def expected_calibration_error(confidence, correct, examples):
+    """Top-label ECE from per-bin sums of the confidence and of the correct predictions: sum over bins of
+    |accuracy - confidence| x the bin's share of the examples."""
+    return abs(correct - confidence).sum(-1) / examples
+
+
+def hamming_loss(tp, pred, gold, examples):
+    """Multi-label: wrong label decisions (false positives + false negatives) over examples x labels."""
+    return ((pred - tp) + (gold - tp)).sum(-1) / (examples * tp.shape[-1])
+
+
 def macro_mean(values: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     """The macro average of per-class values over the classes that occur (gold or predicted): a class with neither
     has no precision, recall or F1 to average (torchmetrics' rule, and tunelab.compare's), so every macro figure
@@ -115,10 +128,10 @@ def multilabel_report(counts: dict[str, torch.Tensor], label_names: Sequence[str
     report = per_class_report(counts["tp"], counts["pred"], counts["gold"], label_names)
     del report["weighted_avg"]
     examples = max(int(counts["examples"]), 1)
-    wrong = int((counts["pred"] + counts["gold"] - 2 * counts["tp"]).sum())
     report |= {"labels": list(label_names), "threshold": threshold, "examples": examples,
                "subset_accuracy": int(counts["exact"]) / examples,
-               "hamming_loss": wrong / (examples * max(len(label_names), 1))}
+               "hamming_loss": float(hamming_loss(counts["tp"].cpu(), counts["pred"].cpu(), counts["gold"].cpu(),
+                                                  examples))}
     text = format_table(report, "label", ("micro_avg", "macro_avg"))
     text += (f"\n\n{examples} examples, threshold {threshold:g}: subset accuracy {report['subset_accuracy']:.4f}, "
              f"Hamming loss {report['hamming_loss']:.4f}")
@@ -137,7 +150,7 @@ def calibration_report(bins: torch.Tensor) -> tuple[dict, str]:
         "count": [int(c) for c in count],
         "confidence": mean(confidence),
         "accuracy": mean(correct),
-        "ece": float((correct - confidence).abs().sum() / total),
+        "ece": float(expected_calibration_error(confidence, correct, total)),
     }
     lines = [f"calibration (softmax of the outputs, {n_bins} equal-width confidence bins): ECE {report['ece']:.4f}",
              f"{'confidence bin':>14} {'confidence':>10} {'accuracy':>9} {'examples':>9}"]
