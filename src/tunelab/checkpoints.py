@@ -172,9 +172,9 @@ def training_config(path: str | Path) -> DictConfig | None:
 
 
 def trained_data(path: str | Path) -> str | None:
-    """How the run that wrote `path` (a checkpoint, an exported dir) chose its data, as overrides (`data=stsb`, `data=tsv
-    data.task=multilabel`): read from the run dir's .hydra; None without it (a model dir copied elsewhere, a
-    run started from Python)."""
+    """How the run that wrote `path` (a checkpoint, an exported dir) chose its data, as overrides (`data=stsb`,
+    `data=tsv data.task=multilabel`): read from the run dir's .hydra; None without it (a model dir copied elsewhere,
+    a run started from Python)."""
     trained_cfg = training_config(path)
     if trained_cfg is None:
         return None

@@ -11,8 +11,9 @@ class TrainingError(RuntimeError):
 
 
 class RunInterrupted(Exception):
-    """SIGTERM / SIGINT / SIGUSR2 stopped training after a step and wrote last.ckpt. The process exits 128 + the signal's
-    number, as a shell reports a signalled command: `train.py && eval.py` must not go on with half a run."""
+    """A stop signal (SIGTERM, SIGINT, SIGUSR2) ended training after a step and wrote last.ckpt. The process exits
+    128 + the signal's number, as a shell reports a signalled command: `train.py && eval.py` must not go on with
+    half a run."""
 
     def __init__(self, signum: int, checkpoint: str, sweep_dir: str | None = None) -> None:
         # a sweep resumes as a whole: every job from its own last.ckpt, the jobs that never started from scratch

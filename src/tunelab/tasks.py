@@ -159,6 +159,7 @@ class RegressionTask(SequenceTask):
             out.bias.sub_(trained.target_mean).div_(trained.target_std)
             out.weight.div_(trained.target_std)
 
+
 class MultiLabelTask(SequenceTask):
     """Several labels per example (data.task=multilabel): one sigmoid per label, a label predicted when its
     probability exceeds data.threshold; the test report is per label."""
