@@ -213,3 +213,14 @@ def test_a_directory_given_as_a_data_file_says_so(tmp_path) -> None:
     with pytest.raises(ConfigError) as err:
         existing_file(tmp_path, "data.predict_file")
     assert str(err.value) == f"{tmp_path} is a directory, not a data file; check data.predict_file."
+
+
+def test_an_empty_conll_file_names_the_lines_it_needs(tmp_path) -> None:
+    from tunelab.data.readers import read_conll
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    for tag_column, line in ((-1, "'token ... tag'"), (None, "token")):  # training data / a file to predict on
+        with pytest.raises(ConfigError) as err:
+            read_conll(empty, tag_column=tag_column)
+        assert str(err.value) == f"{empty} has no tokens; it needs one {line} line per token, a blank line between sentences."

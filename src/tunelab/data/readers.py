@@ -222,8 +222,8 @@ def read_conll(
             tags.append(tag)
     flush()
     if not sentences:
-        raise ConfigError(f"{path} has no tokens; it needs one 'token ... tag' line per token, a blank line between "
-                          "sentences.")
+        line = "'token ... tag'" if tag_column is not None else "token"  # a file to predict on has no tags
+        raise ConfigError(f"{path} has no tokens; it needs one {line} line per token, a blank line between sentences.")
     if tag_column is None and len(widths) > 1:
         # a CoNLL file's lines have fixed columns; lines of free text are each read as one word, the rest dropped
         (narrow, _), (wide, (line_no, line)) = min(widths.items()), max(widths.items())
