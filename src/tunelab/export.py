@@ -21,6 +21,7 @@ from tunelab.checkpoints import (check_label_set, input_length, is_adapter_dir, 
                                  tested_label_info, trained_data)
 from tunelab.data.tokenizing import save_tokenizer
 from tunelab.errors import ConfigError
+from tunelab.model import takes_token_types
 from tunelab.module import TransformerModule
 from tunelab.tasks import TASKS, Task, get_task
 
@@ -84,7 +85,7 @@ def _write_standalone(model: torch.nn.Module, task: Task, tokenizer: Any, out: P
     match_special_tokens(model, tokenizer)
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     model.save_pretrained(out)
-    save_tokenizer(tokenizer, out, trained_length, positions)
+    save_tokenizer(tokenizer, out, trained_length, positions, takes_token_types(model.config))
     # a model class of tunelab's own (model.pooling=mean) travels as code beside the weights
     remote = ", trust_remote_code=True" if getattr(model.config, "auto_map", None) else ""
     log.info("exported the model to %s (transformers.pipeline(model=...%s) loads it)", out, remote)

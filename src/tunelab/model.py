@@ -21,12 +21,16 @@ log = logging.getLogger(__name__)
 def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab_size: int | None = None,
                 pad_token_id: int | None = None, label_names: Sequence[str] = ()) -> nn.Module:
     """Load `model_cfg.name_or_path` with the task's head (or random init when from_scratch). `pad_token_id`: the
-    batches' padding, for a config without one (GPT-2's sequence head finds each text's last token by it).
+    batches' padding, which the config must name (GPT-2's sequence head finds each text's last token by it).
     A model fine-tuned for the task (an exported hf_model) keeps its head in `label_names`' order (Task.adopt_head);
     one with another number of labels gets a new head."""
     path = model_cfg.get("name_or_path")
     config = model_config(model_cfg, **task.model_head(num_labels))
-    if pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
+    saved_pad = getattr(config, "pad_token_id", None)
+    if pad_token_id is not None and saved_pad != pad_token_id:
+        if saved_pad is not None:  # set for another tokenizer: a decoder's head would pool a padding position
+            log.warning("model config says pad_token_id=%s, the batches are padded with %s (the tokenizer's): "
+                        "the model takes %s", saved_pad, pad_token_id, pad_token_id)
         config.pad_token_id = pad_token_id
     model_class = head_class(model_cfg, task, config)
     resize = vocab_size is not None and task.resizes_vocab
@@ -182,6 +186,12 @@ def uses_cuda_graphs(model_cfg: Mapping[str, Any]) -> bool:
     if compile_backend(model_cfg) == "cudagraphs":
         return True
     return str(model_cfg.get("compile_mode") or "") in {"reduce-overhead", "max-autotune"}
+
+
+def takes_token_types(config: transformers.PretrainedConfig) -> bool:
+    """Whether the model has a token type (segment) embedding to feed a text pair's type ids to: BERT's has two
+    rows; RoBERTa's one (a second segment's id 1 is out of range), and GPT-2 would add them as word embeddings."""
+    return (getattr(config, "type_vocab_size", 0) or 0) > 1
 
 
 def transformer_layers(model: nn.Module, option: str = "model.freeze_layers") -> nn.ModuleList:

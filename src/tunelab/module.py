@@ -20,7 +20,7 @@ from tunelab.callbacks import ReleaseGradsOnException, average_into_weights_only
 from tunelab.checkpoints import VAL_METRICS
 from tunelab.data.sampling import REPEAT
 from tunelab.metrics import MeanLoss, epoch_states, restore_epoch_states
-from tunelab.model import build_model, uses_cuda_graphs
+from tunelab.model import build_model, takes_token_types, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import checkpoint_rng_states, restore_rng_states
 from tunelab.optim import (apply_restored_schedule, build_optimizer, build_scheduler, clip_gradients, grad_norm,
@@ -70,6 +70,8 @@ class TransformerModule(pl.LightningModule):
         self._eager_eval = (bool(model.get("compile")) and not model.get("compile_eval", False)
                             and hasattr(torch.compiler, "set_stance"))
         self.model = peft_adapters.apply_peft(self.model, peft, self.task)  # conf/peft (none: unchanged)
+        # a pair's token type ids only where the model has a type embedding for them (model.takes_token_types)
+        self._not_inputs = NOT_MODEL_INPUTS + (() if takes_token_types(self.model.config) else ("token_type_ids",))
         # before a strategy (FSDP) reshapes the parameters
         remember_param_groups(self.model, optimizer.get("layer_decay"))
         self.loss_fn = instantiate(dict(loss))
@@ -87,7 +89,7 @@ class TransformerModule(pl.LightningModule):
         self.predictions: list[dict] | None = None  # the last test / predict epoch's rows (rank 0)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+        inputs = {k: v for k, v in batch.items() if k not in self._not_inputs}
         if self._eager_eval and not self.training:
             with torch.compiler.set_stance("force_eager"):
                 return self.model(**inputs).logits

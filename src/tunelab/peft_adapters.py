@@ -21,7 +21,7 @@ from tunelab import run_layout as layout
 from tunelab.checkpoints import ADAPTER_HPARAMS, input_length
 from tunelab.data.tokenizing import save_tokenizer
 from tunelab.errors import ConfigError
-from tunelab.model import model_config
+from tunelab.model import model_config, takes_token_types
 from tunelab.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def save_adapter(model: nn.Module, cfg: DictConfig, tokenizer: Any = None,
         saved = {k: hparams.get(k) for k in ADAPTER_HPARAM_KEYS}
         (out / ADAPTER_HPARAMS).write_text(json.dumps(saved, indent=1, default=str))
     if tokenizer is not None:
-        save_tokenizer(tokenizer, out, input_length(cfg))  # a self-contained dir
+        save_tokenizer(tokenizer, out, input_length(cfg), token_types=takes_token_types(model.config))  # all in one dir
     log.info("peft: saved %s", out)
     return out
 

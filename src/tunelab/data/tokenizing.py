@@ -48,13 +48,18 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
         ) from err
 
 
-def save_tokenizer(tokenizer: Any, out: Any, max_length: int | None, positions: int | None = None) -> None:
+def save_tokenizer(tokenizer: Any, out: Any, max_length: int | None, positions: int | None = None,
+                   token_types: bool = True) -> None:
     """save_pretrained with model_max_length where the run cut its inputs (pipelines that truncate, and predict.py
-    on a dir away from its run, cut there), never beyond the model's positions (a trained tokenizer says 1e30).
-    The run's own tokenizer stays as it was."""
-    limit = tokenizer.model_max_length
+    on a dir away from its run, cut there), never beyond the model's positions (a trained tokenizer says 1e30),
+    and without token type ids for a model the run fed none (`token_types`: a pipeline would pass zeros, which
+    GPT-2 adds as a word embedding). The run's own tokenizer stays as it was."""
+    limit, inputs, init = tokenizer.model_max_length, tokenizer.model_input_names, tokenizer.init_kwargs
     tokenizer.model_max_length = min(n for n in (limit, positions, max_length) if n)
+    if not token_types and "token_type_ids" in inputs:  # saved from the attribute once it is an init argument
+        tokenizer.model_input_names = [n for n in inputs if n != "token_type_ids"]
+        tokenizer.init_kwargs = {**init, "model_input_names": tokenizer.model_input_names}
     try:
         tokenizer.save_pretrained(out)
     finally:
-        tokenizer.model_max_length = limit
+        tokenizer.model_max_length, tokenizer.model_input_names, tokenizer.init_kwargs = limit, inputs, init
