@@ -97,6 +97,19 @@ def wandb_records(run_file: Path):
             yield record
 
 
+def save_tiny_model(path: Path, config) -> Path:
+    """A tiny random model of `config`'s architecture (a user's own model=hf) on disk with the MiniLM tokenizer."""
+    import torch
+    import transformers
+
+    from tunelab.resolvers import minilm_path
+
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(path)
+    transformers.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def pretrained_tiny_bert(tmp_path_factory) -> Path:
     """A tiny 'pretrained' BERT on disk with the MiniLM tokenizer: what an adapter is loaded onto."""

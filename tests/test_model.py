@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from conftest import save_tiny_model
 from tunelab.model import build_model
 from tunelab.tasks import get_task
 
@@ -156,22 +157,12 @@ def test_cuda_graph_settings_mark_each_step() -> None:
     assert not uses_cuda_graphs({"compile": False, "compile_backend": "cudagraphs"})
 
 
-def _tiny_dir(path: Path, config: transformers.PretrainedConfig) -> Path:
-    """A tiny random model of `config`'s architecture on disk with the MiniLM tokenizer (pad id 0)."""
-    from tunelab.resolvers import minilm_path
-
-    torch.manual_seed(0)
-    transformers.AutoModel.from_config(config).save_pretrained(path)
-    transformers.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
-    return path
-
-
 def test_a_decoder_head_pools_each_texts_last_real_token_whatever_its_configs_pad_id(tmp_path) -> None:
     """A decoder's sequence head takes the last token before the first pad id: config.json's pad id (2, set for
     another tokenizer) gives way to the batches' (0), so a text scores the same alone or beside a longer one."""
     config = transformers.LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=2, num_key_value_heads=2, pad_token_id=2)
-    model = build_model({"name_or_path": str(_tiny_dir(tmp_path, config))}, get_task("classification"), 2,
+    model = build_model({"name_or_path": str(save_tiny_model(tmp_path, config))}, get_task("classification"), 2,
                         pad_token_id=0).eval()
     assert model.config.pad_token_id == 0
     short, longer = [101, 2307, 3185, 102], [101, 2307, 3185, 2001, 2307, 102]
@@ -189,7 +180,7 @@ def test_text_pairs_on_a_model_without_token_types_train_and_export_without_them
 
     config = transformers.RobertaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=2, type_vocab_size=1)
-    path = _tiny_dir(tmp_path / "roberta", config)
+    path = save_tiny_model(tmp_path / "roberta", config)
     metrics, run_dir = run_cfg("model=hf", f"model.name_or_path={path}", "data=stsb", "loss=mse", "trainer=debug",
                                f"paths.data_dir={FIXTURES}")
     assert torch.isfinite(torch.tensor(metrics["test/mse"]))

@@ -347,3 +347,22 @@ def test_an_adapter_run_says_where_its_reusable_model_is(run_cfg, caplog) -> Non
         _, run_dir = run_cfg("trainer=debug", "peft=lora")
     assert not (run_dir / "hf_model").exists()
     assert "peft=lora writes no hf_model (its model is the base plus an adapter): peft.merge_on_save=true" in caplog.text
+
+
+def test_lora_on_an_architecture_without_a_table_entry_takes_peft_defaults_and_bad_names_are_one_line(
+        tmp_path, run_cfg) -> None:
+    """DeBERTa-v2 is not in conf/peft/lora.yaml's table: peft's own defaults apply (query_proj, value_proj).
+    target_modules that name no module of the model are one line listing its linear layers."""
+    from conftest import save_tiny_model
+
+    deberta = save_tiny_model(tmp_path / "deberta", transformers.DebertaV2Config(
+        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
+    metrics, _ = run_cfg("model=hf", f"model.name_or_path={deberta}", "peft=lora", "trainer=debug")
+    assert 0 < metrics["params/trainable_ratio"] < 1
+    with pytest.raises(ConfigError) as err:
+        run_cfg("model=hf", f"model.name_or_path={deberta}", "peft=lora", "peft.target_modules=[q_proj]",
+                "trainer=debug")
+    assert str(err.value).startswith("peft.target_modules=['q_proj'] matches no module of this deberta-v2 model; its "
+                                     "linear layers: ")
+    assert "query_proj" in str(err.value)
+

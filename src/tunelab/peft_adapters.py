@@ -5,6 +5,7 @@ shadows the `peft` package."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import logging
@@ -84,11 +85,20 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"peft={name} {why}")
     for key in ("target_modules", "feedforward_modules"):
         defaults = peft_cfg.get(f"{key}_by_model_type") or {}
-        if key in peft_cfg and peft_cfg[key] is None and hf_config.model_type not in defaults:
+        known = hf_config.model_type in defaults or hf_config.model_type in _peft_defaults(peft_cfg, key)
+        if key in peft_cfg and peft_cfg[key] is None and not known:
             raise ConfigError(
                 f"peft={name} has no default {key} for model_type={hf_config.model_type}; set "
                 f"peft.{key}=[...] (names of its linear layers, e.g. the attention projections)."
             )
+
+
+def _peft_defaults(peft_cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """peft's own table of `key` per model_type for this method (LoRA, AdaLoRA, IA3), which peft applies to a
+    model type the conf/peft table lacks (target_modules=None)."""
+    method = get_class(peft_cfg["_target_"]).__name__.removesuffix("Config").upper()
+    return getattr(importlib.import_module("peft.utils.constants"),
+                   f"TRANSFORMERS_MODELS_TO_{method}_{key.upper()}_MAPPING", {})
 
 
 def _hf_config(model_cfg: Mapping[str, Any]) -> transformers.PretrainedConfig | None:
@@ -165,7 +175,16 @@ def apply_peft(model: nn.Module, cfg: Mapping[str, Any] | None, task: Task) -> n
         model = _peft().PeftModel.from_pretrained(model, path, is_trainable=trainable)
         name = f"adapter {cfg['adapter_path']}"
     elif enabled(cfg):
-        model = _peft().get_peft_model(model, build_peft_config(cfg, model, task))
+        peft_config = build_peft_config(cfg, model, task)
+        try:
+            model = _peft().get_peft_model(model, peft_config)
+        except ValueError as err:  # peft's NoMatchingPeftModuleError: names that match no module
+            if "target" not in str(err).lower():
+                raise
+            layers = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                             if type(m).__name__ in ("Linear", "Conv1D")})
+            raise ConfigError(f"peft.target_modules={sorted(peft_config.target_modules or [])} matches no module of "
+                              f"this {model.config.model_type} model; its linear layers: {', '.join(layers)}.") from None
         name = str(cfg.get("name"))
     else:
         name = "none"
