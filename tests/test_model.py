@@ -186,3 +186,17 @@ def test_text_pairs_on_a_model_without_token_types_train_and_export_without_them
     assert torch.isfinite(torch.tensor(metrics["test/mse"]))
     exported = transformers.AutoTokenizer.from_pretrained(run_dir / "hf_model")
     assert "token_type_ids" not in exported("a pair", "of texts")
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_its_end_of_text(tmp_path) -> None:
+    """GPT-2's tokenizer has no pad token; id 0 is its '!'. Padding with 0 would make a decoder's sequence head
+    take every text-final '!' for padding: batches are padded with the end-of-text token instead."""
+    from tunelab.data import TextDataModule
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        save_tiny_model(tmp_path, transformers.BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1,
+                                                          num_attention_heads=1, intermediate_size=8)))
+    tokenizer.pad_token, tokenizer.eos_token = None, "[SEP]"  # as GPT-2's: an end-of-text token, no pad token
+    tokenizer.save_pretrained(tmp_path / "no_pad")
+    dm = TextDataModule(tokenizer=str(tmp_path / "no_pad"), name="t", task="classification", train_file="unused")
+    assert dm.pad_token_id == tokenizer.eos_token_id != 0

@@ -33,6 +33,15 @@ def splits_read(tests_trained_model: bool, test_file: str | None) -> tuple[str, 
     return ("test",) if tests_trained_model and test_file else SPLITS
 
 
+def with_pad_token(tokenizer: Any) -> Any:
+    """A tokenizer without a pad token (GPT-2's) pads with its end-of-text token, which no text contains inside it:
+    a decoder's sequence head reads the last token before the first pad, and a real token as pad (id 0 is GPT-2's
+    '!') would hide the texts' own trailing ones. The loss and metrics never see pads (attention mask, label -100)."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 class BaseDataModule(pl.LightningDataModule):
     """Shared by every task: file -> cached encoded examples -> train/val/test splits -> loaders.
 
@@ -121,7 +130,7 @@ class BaseDataModule(pl.LightningDataModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_path)
+            self._tokenizer = with_pad_token(load_tokenizer(self.tokenizer_path))
         return self._tokenizer
 
     def cache_key(self, path: Path) -> dict:
@@ -236,8 +245,11 @@ class BaseDataModule(pl.LightningDataModule):
     # ---- loaders -------------------------------------------------------------------------------
     @property
     def pad_token_id(self) -> int:
-        """The id batches are padded with: the tokenizer's pad token (0 without one)."""
-        return self.tokenizer.pad_token_id or 0
+        """The id batches are padded with: the tokenizer's pad token (with_pad_token)."""
+        if self.tokenizer.pad_token_id is None:
+            raise ConfigError(f"tokenizer {self.tokenizer_path} has no pad or eos token to pad batches with; give it "
+                              "one (tokenizer.pad_token = ..., save_pretrained) or set model.tokenizer to one that has.")
+        return self.tokenizer.pad_token_id
 
     def collator(self) -> Collator:
         return Collator(self.pad_token_id, self.pad_to_multiple_of)

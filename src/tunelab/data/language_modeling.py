@@ -55,14 +55,13 @@ class LanguageModelingDataModule(BaseDataModule):
         if self._tokenizer is None:
             spec = str(self.tokenizer_path)
             if self._trains_tokenizer():
-                self._tokenizer = self._trained_tokenizer(spec)
+                self._tokenizer = self._trained_tokenizer(spec)  # its pad token is its end-of-text
             else:
                 self._tokenizer = super().tokenizer
-            if self._tokenizer.eos_token is None:
-                raise ConfigError(f"tokenizer {spec} has no eos_token; use a causal-LM model (model=gpt2_tiny, "
-                                  "or model=hf with a decoder), or model.tokenizer=char.")
-            if self._tokenizer.pad_token is None:  # padding is masked out of the loss; EOS is as good as any
-                self._tokenizer.pad_token = self._tokenizer.eos_token
+            if self._tokenizer.eos_token is None:  # the model may well be a decoder: its tokenizer lacks the token
+                raise ConfigError(f"tokenizer {spec} has no eos_token, which causal LM needs between documents; give "
+                                  "it one (tokenizer.eos_token = ..., save_pretrained), set model.tokenizer to one "
+                                  "that has it, or train one on the text: model.tokenizer=char or byte_bpe:<size>.")
         return self._tokenizer
 
     def _trains_tokenizer(self) -> bool:
