@@ -195,6 +195,18 @@ def test_bad_config_values_are_one_line_naming_key_and_value(base_cfg, key) -> N
 
 
 def test_schema_messages_and_model_positions(base_cfg, tmp_path) -> None:
+    # RoBERTa numbers positions from pad_token_id + 1: 34 position embeddings with pad 0 hold 33 tokens
+    (tmp_path / "roberta").mkdir()
+    (tmp_path / "roberta" / "config.json").write_text(json.dumps(
+        {"model_type": "roberta", "max_position_embeddings": 34, "pad_token_id": 0}))
+    roberta = base_cfg.copy()
+    OmegaConf.update(roberta, "model.name_or_path", str(tmp_path / "roberta"))
+    OmegaConf.update(roberta, "model.config_overrides", {}, merge=False)  # model=tiny's would say 512
+    OmegaConf.update(roberta, "data.max_length", 33)
+    schema.check(roberta)
+    OmegaConf.update(roberta, "data.max_length", 34)
+    with pytest.raises(ConfigError, match=r"^data.max_length=34 exceeds the model's 33 positions; set data.max_length"):
+        schema.check(roberta)
     for key, value, message in [
         ("data.batch_size", "abc", "data.batch_size must be a positive integer; got 'abc'"),
         ("optimizer.lr", -1, "optimizer.lr must be > 0; got -1"),

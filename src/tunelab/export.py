@@ -22,6 +22,7 @@ from tunelab.checkpoints import (check_label_set, input_length, is_adapter_dir, 
 from tunelab.data.tokenizing import save_tokenizer
 from tunelab.errors import ConfigError
 from tunelab.model import takes_token_types
+from tunelab.schema import usable_positions
 from tunelab.module import TransformerModule
 from tunelab.tasks import TASKS, Task, get_task
 
@@ -83,7 +84,7 @@ def _write_standalone(model: torch.nn.Module, task: Task, tokenizer: Any, out: P
     a tokenizer that cuts inputs where training did (`trained_length`), never beyond the model's positions."""
     task.prepare_export(model)
     match_special_tokens(model, tokenizer)
-    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    positions = usable_positions(model.config.to_dict())
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out, trained_length, positions, takes_token_types(model.config))
     # a model class of tunelab's own (model.pooling=mean) travels as code beside the weights

@@ -163,6 +163,18 @@ def _check_positions(cfg: DictConfig) -> None:
 
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions")
+# model types that number positions from pad_token_id + 1 (transformers' create_position_ids_from_input_ids)
+POSITIONS_AFTER_PAD = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text",
+                                 "roberta-prelayernorm", "xmod", "ibert", "mpnet", "esm"})
+
+
+def usable_positions(config: Mapping[str, Any]) -> int | None:
+    """How many tokens a model with this config embeds: max_position_embeddings / n_positions, less the positions
+    RoBERTa-style models skip (roberta-base's 514 hold 512 tokens). None when the config does not say."""
+    positions = next((config[key] for key in POSITION_KEYS if is_int(config.get(key))), None)
+    if positions is not None and config.get("model_type") in POSITIONS_AFTER_PAD:
+        positions -= (config.get("pad_token_id") if is_int(config.get("pad_token_id")) else 1) + 1
+    return positions
 
 
 def model_positions(model: Mapping[str, Any]) -> int | None:
@@ -170,13 +182,11 @@ def model_positions(model: Mapping[str, Any]) -> int | None:
     model.config (name_or_path null), else config.json in the model.name_or_path directory. None when
     none of them says."""
     path = model.get("name_or_path")
-    sources = [model.get("config_overrides") or {}]
-    sources.append(model.get("config") or {} if path is None else _config_json(Path(str(path)) / "config.json"))
-    for source in sources:
-        for key in POSITION_KEYS:
-            if isinstance(source, Mapping) and is_int(source.get(key)):
-                return source[key]
-    return None
+    base = model.get("config") or {} if path is None else _config_json(Path(str(path)) / "config.json")
+    overrides = model.get("config_overrides") or {}
+    if not isinstance(base, Mapping) or not isinstance(overrides, Mapping):
+        return None
+    return usable_positions({**base, **overrides})
 
 
 def _config_json(path: Path) -> dict:
