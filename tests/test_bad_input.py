@@ -335,3 +335,15 @@ def test_issue_table_ends_in_one_error_line_exit_2(tmp_path, capsys, case) -> No
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and EXPECTED[case] in last, last
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_model_without_the_tasks_head_is_one_line_before_anything_loads(tmp_path) -> None:
+    import transformers
+
+    transformers.BartConfig(d_model=16, encoder_layers=1, decoder_layers=1).save_pretrained(tmp_path / "bart")
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(tmp_path, "model=hf", f"model.name_or_path={tmp_path / 'bart'}", "data=conll2003",
+                             "loss=token_cross_entropy"))
+    assert str(err.value) == ("model_type bart has no token_classification head in transformers "
+                              "(AutoModelForTokenClassification); use a model that has one, or another task for this "
+                              "model.")

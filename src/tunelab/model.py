@@ -74,6 +74,17 @@ def head_class(model_cfg: Mapping[str, Any], task: Task, config: transformers.Pr
     return BertMeanPoolingForSequenceClassification
 
 
+def check_head(model_cfg: Mapping[str, Any], task: Task) -> None:
+    """The model can carry the task's head (transformers has that head for its architecture, and tunelab's
+    pooling fits it): a ConfigError before the data and weights load, not a traceback after."""
+    config = model_config(model_cfg)
+    cls = head_class(model_cfg, task, config)
+    mapping = getattr(cls, "_model_mapping", None)  # the Auto class's model types
+    if mapping is not None and type(config) not in mapping:
+        raise ConfigError(f"model_type {config.model_type} has no {task.name} head in transformers ({cls.__name__}); "
+                          f"use a model that has one, or another task for this model.")
+
+
 def model_config(model_cfg: Mapping[str, Any], **extra: Any) -> transformers.PretrainedConfig:
     """The model's config: config.json at model.name_or_path, or the from-scratch architecture described
     in the yaml (model.config = {model_type: gpt2, n_layer: 4, ...}), with model.config_overrides and

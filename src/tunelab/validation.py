@@ -19,7 +19,7 @@ from tunelab.data.datamodule import FILE_KEYS, splits_read
 from tunelab.data.language_modeling import is_trained_tokenizer
 from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
-from tunelab.model import compile_backend, head_class, model_config
+from tunelab.model import check_head, compile_backend
 from tunelab.monitoring import callback_monitor, monitor
 from tunelab.optim import check_optimizer_settings
 from tunelab.resilience import check_skip_runs_alone
@@ -50,8 +50,8 @@ def validate(cfg: DictConfig) -> None:
     _check_early_stopping_can_validate(cfg)
     _check_callback_monitors(cfg)
     _check_compile(cfg.model)
-    if cfg.model.get("pooling"):  # the head's rules, from config.json alone: before the data and weights load
-        head_class(cfg.model, task, model_config(cfg.model))
+    if cfg.get("train") or cfg.model.get("pooling"):  # from config.json alone: before the data and weights load
+        check_head(cfg.model, task)
     if cfg.get("train"):  # eval.py / predict.py build no optimizer
         check_optimizer_settings(cfg)
     check_sweeper_direction(cfg)
