@@ -151,13 +151,16 @@ def test_each_adapter_sets_its_lr_and_the_command_line_wins(tmp_path: Path) -> N
         (["peft=prefix", "data=stsb", "loss=mse"], "past_key_values.*use peft=lora"),
         (["peft=prefix", "peft.merge_on_save=true"], "cannot be merged"),
         (["peft=lora", "peft.save_adapter=true"], "from_scratch"),
-        (["peft=lora", "~peft.target_modules_by_model_type.bert"], r"model_type=bert; set peft.target_modules"),
-        (["peft=ia3", "~peft.feedforward_modules_by_model_type.bert"], r"set peft.feedforward_modules"),
+        # an architecture neither conf/peft's table nor peft's own knows (funnel): the modules must be named
+        (["peft=lora", "model=hf", "model.name_or_path=FUNNEL"], r"model_type=funnel; set peft.target_modules"),
+        (["peft=ia3", "model=hf", "model.name_or_path=FUNNEL", "peft.target_modules=[query]"],
+         r"set peft.feedforward_modules"),
     ],
 )
 def test_config_errors_before_training(tmp_path: Path, overrides: list[str], match: str) -> None:
+    transformers.FunnelConfig().save_pretrained(tmp_path / "funnel")
     with pytest.raises(ConfigError, match=match):
-        peft_adapters.validate(compose_cfg(tmp_path, *overrides))
+        peft_adapters.validate(compose_cfg(tmp_path, *(o.replace("FUNNEL", str(tmp_path / "funnel")) for o in overrides)))
 
 
 # ---- saving, reloading, merging ----------------------------------------------------------------------
