@@ -200,3 +200,17 @@ def test_a_tokenizer_without_a_pad_token_pads_with_its_end_of_text(tmp_path) -> 
     tokenizer.save_pretrained(tmp_path / "no_pad")
     dm = TextDataModule(tokenizer=str(tmp_path / "no_pad"), name="t", task="classification", train_file="unused")
     assert dm.pad_token_id == tokenizer.eos_token_id != 0
+
+
+def test_a_tokenizer_with_more_ids_than_the_model_embeds_is_one_line(tmp_path, run_cfg) -> None:
+    """A model dir whose tokenizer is another model's (30522 ids for 1000 embeddings): an IndexError mid-run else."""
+    import pytest
+
+    from tunelab.errors import ConfigError
+
+    small = save_tiny_model(tmp_path, transformers.RobertaConfig(vocab_size=1000, hidden_size=8, num_hidden_layers=1,
+                                                                 num_attention_heads=1, intermediate_size=8))
+    with pytest.raises(ConfigError) as err:
+        run_cfg("model=hf", f"model.name_or_path={small}", "trainer=debug")
+    assert str(err.value) == ("the tokenizer has 30522 tokens but the model embeds 1000 (config.vocab_size): use the "
+                              "model's own tokenizer (model.tokenizer=null).")

@@ -34,6 +34,10 @@ def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab
         config.pad_token_id = pad_token_id
     model_class = head_class(model_cfg, task, config)
     resize = vocab_size is not None and task.resizes_vocab
+    embedded = getattr(config, "vocab_size", None)
+    if vocab_size is not None and not resize and embedded is not None and vocab_size > embedded:
+        raise ConfigError(f"the tokenizer has {vocab_size} tokens but the model embeds {embedded} "
+                          f"(config.vocab_size): use the model's own tokenizer (model.tokenizer=null).")
     if model_cfg.get("from_scratch"):
         if resize:  # the embedding matrix is sized to the tokenizer the datamodule built / loaded
             config.vocab_size = vocab_size

@@ -168,7 +168,7 @@ def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
         label_names=list(datamodule.label_names),
         class_counts=datamodule.class_counts,
         label_info=datamodule.label_info,
-        vocab_size=getattr(datamodule, "vocab_size", None),
+        vocab_size=datamodule.vocab_size,
         pad_token_id=datamodule.pad_token_id,
     )
 

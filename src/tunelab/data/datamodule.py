@@ -244,6 +244,11 @@ class BaseDataModule(pl.LightningDataModule):
 
     # ---- loaders -------------------------------------------------------------------------------
     @property
+    def vocab_size(self) -> int:
+        """The ids the tokenizer makes: the model must embed them all (causal LM grows its embeddings to them)."""
+        return len(self.tokenizer)
+
+    @property
     def pad_token_id(self) -> int:
         """The id batches are padded with: the tokenizer's pad token (with_pad_token)."""
         if self.tokenizer.pad_token_id is None:

@@ -70,10 +70,6 @@ class LanguageModelingDataModule(BaseDataModule):
     def trained_tokenizer_dir(self) -> str | None:
         return str(self.tokenizer_dir(str(self.tokenizer_path)).resolve()) if self._trains_tokenizer() else None
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
     def tokenizer_dir(self, spec: str) -> Path:
         if not self.files["train"]:  # testing a trained model on a test file alone
             raise ConfigError(f"model.tokenizer={spec} is trained on the training text: pass data.train_file=<the file "
