@@ -55,6 +55,36 @@ def test_each_layer_trains_at_its_decayed_rate_below_a_full_rate_head(config, em
     assert lrs[layer.format(0).replace("weight", "bias")] == pytest.approx((1e-3 * 0.5 ** 3, 0.0))  # no decay on 1-D
 
 
+DEBERTA = {"model_type": "deberta-v2", "vocab_size": 32, "hidden_size": 8, "num_hidden_layers": 3,
+           "num_attention_heads": 2, "intermediate_size": 16, "relative_attention": True, "position_buckets": 8}
+
+
+def test_an_embedding_table_registered_after_the_layers_decays_with_the_embeddings() -> None:
+    """DeBERTa's relative-position table is used by every layer but registered after them: embeddings, not head."""
+    lrs = lr_by_parameter(tiny_module(DEBERTA))
+    embedding = lrs["model.deberta.embeddings.word_embeddings.weight"][0]
+    assert embedding == pytest.approx(1e-3 * 0.5 ** 4)
+    assert lrs["model.deberta.encoder.rel_embeddings.weight"][0] == embedding
+
+
+def test_freeze_embeddings_freezes_gpt2s_position_table_too() -> None:
+    module = TransformerModule(model={"name_or_path": None, "from_scratch": True, "config": GPT2,
+                                      "freeze_embeddings": True}, task="classification",
+                               loss={"_target_": "tunelab.losses.CrossEntropyLoss"}, optimizer=ADAMW,
+                               label_names=["neg", "pos"], vocab_size=32)
+    frozen = {n for n, p in module.model.named_parameters() if not p.requires_grad}
+    assert frozen == {"transformer.wte.weight", "transformer.wpe.weight"}
+
+
+def test_layer_options_refuse_an_encoder_decoder_model() -> None:
+    """T5's longest layer list is one block's sub-layers, BART's the encoder alone: there is no one stack."""
+    bart = {"model_type": "bart", "vocab_size": 32, "d_model": 8, "encoder_layers": 2, "decoder_layers": 2,
+            "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 16, "decoder_ffn_dim": 16}
+    with pytest.raises(ConfigError, match=r"^optimizer.layer_decay needs one stack of transformer layers; bart is an "
+                                          r"encoder-decoder with two: leave it unset for this model.$"):
+        tiny_module(bart)
+
+
 def test_causal_lm_ties_its_output_layer_to_the_embeddings_rate() -> None:
     """A causal LM's output projection is the input embedding matrix (tied): one parameter, one rate."""
     module = tiny_module(GPT2 | {"tie_word_embeddings": True}, task="causal_lm")

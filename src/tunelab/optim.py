@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
 from tunelab.errors import ConfigError
-from tunelab.model import transformer_layers
+from tunelab.model import layer_depth
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,9 @@ def layer_depths(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, tup
     before the transformer layers (embeddings), layer i is i + 1, and what comes after them (pooler, head) is
     the top, trained at the full rate; a parameter `k` levels below the top trains at lr x layer_decay^k. An output
     layer tied to the input embeddings (GPT-2's LM head) is the embedding parameter, so it trains at their rate."""
-    layers = transformer_layers(model, "optimizer.layer_decay")
-    in_layer = {p: i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}
-    top, past_layers, depths = len(layers) + 1, False, {}
-    for p in model.parameters():  # registration order: embeddings, the layers, then the head
-        depth = in_layer.get(p)
-        past_layers = past_layers or depth is not None
-        depth = depth if depth is not None else (top if past_layers else 0)
-        name = "embeddings" if depth == 0 else "head" if depth == top else f"layer{depth - 1}"
-        depths[p] = (depth, name, layer_decay ** (top - depth))
-    return depths
+    depths, top = layer_depth(model, "optimizer.layer_decay")
+    return {p: (depth, "embeddings" if depth == 0 else "head" if depth == top else f"layer{depth - 1}",
+                layer_decay ** (top - depth)) for p, depth in depths.items()}
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
