@@ -4,6 +4,7 @@ consumed batches. Sizes here never divide by the batch size."""
 
 from __future__ import annotations
 
+import json
 import pytest
 
 from tunelab.data import TextDataModule
@@ -237,3 +238,27 @@ def test_loader_workers_and_pinned_memory_follow_the_trainers_device(monkeypatch
     dm.trainer = pl.Trainer(accelerator="cpu", logger=False)
     loader = dm.train_dataloader()
     assert (loader.num_workers, loader.pin_memory) == (0, False)
+
+
+def test_a_tokenizer_saved_again_in_its_dir_does_not_reuse_the_old_ids(tmp_path) -> None:
+    """The encoded-file cache is keyed by the tokenizer dir's files too, not only its path."""
+    import transformers
+
+    from conftest import FIXTURES
+    from tunelab.resolvers import minilm_path
+
+    tokenizer_dir = tmp_path / "tok"
+    transformers.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(tokenizer_dir)
+
+    def first_ids() -> list[int]:
+        dm = TextDataModule(tokenizer=str(tokenizer_dir), name="t", task="classification", train_file="unused",
+                            format="tsv", text_column="sentence", cache_dir=str(tmp_path / "cache"))
+        return dm.encoded(str(FIXTURES / "sst2" / "dev.tsv"))["input_ids"][0]
+
+    before = first_ids()
+    saved = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    vocab = saved["model"]["vocab"]  # another vocabulary: the first word's id and [unused5]'s swapped
+    word = next(token for token, i in vocab.items() if i == before[1])
+    vocab[word], vocab["[unused5]"] = vocab["[unused5]"], vocab[word]
+    (tokenizer_dir / "tokenizer.json").write_text(json.dumps(saved))
+    assert first_ids() != before

@@ -42,6 +42,15 @@ def with_pad_token(tokenizer: Any) -> Any:
     return tokenizer
 
 
+def _file_stats(folder: str | os.PathLike) -> dict[str, list[int]]:
+    """Size and mtime of each file in a tokenizer dir: a tokenizer saved again into the same dir (another vocabulary)
+    must not reuse the ids encoded with the old one."""
+    if not os.path.isdir(folder):
+        return {}
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(Path(folder).iterdir()) if p.is_file()
+            and p.suffix in (".json", ".txt", ".model")}
+
+
 class BaseDataModule(pl.LightningDataModule):
     """Shared by every task: file -> cached encoded examples -> train/val/test splits -> loaders.
 
@@ -142,6 +151,7 @@ class BaseDataModule(pl.LightningDataModule):
             "size": stat.st_size,
             "mtime_ns": stat.st_mtime_ns,
             "tokenizer": str(Path(self.tokenizer_path).resolve()) if os.path.isdir(self.tokenizer_path) else self.tokenizer_path,
+            "tokenizer_files": _file_stats(self.tokenizer_path),
             "max_length": self.max_length,
             "encoding": self.encoding,
             "options": self.encoding_options(),
