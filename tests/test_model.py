@@ -214,3 +214,15 @@ def test_a_tokenizer_with_more_ids_than_the_model_embeds_is_one_line(tmp_path, r
         run_cfg("model=hf", f"model.name_or_path={small}", "trainer=debug")
     assert str(err.value) == ("the tokenizer has 30522 tokens but the model embeds 1000 (config.vocab_size): use the "
                               "model's own tokenizer (model.tokenizer=null).")
+
+
+def test_an_exported_tokenizer_pads_on_the_right_as_the_run_did(tmp_path) -> None:
+    """A decoder's tokenizer may pad on the left; the run's batches were padded on the right (the Collator), and a
+    batched pipeline over the export must pad as they were."""
+    from tunelab.data.tokenizing import save_tokenizer
+    from tunelab.resolvers import minilm_path
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path(), padding_side="left")
+    save_tokenizer(tokenizer, tmp_path, max_length=16)
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path).padding_side == "right"
+    assert tokenizer.padding_side == "left"  # the run's own is left as it was

@@ -52,10 +52,13 @@ def save_tokenizer(tokenizer: Any, out: Any, max_length: int | None, positions: 
                    token_types: bool = True) -> None:
     """save_pretrained with model_max_length where the run cut its inputs (pipelines that truncate, and predict.py
     on a dir away from its run, cut there), never beyond the model's positions (a trained tokenizer says 1e30),
-    and without token type ids for a model the run fed none (`token_types`: a pipeline would pass zeros, which
-    GPT-2 adds as a word embedding). The run's own tokenizer stays as it was."""
+    without token type ids for a model the run fed none (`token_types`: a pipeline would pass zeros, which GPT-2
+    adds as a word embedding), and padding on the right, as the run's batches were (a decoder's tokenizer may say
+    left). The run's own tokenizer stays as it was."""
     limit, inputs, init = tokenizer.model_max_length, tokenizer.model_input_names, tokenizer.init_kwargs
+    side = tokenizer.padding_side
     tokenizer.model_max_length = min(n for n in (limit, positions, max_length) if n)
+    tokenizer.padding_side = "right"  # tunelab.data.sampling.Collator pads on the right
     if not token_types and "token_type_ids" in inputs:  # saved from the attribute once it is an init argument
         tokenizer.model_input_names = [n for n in inputs if n != "token_type_ids"]
         tokenizer.init_kwargs = {**init, "model_input_names": tokenizer.model_input_names}
@@ -63,3 +66,4 @@ def save_tokenizer(tokenizer: Any, out: Any, max_length: int | None, positions: 
         tokenizer.save_pretrained(out)
     finally:
         tokenizer.model_max_length, tokenizer.model_input_names, tokenizer.init_kwargs = limit, inputs, init
+        tokenizer.padding_side = side
