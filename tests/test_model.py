@@ -226,3 +226,13 @@ def test_an_exported_tokenizer_pads_on_the_right_as_the_run_did(tmp_path) -> Non
     save_tokenizer(tokenizer, tmp_path, max_length=16)
     assert transformers.AutoTokenizer.from_pretrained(tmp_path).padding_side == "right"
     assert tokenizer.padding_side == "left"  # the run's own is left as it was
+
+
+def test_model_dropout_reaches_attention_without_dropout_modules(tmp_path) -> None:
+    """Llama's attention applies config.attention_dropout functionally (no nn.Dropout to set): model.dropout sets
+    the config's rates before the model is built."""
+    config = transformers.LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2)
+    model = build_model({"name_or_path": str(save_tiny_model(tmp_path, config)), "dropout": 0.3},
+                        get_task("classification"), 2, pad_token_id=0)
+    assert model.model.layers[0].self_attn.attention_dropout == 0.3

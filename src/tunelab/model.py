@@ -18,6 +18,11 @@ from tunelab.tasks import Task
 log = logging.getLogger(__name__)
 
 
+# the config attributes architectures take their dropout rates from (BERT, GPT-2, Llama / Qwen2, GPT-NeoX, ...)
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "hidden_dropout", "attention_dropout", "dropout",
+                "resid_pdrop", "embd_pdrop", "attn_pdrop", "activation_dropout")
+
+
 def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab_size: int | None = None,
                 pad_token_id: int | None = None, label_names: Sequence[str] = ()) -> nn.Module:
     """Load `model_cfg.name_or_path` with the task's head (or random init when from_scratch). `pad_token_id`: the
@@ -32,6 +37,10 @@ def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab
             log.warning("model config says pad_token_id=%s, the batches are padded with %s (the tokenizer's): "
                         "the model takes %s", saved_pad, pad_token_id, pad_token_id)
         config.pad_token_id = pad_token_id
+    if model_cfg.get("dropout") is not None:  # rates read at construction (Llama's attention has no nn.Dropout)
+        for key in DROPOUT_KEYS:
+            if type(getattr(config, key, None)) in (int, float):
+                setattr(config, key, float(model_cfg["dropout"]))
     model_class = head_class(model_cfg, task, config)
     resize = vocab_size is not None and task.resizes_vocab
     embedded = getattr(config, "vocab_size", None)
