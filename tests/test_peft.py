@@ -369,3 +369,18 @@ def test_lora_on_an_architecture_without_a_table_entry_takes_peft_defaults_and_b
                                      "linear layers: ")
     assert "query_proj" in str(err.value)
 
+
+
+def test_a_merge_peft_cannot_do_leaves_the_runs_results(run_cfg, monkeypatch, caplog) -> None:
+    """peft's merge fails for some method / architecture pairs (IA3 on RoBERTa: an AttributeError inside peft);
+    the run's metrics.json and checkpoints are written all the same, and the log says what was not."""
+    import peft.tuners.lora
+
+    def unmergeable(self, *args, **kwargs):
+        raise AttributeError("'Linear' object has no attribute 'is_feedforward'")
+
+    monkeypatch.setattr(peft.tuners.lora.LoraModel, "merge_and_unload", unmergeable)
+    with caplog.at_level(logging.ERROR, logger="tunelab.export"):
+        _, run_dir = run_cfg("trainer=debug", "peft=lora", "peft.merge_on_save=true")
+    assert (run_dir / "metrics.json").is_file() and not (run_dir / "merged").exists()
+    assert "peft.merge_on_save: peft could not merge the adapter (AttributeError:" in caplog.text

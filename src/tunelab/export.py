@@ -65,8 +65,15 @@ def export(module: TransformerModule, cfg: DictConfig, tokenizer: Any, weights: 
     written = [adapter] if adapter else []
     if adapted and (cfg.get("peft") or {}).get("merge_on_save"):
         # on a copy: the module keeps its adapter (merge_and_unload would unwrap it in place)
-        written.append(_write_standalone(copy.deepcopy(module.model).merge_and_unload(), module.task, tokenizer,
-                                         run_dir / layout.MERGED_DIR, trained_length))
+        try:
+            merged = copy.deepcopy(module.model).merge_and_unload()
+        except Exception as err:  # noqa: BLE001 - peft's merge of some method / architecture pairs (IA3 on RoBERTa)
+            # fails inside peft: the run's results and checkpoints still get written
+            log.error("peft.merge_on_save: peft could not merge the adapter (%s: %s); the checkpoints (and "
+                      "peft.save_adapter) hold the trained weights", type(err).__name__, err)
+        else:
+            written.append(_write_standalone(merged, module.task, tokenizer, run_dir / layout.MERGED_DIR,
+                                             trained_length))
     if cfg.get("export") and adapted and not written:  # export=true promises a model to reuse: say where it is
         log.warning("peft=%s writes no hf_model (its model is the base plus an adapter): peft.merge_on_save=true "
                     "saves a plain model in <run dir>/%s, peft.save_adapter=true the adapter alone",
