@@ -236,3 +236,27 @@ def test_model_dropout_reaches_attention_without_dropout_modules(tmp_path) -> No
     model = build_model({"name_or_path": str(save_tiny_model(tmp_path, config)), "dropout": 0.3},
                         get_task("classification"), 2, pad_token_id=0)
     assert model.model.layers[0].self_attn.attention_dropout == 0.3
+
+
+def test_a_model_dir_without_weights_is_one_line_naming_from_scratch(tmp_path) -> None:
+    import pytest
+
+    from tunelab.errors import ConfigError
+
+    transformers.BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                            intermediate_size=8).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"^no weights to load at .*; set model.from_scratch=true to train this "):
+        build_model({"name_or_path": str(tmp_path)}, get_task("classification"), 2)
+
+
+def test_a_checkpoint_names_its_model_by_absolute_path(run_cfg, pretrained_tiny_bert) -> None:
+    """model.name_or_path given relative to where train.py ran: eval.py run elsewhere must still find it."""
+    import json
+
+    relative = os.path.relpath(pretrained_tiny_bert)
+    _, run_dir = run_cfg("model=hf", f"model.name_or_path={relative}", "trainer.max_steps=2", "data.train_limit=16",
+                         "data.batch_size=8")
+    checkpoint = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"] or str(
+        run_dir / "checkpoints" / "last.ckpt")
+    model = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]["model"]
+    assert model["name_or_path"] == str(Path(pretrained_tiny_bert).resolve())

@@ -57,8 +57,12 @@ def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab
         # checkpoint would train in pure fp16 and overflow); Lightning's precision plugin does mixed precision
         saved = transformers.AutoConfig.from_pretrained(str(path))  # as on disk: its head's size and label names
         new_head = saved.num_labels != config.num_labels
-        model = model_class.from_pretrained(str(path), config=config, dtype=torch.float32,
-                                            ignore_mismatched_sizes=new_head)
+        try:
+            model = model_class.from_pretrained(str(path), config=config, dtype=torch.float32,
+                                                ignore_mismatched_sizes=new_head)
+        except OSError as err:  # a config.json (and tokenizer) without weights
+            raise ConfigError(f"no weights to load at {path} ({str(err).splitlines()[0]}); set "
+                              "model.from_scratch=true to train this architecture from random weights.") from None
         head = task.auto_model.removeprefix("AutoModel")  # ForSequenceClassification: a head of this task's kind
         if new_head and any(a.endswith(head) for a in saved.architectures or ()):
             log.warning("%s has a head for %d labels; this run trains a new one for %d", path, saved.num_labels,

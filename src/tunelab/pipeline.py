@@ -161,6 +161,9 @@ def config_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
     kwargs = config_hparams(cfg)
+    for key in ("name_or_path", "tokenizer"):  # the checkpoint names them wherever eval.py later runs
+        if kwargs["model"].get(key) and Path(str(kwargs["model"][key])).exists():
+            kwargs["model"][key] = str(Path(str(kwargs["model"][key])).resolve())
     trained_tokenizer = datamodule.trained_tokenizer_dir()
     if trained_tokenizer:  # the checkpoint names the tokenizer its ids come from
         kwargs["model"]["tokenizer"] = trained_tokenizer
