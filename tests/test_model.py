@@ -260,3 +260,24 @@ def test_a_checkpoint_names_its_model_by_absolute_path(run_cfg, pretrained_tiny_
         run_dir / "checkpoints" / "last.ckpt")
     model = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]["model"]
     assert model["name_or_path"] == str(Path(pretrained_tiny_bert).resolve())
+
+
+def test_a_model_dir_with_its_own_code_runs_it_only_when_asked(tmp_path) -> None:
+    """An architecture of the user's own (config.json auto_map -> code in the dir): without
+    model.trust_remote_code=true, one line naming it; transformers would ask [y/N] on a terminal and hold a sweep."""
+    import json
+
+    import pytest
+
+    from tunelab.errors import ConfigError
+    from tunelab.model import model_config
+
+    (tmp_path / "configuration_mybert.py").write_text(
+        "from transformers import BertConfig\n\nclass MyBertConfig(BertConfig):\n    model_type = 'mybert'\n")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "mybert", "auto_map": {"AutoConfig": "configuration_mybert.MyBertConfig"}, "hidden_size": 8}))
+    with pytest.raises(ConfigError) as err:
+        model_config({"name_or_path": str(tmp_path)})
+    assert str(err.value) == (f"{tmp_path} ships its own model code (config.json auto_map): pass "
+                              "model.trust_remote_code=true to run it.")
+    assert model_config({"name_or_path": str(tmp_path), "trust_remote_code": True}).model_type == "mybert"

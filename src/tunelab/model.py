@@ -55,11 +55,12 @@ def build_model(model_cfg: Mapping[str, Any], task: Task, num_labels: int, vocab
     else:
         # fp32 master weights whatever the checkpoint's dtype (transformers 5 loads "auto", so an fp16
         # checkpoint would train in pure fp16 and overflow); Lightning's precision plugin does mixed precision
-        saved = transformers.AutoConfig.from_pretrained(str(path))  # as on disk: its head's size and label names
+        remote = bool(model_cfg.get("trust_remote_code"))  # a model dir's own code (auto_map) runs only when asked
+        saved = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=remote)  # its head as saved
         new_head = saved.num_labels != config.num_labels
         try:
             model = model_class.from_pretrained(str(path), config=config, dtype=torch.float32,
-                                                ignore_mismatched_sizes=new_head)
+                                                ignore_mismatched_sizes=new_head, trust_remote_code=remote)
         except OSError as err:  # a config.json (and tokenizer) without weights
             raise ConfigError(f"no weights to load at {path} ({str(err).splitlines()[0]}); set "
                               "model.from_scratch=true to train this architecture from random weights.") from None
@@ -108,6 +109,7 @@ def model_config(model_cfg: Mapping[str, Any], **extra: Any) -> transformers.Pre
     `extra` (e.g. the task head's num_labels) applied. ConfigError (one line) if neither is usable."""
     path = model_cfg.get("name_or_path")
     extra = {**extra, **dict(model_cfg.get("config_overrides") or {})}
+    remote = bool(model_cfg.get("trust_remote_code"))
     if path is None:
         arch = dict(model_cfg.get("config") or {})
         if not arch.get("model_type") or not model_cfg.get("from_scratch"):
@@ -117,12 +119,15 @@ def model_config(model_cfg: Mapping[str, Any], **extra: Any) -> transformers.Pre
             )
         return transformers.AutoConfig.for_model(arch.pop("model_type"), **arch, **extra)
     try:
-        return transformers.AutoConfig.from_pretrained(str(path), **extra)
+        return transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=remote, **extra)
     except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"model not found at {path!r} (offline: only local paths work); "
-            "set model.name_or_path to a local model directory, or use model=minilm / model=tiny."
-        ) from err
+        if not Path(str(path)).exists():
+            raise ConfigError(f"model not found at {path!r} (offline: only local paths work); set "
+                              "model.name_or_path to a local model directory, or use model=minilm / model=tiny.") from err
+        if "trust_remote_code" in str(err):  # config.json's auto_map names model code shipped in the dir
+            raise ConfigError(f"{path} ships its own model code (config.json auto_map): pass "
+                              "model.trust_remote_code=true to run it.") from None
+        raise ConfigError(f"{path}/config.json is not a usable model config: {str(err).splitlines()[0]}") from None
 
 
 def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:

@@ -63,6 +63,7 @@ RULES: dict[str, Rule] = {
     "callbacks.ema.multi_avg_fn.decay": number(0, 1, open_low=True, open_high=True),
     # model
     "model.from_scratch": FLAG,
+    "model.trust_remote_code": FLAG,
     "model.dropout": number(0, 1, open_high=True, nullable=True),
     "model.freeze_embeddings": FLAG,
     "model.freeze_layers": integer(0),
