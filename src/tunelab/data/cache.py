@@ -32,3 +32,12 @@ def cached(cache_dir: Path | None, stem: str, key: dict[str, Any], build: Callab
         pickle.dump(columns, f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, cache)  # atomic: concurrent runs never read a half-written cache
     return columns
+
+
+def file_stats(folder: str | os.PathLike) -> dict[str, list[int]]:
+    """Size and mtime of each file in a tokenizer dir: a tokenizer saved again into the same dir (another vocabulary)
+    must not reuse the ids encoded with the old one."""
+    if not os.path.isdir(folder):
+        return {}
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(Path(folder).iterdir()) if p.is_file()
+            and p.suffix in (".json", ".txt", ".model")}

@@ -14,11 +14,11 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader
 
 from tunelab.callbacks import collection_paused
-from tunelab.data.cache import cached
+from tunelab.data.cache import cached, file_stats
 from tunelab.data.labels import LabelSet
 from tunelab.data.readers import existing_file
 from tunelab.data.sampling import BatchOrderSampler, Collator, ListDataset
-from tunelab.data.tokenizing import all_cores_tokenizing, load_tokenizer
+from tunelab.data.tokenizing import all_cores_tokenizing, load_tokenizer, with_pad_token
 from tunelab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,24 +31,6 @@ def splits_read(tests_trained_model: bool, test_file: str | None) -> tuple[str, 
     """The splits a run reads: a trained model tested on a test file of its own reads that split alone; otherwise
     all three (val / test cut from the training file when they have no file). validation checks those files."""
     return ("test",) if tests_trained_model and test_file else SPLITS
-
-
-def with_pad_token(tokenizer: Any) -> Any:
-    """A tokenizer without a pad token (GPT-2's) pads with its end-of-text token, which no text contains inside it:
-    a decoder's sequence head reads the last token before the first pad, and a real token as pad (id 0 is GPT-2's
-    '!') would hide the texts' own trailing ones. The loss and metrics never see pads (attention mask, label -100)."""
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _file_stats(folder: str | os.PathLike) -> dict[str, list[int]]:
-    """Size and mtime of each file in a tokenizer dir: a tokenizer saved again into the same dir (another vocabulary)
-    must not reuse the ids encoded with the old one."""
-    if not os.path.isdir(folder):
-        return {}
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(Path(folder).iterdir()) if p.is_file()
-            and p.suffix in (".json", ".txt", ".model")}
 
 
 class BaseDataModule(pl.LightningDataModule):
@@ -151,7 +133,7 @@ class BaseDataModule(pl.LightningDataModule):
             "size": stat.st_size,
             "mtime_ns": stat.st_mtime_ns,
             "tokenizer": str(Path(self.tokenizer_path).resolve()) if os.path.isdir(self.tokenizer_path) else self.tokenizer_path,
-            "tokenizer_files": _file_stats(self.tokenizer_path),
+            "tokenizer_files": file_stats(self.tokenizer_path),
             "max_length": self.max_length,
             "encoding": self.encoding,
             "options": self.encoding_options(),

@@ -67,3 +67,12 @@ def save_tokenizer(tokenizer: Any, out: Any, max_length: int | None, positions: 
     finally:
         tokenizer.model_max_length, tokenizer.model_input_names, tokenizer.init_kwargs = limit, inputs, init
         tokenizer.padding_side = side
+
+
+def with_pad_token(tokenizer: Any) -> Any:
+    """A tokenizer without a pad token (GPT-2's) pads with its end-of-text token, which no text contains inside it:
+    a decoder's sequence head reads the last token before the first pad, and a real token as pad (id 0 is GPT-2's
+    '!') would hide the texts' own trailing ones. The loss and metrics never see pads (attention mask, label -100)."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
