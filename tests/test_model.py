@@ -281,3 +281,17 @@ def test_a_model_dir_with_its_own_code_runs_it_only_when_asked(tmp_path) -> None
     assert str(err.value) == (f"{tmp_path} ships its own model code (config.json auto_map): pass "
                               "model.trust_remote_code=true to run it.")
     assert model_config({"name_or_path": str(tmp_path), "trust_remote_code": True}).model_type == "mybert"
+
+
+def test_freeze_layers_beyond_albert_shared_layer_group_says_they_are_shared(tmp_path) -> None:
+    import pytest
+
+    from tunelab.errors import ConfigError
+
+    config = transformers.AlbertConfig(vocab_size=30522, embedding_size=8, hidden_size=8, num_hidden_layers=2,
+                                       num_attention_heads=1, intermediate_size=8)
+    with pytest.raises(ConfigError) as err:
+        build_model({"name_or_path": str(save_tiny_model(tmp_path, config)), "freeze_layers": 2},
+                    get_task("classification"), 2)
+    assert str(err.value) == ("model.freeze_layers=2 but the model has 1 layers (its 2 layers share the weights of 1, "
+                              "as ALBERT's do); use at most 1.")

@@ -143,9 +143,11 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
     if n_frozen:
         layers = transformer_layers(model)
         if n_frozen > len(layers):
-            raise ConfigError(
-                f"model.freeze_layers={n_frozen} but the model has {len(layers)} layers; use at most {len(layers)}."
-            )
+            applied = getattr(model.config, "num_hidden_layers", len(layers))
+            shared = (f" (its {applied} layers share the weights of {len(layers)}, as ALBERT's do)"
+                      if applied > len(layers) else "")
+            raise ConfigError(f"model.freeze_layers={n_frozen} but the model has {len(layers)} layers{shared}; use at "
+                              f"most {len(layers)}.")
         for layer in layers[:n_frozen]:
             layer.requires_grad_(False)
     if cfg.get("gradient_checkpointing"):
