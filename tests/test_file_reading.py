@@ -224,3 +224,15 @@ def test_an_empty_conll_file_names_the_lines_it_needs(tmp_path) -> None:
         with pytest.raises(ConfigError) as err:
             read_conll(empty, tag_column=tag_column)
         assert str(err.value) == f"{empty} has no tokens; it needs one {line} line per token, a blank line between sentences."
+
+
+def test_a_csv_read_as_tsv_hints_at_data_format(tmp_path) -> None:
+    from tunelab.data.readers import read_table, require_columns
+
+    path = tmp_path / "new.csv"
+    path.write_text("text,id\ngreat film,1\n")
+    rows, lines = read_table(path, "tsv")
+    with pytest.raises(ConfigError) as err:
+        require_columns(rows, {"text_column": "text"}, path, lines=lines)
+    assert str(err.value) == (f"data.text_column='text' is not a column of {path}; columns are ['text,id'] (the header "
+                              "reads as one column: is it data.format=csv?).")

@@ -122,8 +122,8 @@ def model_config(model_cfg: Mapping[str, Any], **extra: Any) -> transformers.Pre
         return transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=remote, **extra)
     except (OSError, ValueError) as err:
         if not Path(str(path)).exists():
-            raise ConfigError(f"model not found at {path!r} (offline: only local paths work); set "
-                              "model.name_or_path to a local model directory, or use model=minilm / model=tiny.") from err
+            raise ConfigError(f"model not found at {path!r} (offline: only local paths work); set model.name_or_path "
+                              "to a local model directory, or use model=minilm / model=tiny.") from err
         if "trust_remote_code" in str(err):  # config.json's auto_map names model code shipped in the dir
             raise ConfigError(f"{path} ships its own model code (config.json auto_map): pass "
                               "model.trust_remote_code=true to run it.") from None

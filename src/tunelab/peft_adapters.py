@@ -183,8 +183,9 @@ def apply_peft(model: nn.Module, cfg: Mapping[str, Any] | None, task: Task) -> n
                 raise
             layers = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                              if type(m).__name__ in ("Linear", "Conv1D")})
-            raise ConfigError(f"peft.target_modules={sorted(peft_config.target_modules or [])} matches no module of "
-                              f"this {model.config.model_type} model; its linear layers: {', '.join(layers)}.") from None
+            named = sorted(peft_config.target_modules or [])
+            raise ConfigError(f"peft.target_modules={named} matches no module of this {model.config.model_type} "
+                              f"model; its linear layers: {', '.join(layers)}.") from None
         name = str(cfg.get("name"))
     else:
         name = "none"

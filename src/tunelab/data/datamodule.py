@@ -245,7 +245,8 @@ class BaseDataModule(pl.LightningDataModule):
         """The id batches are padded with: the tokenizer's pad token (with_pad_token)."""
         if self.tokenizer.pad_token_id is None:
             raise ConfigError(f"tokenizer {self.tokenizer_path} has no pad or eos token to pad batches with; give it "
-                              "one (tokenizer.pad_token = ..., save_pretrained) or set model.tokenizer to one that has.")
+                              "one (tokenizer.pad_token = ..., save_pretrained) or set model.tokenizer to one that "
+                              "has.")
         return self.tokenizer.pad_token_id
 
     def collator(self) -> Collator:

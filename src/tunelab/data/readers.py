@@ -157,7 +157,11 @@ def require_columns(
     available = list(rows[0].keys())
     for key, column in columns.items():
         if column is not None and column not in rows[0]:
-            raise ConfigError(f"data.{key}={column!r} is not a column of {path}; columns are {available}.")
+            # one column whose name holds the other separator: the file was read with the wrong data.format
+            other = next((fmt for sep, fmt in ((",", "csv"), ("\t", "tsv")) if len(available) == 1
+                          and sep in available[0]), None)
+            hint = f" (the header reads as one column: is it data.format={other}?)" if other else ""
+            raise ConfigError(f"data.{key}={column!r} is not a column of {path}; columns are {available}{hint}.")
     for row, line in zip(rows, lines or ()):
         for key, column in columns.items():
             if column is None:
