@@ -96,8 +96,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         if cfg.get("train") and is_multirun():
             # each job of a sweep resumes its own (the sweep run again with hydra.sweep.dir=<its dir>); a job
             # that never wrote one starts from scratch
-            own = layout.last_checkpoint(cfg.paths.output_dir)
-            return str(own) if own.is_file() else None
+            return _own_last_checkpoint(cfg)
         # training resumes its own task_name's newest; eval.py / predict.py (task_name eval / predict, which train
         # nothing) take the newest of the runs that trained for the data's task (another task's would be refused)
         task_dir = Path(cfg.paths.log_dir, cfg.task_name if cfg.get("train") else "*")
@@ -131,11 +130,16 @@ def _requeued_own_checkpoint(cfg: DictConfig) -> str | None:
     goes on from the last.ckpt its stop signal wrote there, as ckpt_path=last would, instead of refusing the dir."""
     if not cfg.get("train") or int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
         return None
+    own = _own_last_checkpoint(cfg)
+    if own is not None:
+        log.warning("requeued SLURM job: resuming from %s", own)
+    return own
+
+
+def _own_last_checkpoint(cfg: DictConfig) -> str | None:
+    """This run dir's own last.ckpt, None before it has written one."""
     own = layout.last_checkpoint(cfg.paths.output_dir)
-    if not own.is_file():
-        return None
-    log.warning("requeued SLURM job: resuming from %s", own)
-    return str(own)
+    return str(own) if own.is_file() else None
 
 
 def _what_dir(folder: Path) -> str:
