@@ -193,16 +193,30 @@ def _label_sums(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return tp, pred, gold, sums[:, -2], sums[:, -1]
 
 
+def _f1_micro(sums: np.ndarray) -> np.ndarray:
+    tp, pred, gold, _, _ = _label_sums(sums)
+    return _ratio(2 * tp.sum(1), pred.sum(1) + gold.sum(1))
+
+
+def _f1_macro(sums: np.ndarray) -> np.ndarray:
+    tp, pred, gold, _, _ = _label_sums(sums)
+    return _macro_f1(np.concatenate([tp, pred, gold], 1))
+
+
+def _subset_accuracy(sums: np.ndarray) -> np.ndarray:
+    _, _, _, exact, examples = _label_sums(sums)
+    return exact / examples
+
+
 def _hamming(sums: np.ndarray) -> np.ndarray:
     tp, pred, gold, _, examples = _label_sums(sums)
     return hamming_loss(tp, pred, gold, examples)
 
 
 MULTILABEL = {
-    "f1_micro": ExampleMetric(_label_features, lambda sums: (lambda tp, pred, gold, *_: _ratio(
-        2 * tp.sum(1), pred.sum(1) + gold.sum(1)))(*_label_sums(sums))),
-    "f1_macro": ExampleMetric(_label_features, lambda sums: _macro_f1(np.concatenate(_label_sums(sums)[:3], 1))),
-    "subset_acc": ExampleMetric(_label_features, lambda sums: _label_sums(sums)[3] / _label_sums(sums)[4]),
+    "f1_micro": ExampleMetric(_label_features, _f1_micro),
+    "f1_macro": ExampleMetric(_label_features, _f1_macro),
+    "subset_acc": ExampleMetric(_label_features, _subset_accuracy),
     "hamming": ExampleMetric(_label_features, _hamming, higher_is_better=False),
 }
 
