@@ -21,11 +21,17 @@ def monitor(cfg: Mapping[str, Any]) -> tuple[str, str]:
     return name, task.metric_mode(name)
 
 
-def callback_monitor(cfg: Mapping[str, Any], metric: str, mode: str) -> tuple[str, str]:
-    """(metric, mode) a best-checkpoint or early-stopping callback watches: monitor `auto` is the run's (`monitor`);
-    a metric named with mode `auto` takes that metric's direction (val/loss: min)."""
+def callback_monitor(cfg: Mapping[str, Any], metric: str, mode: str, key: str = "callbacks.<name>"
+                     ) -> tuple[str, str]:
+    """(metric, mode) a best-checkpoint or early-stopping callback (config `key`) watches: monitor `auto` is the run's
+    (`monitor`), with which a mode of its own must agree; a metric named with mode `auto` takes that metric's
+    direction (val/loss: min)."""
     if metric == "auto":
-        return monitor(cfg)
+        name, direction = monitor(cfg)
+        if mode not in ("auto", direction):
+            raise ConfigError(f"{key}.mode={mode}, but it watches the run's {name}, which is {direction}imized: leave "
+                              f"{key}.mode=auto, or give the callback a metric of its own ({key}.monitor=...).")
+        return name, direction
     if mode != "auto":
         return metric, mode
     from tunelab.tasks import get_task

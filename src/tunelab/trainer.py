@@ -138,13 +138,14 @@ def instantiate_group(group: DictConfig | None, cfg: DictConfig | None = None) -
     """Instantiate every entry of a callbacks/logger group that has a _target_; a checkpoint's or early stopping's
     `monitor: auto` / `mode: auto` become the run's monitored metric / the metric's direction (callback_monitor)."""
     objects = []
-    for entry in (group or {}).values():
+    for name, entry in (group or {}).items():
         if not isinstance(entry, DictConfig) or "_target_" not in entry:
             continue
         if cfg is not None and entry.get("monitor") is not None and "auto" in (entry.monitor, entry.get("mode")):
             entry = entry.copy()
             with open_dict(entry):
-                entry.monitor, entry.mode = callback_monitor(cfg, entry.monitor, entry.get("mode", "auto"))
+                entry.monitor, entry.mode = callback_monitor(cfg, entry.monitor, entry.get("mode", "auto"),
+                                                             f"callbacks.{name}")
         objects.append(instantiate(entry))
     return objects
 

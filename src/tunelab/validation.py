@@ -184,17 +184,12 @@ def _check_callback_monitors(cfg: DictConfig) -> None:
     for name, entry in (cfg.get("callbacks") or {}).items():
         if not isinstance(entry, DictConfig) or entry.get("monitor") is None:
             continue
-        if entry.monitor == "auto":
-            metric, direction = monitor(cfg)
-            if entry.get("mode", "auto") not in ("auto", direction):
-                raise ConfigError(f"callbacks.{name}.mode={entry.mode}, but it watches the run's {metric}, which is "
-                                  f"{direction}imized: leave callbacks.{name}.mode=auto, or give the callback a "
-                                  f"metric of its own (callbacks.{name}.monitor=...).")
-        else:
-            try:
-                callback_monitor(cfg, entry.monitor, entry.get("mode", "auto"))
-            except ConfigError as err:
-                raise ConfigError(f"callbacks.{name}.monitor={entry.monitor}: {err}") from None
+        try:
+            callback_monitor(cfg, entry.monitor, entry.get("mode", "auto"), f"callbacks.{name}")
+        except ConfigError as err:
+            if entry.monitor == "auto":  # a mode against the run's metric: the line names the key already
+                raise
+            raise ConfigError(f"callbacks.{name}.monitor={entry.monitor}: {err}") from None
 
 
 def _check_early_stopping_can_validate(cfg: DictConfig) -> None:
