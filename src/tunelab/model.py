@@ -18,6 +18,14 @@ from tunelab.tasks import Task
 log = logging.getLogger(__name__)
 
 
+# every model.* key the code reads (conf/model/hf.yaml sets each of them; gpt2_tiny.yaml adds `config`, the
+# architecture of a model built from scratch): config_keys refuses any other
+MODEL_KEYS = frozenset({
+    "name_or_path", "tokenizer", "from_scratch", "config", "config_overrides", "trust_remote_code", "pooling", "dropout",
+    "freeze_embeddings", "freeze_layers", "gradient_checkpointing", "compile", "compile_dynamic", "compile_scope",
+    "compile_mode", "compile_backend", "compile_eval", "compile_cache_dir",
+})
+
 # the config attributes architectures take their dropout rates from (BERT, GPT-2, Llama / Qwen2, GPT-NeoX, ...)
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "hidden_dropout", "attention_dropout", "dropout",
                 "resid_pdrop", "embd_pdrop", "attn_pdrop", "activation_dropout")

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
 from tunelab.checkpoints import adapter_hparams, is_adapter_dir
+from tunelab.config_keys import check_keys
 from tunelab.data.datamodule import FILE_KEYS, splits_read
 from tunelab.data.language_modeling import is_trained_tokenizer
 from tunelab.data.readers import existing_file
@@ -31,6 +32,7 @@ from tunelab.trainer import strategy_name
 
 def validate(cfg: DictConfig) -> None:
     schema.check(cfg)  # types and ranges of every value first: the checks below rely on them
+    check_keys(cfg)  # and no key its code would not read (a misspelled +data.max_lenght)
     _check_required(cfg)  # then every ??? of the config: the checks below read those keys
     if not cfg.get("predict"):  # a ckpt_path that is not a checkpoint (predict.py takes exported models too)
         resolve_ckpt_path(cfg)

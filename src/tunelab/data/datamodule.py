@@ -65,7 +65,6 @@ class BaseDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
         encoding: str = "utf-8",
-        **task_options: Any,
     ) -> None:
         super().__init__()
         self.tokenizer_path = tokenizer
@@ -84,7 +83,6 @@ class BaseDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.seed = seed
         self.encoding = encoding
-        self.options = task_options
         self._tokenizer = None
         self.splits: dict[str, ListDataset] = {}
         self.label_names: list[str] = []

@@ -1,0 +1,91 @@
+"""Every key a config group sets is one its code reads. Hydra's `+group.key=value` adds any key, so a misspelled
+`+data.max_lenght=64` used to train at the default length without a word; here it is one line naming the fix,
+before anything loads. A group built by `hydra.utils.instantiate` takes the keyword arguments of its `_target_`
+(a target that takes **kwargs, as W&B's logger does, takes anything); `model` takes model.MODEL_KEYS."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Iterable
+
+from hydra.utils import get_object
+from omegaconf import DictConfig
+
+from tunelab.errors import ConfigError
+from tunelab.model import MODEL_KEYS
+from tunelab.peft_adapters import TUNELAB_KEYS as PEFT_OWN_KEYS
+
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """ConfigError for the first key of model / data / loss / trainer / peft / a callback / a logger that its
+    code does not read (optimizer and scheduler keys are checked by building them: optim.check_optimizer_settings)."""
+    if isinstance(cfg.get("model"), DictConfig):
+        _check("model", cfg.model, MODEL_KEYS, "the model config")
+    for group, own in (("data", ()), ("loss", ()), ("trainer", ()), ("peft", PEFT_OWN_KEYS)):
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and node.get("_target_"):
+            _check_target(group, node, own)
+    peft = cfg.get("peft")
+    if isinstance(peft, DictConfig) and not peft.get("_target_"):  # peft=none: full fine-tuning
+        _check("peft", peft, {*PEFT_OWN_KEYS, "modules_to_save"}, f"peft={peft.get('name', 'none')} (choose "
+               "peft=lora, adalora, ia3 or prefix for an adapter's settings)")
+    for group in ("callbacks", "logger"):
+        for name, entry in (cfg.get(group) or {}).items():
+            if not isinstance(entry, DictConfig):
+                continue  # null: an entry an option or the command line switched off
+            if not entry.get("_target_"):
+                raise ConfigError(f"{group}.{name} sets {', '.join(map(str, entry.keys()))} but names no _target_, so "
+                                  f"nothing builds it: choose the {group} option that has {name} ({group}=...), or "
+                                  f"add +{group}.{name}._target_=<its class>.")
+            _check_target(f"{group}.{name}", entry, ())
+
+
+def accepted_keys(target: Any) -> set[str] | None:
+    """The keyword arguments `target` (a class or a function) takes, following **kwargs up a class's bases
+    (TextDataModule passes its own on to BaseDataModule); None where they end in **kwargs: anything goes."""
+    names: set[str] = set()
+    owners = [c for c in target.__mro__ if "__init__" in vars(c)] if isinstance(target, type) else [target]
+    for owner in owners:
+        try:
+            params = inspect.signature(owner.__init__ if isinstance(target, type) else owner).parameters.values()
+        except (TypeError, ValueError):  # a builtin without a signature
+            return None
+        names |= {p.name for p in params if p.kind in _NAMED}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return names - {"self"}
+    return None
+
+
+# arguments the run passes itself when it builds the group (a config key would clash with them), and from what
+_PASSED_BY_CODE = {
+    "data": {"tokenizer": "model.tokenizer", "seed": "the root seed"},
+    "trainer": {"callbacks": "callbacks=...", "logger": "logger=...",
+                "use_distributed_sampler": "nothing: the datamodule's batch sampler shards batches across ranks"},
+}
+
+
+def _check_target(where: str, node: DictConfig, own: Iterable[str]) -> None:
+    try:
+        target = get_object(node._target_)
+    except Exception:  # noqa: BLE001 - an unimportable target is reported where it is built, with its own fix
+        return
+    passed = _PASSED_BY_CODE.get(where, {})
+    for key in passed.keys() & set(node.keys()):
+        raise ConfigError(f"{where}.{key} is set by the run itself, from {passed[key]}: drop {where}.{key}.")
+    accepted = accepted_keys(target)
+    if accepted is not None:
+        _check(where, node, (accepted | set(own)) - passed.keys(), node._target_)
+
+
+def _check(where: str, node: DictConfig, accepted: Iterable[str], owner: str) -> None:
+    accepted = set(accepted)
+    for key in node.keys():
+        key = str(key)
+        if key in accepted or (key.startswith("_") and key.endswith("_")):  # hydra's _target_, _partial_, ...
+            continue
+        close = difflib.get_close_matches(key, sorted(accepted), n=1)
+        fix = f"did you mean {where}.{close[0]}?" if close else f"its settings: {', '.join(sorted(accepted))}."
+        raise ConfigError(f"unknown config key '{where}.{key}': {owner} takes no {key}; {fix}")

@@ -1,0 +1,74 @@
+"""A key that no code reads (a misspelled `+data.max_lenght=64`) is one line naming the fix before anything loads,
+and no key that a shipped option sets is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg
+from tunelab.config_keys import check_keys
+from tunelab.errors import ConfigError
+from tunelab.model import MODEL_KEYS
+from tunelab.validation import validate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+data.max_lenght=64"], "unknown config key 'data.max_lenght': tunelab.data.TextDataModule takes no max_lenght; "
+                              "did you mean data.max_length?"),
+    (["data=conll2003", "loss=token_cross_entropy", "+data.label_all_subtoken=true"],
+     "unknown config key 'data.label_all_subtoken': tunelab.data.TokenClassificationDataModule takes no "
+     "label_all_subtoken; did you mean data.label_all_subtokens?"),
+    (["+data.seed=3"],  # the run's seed is passed in: a data.seed would clash with it
+     "data.seed is set by the run itself, from the root seed: drop data.seed."),
+    (["+model.dropuot=0.2"], "unknown config key 'model.dropuot': the model config takes no dropuot; did you mean "
+                             "model.dropout?"),
+    (["+loss.label_smooting=0.1"], "unknown config key 'loss.label_smooting': tunelab.losses.CrossEntropyLoss takes no "
+                                   "label_smooting; did you mean loss.label_smoothing?"),
+    (["+trainer.max_epoch=2"], "unknown config key 'trainer.max_epoch': lightning.pytorch.Trainer takes no max_epoch; "
+                               "did you mean trainer.max_epochs?"),
+    (["peft=lora", "+peft.lora_alhpa=3"], "unknown config key 'peft.lora_alhpa': peft.LoraConfig takes no lora_alhpa; "
+                                          "did you mean peft.lora_alpha?"),
+    (["+peft.r=4"], "unknown config key 'peft.r': peft=none (choose peft=lora, adalora, ia3 or prefix for an adapter's "
+                    "settings) takes no r; its settings: adapter_path, feedforward_modules_by_model_type, "
+                    "merge_on_save, modules_to_save, name, save_adapter, target_modules_by_model_type, tfinal_ratio, "
+                    "tinit_ratio."),
+    (["callbacks=early_stopping", "+callbacks.early_stopping.patiance=2"],
+     "unknown config key 'callbacks.early_stopping.patiance': lightning.pytorch.callbacks.EarlyStopping takes no "
+     "patiance; did you mean callbacks.early_stopping.patience?"),
+    (["+callbacks.early_stopping.patience=2"],  # callbacks=default has no early stopping to set
+     "callbacks.early_stopping sets patience but names no _target_, so nothing builds it: choose the callbacks option "
+     "that has early_stopping (callbacks=...), or add +callbacks.early_stopping._target_=<its class>."),
+])
+def test_a_key_no_code_reads_is_one_line_before_anything_loads(tmp_path, overrides, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(tmp_path, *overrides))
+    assert str(err.value) == message
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_shipped_option_sets_only_keys_its_code_reads(tmp_path) -> None:
+    """No false refusals: each option of each checked group, and every experiment, composes and passes."""
+    overrides = [[f"{group}={name}"] for group in ("model", "loss", "trainer", "callbacks", "logger", "peft")
+                 for name in _options(group)]
+    overrides += [[f"data={name}"] for name in _options("data")]
+    overrides += [[f"experiment={name}"] for name in _options("experiment")]
+    for override in overrides:
+        check_keys(compose_cfg(tmp_path, *override, fast=False))
+    check_keys(compose_cfg(tmp_path, config_name="eval", fast=False))
+    check_keys(compose_cfg(tmp_path, "data.predict_file=x.csv", config_name="predict", fast=False))
+
+
+def test_model_keys_are_the_keys_the_model_options_set() -> None:
+    """MODEL_KEYS names what the model options define (a key added to conf/model but not there is refused)."""
+    keys = set()
+    for path in (CONF / "model").glob("*.yaml"):
+        keys |= {str(k) for k in OmegaConf.load(path).keys() if k != "defaults"}
+    assert keys == set(MODEL_KEYS)
