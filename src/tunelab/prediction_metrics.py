@@ -14,7 +14,7 @@ import torch
 
 from tunelab.errors import ConfigError
 from tunelab.metrics import ECE_BINS, confidence_bins
-from tunelab.report_tables import expected_calibration_error, hamming_loss
+from tunelab.report_tables import expected_calibration_error, hamming_loss, macro_mean, prf
 from tunelab.span_metrics import spans
 
 
@@ -65,8 +65,7 @@ def _confusion_features(records: Sequence[dict]) -> np.ndarray:
 
 def _macro_f1(sums: np.ndarray) -> np.ndarray:
     tp, pred, gold = np.split(sums, 3, axis=1)
-    present = (pred + gold) > 0  # a class neither predicted nor present is left out of the average
-    return (_ratio(2 * tp, pred + gold) * present).sum(1) / np.maximum(present.sum(1), 1)
+    return macro_mean(prf(tp, pred, gold)[2], pred, gold)
 
 
 def _correct(records: Sequence[dict]) -> np.ndarray:
@@ -195,7 +194,7 @@ def _label_sums(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 def _f1_micro(sums: np.ndarray) -> np.ndarray:
     tp, pred, gold, _, _ = _label_sums(sums)
-    return _ratio(2 * tp.sum(1), pred.sum(1) + gold.sum(1))
+    return prf(tp.sum(1), pred.sum(1), gold.sum(1))[2]
 
 
 def _f1_macro(sums: np.ndarray) -> np.ndarray:
@@ -235,8 +234,8 @@ def _entity_features(records: Sequence[dict]) -> np.ndarray:
 
 def _entity_score(stat: str) -> Callable[[np.ndarray], np.ndarray]:
     def score(sums: np.ndarray) -> np.ndarray:
-        tp, pred, gold = sums.T
-        return {"precision": _ratio(tp, pred), "recall": _ratio(tp, gold), "f1": _ratio(2 * tp, pred + gold)}[stat]
+        precision, recall, f1 = prf(*sums.T)
+        return {"precision": precision, "recall": recall, "f1": f1}[stat]
 
     return score
 

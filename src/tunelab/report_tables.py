@@ -11,18 +11,27 @@ import torch
 AVERAGE_NAMES = {"micro_avg": "micro avg", "macro_avg": "macro avg", "weighted_avg": "weighted avg"}
 
 
-def prf(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Precision, recall, F1 from true-positive, predicted and gold counts (0 where undefined, as
-    seqeval's and scikit-learn's zero_division=0)."""
-    tp, pred, gold = tp.double(), pred.double(), gold.double()
-    precision = torch.where(pred > 0, tp / pred.clamp(min=1), 0.0)
-    recall = torch.where(gold > 0, tp / gold.clamp(min=1), 0.0)
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
-    return precision.float(), recall.float(), f1.float()
+# One formula each for the logged metric, the test report and tunelab.compare's recomputation from predictions:
+# torch tensors or numpy arrays (a bootstrap's [replicates, ...] sums), the last axis over classes / bins / labels
+def count_ratio(num, den):
+    """num / den of counts, 0 where den is 0 (where num is 0 too: true positives <= predicted, gold), as
+    seqeval's and scikit-learn's zero_division=0."""
+    return num / (den + (den == 0))
 
 
-# One formula each for the logged metric, the test report and tunelab.compare's recomputation: torch tensors or
-# numpy arrays, the last axis over confidence bins / labels
+def prf(tp, pred, gold):
+    """Precision, recall and F1 (= 2·tp / (predicted + gold)) from true-positive, predicted and gold counts."""
+    return count_ratio(tp, pred), count_ratio(tp, gold), count_ratio(2 * tp, pred + gold)
+
+
+def macro_mean(values, pred, gold):
+    """The macro average of per-class values over the classes that occur (gold or predicted): a class with neither
+    has no precision, recall or F1 to average (torchmetrics' rule), so every macro figure of a run, logged, in its
+    report or recomputed by tunelab.compare, is the same number."""
+    present = (pred + gold) > 0
+    return (values * present).sum(-1) / present.sum(-1).clip(min=1)
+
+
 def expected_calibration_error(confidence, correct, examples):
     """Top-label ECE from per-bin sums of the confidence and of the correct predictions: sum over bins of
     |accuracy - confidence| x the bin's share of the examples."""
@@ -32,14 +41,6 @@ def expected_calibration_error(confidence, correct, examples):
 def hamming_loss(tp, pred, gold, examples):
     """Multi-label: wrong label decisions (false positives + false negatives) over examples x labels."""
     return ((pred - tp) + (gold - tp)).sum(-1) / (examples * tp.shape[-1])
-
-
-def macro_mean(values: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-    """The macro average of per-class values over the classes that occur (gold or predicted): a class with neither
-    has no precision, recall or F1 to average (torchmetrics' rule, and tunelab.compare's), so every macro figure
-    of a run, logged or in its report, is the same number."""
-    present = (pred + gold) > 0
-    return values[present].mean() if present.any() else values.new_zeros(())
 
 
 def per_class_report(tp: torch.Tensor, pred: torch.Tensor, gold: torch.Tensor, names: Sequence[str]) -> dict:
