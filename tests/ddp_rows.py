@@ -100,3 +100,10 @@ class SignalAtBatch(pl.Callback):
         if self._seen == self.batch:
             find_resilience(trainer)._request_stop(signal.Signals(self.signum), None)
         self._seen += 1
+
+
+class NotifyWithToken(pl.Callback):
+    """A user's callback that takes a secret (a chat webhook's token, say): the redaction tests pass one."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token

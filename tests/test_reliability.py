@@ -295,7 +295,8 @@ def test_nan_loss_skip_counts_skipped_batches(run_cfg) -> None:
 def test_wandb_key_never_lands_in_run_dir(tmp_path) -> None:
     secret, token = "sk-test-5ecret-4a7b9", "hf_t0ken5ecret"
     proc = run_script("train.py", "debug=fdr", "model=tiny", "logger=wandb", "trainer=cpu", f"paths.data_dir={FIXTURES}",
-                      f"+model.token={token}", f"hydra.run.dir={tmp_path}",
+                      "+callbacks.notify._target_=tests.ddp_rows.NotifyWithToken", f"+callbacks.notify.token={token}",
+                      f"hydra.run.dir={tmp_path}",
                       env={"WANDB_API_KEY": secret, "WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
