@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from tunelab.config_keys import check_keys
 from tunelab.errors import ConfigError
+from tunelab.config_keys import ROOT_KEYS, check_keys
 from tunelab.model import MODEL_KEYS
 from tunelab.validation import validate
 
@@ -25,6 +25,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
      "label_all_subtoken; did you mean data.label_all_subtokens?"),
     (["+data.seed=3"],  # the run's seed is passed in: a data.seed would clash with it
      "data.seed is set by the run itself, from the root seed: drop data.seed."),
+    (["+seeed=3"], "unknown config key 'seeed': the run config takes no seeed; did you mean seed?"),
     (["+model.dropuot=0.2"], "unknown config key 'model.dropuot': the model config takes no dropuot; did you mean "
                              "model.dropout?"),
     (["+loss.label_smooting=0.1"], "unknown config key 'loss.label_smooting': tunelab.losses.CrossEntropyLoss takes no "
@@ -62,8 +63,13 @@ def test_every_shipped_option_sets_only_keys_its_code_reads(tmp_path) -> None:
     overrides += [[f"experiment={name}"] for name in _options("experiment")]
     for override in overrides:
         check_keys(compose_cfg(tmp_path, *override, fast=False))
-    check_keys(compose_cfg(tmp_path, config_name="eval", fast=False))
-    check_keys(compose_cfg(tmp_path, "data.predict_file=x.csv", config_name="predict", fast=False))
+    roots = {"train": [], "eval": [], "predict": ["data.predict_file=x.csv"]}
+    keys = set()
+    for name, override in roots.items():
+        cfg = compose_cfg(tmp_path, *override, config_name=name, fast=False)
+        check_keys(cfg)
+        keys |= set(cfg.keys())
+    assert keys == set(ROOT_KEYS)  # a root key added to a root config is named there too
 
 
 def test_model_keys_are_the_keys_the_model_options_set() -> None:

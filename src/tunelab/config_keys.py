@@ -7,21 +7,32 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
+import re
 from typing import Any, Iterable
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tunelab.errors import ConfigError
 from tunelab.model import MODEL_KEYS
 from tunelab.peft_adapters import TUNELAB_KEYS as PEFT_OWN_KEYS
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+_REFERENCE = re.compile(r"\$\{\s*([A-Za-z_]\w*)\s*[.}\[]")  # ${name}, ${name.key}; not a resolver's ${name:...}
+# the root keys of train.yaml, eval.yaml and predict.yaml: the config groups and the run's own settings
+ROOT_KEYS = frozenset({
+    "model", "data", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger", "peft", "paths", "hydra",
+    "task_name", "tags", "train", "test", "predict", "ckpt_path", "seed", "optimized_metric", "overwrite", "on_nan",
+    "export", "plots", "train_metrics", "float32_matmul_precision",
+})
 
 
 def check_keys(cfg: DictConfig) -> None:
     """ConfigError for the first key of model / data / loss / trainer / peft / a callback / a logger that its
     code does not read (optimizer and scheduler keys are checked by building them: optim.check_optimizer_settings)."""
+    _check("", cfg, ROOT_KEYS | _interpolated_names(cfg), "the run config")
     if isinstance(cfg.get("model"), DictConfig):
         _check("model", cfg.model, MODEL_KEYS, "the model config")
     for group, own in (("data", ()), ("loss", ()), ("trainer", ()), ("peft", PEFT_OWN_KEYS)):
@@ -41,6 +52,15 @@ def check_keys(cfg: DictConfig) -> None:
                                   f"nothing builds it: choose the {group} option that has {name} ({group}=...), or "
                                   f"add +{group}.{name}._target_=<its class>.")
             _check_target(f"{group}.{name}", entry, ())
+
+
+def _interpolated_names(cfg: DictConfig) -> set[str]:
+    """The root keys an interpolation reads: an experiment's own variables (sweep_optimizers' lr_scale, read by
+    optimizer.lr's ${mul:...,${lr_scale}}) are read that way; a +key=... that nothing reads is a typo."""
+    texts = [json.dumps(OmegaConf.to_container(cfg, resolve=False), default=str)]
+    if HydraConfig.initialized():  # the job's config has no hydra node: its interpolations are read there
+        texts.append(json.dumps(OmegaConf.to_container(HydraConfig.get(), resolve=False), default=str))
+    return {name for text in texts for name in _REFERENCE.findall(text)}
 
 
 def accepted_keys(target: Any) -> set[str] | None:
@@ -87,5 +107,6 @@ def _check(where: str, node: DictConfig, accepted: Iterable[str], owner: str) ->
         if key in accepted or (key.startswith("_") and key.endswith("_")):  # hydra's _target_, _partial_, ...
             continue
         close = difflib.get_close_matches(key, sorted(accepted), n=1)
-        fix = f"did you mean {where}.{close[0]}?" if close else f"its settings: {', '.join(sorted(accepted))}."
-        raise ConfigError(f"unknown config key '{where}.{key}': {owner} takes no {key}; {fix}")
+        prefix = f"{where}." if where else ""
+        fix = f"did you mean {prefix}{close[0]}?" if close else f"its settings: {', '.join(sorted(accepted))}."
+        raise ConfigError(f"unknown config key '{prefix}{key}': {owner} takes no {key}; {fix}")
