@@ -31,6 +31,7 @@ def last_ckpt(tmp_path_factory, cache_dir) -> str:
     ("optimizer.lr=0.5", "optimizer.lr=5e-05, this run says 0.5"),
     ("scheduler=cosine", "scheduler._target_=transformers.get_linear_schedule_with_warmup, this run says "
                          "transformers.get_cosine_schedule_with_warmup"),
+    ("model.dropout=0.3", "model.dropout=None, this run says 0.3"),  # the model, not only its path
 ])
 def test_resuming_with_other_settings_is_one_line(last_ckpt, tmp_path, cache_dir, override, said) -> None:
     with pytest.raises(ConfigError) as err:
@@ -38,6 +39,25 @@ def test_resuming_with_other_settings_is_one_line(last_ckpt, tmp_path, cache_dir
                         cache=cache_dir))
     assert str(err.value) == (f"ckpt_path={last_ckpt} was trained with {said}: resuming continues that run, so pass "
                               "its settings (its .hydra/overrides.yaml), or train from scratch without ckpt_path.")
+
+
+def test_resuming_without_the_runs_overrides_names_them_before_loading(tmp_path) -> None:
+    """`train.py ckpt_path=<ckpt>` without the overrides its run was trained with (another data file, length, model)
+    would train other examples or fail to load the weights: one line that lists the run's overrides."""
+    trained = [f"paths.data_dir={FIXTURES}", "data.max_length=32", *TINY]
+    proc = run_script("train.py", "debug=quick", *trained, "logger=csv", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    resumed = run_script("train.py", "debug=quick", f"paths.data_dir={FIXTURES}", *TINY, "trainer.max_epochs=2",
+                         f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert resumed.returncode == 2
+    assert resumed.stderr.strip().splitlines()[-1] == (
+        f"error: ckpt_path={ckpt} was trained with data.max_length=32, this run says 128: resuming continues that run, "
+        f"so pass its settings (its .hydra/overrides.yaml: debug=quick {' '.join(trained)} logger=csv), or train from "
+        "scratch without ckpt_path.")
+    again = run_script("train.py", "debug=quick", *trained, "trainer.max_epochs=2", f"ckpt_path={ckpt}",
+                       f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert again.returncode == 0, again.stderr[-2000:]
 
 
 def test_a_sweep_run_again_in_its_dir_resumes_every_job_from_its_own(tmp_path) -> None:

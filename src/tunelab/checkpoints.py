@@ -251,38 +251,3 @@ def check_text_pairs(path: str | Path, data: DictConfig) -> None:
                           "data.text_pair_column=<the second text's column>.")
     if given and not trained:
         raise ConfigError(f"ckpt_path={path} was trained on single texts; drop data.text_pair_column={given}.")
-
-
-# what a resumed run must share with the run its checkpoint comes from (the trainer's limits may change)
-RESUMED_SETTINGS = ("peft", "loss", "optimizer", "scheduler")  # peft first: it sets its own optimizer.lr
-# what sets a run's number of optimizer steps, which the scheduler spans
-RUN_LENGTH = ("trainer.max_steps", "trainer.max_epochs", "trainer.limit_train_batches",
-              "trainer.accumulate_grad_batches", "data.batch_size", "data.train_limit")
-
-
-def check_resume(path: str | Path, trained: Mapping[str, Any], now: Mapping[str, Any], cfg: DictConfig) -> None:
-    """Resuming continues the checkpoint's run, with its optimizer and scheduler state: a command line that
-    names another loss, optimizer, scheduler, adapter, base model or seed would record the continued run
-    under settings it did not train with (and sweeps and comparisons would pair it so). Another length
-    (training longer after a max_steps stop) is allowed, with a warning: the schedule is rebuilt for it."""
-    trained_model = (trained.get("model") or {}).get("name_or_path")
-    differences = [("model.name_or_path", trained_model, now["model"].get("name_or_path"))]
-    for group in RESUMED_SETTINGS:
-        before, after = trained.get(group) or {}, now.get(group) or {}
-        differences += [(f"{group}.{key}", before.get(key), after.get(key)) for key in sorted({*before, *after})]
-    trained_cfg = training_config(path)
-    if trained_cfg is not None:
-        differences.append(("seed", trained_cfg.get("seed"), cfg.seed))
-    for key, before, after in differences:
-        if before != after:
-            raise ConfigError(f"ckpt_path={path} was trained with {key}={before}, this run says {after}: resuming "
-                              "continues that run, so pass its settings (its .hydra/overrides.yaml), or train from "
-                              "scratch without ckpt_path.")
-    if trained_cfg is None or not now.get("scheduler"):
-        return
-    changed = [f"{key}={OmegaConf.select(trained_cfg, key, default=None)} -> {OmegaConf.select(cfg, key, default=None)}"
-               for key in RUN_LENGTH if OmegaConf.select(trained_cfg, key, default=None) != OmegaConf.select(cfg, key, default=None)]
-    if changed:
-        log.warning("ckpt_path=%s was trained for another length (%s): the learning-rate schedule is rebuilt for this "
-                    "run's steps from where the checkpoint left off, so the result differs from a run trained to this "
-                    "length from the start", path, ", ".join(changed))
