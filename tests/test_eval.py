@@ -102,9 +102,11 @@ def test_ids_in_a_test_file_are_read_only_for_names_given_in_order(trained, tmp_
 
 
 def test_another_tasks_checkpoint_names_the_data_it_was_trained_on(trained, tmp_path, cache_dir) -> None:
-    _, ckpt, _ = trained("pairs")
+    metrics, ckpt, _ = trained("pairs")
+    # no data option: the run's own (STS-B pairs), not eval.yaml's default
+    assert evaluate(tmp_path / "own", cache_dir, ckpt)["test/spearman"] == metrics["test/spearman"]
     with pytest.raises(ConfigError) as err:
-        evaluate(tmp_path, cache_dir, ckpt)
+        evaluate(tmp_path, cache_dir, ckpt, "data=sst2")
     assert str(err.value) == (f"ckpt_path={ckpt} is a regression checkpoint but data=sst2 is a classification task; "
                               "pass a checkpoint trained for classification, or the data config it was trained with "
                               "(data=stsb).")
@@ -248,3 +250,27 @@ def test_a_pair_model_refuses_single_texts(trained, tmp_path, cache_dir) -> None
     with pytest.raises(ConfigError, match="was trained on text pairs"):
         predict(tmp_path / "predict", cache_dir, ckpt, "data=stsb", "data.text_pair_column=null",
                 f"data.predict_file={texts}")
+
+
+def test_a_run_on_ones_own_csv_is_tested_and_predicted_with_its_data_config_alone(tmp_path, cache_dir) -> None:
+    """`eval.py ckpt_path=...` with no data option tests on the data config the run trained with (its file, columns,
+    labels, held-out rows), not on eval.yaml's default SST-2; predict.py reads the run's text column."""
+    rows = [line.split("\t") for line in (FIXTURES / "sst2" / "train.tsv").read_text().splitlines()[1:201]]
+    own = tmp_path / "reviews.csv"
+    own.write_text("review,sentiment\n" + "".join(f'"{t}",{"pos" if y == "1" else "neg"}\n' for t, y in rows))
+    out = tmp_path / "trained"
+    cfg = compose_cfg(out, "data=csv", f"data.train_file={own}", "data.text_column=review",
+                      "data.label_column=sentiment", "data.test_fraction=0.3", *SHORT, cache=cache_dir)
+    metrics = run(cfg)
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    ckpt = str(out / "checkpoints" / "last.ckpt")
+    got = evaluate(tmp_path / "eval", cache_dir, ckpt)
+    assert [r["index"] for r in load_predictions(tmp_path / "eval")] == [r["index"] for r in load_predictions(out)]
+    assert got["test/acc"] == metrics["test/acc"]
+    new = tmp_path / "new.csv"
+    new.write_text('review\n"A moving, beautiful film."\nDull and far too long.\n')
+    run(compose_cfg(tmp_path / "predict", f"ckpt_path={out / 'hf_model'}", f"data.predict_file={new}",
+                    config_name="predict", cache=cache_dir))
+    assert [r["text"] for r in load_predictions(tmp_path / "predict")] == ["A moving, beautiful film.",
+                                                                          "Dull and far too long."]

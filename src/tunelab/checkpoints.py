@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Collection, Mapping
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tunelab import run_layout as layout
 from tunelab.errors import ConfigError
@@ -186,6 +186,28 @@ def trained_data(path: str | Path) -> str | None:
         return None
     task = [o.lstrip("+~") for o in overrides if o.lstrip("+~").startswith("data.task=")]
     return " ".join([f"data={name}", *task]) if name else None
+
+
+def use_trained_data(path: str | Path, cfg: DictConfig, given_keys: Collection[str] = ()) -> None:
+    """eval.py / predict.py on a checkpoint or exported model whose run dir is at hand, with no data option on the
+    command line (`data=`, `experiment=`): the data config that run trained with (its files, columns, labels,
+    lengths, splits; resolved there, so its paths.data_dir holds), the command line's data.* keys on top. A model
+    trained on one's own CSV is tested on its held-out rows by `eval.py ckpt_path=...` alone."""
+    if {"data", "experiment"} & set(given_keys):
+        return
+    trained_cfg = training_config(path)
+    try:
+        trained = OmegaConf.create(OmegaConf.to_container(trained_cfg.data, resolve=True)) if trained_cfg else None
+    except Exception:  # noqa: BLE001 - an interpolation only the training run's Hydra resolves: keep the data config
+        return
+    if trained is None or not trained.get("_target_"):  # no whole data config to build
+        return
+    for key in sorted(k for k in given_keys if k.startswith("data.")):
+        OmegaConf.update(trained, key.removeprefix("data."), OmegaConf.select(cfg, key), force_add=True)
+    if trained.get("name") != cfg.data.get("name"):
+        log.info("data=%s as ckpt_path=%s was trained (pass data=... to test on other data)", trained.get("name"), path)
+    with open_dict(cfg):
+        cfg.data = trained
 
 
 # how a model's inputs were cut: a checkpoint is tested (and predicts) with its training run's, not the data

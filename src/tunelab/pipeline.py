@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
 from tunelab.checkpoints import (check_checkpoint, check_text_pairs, is_adapter_dir, saved_val_metrics,
-                                 tested_label_info, trained_tokenizer, use_trained_data_settings)
+                                 tested_label_info, trained_tokenizer, use_trained_data, use_trained_data_settings)
 from tunelab.csv_history import csv_history, restore_csv_history
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
@@ -48,6 +48,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _run(cfg: DictConfig) -> dict[str, float]:
+    if not cfg.get("train") and not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.get("ckpt_path"):
+        # testing / predicting a trained model: its run's data config, unless the command line chooses one
+        trained = cfg.ckpt_path if cfg.get("predict") else rundir.resolve_ckpt_path(cfg)
+        use_trained_data(trained, cfg, sweeps.command_line_keys())
     validate(cfg)
     # the checkpoint this run uses ("last": a run's last.ckpt; in a sweep, the job's own), which validation
     # checked; predict.py takes exported model dirs too, which are no checkpoints, and resolves its own
