@@ -169,7 +169,11 @@ BAD_VALUES = {
     "trainer.limit_train_batches": ([-1, 1.5, "half"], [0, 10, 0.25, 1.0, None]),  # count or fraction
     "trainer.fast_dev_run": ([-1, "once"], [True, False, 3]),
     "trainer.devices": ([0, -5, [], [-1], "abc", "-5", ""], [1, 2, -1, "auto", "-1", [0, 1], "0,1"]),  # as Lightning parses
-    "loss.class_weights": (["balancd", [], [-1, 1], ["a"], [True], 2], ["balanced", [1, 2.5], None]),  # per label
+    "loss.class_weights": (["balancd", [], [-1, 1], ["a"], [True], 2, [0, 0]], ["balanced", [1, 2.5], [0, 1], None]),
+    "seed": ([-1, 2**32, "x", 1.5], [0, 42, 2**32 - 1]),  # what numpy seeds
+    "tags": (["foo", [True]], [[], ["sst2", "minilm"]]),  # a bare string would be read letter by letter
+    "data.label_names": (["negative", [["a"]]], [None, ["negative", "positive"], [0, 1]]),
+    "ckpt_path": ([5, ""], [None, "last", "outputs/x.ckpt"]),
 }
 
 
@@ -347,3 +351,19 @@ def test_a_model_without_the_tasks_head_is_one_line_before_anything_loads(tmp_pa
     assert str(err.value) == ("model_type bart has no token_classification head in transformers "
                               "(AutoModelForTokenClassification); use a model that has one, or another task for this "
                               "model.")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing, yet the run would test and export its untrained "
+                               "weights: set trainer.max_epochs above 0 (test a checkpoint with eval.py ckpt_path=...)."),
+    (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0 trains nothing, yet the run would test and "
+                                          "export its untrained weights: set trainer.limit_train_batches above 0 (test "
+                                          "a checkpoint with eval.py ckpt_path=...)."),
+    (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 trains without end, so the learning-rate schedule has no length "
+                                "to span: set trainer.max_steps, or scheduler=none."),
+])
+def test_a_run_that_would_train_nothing_or_without_end_is_one_line(tmp_path, overrides, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(tmp_path, *overrides))
+    assert str(err.value) == message
+    validate(compose_cfg(tmp_path, "trainer.max_epochs=-1", "trainer.max_steps=5"))  # an end, in steps

@@ -38,6 +38,12 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
                     "settings) takes no r; its settings: adapter_path, feedforward_modules_by_model_type, "
                     "merge_on_save, modules_to_save, name, save_adapter, target_modules_by_model_type, tfinal_ratio, "
                     "tinit_ratio."),
+    (["+scheduler.num_warmup_steps=10"], "scheduler.num_warmup_steps is set by the run itself, from "
+                                         "scheduler.warmup_steps or scheduler.warmup_ratio: drop "
+                                         "scheduler.num_warmup_steps."),
+    (["scheduler=none", "+scheduler.warmup_steps=5"],
+     "unknown config key 'scheduler.warmup_steps': scheduler=none (choose scheduler=linear, cosine or "
+     "constant_with_warmup for a schedule's settings) takes no warmup_steps; it has no settings."),
     (["callbacks=early_stopping", "+callbacks.early_stopping.patiance=2"],
      "unknown config key 'callbacks.early_stopping.patiance': lightning.pytorch.callbacks.EarlyStopping takes no "
      "patiance; did you mean callbacks.early_stopping.patience?"),

@@ -39,6 +39,13 @@ def check_keys(cfg: DictConfig) -> None:
         node = cfg.get(group)
         if isinstance(node, DictConfig) and node.get("_target_"):
             _check_target(group, node, own)
+    scheduler = cfg.get("scheduler")
+    if isinstance(scheduler, DictConfig):  # its own keys are checked by building it (optim.check_optimizer_settings)
+        if scheduler.get("_target_"):
+            _check_passed_by_code("scheduler", scheduler)
+        else:
+            _check("scheduler", scheduler, (), "scheduler=none (choose scheduler=linear, cosine or "
+                   "constant_with_warmup for a schedule's settings)")
     peft = cfg.get("peft")
     if isinstance(peft, DictConfig) and not peft.get("_target_"):  # peft=none: full fine-tuning
         _check("peft", peft, {*PEFT_OWN_KEYS, "modules_to_save"}, f"peft={peft.get('name', 'none')} (choose "
@@ -82,6 +89,8 @@ def accepted_keys(target: Any) -> set[str] | None:
 # arguments the run passes itself when it builds the group (a config key would clash with them), and from what
 _PASSED_BY_CODE = {
     "data": {"tokenizer": "model.tokenizer", "seed": "the root seed"},
+    "scheduler": {"num_warmup_steps": "scheduler.warmup_steps or scheduler.warmup_ratio",
+                  "num_training_steps": "the trainer's length (trainer.max_steps / max_epochs)"},
     "trainer": {"callbacks": "callbacks=...", "logger": "logger=...",
                 "use_distributed_sampler": "nothing: the datamodule's batch sampler shards batches across ranks"},
 }
@@ -92,12 +101,16 @@ def _check_target(where: str, node: DictConfig, own: Iterable[str]) -> None:
         target = get_object(node._target_)
     except Exception:  # noqa: BLE001 - an unimportable target is reported where it is built, with its own fix
         return
-    passed = _PASSED_BY_CODE.get(where, {})
-    for key in passed.keys() & set(node.keys()):
-        raise ConfigError(f"{where}.{key} is set by the run itself, from {passed[key]}: drop {where}.{key}.")
+    _check_passed_by_code(where, node)
     accepted = accepted_keys(target)
     if accepted is not None:
-        _check(where, node, (accepted | set(own)) - passed.keys(), node._target_)
+        _check(where, node, (accepted | set(own)) - _PASSED_BY_CODE.get(where, {}).keys(), node._target_)
+
+
+def _check_passed_by_code(where: str, node: DictConfig) -> None:
+    passed = _PASSED_BY_CODE.get(where, {})
+    for key in sorted(passed.keys() & set(node.keys())):
+        raise ConfigError(f"{where}.{key} is set by the run itself, from {passed[key]}: drop {where}.{key}.")
 
 
 def _check(where: str, node: DictConfig, accepted: Iterable[str], owner: str) -> None:
@@ -108,5 +121,6 @@ def _check(where: str, node: DictConfig, accepted: Iterable[str], owner: str) ->
             continue
         close = difflib.get_close_matches(key, sorted(accepted), n=1)
         prefix = f"{where}." if where else ""
-        fix = f"did you mean {prefix}{close[0]}?" if close else f"its settings: {', '.join(sorted(accepted))}."
+        settings = f"its settings: {', '.join(sorted(accepted))}." if accepted else "it has no settings."
+        fix = f"did you mean {prefix}{close[0]}?" if close else settings
         raise ConfigError(f"unknown config key '{prefix}{key}': {owner} takes no {key}; {fix}")

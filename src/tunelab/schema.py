@@ -12,15 +12,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tunelab.errors import ConfigError
-from tunelab.schema_rules import (BATCHES, COUNT, COUNT_OR_NULL, DROPOUT, FLAG, FLAG_OR_NULL, FRACTION, NON_NEGATIVE,
-                                  POSITIVE, WEIGHTS, Rule, integer, is_int, number, one_of)
+from tunelab.schema_rules import (BATCHES, COUNT, COUNT_OR_NULL, DROPOUT, FLAG, FLAG_OR_NULL, FRACTION, NAMES,
+                                  NON_NEGATIVE, POSITIVE, WEIGHTS, Rule, integer, is_int, number, one_of)
 
 _ABSENT = object()
 
 
 # Every user-set value the project reads, by dotted key. Keys a config does not define are skipped.
 RULES: dict[str, Rule] = {
-    "seed": integer(),
+    "seed": Rule("int", low=0, high=2**32 - 1, label="an integer in [0, 4294967295]"),  # numpy's seed range
+    "tags": NAMES,
+    "ckpt_path": Rule("text", nullable=True),
     "train": FLAG,
     "test": FLAG,
     "overwrite": FLAG,
@@ -50,6 +52,7 @@ RULES: dict[str, Rule] = {
     "data.label_all_subtokens": FLAG,
     "data.text_column": Rule("text"),
     "data.label_column": Rule("text"),
+    "data.label_names": Rule("names", nullable=True),
     "data.encoding": Rule("encoding"),
     "data.standardize_targets": FLAG,
     "data.label_separator": Rule("separator"),

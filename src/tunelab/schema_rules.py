@@ -13,7 +13,7 @@ from typing import Any
 class Rule:
     """What one key accepts. `kind`: int | number | bool | choice | encoding | text | separator | batches
     (Lightning's int count or float fraction) | bool_or_count | devices | weights ("balanced" or one weight per
-    label). Bounds (int / number) are inclusive unless
+    label) | names (a list of names: a bare string would be read letter by letter). Bounds (int / number) are inclusive unless
     `open_low` / `open_high`; `label` replaces the generated wording (e.g. "a positive integer")."""
 
     kind: str
@@ -44,7 +44,8 @@ class Rule:
                 "batches": "a number of batches (an integer >= 0) or a fraction in [0, 1]",
                 "bool_or_count": "true, false or a number of batches",
                 "devices": "a count >= 1, -1 (all), auto, or device indices ([0, 1] or \"0,1\")",
-                "weights": "balanced or a list of one weight >= 0 per label"}[self.kind]
+                "weights": "balanced or a list of one weight >= 0 per label, not all 0",
+                "names": "a list of names ([a, b])"}[self.kind]
         return f"{noun} {self.bounds()}".strip() + (" or null" if self.nullable else "")
 
     def type_ok(self, value: Any) -> bool:
@@ -67,9 +68,12 @@ class Rule:
             if isinstance(value, list):
                 return bool(value) and all(is_int(v) and v >= 0 for v in value)
             return is_int(value) and (value >= 1 or value == -1)
-        if self.kind == "weights":
+        if self.kind == "weights":  # all 0 would weigh every example 0: a loss of 0 / 0
             return value == "balanced" or isinstance(value, list) and bool(value) and all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in value)
+                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in value
+            ) and any(w > 0 for w in value)
+        if self.kind == "names":
+            return isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
         if self.kind == "text":
             return isinstance(value, str) and bool(value.strip())
         if self.kind == "separator":
@@ -109,6 +113,7 @@ FRACTION = number(0, 1)  # a probability or a share of steps
 DROPOUT = number(0, 1, open_high=True)
 BATCHES = Rule("batches", nullable=True)  # null = all
 WEIGHTS = Rule("weights", nullable=True)  # per-label loss weights; null = unweighted
+NAMES = Rule("names")
 
 
 def is_int(value: Any) -> bool:

@@ -55,6 +55,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("train") or cfg.model.get("pooling"):  # from config.json alone: before the data and weights load
         check_head(cfg.model, task)
     if cfg.get("train"):  # eval.py / predict.py build no optimizer
+        _check_run_length(cfg.trainer, bool((cfg.get("scheduler") or {}).get("_target_")))
         check_optimizer_settings(cfg)
     check_sweeper_direction(cfg)
     peft_adapters.validate(cfg)
@@ -132,6 +133,18 @@ def _check_loss(cfg: DictConfig, task) -> None:
     if isinstance(weights, ListConfig) and names and len(weights) != len(names):
         raise ConfigError(f"loss.{key} has {len(weights)} entries but data={cfg.data.name} has {len(names)} labels "
                           f"({', '.join(map(str, names))}); give one weight per label or use loss.{key}=balanced.")
+
+
+def _check_run_length(trainer: DictConfig, scheduled: bool) -> None:
+    """A training run takes a step (else it would test and export its untrained weights as its result), and a
+    learning-rate schedule needs a number of steps to span."""
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        if trainer.get(key) == 0 and not isinstance(trainer.get(key), bool):
+            raise ConfigError(f"trainer.{key}=0 trains nothing, yet the run would test and export its untrained "
+                              f"weights: set trainer.{key} above 0 (test a checkpoint with eval.py ckpt_path=...).")
+    if scheduled and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1:
+        raise ConfigError("trainer.max_epochs=-1 trains without end, so the learning-rate schedule has no length to "
+                          "span: set trainer.max_steps, or scheduler=none.")
 
 
 def _check_compile(model: DictConfig) -> None:
