@@ -246,3 +246,25 @@ def test_the_wandb_summary_sends_the_documented_keys(tmp_path, monkeypatch) -> N
     summary = docs.split("- summary, ", 1)[1].split(" - files:", 1)[0]
     assert keys <= set(re.findall(r"`(\w+)`", summary))
     assert "named after the last part of the sweep dir: `<date_time>`" in docs
+
+
+def test_the_summary_run_follows_the_loggers_of_the_sweeps_own_jobs(tmp_path, monkeypatch) -> None:
+    """An eval.py sweep stands for its training runs (Run.saved is theirs): whether it gets a W&B summary run is
+    decided by the loggers its own jobs had, not those its checkpoints were trained with."""
+    from omegaconf import OmegaConf
+
+    from tunelab.results import Run
+
+    sent = []
+    monkeypatch.setattr(tracking, "_wandb_sweep", lambda *args: sent.append(args))
+    runs = []
+    for job, own in (("0", "csv"), ("1", "csv")):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        OmegaConf.save({"logger": {own: {"_target_": "x"}}}, tmp_path / job / ".hydra" / "config.yaml")
+        trained = OmegaConf.create({"logger": {"wandb": {"_target_": "y"}}})  # what the checkpoints logged to
+        runs.append(Run(tmp_path / job, [], {}, saved=trained))
+    tracking.send_sweep(tmp_path, runs, {})
+    assert sent == []
+    OmegaConf.save({"logger": {"wandb": {"offline": True}}}, tmp_path / "1" / ".hydra" / "config.yaml")
+    tracking.send_sweep(tmp_path, runs, {})
+    assert len(sent) == 1

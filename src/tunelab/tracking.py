@@ -19,8 +19,8 @@ from tunelab import sweeps
 from tunelab.checkpoints import trained_settings
 from tunelab.prediction_files import load_predictions
 from tunelab.redaction import redact_argument, redact_secrets
-from tunelab.run_layout import (EXPORTED_DIRS, IMAGES, PREDICTIONS_FILE, REPORT_MD, TENSORBOARD_DIR, TEST_REPORT_JSON,
-                                TEST_REPORT_TXT, at_stage)
+from tunelab.run_layout import (CONFIG_YAML, EXPORTED_DIRS, HYDRA_DIR, IMAGES, PREDICTIONS_FILE, REPORT_MD,
+                                TENSORBOARD_DIR, TEST_REPORT_JSON, TEST_REPORT_TXT, at_stage)
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,9 @@ def send_sweep(sweep_dir: Path, runs: Sequence[Any], report: dict) -> None:
     report (report.build_report's dict: mean ± std / 95% CI per config, t-tests) as a table, its plots and
     report.md; jobs that logged to TensorBoard get the report as text and the plots in <sweep dir>/tensorboard."""
     sweep_dir = Path(sweep_dir)
-    loggers = [OmegaConf.select(r.saved, "logger", default=None) for r in runs if r.saved is not None]
+    # each job's own config (an eval.py job's `saved` is the training run's, which logged elsewhere perhaps)
+    configs = [Path(r.dir) / HYDRA_DIR / CONFIG_YAML for r in runs]
+    loggers = [OmegaConf.select(OmegaConf.load(c), "logger", default=None) for c in configs if c.is_file()]
     loggers = [entry for entry in loggers if entry]
     if any("wandb" in entry for entry in loggers):
         _safely("W&B", sweep_dir, _wandb_sweep, sweep_dir, next(e.wandb for e in loggers if "wandb" in e), report)
