@@ -10,11 +10,13 @@ export TRANSFORMERS_OFFLINE := 1
 
 setup: $(STAMP)
 
-# torch first, from the CPU wheel on disk: an unpinned resolve would pull a multi-GB CUDA build
+# torch first, the CPU build: an unpinned resolve would pull a multi-GB CUDA build. pip finds it where its config
+# points (this project's machines: a wheel on disk); elsewhere pass TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

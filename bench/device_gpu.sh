@@ -35,8 +35,7 @@
 # no inductor), RUNS= the time-to-accuracy runs. On an H200: host + startup + b32 about 4 minutes, b32 alone
 # 2.2, tta's eight runs about 8.8, recipe 4.2, imdb 2.1, fsdp 0.8. With the usual 15 minutes of device time
 # (a machine's start included): the default call first, then SECTIONS=<those it did not reach>
-# DEADLINE=<what is left>. The device tool returns at most 8 files: end a call with `tar czf` of $OUT into
-# one archive.
+# DEADLINE=<what is left>; pack $OUT into one archive (`tar czf`) when only a few files may come back.
 #
 # Before the call (here, with network for pip; .whl/ and .carry/ are git-ignored, about 50 MiB):
 #   PYTHONPATH=src python bench/device_carry.py   # .whl: hydra-core, omegaconf, antlr4 wheels;
