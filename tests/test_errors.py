@@ -94,6 +94,12 @@ def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
     (["peft.r=4"],  # peft=none; lora's r sits under `peft:` of a _global_ file, adalora inherits it from lora
      "unknown config key 'peft.r': peft=none has no r (its keys: name, save_adapter, merge_on_save, modules_to_save); "
      "the peft options with r: adalora, lora."),
+    (["callbacks.early_stopping.patience=3"],  # callbacks=default has no early stopping to set
+     "unknown config key 'callbacks.early_stopping.patience': callbacks=default has no early_stopping; the callbacks "
+     "options with early_stopping: early_stopping."),
+    (["debug=quick", "callbacks.progress_bar.metrics_every=0"],  # there, but switched off
+     "unknown config key 'callbacks.progress_bar.metrics_every': callbacks.progress_bar is null in this config (an "
+     "option or the command line switched it off), so it has no settings: drop callbacks.progress_bar.metrics_every."),
     (["optimzer.lr=0.1"], "unknown config key 'optimzer.lr': did you mean optimizer.lr? (to add a new key write "
                           "+optimzer.lr=...)"),
     (["optimizer=sgd", "optimizer.momentun=0.9"],

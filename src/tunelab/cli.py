@@ -188,8 +188,16 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
         except Exception:  # noqa: BLE001 - another bad override: try the default config
             continue
         node = OmegaConf.select(cfg, parent) if parent else cfg
+        top, _, rest = dotted.partition(".")
+        if node is None and top in cfg.hydra.runtime.choices and "." in rest:  # an entry another option has
+            entry = rest.split(".")[0]  # callbacks.early_stopping.patience under callbacks=default
+            if entry in cfg[top]:  # there, but null: debug=quick has no progress bar
+                return (f"unknown config key '{dotted}': {top}.{entry} is null in this config (an option or the "
+                        f"command line switched it off), so it has no settings: drop {dotted}.")
+            having = ", ".join(_options_with(top, entry)) or "none"
+            return (f"unknown config key '{dotted}': {top}={cfg.hydra.runtime.choices[top]} has no {entry}; the {top} "
+                    f"options with {entry}: {having}.")
         if node is None:  # a mistyped group name (optimzer.lr): match the whole dotted key
-            top, _, rest = dotted.partition(".")
             close = difflib.get_close_matches(top, [k for k in cfg.keys() if k != "hydra"], n=1)
             hint = f"did you mean {close[0]}.{rest}? " if close and rest else ""
         else:
