@@ -367,3 +367,15 @@ def test_a_run_that_would_train_nothing_or_without_end_is_one_line(tmp_path, ove
         validate(compose_cfg(tmp_path, *overrides))
     assert str(err.value) == message
     validate(compose_cfg(tmp_path, "trainer.max_epochs=-1", "trainer.max_steps=5"))  # an end, in steps
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.profiler=fast", "trainer refuses its settings: When passing string value for the `profiler` parameter of "
+                              "`Trainer`, it can only be one of ['simple', 'advanced', 'pytorch', 'xla']"),
+    ("callbacks.model_checkpoint.save_top_k=-2", "callbacks.model_checkpoint refuses its settings: Invalid value for "
+                                                 "save_top_k=-2. Must be >= -1"),
+])
+def test_a_setting_lightning_refuses_is_one_line(run_cfg, override, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        run_cfg(override, "data.train_limit=16", "data.batch_size=8", "trainer.max_steps=1")
+    assert str(err.value) == message

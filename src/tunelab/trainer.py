@@ -14,6 +14,7 @@ import sys
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
@@ -22,6 +23,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from omegaconf import DictConfig, open_dict, read_write
 
 from tunelab import peft_adapters, sweeps, tracking
+from tunelab.errors import ConfigError
 from tunelab.monitoring import callback_monitor
 from tunelab.resilience import Resilience
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = instantiate_group(cfg.get("callbacks"), cfg)
     # W&B: tags for the data/loss/optimizer choices; in a sweep, group = sweep and name = overrides
-    loggers = instantiate_group(tracking.logger_group(cfg))
+    loggers = instantiate_group(tracking.logger_group(cfg), group_name="logger")
     # nothing to monitor the learning rate into, or no lr to monitor: Adafactor's relative step (optimizer.lr=null)
     # keeps its step size inside the optimizer's state
     if not loggers or (cfg.get("train") and cfg.optimizer.get("lr") is None):
@@ -48,8 +50,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks.append(Resilience(on_nan=cfg.get("on_nan", "stop")))
     # the datamodule's batch sampler shards batches across ranks itself (keeps length grouping intact)
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False,
-                          **profiler)
+    trainer = built("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False, use_distributed_sampler=False,
+                    **profiler)
     if isinstance(trainer.strategy, (DDPStrategy, FSDPStrategy)):  # one process per device, started at fit
         share_cores_between_cpu_ranks(trainer)
         if sweeps.is_multirun():
@@ -134,7 +136,18 @@ def end_sweep_job_ranks(timeout: float = 120.0) -> None:
                 child.wait()
 
 
-def instantiate_group(group: DictConfig | None, cfg: DictConfig | None = None) -> list:
+def built(where: str, entry: DictConfig, **kwargs) -> object:
+    """hydra's instantiate, with a class's refusal of its settings (trainer.accelerator=tpu without torch_xla,
+    trainer.strategy=foo, callbacks.model_checkpoint.save_top_k=-2) as one line naming the group."""
+    try:
+        return instantiate(entry, **kwargs)
+    except InstantiationException as err:
+        cause = str(err.__cause__ or err).strip().splitlines()
+        raise ConfigError(f"{where} refuses its settings: {cause[0] if cause else type(err.__cause__).__name__}"
+                          ) from None
+
+
+def instantiate_group(group: DictConfig | None, cfg: DictConfig | None = None, group_name: str = "callbacks") -> list:
     """Instantiate every entry of a callbacks/logger group that has a _target_; a checkpoint's or early stopping's
     `monitor: auto` / `mode: auto` become the run's monitored metric / the metric's direction (callback_monitor)."""
     objects = []
@@ -146,7 +159,7 @@ def instantiate_group(group: DictConfig | None, cfg: DictConfig | None = None) -
             with open_dict(entry):
                 entry.monitor, entry.mode = callback_monitor(cfg, entry.monitor, entry.get("mode", "auto"),
                                                              f"callbacks.{name}")
-        objects.append(instantiate(entry))
+        objects.append(built(f"{group_name}.{name}", entry))
     return objects
 
 
