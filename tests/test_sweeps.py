@@ -190,3 +190,11 @@ def test_sweep_optimizers_scales_each_optimizers_own_lr(tmp_path) -> None:
     assert lr("optimizer=adamw") == 1e-4
     assert lr("optimizer=adamax", "lr_scale=0.3") == 2e-4 * 0.3
     assert lr("optimizer=adamw", "optimizer.lr=5e-5") == 5e-5
+
+
+def test_a_search_that_completes_no_trial_is_one_line(tmp_path) -> None:
+    proc = run_script("train.py", "-m", "hparams_search=optuna_random", "hydra.sweeper.n_trials=0", "debug=quick",
+                      f"paths.data_dir={FIXTURES}", "logger=csv", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: the search completed no trial: "
+                                                           "hydra.sweeper.n_trials must be at least 1")

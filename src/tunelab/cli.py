@@ -42,8 +42,12 @@ def launch(config_name: str, project_root: Path) -> None:
         print(f"error: {explain_override_error(err, config_name)}", file=sys.stderr)
         sys.exit(2)
     except ValueError as err:
-        if _FAILED_JOBS and str(err).startswith("No trials are completed yet"):
-            _exit_if_sweep_jobs_failed()  # every trial of the study failed: Optuna has no best one to report
+        if str(err).startswith("No trials are completed yet"):  # Optuna has no best trial to report
+            _exit_if_sweep_jobs_failed()  # every trial failed: its error lines were printed
+            print("error: the search completed no trial: hydra.sweeper.n_trials must be at least 1, and each trial "
+                  "must log the optimized metric, which a run that stops before it validates does not (check "
+                  "trainer.max_steps, trainer.val_check_interval).", file=sys.stderr)
+            sys.exit(2)
         if not str(err).startswith("Only one of --run, --multirun"):
             raise
         # Hydra's flags that exclude each other (-m with --cfg / --info): its own text, on one line
