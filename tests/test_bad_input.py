@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from conftest import FAST, FIXTURES, compose_cfg, run_script
 from tunelab import cli, schema
@@ -167,6 +167,9 @@ BAD_VALUES = {
     "data.val_fraction": ([0, 1, -0.1], [0.05, 0.5]),  # a share to carve: 0 would still carve one row
     "callbacks.ema.multi_avg_fn.decay": ([0, 1, -0.5], [0.5, 0.999]),  # (callbacks=ema)
     "trainer.limit_train_batches": ([-1, 1.5, "half"], [0, 10, 0.25, 1.0, None]),  # count or fraction
+    "trainer.val_check_interval": ([0, 0.0, 1.5, -1], [1, 50, 0.25, 1.0, None]),  # 0 never is an interval
+    "callbacks.early_stopping.patience": (["abc", -1], [0, 3]),  # (callbacks=early_stopping)
+    "callbacks.generate.temperature": ([0, -1], [0.7, 1.0]),  # (callbacks=generate)
     "trainer.fast_dev_run": ([-1, "once"], [True, False, 3]),
     "trainer.devices": ([0, -5, [], [-1], "abc", "-5", ""], [1, 2, -1, "auto", "-1", [0, 1], "0,1"]),  # as Lightning parses
     "loss.class_weights": (["balancd", [], [-1, 1], ["a"], [True], 2, [0, 0]], ["balanced", [1, 2.5], [0, 1], None]),
@@ -179,7 +182,11 @@ BAD_VALUES = {
 
 @pytest.fixture(scope="module")
 def base_cfg(tmp_path_factory):
-    return compose_cfg(tmp_path_factory.mktemp("schema"), "callbacks=ema")  # defines callbacks.ema
+    cfg = compose_cfg(tmp_path_factory.mktemp("schema"), "callbacks=ema")  # defines callbacks.ema
+    more = compose_cfg(tmp_path_factory.mktemp("schema"), "callbacks=generate", "+callbacks.early_stopping.patience=3")
+    with open_dict(cfg):  # and the keys of early stopping and text samples
+        cfg.callbacks.generate, cfg.callbacks.early_stopping = more.callbacks.generate, more.callbacks.early_stopping
+    return cfg
 
 
 @pytest.mark.parametrize("key", BAD_VALUES)
@@ -251,7 +258,8 @@ def test_schema_messages_and_model_positions(base_cfg, tmp_path) -> None:
 def test_every_schema_key_is_a_real_config_key(tmp_path) -> None:
     """The table names keys the configs define (a typo in it would silently check nothing)."""
     groups = ["data=conll", "data=text", "model=gpt2_tiny", "loss=focal", "loss=bce", "loss=huber", "loss=smooth_l1",
-              "optimizer=sgd", "peft=adalora", "peft=prefix", "callbacks=ema"]
+              "optimizer=sgd", "peft=adalora", "peft=prefix", "callbacks=ema", "callbacks=early_stopping",
+              "callbacks=generate"]
     configs = [("train", [override] if override else []) for override in [None, *groups]]
     defined = set()
     for name, overrides in [*configs, ("predict", ["data.predict_file=new.csv"])]:
@@ -361,8 +369,22 @@ def test_a_model_without_the_tasks_head_is_one_line_before_anything_loads(tmp_pa
                                           "a checkpoint with eval.py ckpt_path=...)."),
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 trains without end, so the learning-rate schedule has no length "
                                 "to span: set trainer.max_steps, or scheduler=none."),
+    (["trainer.min_epochs=3", "trainer.max_epochs=1"], "trainer.min_epochs=3 is more than trainer.max_epochs=1: lower "
+                                                       "min_epochs or raise max_epochs."),
+    (["trainer.check_val_every_n_epoch=5", "trainer.max_epochs=2"],
+     "trainer.check_val_every_n_epoch=5 never validates in trainer.max_epochs=2: no best checkpoint, no early "
+     "stopping; set check_val_every_n_epoch <= max_epochs."),
+    (["callbacks=generate"], "callbacks.generate samples text from a causal LM, but data=sst2 is a classification "
+                             "task: drop it (callbacks=default)."),
+    (["peft.save_adapter=true"], "peft.save_adapter=true saves an adapter, but peft=none trains none: choose an "
+                                 "adapter (peft=lora, ...) or drop it."),
+    (["model=hf", "model.name_or_path=${minilm_path:}", "peft=lora", "model.freeze_layers=1"],
+     "model.freeze_layers freezes base weights, which peft=lora freezes all of already (its adapters train on every "
+     "layer): drop model.freeze_layers."),
+    (["model=hf", "model.name_or_path=${minilm_path:}", "peft=adalora", "peft.target_r=20"],
+     "peft.target_r=20 is more than peft.init_r=12: AdaLoRA prunes each module's rank from init_r down to target_r."),
 ])
-def test_a_run_that_would_train_nothing_or_without_end_is_one_line(tmp_path, overrides, message) -> None:
+def test_settings_that_cannot_work_together_are_one_line_before_anything_loads(tmp_path, overrides, message) -> None:
     with pytest.raises(ConfigError) as err:
         validate(compose_cfg(tmp_path, *overrides))
     assert str(err.value) == message

@@ -60,9 +60,21 @@ def enabled(cfg: Mapping[str, Any] | None) -> bool:
 def validate(cfg: DictConfig) -> None:
     """ConfigError for peft settings that cannot work with this model / task (reads only config.json)."""
     peft_cfg = cfg.get("peft")
+    if not enabled(peft_cfg) and cfg.get("train"):
+        for key in ("save_adapter", "merge_on_save"):
+            if (peft_cfg or {}).get(key):
+                raise ConfigError(f"peft.{key}=true saves an adapter, but peft=none trains none: choose an adapter "
+                                  "(peft=lora, ...) or drop it.")
     if not enabled(peft_cfg) or not peft_cfg.get("_target_"):
         return
     name = peft_cfg.get("name", "?")
+    for key in ("freeze_layers", "freeze_embeddings"):  # the adapter freezes the whole base model already
+        if cfg.model.get(key) and cfg.get("train"):
+            raise ConfigError(f"model.{key} freezes base weights, which peft={name} freezes all of already (its "
+                              f"adapters train on every layer): drop model.{key}.")
+    if peft_cfg.get("target_r") is not None and peft_cfg.get("target_r") > peft_cfg.get("init_r", float("inf")):
+        raise ConfigError(f"peft.target_r={peft_cfg.target_r} is more than peft.init_r={peft_cfg.init_r}: AdaLoRA "
+                          "prunes each module's rank from init_r down to target_r.")
     prompt_style = issubclass(get_class(peft_cfg._target_), _peft().PromptLearningConfig)
     if peft_cfg.get("merge_on_save") and prompt_style:
         raise ConfigError(

@@ -64,6 +64,10 @@ RULES: dict[str, Rule] = {
     "callbacks.progress_bar.every_s": POSITIVE,
     "callbacks.garbage_collection.every_n_batches": COUNT,
     "callbacks.ema.multi_avg_fn.decay": number(0, 1, open_low=True, open_high=True),
+    "callbacks.early_stopping.patience": integer(0),
+    "callbacks.early_stopping.min_delta": NON_NEGATIVE,
+    "callbacks.generate.max_new_tokens": COUNT,
+    "callbacks.generate.temperature": POSITIVE,
     # model
     "model.from_scratch": FLAG,
     "model.trust_remote_code": FLAG,
@@ -135,7 +139,7 @@ RULES: dict[str, Rule] = {
     "trainer.limit_val_batches": BATCHES,
     "trainer.limit_test_batches": BATCHES,
     "trainer.overfit_batches": Rule("batches"),
-    "trainer.val_check_interval": BATCHES,
+    "trainer.val_check_interval": Rule("interval", nullable=True),
 }
 
 

@@ -45,7 +45,8 @@ class Rule:
                 "bool_or_count": "true, false or a number of batches",
                 "devices": "a count >= 1, -1 (all), auto, or device indices ([0, 1] or \"0,1\")",
                 "weights": "balanced or a list of one weight >= 0 per label, not all 0",
-                "names": "a list of names ([a, b])"}[self.kind]
+                "names": "a list of names ([a, b])",
+                "interval": "a number of batches (an integer >= 1) or a fraction of an epoch in (0, 1]"}[self.kind]
         return f"{noun} {self.bounds()}".strip() + (" or null" if self.nullable else "")
 
     def type_ok(self, value: Any) -> bool:
@@ -72,6 +73,8 @@ class Rule:
             return value == "balanced" or isinstance(value, list) and bool(value) and all(
                 isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in value
             ) and any(w > 0 for w in value)
+        if self.kind == "interval":  # 0 would validate after every batch (0.0) or divide by zero (0)
+            return is_int(value) and value >= 1 or isinstance(value, float) and 0 < value <= 1
         if self.kind == "names":
             return isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
         if self.kind == "text":

@@ -136,6 +136,27 @@ def end_sweep_job_ranks(timeout: float = 120.0) -> None:
                 child.wait()
 
 
+def check_trainer_settings(trainer: DictConfig, scheduled: bool) -> None:
+    """What a training run's trainer.* settings must agree on, which each key's own rule (schema) cannot see: a run
+    takes a step (else it would test and export its untrained weights as its result), a learning-rate schedule has
+    a number of steps to span, and validation, which picks the best checkpoint, comes before the run ends."""
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        if trainer.get(key) == 0 and not isinstance(trainer.get(key), bool):
+            raise ConfigError(f"trainer.{key}=0 trains nothing, yet the run would test and export its untrained "
+                              f"weights: set trainer.{key} above 0 (test a checkpoint with eval.py ckpt_path=...).")
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    if scheduled and epochs == -1 and steps == -1:
+        raise ConfigError("trainer.max_epochs=-1 trains without end, so the learning-rate schedule has no length to "
+                          "span: set trainer.max_steps, or scheduler=none.")
+    if (trainer.get("min_epochs") or 0) > (epochs if epochs is not None and epochs >= 0 else float("inf")):
+        raise ConfigError(f"trainer.min_epochs={trainer.min_epochs} is more than trainer.max_epochs={epochs}: lower "
+                          "min_epochs or raise max_epochs.")
+    every = trainer.get("check_val_every_n_epoch")
+    if every and epochs is not None and 0 < epochs < every and steps == -1:
+        raise ConfigError(f"trainer.check_val_every_n_epoch={every} never validates in trainer.max_epochs={epochs}: "
+                          "no best checkpoint, no early stopping; set check_val_every_n_epoch <= max_epochs.")
+
+
 def built(where: str, entry: DictConfig, **kwargs) -> object:
     """hydra's instantiate, with a class's refusal of its settings (trainer.accelerator=tpu without torch_xla,
     trainer.strategy=foo, callbacks.model_checkpoint.save_top_k=-2) as one line naming the group."""

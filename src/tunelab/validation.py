@@ -14,6 +14,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
+from tunelab.callbacks import GenerateSample
 from tunelab.checkpoints import adapter_hparams, is_adapter_dir
 from tunelab.config_keys import check_keys
 from tunelab.data.datamodule import FILE_KEYS, splits_read
@@ -27,7 +28,8 @@ from tunelab.resilience import check_skip_runs_alone
 from tunelab.rundir import resolve_ckpt_path
 from tunelab.sweeps import is_multirun, launcher_target
 from tunelab.tasks import check_data, get_task
-from tunelab.trainer import strategy_name
+from tunelab.token_tasks import CausalLMTask
+from tunelab.trainer import check_trainer_settings, strategy_name
 
 
 def validate(cfg: DictConfig) -> None:
@@ -50,12 +52,13 @@ def validate(cfg: DictConfig) -> None:
     _check_devices(cfg)
     _check_fsdp_keeps_a_best_checkpoint(cfg)
     _check_early_stopping_can_validate(cfg)
+    _check_generate_has_a_language_model(cfg, task)
     _check_callback_monitors(cfg)
     _check_compile(cfg.model)
     if cfg.get("train") or cfg.model.get("pooling"):  # from config.json alone: before the data and weights load
         check_head(cfg.model, task)
     if cfg.get("train"):  # eval.py / predict.py build no optimizer
-        _check_run_length(cfg.trainer, bool((cfg.get("scheduler") or {}).get("_target_")))
+        check_trainer_settings(cfg.trainer, bool((cfg.get("scheduler") or {}).get("_target_")))
         check_optimizer_settings(cfg)
     check_sweeper_direction(cfg)
     peft_adapters.validate(cfg)
@@ -135,18 +138,6 @@ def _check_loss(cfg: DictConfig, task) -> None:
                           f"({', '.join(map(str, names))}); give one weight per label or use loss.{key}=balanced.")
 
 
-def _check_run_length(trainer: DictConfig, scheduled: bool) -> None:
-    """A training run takes a step (else it would test and export its untrained weights as its result), and a
-    learning-rate schedule needs a number of steps to span."""
-    for key in ("max_epochs", "max_steps", "limit_train_batches"):
-        if trainer.get(key) == 0 and not isinstance(trainer.get(key), bool):
-            raise ConfigError(f"trainer.{key}=0 trains nothing, yet the run would test and export its untrained "
-                              f"weights: set trainer.{key} above 0 (test a checkpoint with eval.py ckpt_path=...).")
-    if scheduled and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1:
-        raise ConfigError("trainer.max_epochs=-1 trains without end, so the learning-rate schedule has no length to "
-                          "span: set trainer.max_steps, or scheduler=none.")
-
-
 def _check_compile(model: DictConfig) -> None:
     if model.get("compile") and compile_backend(model) == "cudagraphs" and model.get("compile_dynamic"):
         raise ConfigError("model.compile_backend=cudagraphs replays the graph recorded for the first batch shape "
@@ -205,6 +196,13 @@ def _check_callback_monitors(cfg: DictConfig) -> None:
             if entry.monitor == "auto":  # a mode against the run's metric: the line names the key already
                 raise
             raise ConfigError(f"callbacks.{name}.monitor={entry.monitor}: {err}") from None
+
+
+def _check_generate_has_a_language_model(cfg: DictConfig, task) -> None:
+    generating = _callbacks_of(cfg, GenerateSample)
+    if generating and not isinstance(task, CausalLMTask):
+        raise ConfigError(f"callbacks.{generating[0]} samples text from a causal LM, but data={cfg.data.name} is a "
+                          f"{task.name} task: drop it (callbacks=default).")
 
 
 def _check_early_stopping_can_validate(cfg: DictConfig) -> None:
