@@ -368,6 +368,11 @@ def test_lora_on_an_architecture_without_a_table_entry_takes_peft_defaults_and_b
     assert str(err.value).startswith("peft.target_modules=['q_proj'] matches no module of this deberta-v2 model; its "
                                      "linear layers: ")
     assert "query_proj" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # one string is peft's regex, not a list of its letters
+        run_cfg("model=hf", f"model.name_or_path={deberta}", "peft=lora", "peft.target_modules=query_proj",
+                "trainer=debug")
+    assert str(err.value).startswith("peft.target_modules='query_proj' (one string: a regex matched against whole "
+                                     "module paths; a list names modules) matches no module")
 
 
 

@@ -195,7 +195,11 @@ def apply_peft(model: nn.Module, cfg: Mapping[str, Any] | None, task: Task) -> n
                 raise
             layers = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                              if type(m).__name__ in ("Linear", "Conv1D")})
-            named = sorted(peft_config.target_modules or [])
+            named = peft_config.target_modules
+            if isinstance(named, str):  # peft reads one string as a regex over whole module paths
+                named = f"{named!r} (one string: a regex matched against whole module paths; a list names modules)"
+            else:
+                named = sorted(named or [])
             raise ConfigError(f"peft.target_modules={named} matches no module of this {model.config.model_type} "
                               f"model; its linear layers: {', '.join(layers)}.") from None
         name = str(cfg.get("name"))
