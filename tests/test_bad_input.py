@@ -168,6 +168,7 @@ BAD_VALUES = {
     "callbacks.ema.multi_avg_fn.decay": ([0, 1, -0.5], [0.5, 0.999]),  # (callbacks=ema)
     "trainer.limit_train_batches": ([-1, 1.5, "half"], [0, 10, 0.25, 1.0, None]),  # count or fraction
     "trainer.val_check_interval": ([0, 0.0, 1.5, -1], [1, 50, 0.25, 1.0, None]),  # 0 never is an interval
+    "loss.label_smoothing": ([1, 1.5, -0.1], [0, 0.1, 0.9]),  # 1: uniform targets, nothing to learn
     "callbacks.early_stopping.patience": (["abc", -1], [0, 3]),  # (callbacks=early_stopping)
     "callbacks.generate.temperature": ([0, -1], [0.7, 1.0]),  # (callbacks=generate)
     "trainer.fast_dev_run": ([-1, "once"], [True, False, 3]),
@@ -374,6 +375,11 @@ def test_a_model_without_the_tasks_head_is_one_line_before_anything_loads(tmp_pa
     (["trainer.check_val_every_n_epoch=5", "trainer.max_epochs=2"],
      "trainer.check_val_every_n_epoch=5 never validates in trainer.max_epochs=2: no best checkpoint, no early "
      "stopping; set check_val_every_n_epoch <= max_epochs."),
+    (["optimizer=sgd", "optimizer.momentum=1"], "optimizer.momentum must be in [0, 1); got 1"),  # 1 or more diverges
+    (["data.threshold=0.3"], "data.threshold decides multi-label predictions; data.task=classification has none: "
+                             "drop it."),
+    (["trainer.gradient_clip_algorithm=value"], "trainer.gradient_clip_algorithm=value clips at "
+                                                "trainer.gradient_clip_val, which is null: set it (e.g. 0.5)."),
     (["callbacks=generate"], "callbacks.generate samples text from a causal LM, but data=sst2 is a classification "
                              "task: drop it (callbacks=default)."),
     (["peft.save_adapter=true"], "peft.save_adapter=true saves an adapter, but peft=none trains none: choose an "

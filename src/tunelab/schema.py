@@ -85,7 +85,7 @@ RULES: dict[str, Rule] = {
     "model.compile_mode": one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
                                  nullable=True),
     # loss
-    "loss.label_smoothing": FRACTION,
+    "loss.label_smoothing": number(0, 1, open_high=True),  # 1 would train toward uniform targets: nothing
     "loss.gamma": NON_NEGATIVE,
     "loss.delta": POSITIVE,
     "loss.beta": NON_NEGATIVE,
@@ -96,7 +96,7 @@ RULES: dict[str, Rule] = {
     # optimizer (Adafactor with relative_step takes lr=null)
     "optimizer.lr": number(0, open_low=True, nullable=True),
     "optimizer.weight_decay": NON_NEGATIVE,
-    "optimizer.momentum": NON_NEGATIVE,
+    "optimizer.momentum": number(0, 1, open_high=True),  # 1 or more: the updates grow without bound
     "optimizer.nesterov": FLAG,
     "optimizer.layer_decay": number(0, 1, open_low=True, nullable=True),
     # scheduler

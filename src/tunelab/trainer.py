@@ -151,6 +151,9 @@ def check_trainer_settings(trainer: DictConfig, scheduled: bool) -> None:
     if (trainer.get("min_epochs") or 0) > (epochs if epochs is not None and epochs >= 0 else float("inf")):
         raise ConfigError(f"trainer.min_epochs={trainer.min_epochs} is more than trainer.max_epochs={epochs}: lower "
                           "min_epochs or raise max_epochs.")
+    if trainer.get("gradient_clip_algorithm") == "value" and trainer.get("gradient_clip_val") is None:
+        raise ConfigError("trainer.gradient_clip_algorithm=value clips at trainer.gradient_clip_val, which is null: "
+                          "set it (e.g. 0.5).")
     every = trainer.get("check_val_every_n_epoch")
     if every and epochs is not None and 0 < epochs < every and steps == -1:
         raise ConfigError(f"trainer.check_val_every_n_epoch={every} never validates in trainer.max_epochs={epochs}: "
