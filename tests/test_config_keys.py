@@ -84,3 +84,10 @@ def test_model_keys_are_the_keys_the_model_options_set() -> None:
     for path in (CONF / "model").glob("*.yaml"):
         keys |= {str(k) for k in OmegaConf.load(path).keys() if k != "defaults"}
     assert keys == set(MODEL_KEYS)
+
+
+def test_an_experiments_settings_of_a_schedule_or_adapter_switched_off_stay_behind_harmlessly(tmp_path) -> None:
+    """experiment=sst2_minilm_lora peft=none (the full fine-tuning baseline) keeps the experiment's peft.r and
+    save_adapter, and experiment=sst2_minilm scheduler=none its warmup_ratio: neither is the user's setting."""
+    for overrides in (["experiment=sst2_minilm_lora", "peft=none"], ["experiment=sst2_minilm", "scheduler=none"]):
+        validate(compose_cfg(tmp_path, *overrides, "model=tiny"))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tunelab.errors import ConfigError
 from tunelab.model import MODEL_KEYS
 from tunelab.peft_adapters import TUNELAB_KEYS as PEFT_OWN_KEYS
+from tunelab.sweeps import command_line_keys
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _REFERENCE = re.compile(r"\$\{\s*([A-Za-z_]\w*)\s*[.}\[]")  # ${name}, ${name.key}; not a resolver's ${name:...}
@@ -39,17 +40,20 @@ def check_keys(cfg: DictConfig) -> None:
         node = cfg.get(group)
         if isinstance(node, DictConfig) and node.get("_target_"):
             _check_target(group, node, own)
+    # scheduler=none / peft=none: an experiment's settings for the schedule or adapter it chose stay behind when the
+    # command line switches them off (experiment=sst2_minilm_lora peft=none), harmless; the command line's own are not
+    given = command_line_keys()
     scheduler = cfg.get("scheduler")
     if isinstance(scheduler, DictConfig):  # its own keys are checked by building it (optim.check_optimizer_settings)
         if scheduler.get("_target_"):
             _check_passed_by_code("scheduler", scheduler)
         else:
-            _check("scheduler", scheduler, (), "scheduler=none (choose scheduler=linear, cosine or "
-                   "constant_with_warmup for a schedule's settings)")
+            _check("scheduler", scheduler, {k for k in scheduler if f"scheduler.{k}" not in given}, "scheduler=none "
+                   "(choose scheduler=linear, cosine or constant_with_warmup for a schedule's settings)")
     peft = cfg.get("peft")
     if isinstance(peft, DictConfig) and not peft.get("_target_"):  # peft=none: full fine-tuning
-        _check("peft", peft, {*PEFT_OWN_KEYS, "modules_to_save"}, f"peft={peft.get('name', 'none')} (choose "
-               "peft=lora, adalora, ia3 or prefix for an adapter's settings)")
+        _check("peft", peft, {*PEFT_OWN_KEYS, "modules_to_save", *(k for k in peft if f"peft.{k}" not in given)},
+               f"peft={peft.get('name', 'none')} (choose peft=lora, adalora, ia3 or prefix for an adapter's settings)")
     for group in ("callbacks", "logger"):
         for name, entry in (cfg.get(group) or {}).items():
             if not isinstance(entry, DictConfig):

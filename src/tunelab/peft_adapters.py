@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from tunelab import run_layout as layout
+from tunelab import sweeps
 from tunelab.checkpoints import ADAPTER_HPARAMS, input_length
 from tunelab.data.tokenizing import save_tokenizer
 from tunelab.errors import ConfigError
@@ -60,9 +61,9 @@ def enabled(cfg: Mapping[str, Any] | None) -> bool:
 def validate(cfg: DictConfig) -> None:
     """ConfigError for peft settings that cannot work with this model / task (reads only config.json)."""
     peft_cfg = cfg.get("peft")
-    if not enabled(peft_cfg) and cfg.get("train"):
+    if not enabled(peft_cfg) and cfg.get("train"):  # on the command line: an experiment's stay behind on peft=none
         for key in ("save_adapter", "merge_on_save"):
-            if (peft_cfg or {}).get(key):
+            if (peft_cfg or {}).get(key) and f"peft.{key}" in sweeps.command_line_keys():
                 raise ConfigError(f"peft.{key}=true saves an adapter, but peft=none trains none: choose an adapter "
                                   "(peft=lora, ...) or drop it.")
     if not enabled(peft_cfg) or not peft_cfg.get("_target_"):
