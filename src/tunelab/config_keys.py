@@ -31,8 +31,9 @@ ROOT_KEYS = frozenset({
 
 
 def check_keys(cfg: DictConfig) -> None:
-    """ConfigError for the first key of model / data / loss / trainer / peft / a callback / a logger that its
-    code does not read (optimizer and scheduler keys are checked by building them: optim.check_optimizer_settings)."""
+    """ConfigError for the first key of the root / model / data / loss / trainer / peft / a callback / a logger that
+    its code does not read (optimizer and scheduler keys are checked by building them:
+    optim.check_optimizer_settings)."""
     _check("", cfg, ROOT_KEYS | _interpolated_names(cfg), "the run config")
     if isinstance(cfg.get("model"), DictConfig):
         _check("model", cfg.model, MODEL_KEYS, "the model config")
@@ -48,12 +49,13 @@ def check_keys(cfg: DictConfig) -> None:
         if scheduler.get("_target_"):
             _check_passed_by_code("scheduler", scheduler)
         else:
-            _check("scheduler", scheduler, {k for k in scheduler if f"scheduler.{k}" not in given}, "scheduler=none "
-                   "(choose scheduler=linear, cosine or constant_with_warmup for a schedule's settings)")
+            left = {k for k in scheduler if f"scheduler.{k}" not in given}
+            _check("scheduler", scheduler, (), "scheduler=none (choose scheduler=linear, cosine or "
+                   "constant_with_warmup for a schedule's settings)", left)
     peft = cfg.get("peft")
     if isinstance(peft, DictConfig) and not peft.get("_target_"):  # peft=none: full fine-tuning
-        _check("peft", peft, {*PEFT_OWN_KEYS, "modules_to_save", *(k for k in peft if f"peft.{k}" not in given)},
-               f"peft={peft.get('name', 'none')} (choose peft=lora, adalora, ia3 or prefix for an adapter's settings)")
+        _check("peft", peft, {*PEFT_OWN_KEYS, "modules_to_save"}, f"peft={peft.get('name', 'none')} (choose peft=lora, "
+               "adalora, ia3 or prefix for an adapter's settings)", left={k for k in peft if f"peft.{k}" not in given})
     for group in ("callbacks", "logger"):
         for name, entry in (cfg.get(group) or {}).items():
             if not isinstance(entry, DictConfig):
@@ -117,11 +119,12 @@ def _check_passed_by_code(where: str, node: DictConfig) -> None:
         raise ConfigError(f"{where}.{key} is set by the run itself, from {passed[key]}: drop {where}.{key}.")
 
 
-def _check(where: str, node: DictConfig, accepted: Iterable[str], owner: str) -> None:
+def _check(where: str, node: DictConfig, accepted: Iterable[str], owner: str, left: Iterable[str] = ()) -> None:
+    """`left`: keys let through unnamed (an experiment's, behind an option the command line switched off)."""
     accepted = set(accepted)
     for key in node.keys():
         key = str(key)
-        if key in accepted or (key.startswith("_") and key.endswith("_")):  # hydra's _target_, _partial_, ...
+        if key in accepted or key in left or (key.startswith("_") and key.endswith("_")):  # hydra's _target_, ...
             continue
         close = difflib.get_close_matches(key, sorted(accepted), n=1)
         prefix = f"{where}." if where else ""
