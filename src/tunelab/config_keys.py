@@ -1,5 +1,5 @@
 """Every key a config group sets is one its code reads. Hydra's `+group.key=value` adds any key, so a misspelled
-`+data.max_lenght=64` used to train at the default length without a word; here it is one line naming the fix,
+`+data.max_lenght=64` would train at the default length without a word; here it is one line naming the fix,
 before anything loads. A group built by `hydra.utils.instantiate` takes the keyword arguments of its `_target_`
 (a target that takes **kwargs, as W&B's logger does, takes anything); `model` takes model.MODEL_KEYS."""
 
