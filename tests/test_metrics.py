@@ -118,3 +118,20 @@ def test_every_macro_average_leaves_out_the_classes_that_never_occur() -> None:
     ours = MultiLabelCounts(3, "f1_macro")
     ours.update(multi_preds, multi_gold)
     assert ours.compute().item() == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_metric_states_stay_float32_under_half_precision_modules() -> None:
+    """trainer.precision=bf16-true converts the whole module: the epoch sums go back to float32, where 300 examples
+    count as 300 (bf16 holds integers exactly only to 256)."""
+    calibration = tm.Calibration("bins")
+    module = torch.nn.ModuleDict({"calibration": calibration}).to(torch.bfloat16)
+    assert calibration.count.dtype == torch.bfloat16
+    tm.keep_float32_states(module)
+    logits, target = torch.randn(300, 2), torch.randint(0, 2, (300,))
+    calibration.update(logits, target)
+    assert calibration.count.dtype == torch.float32 and calibration.count.sum().item() == 300
+
+
+def test_a_bf16_true_run_trains_and_tests(run_cfg) -> None:
+    metrics, run_dir = run_cfg("trainer.precision=bf16-true", "data.train_limit=64", "trainer.max_epochs=1")
+    assert 0 <= metrics["test/acc"] <= 1 and metrics["test/ece"] >= 0

@@ -257,6 +257,16 @@ class MeanLoss(Metric):
         return self.total / self.rows
 
 
+def keep_float32_states(module: torch.nn.Module) -> None:
+    """trainer.precision=bf16-true / 16-true converts the whole module to half precision, metric states included: a
+    bf16 sum counts exactly only to 256, and the float32 updates no longer scatter into it. Each metric with such a
+    state goes back to float32 (its integer counts too: exact to 2**24)."""
+    for metric in module.modules():
+        states = metric.metric_state.values() if isinstance(metric, Metric) else ()
+        if any(torch.is_tensor(v) and v.is_floating_point() and v.dtype != torch.float32 for v in states):
+            metric.set_dtype(torch.float32)
+
+
 def epoch_states(metrics: dict[str, Metric]) -> dict[str, dict]:
     """The metrics' states accumulated so far this epoch, summed over the ranks (a collective: every rank calls
     it, as every rank saves a checkpoint), for a checkpoint saved mid-epoch: a resumed run's epoch metrics then

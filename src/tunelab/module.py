@@ -19,7 +19,7 @@ from tunelab.adalora import regularization
 from tunelab.callbacks import ReleaseGradsOnException, average_into_weights_only_checkpoint, evaluate_the_average
 from tunelab.checkpoints import VAL_METRICS
 from tunelab.data.sampling import REPEAT
-from tunelab.metrics import MeanLoss, epoch_states, restore_epoch_states
+from tunelab.metrics import MeanLoss, epoch_states, keep_float32_states, restore_epoch_states
 from tunelab.model import build_model, takes_token_types, uses_cuda_graphs
 from tunelab.resilience import find_resilience
 from tunelab.rng import checkpoint_rng_states, restore_rng_states
@@ -187,6 +187,12 @@ class TransformerModule(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         self._keep_predictions(batch, self(batch))
+
+    def on_fit_start(self) -> None:
+        keep_float32_states(self)  # after the precision plugin converted the module
+
+    def on_test_start(self) -> None:
+        keep_float32_states(self)
 
     def on_test_epoch_start(self) -> None:
         self._prediction_batches = []
