@@ -34,28 +34,28 @@ def check_keys(cfg: DictConfig) -> None:
     """ConfigError for the first key of the root / model / data / loss / trainer / peft / a callback / a logger that
     its code does not read (optimizer and scheduler keys are checked by building them:
     optim.check_optimizer_settings)."""
-    _check("", cfg, ROOT_KEYS | _interpolated_names(cfg), "the run config")
+    if {str(k) for k in cfg.keys()} - ROOT_KEYS:  # an experiment's own variable or a typo: only then is it scanned
+        _check("", cfg, ROOT_KEYS | _interpolated_names(cfg), "the run config")
     if isinstance(cfg.get("model"), DictConfig):
         _check("model", cfg.model, MODEL_KEYS, "the model config")
     for group, own in (("data", ()), ("loss", ()), ("trainer", ()), ("peft", PEFT_OWN_KEYS)):
         node = cfg.get(group)
         if isinstance(node, DictConfig) and node.get("_target_"):
             _check_target(group, node, own)
+    scheduler = cfg.get("scheduler")
+    if isinstance(scheduler, DictConfig) and scheduler.get("_target_"):  # its own keys: checked by building it
+        _check_passed_by_code("scheduler", scheduler)  # (optim.check_optimizer_settings)
     # scheduler=none / peft=none: an experiment's settings for the schedule or adapter it chose stay behind when the
     # command line switches them off (experiment=sst2_minilm_lora peft=none), harmless; the command line's own are not
     given = command_line_keys()
-    scheduler = cfg.get("scheduler")
-    if isinstance(scheduler, DictConfig):  # its own keys are checked by building it (optim.check_optimizer_settings)
-        if scheduler.get("_target_"):
-            _check_passed_by_code("scheduler", scheduler)
-        else:
-            left = {k for k in scheduler if f"scheduler.{k}" not in given}
-            _check("scheduler", scheduler, (), "scheduler=none (choose scheduler=linear, cosine or "
-                   "constant_with_warmup for a schedule's settings)", left)
-    peft = cfg.get("peft")
-    if isinstance(peft, DictConfig) and not peft.get("_target_"):  # peft=none: full fine-tuning
-        _check("peft", peft, {*PEFT_OWN_KEYS, "modules_to_save"}, f"peft={peft.get('name', 'none')} (choose peft=lora, "
-               "adalora, ia3 or prefix for an adapter's settings)", left={k for k in peft if f"peft.{k}" not in given})
+    for group, accepted, choices in (
+        ("scheduler", (), "scheduler=linear, cosine or constant_with_warmup for a schedule's settings"),
+        ("peft", {*PEFT_OWN_KEYS, "modules_to_save"}, "peft=lora, adalora, ia3 or prefix for an adapter's settings"),
+    ):
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and not node.get("_target_"):
+            left = {k for k in node if f"{group}.{k}" not in given}
+            _check(group, node, accepted, f"{group}=none (choose {choices})", left)
     for group in ("callbacks", "logger"):
         for name, entry in (cfg.get(group) or {}).items():
             if not isinstance(entry, DictConfig):
