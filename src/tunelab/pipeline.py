@@ -48,16 +48,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _run(cfg: DictConfig) -> dict[str, float]:
+    # the checkpoint this run uses ("last": a run's last.ckpt; in a sweep, the job's own), resolved once, so that
+    # validation, the data a checkpoint is tested on, the trackers and metrics.json all name the file, not "last";
+    # predict.py takes exported model dirs too, which are no checkpoints, and resolves its own
+    if not cfg.get("predict") and not OmegaConf.is_missing(cfg, "ckpt_path"):
+        cfg.ckpt_path = rundir.resolve_ckpt_path(cfg)
     if not cfg.get("train") and not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.get("ckpt_path"):
         # testing / predicting a trained model: its run's data config, unless the command line chooses one
-        trained = cfg.ckpt_path if cfg.get("predict") else rundir.resolve_ckpt_path(cfg)
-        use_trained_data(trained, cfg, sweeps.command_line_keys())
+        use_trained_data(cfg.ckpt_path, cfg, sweeps.command_line_keys())
     validate(cfg)
-    # the checkpoint this run uses ("last": a run's last.ckpt; in a sweep, the job's own), which validation
-    # checked; predict.py takes exported model dirs too, which are no checkpoints, and resolves its own
-    ckpt_path = cfg.get("ckpt_path") if cfg.get("predict") else rundir.resolve_ckpt_path(cfg)
-    if not cfg.get("predict"):
-        cfg.ckpt_path = ckpt_path  # what the trackers and metrics.json name: the file, not "last"
+    ckpt_path = cfg.get("ckpt_path")
     with rundir.claimed_run_dir(cfg, ckpt_path):
         return _run_in_claimed_dir(cfg, ckpt_path)
 
