@@ -389,12 +389,16 @@ def test_a_model_without_the_tasks_head_is_one_line_before_anything_loads(tmp_pa
      "layer): drop model.freeze_layers."),
     (["model=hf", "model.name_or_path=${minilm_path:}", "peft=adalora", "peft.target_r=20"],
      "peft.target_r=20 is more than peft.init_r=12: AdaLoRA prunes each module's rank from init_r down to target_r."),
+    (["model.compile_mode=reduce-overhead"], "model.compile_mode applies only to a compiled model, and model.compile "
+                                             "is false: add model.compile=true, or drop model.compile_mode."),
 ])
 def test_settings_that_cannot_work_together_are_one_line_before_anything_loads(tmp_path, overrides, message) -> None:
     with pytest.raises(ConfigError) as err:
         validate(compose_cfg(tmp_path, *overrides))
     assert str(err.value) == message
     validate(compose_cfg(tmp_path, "trainer.max_epochs=-1", "trainer.max_steps=5"))  # an end, in steps
+    # a typed model.compile=false beside a compile setting is a choice (-m model.compile=false,true: eager vs compiled)
+    validate(compose_cfg(tmp_path, "model.compile=false", "model.compile_mode=reduce-overhead"))
 
 
 @pytest.mark.parametrize("override, message", [

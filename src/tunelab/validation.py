@@ -26,7 +26,7 @@ from tunelab.monitoring import callback_monitor, monitor
 from tunelab.optim import check_optimizer_settings
 from tunelab.resilience import check_skip_runs_alone
 from tunelab.rundir import resolve_ckpt_path
-from tunelab.sweeps import is_multirun, launcher_target
+from tunelab.sweeps import command_line_keys, is_multirun, launcher_target
 from tunelab.tasks import check_data, get_task
 from tunelab.token_tasks import CausalLMTask
 from tunelab.trainer import check_trainer_settings, strategy_name
@@ -139,6 +139,13 @@ def _check_loss(cfg: DictConfig, task) -> None:
 
 
 def _check_compile(model: DictConfig) -> None:
+    # a compile setting typed without compile=true would run eager without a word; one beside a typed
+    # model.compile (-m model.compile=false,true: eager vs compiled) or an experiment's stays allowed
+    given = command_line_keys()
+    typed = sorted(k for k in given if k.startswith("model.compile_"))
+    if typed and "model.compile" not in given and not model.get("compile"):
+        raise ConfigError(f"{typed[0]} applies only to a compiled model, and model.compile is false: add "
+                          f"model.compile=true, or drop {typed[0]}.")
     if model.get("compile") and compile_backend(model) == "cudagraphs" and model.get("compile_dynamic"):
         raise ConfigError("model.compile_backend=cudagraphs replays the graph recorded for the first batch shape "
                           "on every later one (pytorch#131009): set model.compile_dynamic=false (one graph per "
