@@ -106,7 +106,7 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
     return [
         f"data={data}", f"paths.data_dir={args.data_dir}", f"paths.cache_dir={cache}",
         f"model.name_or_path={args.model_dir}", "model.from_scratch=true", *compile_opts,
-        *([f"model.compile_cache_dir={args.compile_cache}"] if args.compile_cache else []),
+        *([f"model.compile_cache_dir={args.compile_cache}"] if args.compile_cache and compile_model else []),
         *[f"+{k}={v}" for k, v in overrides.items()],
         "trainer=gpu" if gpu else "trainer=cpu", "trainer.precision=bf16-mixed" if gpu else "trainer.precision=32-true",
         "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
@@ -126,6 +126,8 @@ def case_overrides(args, shape: str, data: str, compile_opts: list[str], cache: 
         *([PROFILER, f"+callbacks.profile.start_step={max(1, args.warmup - 6)}", "+callbacks.profile.steps=5"]
           if probe == "profile" else []),
         *text, *args.override,
+        # smoke: compiled cases trace only (aot_eager): inductor's C++ builds take minutes on CPU
+        *(["model.compile_backend=aot_eager"] if args.smoke and compile_model else []),
     ]
 
 
@@ -238,10 +240,9 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     args.model_dir = args.model_dir or minilm_path()
-    if args.smoke:  # compiled cases trace only (aot_eager): inductor's C++ builds take minutes on CPU
+    if args.smoke:
         args.steps, args.warmup, args.batch_size = 4, 1, 8
         args.data_dir = str(ROOT / "tests" / "fixtures")
-        args.override = [*args.override, "model.compile_backend=aot_eager"]
     # the probes after every timed case, torch.profiler last: it can leave CUPTI attached, slowing later launches
     names = [*filter(None, args.cases.split(",")), *(HOST_PROFILED.split(",") if args.host_profile else []),
              *([PROFILED] if args.profile else [])]
