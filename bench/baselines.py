@@ -19,8 +19,9 @@ from torch import nn
 
 from bench.host_time import OpCount, StepOps
 from bench.meters import ThroughputMeter
+from tunelab.compiling import uses_cuda_graphs
 from tunelab.config import compose_config
-from tunelab.model import build_model, uses_cuda_graphs
+from tunelab.model import build_model
 from tunelab.optim import param_groups
 from tunelab.pipeline import build_datamodule
 from tunelab.tasks import get_task

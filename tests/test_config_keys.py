@@ -15,6 +15,7 @@ from tunelab.model import MODEL_KEYS
 from tunelab.validation import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+GPT2 = ["model=gpt2_tiny", "data=tiny_shakespeare", "loss=next_token_cross_entropy"]  # built from model.config
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -50,6 +51,15 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
     (["+callbacks.early_stopping.patience=2"],  # callbacks=default has no early stopping to set
      "callbacks.early_stopping sets patience but names no _target_, so nothing builds it: choose the callbacks option "
      "that has early_stopping (callbacks=...), or add +callbacks.early_stopping._target_=<its class>."),
+    # transformers keeps a field its architecture does not have without a word
+    (["+model.config_overrides.hiden_dropout_prob=0.3"], "model.config_overrides.hiden_dropout_prob: BertConfig (bert) "
+                                                         "has no field hiden_dropout_prob; did you mean "
+                                                         "model.config_overrides.hidden_dropout_prob?"),
+    ([*GPT2, "+model.config.n_layr=2"], "model.config.n_layr: GPT2Config (gpt2) has no field n_layr; did you mean "
+                                        "model.config.n_layer?"),
+    (["model.config_overrides.num_hidden_layers=-1"], "model.config_overrides.num_hidden_layers must be a whole number "
+                                                      "of at least 0; got -1"),
+    ([*GPT2, "model.config.n_head=0"], "model.config.n_head must be a whole number of at least 1; got 0"),
 ])
 def test_a_key_no_code_reads_is_one_line_before_anything_loads(tmp_path, overrides, message) -> None:
     with pytest.raises(ConfigError) as err:

@@ -149,7 +149,7 @@ def test_compile_cache_dir_serves_the_next_compile_from_disk(tmp_path, monkeypat
 def test_cuda_graph_settings_mark_each_step() -> None:
     # inductor's reduce-overhead / max-autotune and the cudagraphs backend replay CUDA graphs: the module
     # marks each step (cudagraph_mark_step_begin) so a replay may reuse the last one's output memory
-    from tunelab.model import uses_cuda_graphs
+    from tunelab.compiling import uses_cuda_graphs
 
     assert uses_cuda_graphs({"compile": True, "compile_mode": "reduce-overhead"})
     assert uses_cuda_graphs({"compile": True, "compile_backend": "cudagraphs", "compile_mode": None})

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -11,7 +11,9 @@ import torch
 import transformers
 from torch import nn
 
+from tunelab.compiling import compile_model
 from tunelab.errors import ConfigError
+from tunelab.layers import layer_depth, transformer_layers
 from tunelab.mean_pooling import POOLING, BertMeanPoolingForSequenceClassification
 from tunelab.tasks import Task
 
@@ -125,9 +127,12 @@ def model_config(model_cfg: Mapping[str, Any], **extra: Any) -> transformers.Pre
                 "model.name_or_path is null: set it to a local model directory, or describe the architecture in "
                 "model.config (with model_type) and set model.from_scratch=true."
             )
-        return transformers.AutoConfig.for_model(arch.pop("model_type"), **arch, **extra)
+        config = transformers.AutoConfig.for_model(arch.pop("model_type"), **arch, **extra)
+        _check_fields(config, {**{f"model.config.{k}": k for k in arch}, **_override_keys(model_cfg)})
+        return config
     try:
-        return transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=remote, **extra)
+        config, unused = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=remote,
+                                                                 return_unused_kwargs=True, **extra)
     except (OSError, ValueError) as err:
         if not Path(str(path)).exists():
             raise ConfigError(f"model not found at {path!r} (offline: only local paths work); set model.name_or_path "
@@ -136,6 +141,40 @@ def model_config(model_cfg: Mapping[str, Any], **extra: Any) -> transformers.Pre
             raise ConfigError(f"{path} ships its own model code (config.json auto_map): pass "
                               "model.trust_remote_code=true to run it.") from None
         raise ConfigError(f"{path}/config.json is not a usable model config: {str(err).splitlines()[0]}") from None
+    _check_fields(config, _override_keys(model_cfg), dropped=set(unused))
+    return config
+
+
+def _override_keys(model_cfg: Mapping[str, Any]) -> dict[str, str]:
+    return {f"model.config_overrides.{k}": str(k) for k in model_cfg.get("config_overrides") or {}}
+
+
+def _check_fields(config: transformers.PretrainedConfig, given: Mapping[str, str],
+                  dropped: set[str] = frozenset()) -> None:
+    """ConfigError for a field set by `given` (config key -> field) that the model will not read, or a size out of
+    range. A loaded config drops a field it does not have (`dropped`: +model.config_overrides.hiden_dropout_prob
+    trained at the checkpoint's dropout); a config built from scratch keeps any field (DeBERTa reads its optional
+    position_buckets so), so there only a near-miss of a field it has is refused, as a typo."""
+    try:
+        defaults = type(config)()
+    except Exception:  # a composite config (encoder-decoder) has no defaults of its own
+        defaults = config
+    fields = [*defaults.to_dict(), *defaults.attribute_map]
+    standard = {v: k for k, v in defaults.attribute_map.items()}  # GPT-2's n_layer is num_hidden_layers
+    for name, field in given.items():
+        typo = difflib.get_close_matches(field, fields, n=1, cutoff=0.6 if field in dropped else 0.85)
+        if field in dropped or (field not in fields and typo):
+            hint = f"; did you mean {name.rsplit('.', 1)[0]}.{typo[0]}?" if typo else "."
+            raise ConfigError(f"{name}: {type(config).__name__} ({config.model_type}) has no field {field}{hint}")
+        least = _SIZES.get(standard.get(field, field))
+        value = getattr(config, field, None)
+        if least is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise ConfigError(f"{name} must be a whole number of at least {least}; got {value!r}")
+
+
+# the architecture's sizes and their least values (0 layers: the embeddings and the head alone, an ablation)
+_SIZES = {"num_hidden_layers": 0, "num_attention_heads": 1, "hidden_size": 1, "intermediate_size": 1,
+          "vocab_size": 1, "max_position_embeddings": 1, "num_key_value_heads": 1}
 
 
 def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
@@ -161,110 +200,10 @@ def _apply_options(model: nn.Module, cfg: Mapping[str, Any]) -> None:
     if cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.get("compile"):
-        use_compile_cache(cfg.get("compile_cache_dir"))
-        backend = compile_backend(cfg)
-        # the cudagraphs backend replays the graph it recorded for the first shape on every later one
-        # (pytorch#131009): one static graph per length bucket (validation refuses compile_dynamic=true)
-        dynamic = False if backend == "cudagraphs" else cfg.get("compile_dynamic")
-        if dynamic is False:
-            # one specialised graph per length bucket (and per last-batch size): dynamo's default limit of
-            # 8 recompiles would silently drop the model back to eager after the 8th shape
-            _raise_recompile_limit(64)
-        else:
-            # a first batch whose length equals its size (16 x 16) would make dynamo's duck shaping give both
-            # dims one symbol, and the next length recompile the whole model
-            import torch.fx.experimental._config as fx_config
-
-            fx_config.use_duck_shape = False
-        # the model's float attributes (dropout p, LayerNorm eps, attention scaling) are constants: traced
-        # as symbols (dynamo's default under dynamic shapes), they make dynamo trace the whole step and
-        # build its joint graph once, then throw both away and start again specialised
-        torch._dynamo.config.specialize_float = True
-        # in place (nn.Module.compile): parameter names, hence checkpoints, stay those of the eager model
-        mode = cfg.get("compile_mode") if backend == "inductor" else None  # modes are inductor's
-        for target in compile_targets(model, cfg):
-            target.compile(dynamic=dynamic, mode=mode, backend=backend)
-
-
-def compile_targets(model: nn.Module, cfg: Mapping[str, Any]) -> list[nn.Module]:
-    """What model.compile_scope compiles: the whole model (one graph: most fusion, one CUDA graph per
-    step and direction), or each transformer layer (regional compilation: the layers share one compiled
-    graph, so compiling costs about one layer's; embeddings, head and loss run eager between them)."""
-    if cfg.get("compile_scope") == "layers":
-        return list(transformer_layers(model, "model.compile_scope=layers"))
-    return [model]
-
-
-def use_compile_cache(directory: str | None) -> None:
-    """Keep inductor's on-disk caches (FX graphs, AOT autograd graphs, Triton kernels) in `directory`:
-    the next run, or a sweep's next job, loads each compiled graph instead of compiling it again
-    (about 30 s per BERT-base graph on a GPU). None leaves torch's own default (a per-user temp dir)."""
-    if not directory:
-        return
-    import torch._functorch.config
-    import torch._inductor.config
-
-    # read by inductor at each cache lookup, and passed on to its compile worker processes
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(directory).expanduser().resolve())
-    for config, name in ((torch._inductor.config, "fx_graph_cache"), (torch._functorch.config, "enable_autograd_cache")):
-        if hasattr(config, name):  # both on by default in recent torch; older ones lack the AOT cache
-            setattr(config, name, True)
-
-
-def _raise_recompile_limit(limit: int) -> None:
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
-    setattr(config, name, max(getattr(config, name), limit))
-
-
-def compile_backend(model_cfg: Mapping[str, Any]) -> str:
-    return model_cfg.get("compile_backend") or "inductor"
-
-
-def uses_cuda_graphs(model_cfg: Mapping[str, Any]) -> bool:
-    """torch.compile settings that replay CUDA graphs (inductor's reduce-overhead / max-autotune modes, or
-    the cudagraphs backend): each step must be marked so a replay may reuse the previous step's output
-    memory (torch.compiler.cudagraph_mark_step_begin)."""
-    if not model_cfg.get("compile"):
-        return False
-    if compile_backend(model_cfg) == "cudagraphs":
-        return True
-    return str(model_cfg.get("compile_mode") or "") in {"reduce-overhead", "max-autotune"}
+        compile_model(model, cfg)
 
 
 def takes_token_types(config: transformers.PretrainedConfig) -> bool:
     """Whether the model has a token type (segment) embedding to feed a text pair's type ids to: BERT's has two
     rows; RoBERTa's one (a second segment's id 1 is out of range), and GPT-2 would add them as word embeddings."""
     return (getattr(config, "type_vocab_size", 0) or 0) > 1
-
-
-def transformer_layers(model: nn.Module, option: str = "model.freeze_layers") -> nn.ModuleList:
-    """The stack of transformer blocks (BERT's encoder.layer, GPT-2's h, ...): the longest ModuleList.
-    `option` names the setting that needs them, for the error when there is none or there are two (an
-    encoder-decoder's: T5's longest list is a block's sub-layers, BART's the encoder alone)."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ConfigError(f"{option} needs one stack of transformer layers; {model.config.model_type} is an "
-                          "encoder-decoder with two: leave it unset for this model.")
-    layers = max((m for m in model.base_model.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
-    if not layers:
-        raise ConfigError(f"{option} needs a model with a stack of transformer layers: leave it unset for this model.")
-    return layers
-
-
-def layer_depth(model: nn.Module, option: str) -> tuple[dict[nn.Parameter, int], int]:
-    """Each parameter's depth, and the top one: 0 for the embeddings (what comes before the transformer layers, and
-    the backbone's embedding tables registered after them: DeBERTa's relative positions), i + 1 for layer i, the top
-    (len(layers) + 1) for what comes after (final norm, pooler, head). An output layer tied to the input embeddings
-    is the embedding parameter."""
-    layers = transformer_layers(model, option)
-    in_layer = {p: i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}
-    tables = {p for name, m in model.base_model.named_modules() if "embed" in name.rsplit(".", 1)[-1].lower()
-              for p in m.parameters()}  # not GPT-NeoX's embed_out: an output layer outside the backbone
-    top, past_layers, depths = len(layers) + 1, False, {}
-    for p in model.parameters():  # registration order: embeddings, the layers, then the head
-        depth = in_layer.get(p)
-        past_layers = past_layers or depth is not None
-        depths[p] = depth if depth is not None else top if past_layers and p not in tables else 0
-    return depths, top
-
-

@@ -18,9 +18,10 @@ from tunelab import run_layout as layout
 from tunelab.adalora import regularization
 from tunelab.callbacks import ReleaseGradsOnException, average_into_weights_only_checkpoint, evaluate_the_average
 from tunelab.checkpoints import VAL_METRICS
+from tunelab.compiling import uses_cuda_graphs
 from tunelab.data.sampling import REPEAT
 from tunelab.metrics import MeanLoss, epoch_states, keep_float32_states, restore_epoch_states
-from tunelab.model import build_model, takes_token_types, uses_cuda_graphs
+from tunelab.model import build_model, takes_token_types
 from tunelab.resilience import find_resilience
 from tunelab.rng import checkpoint_rng_states, restore_rng_states
 from tunelab.optim import (apply_restored_schedule, build_optimizer, build_scheduler, clip_gradients, grad_norm,

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
 from tunelab.errors import ConfigError
-from tunelab.model import layer_depth
+from tunelab.layers import layer_depth
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tunelab import peft_adapters, schema
 from tunelab.callbacks import GenerateSample
 from tunelab.checkpoints import adapter_hparams, is_adapter_dir
+from tunelab.compiling import check_compile
 from tunelab.config_keys import check_keys
 from tunelab.data.datamodule import FILE_KEYS, splits_read
 from tunelab.data.language_modeling import is_trained_tokenizer
 from tunelab.data.readers import existing_file
 from tunelab.errors import ConfigError
-from tunelab.model import check_head, compile_backend
+from tunelab.model import check_head
 from tunelab.monitoring import callback_monitor, monitor
 from tunelab.optim import check_optimizer_settings
 from tunelab.resilience import check_skip_runs_alone
 from tunelab.rundir import resolve_ckpt_path
-from tunelab.sweeps import command_line_keys, is_multirun, launcher_target
+from tunelab.sweeps import is_multirun, launcher_target
 from tunelab.tasks import check_data, get_task
 from tunelab.token_tasks import CausalLMTask
 from tunelab.trainer import check_trainer_settings, strategy_name
@@ -54,7 +55,7 @@ def validate(cfg: DictConfig) -> None:
     _check_early_stopping_can_validate(cfg)
     _check_generate_has_a_language_model(cfg, task)
     _check_callback_monitors(cfg)
-    _check_compile(cfg.model)
+    check_compile(cfg.model)
     if cfg.get("train") or cfg.model.get("pooling"):  # from config.json alone: before the data and weights load
         check_head(cfg.model, task)
     if cfg.get("train"):  # eval.py / predict.py build no optimizer
@@ -136,20 +137,6 @@ def _check_loss(cfg: DictConfig, task) -> None:
     if isinstance(weights, ListConfig) and names and len(weights) != len(names):
         raise ConfigError(f"loss.{key} has {len(weights)} entries but data={cfg.data.name} has {len(names)} labels "
                           f"({', '.join(map(str, names))}); give one weight per label or use loss.{key}=balanced.")
-
-
-def _check_compile(model: DictConfig) -> None:
-    # a compile setting typed without compile=true would run eager without a word; one beside a typed
-    # model.compile (-m model.compile=false,true: eager vs compiled) or an experiment's stays allowed
-    given = command_line_keys()
-    typed = sorted(k for k in given if k.startswith("model.compile_"))
-    if typed and "model.compile" not in given and not model.get("compile"):
-        raise ConfigError(f"{typed[0]} applies only to a compiled model, and model.compile is false: add "
-                          f"model.compile=true, or drop {typed[0]}.")
-    if model.get("compile") and compile_backend(model) == "cudagraphs" and model.get("compile_dynamic"):
-        raise ConfigError("model.compile_backend=cudagraphs replays the graph recorded for the first batch shape "
-                          "on every later one (pytorch#131009): set model.compile_dynamic=false (one graph per "
-                          "length bucket).")
 
 
 # set where a job's processes on several nodes are started together (SLURM, torchrun, by hand per node)
