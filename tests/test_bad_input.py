@@ -376,8 +376,12 @@ def test_a_model_without_the_tasks_head_is_one_line_before_anything_loads(tmp_pa
      "trainer.check_val_every_n_epoch=5 never validates in trainer.max_epochs=2: no best checkpoint, no early "
      "stopping; set check_val_every_n_epoch <= max_epochs."),
     (["optimizer=sgd", "optimizer.momentum=1"], "optimizer.momentum must be in [0, 1); got 1"),  # 1 or more diverges
-    (["data.threshold=0.3"], "data.threshold decides multi-label predictions; data.task=classification has none: "
-                             "drop it."),
+    (["data.threshold=0.3"], "data.threshold is read by multilabel tasks only; data.task=classification would ignore "
+                             "it: drop it."),
+    (["data.standardize_targets=false"], "data.standardize_targets is read by regression tasks only; "
+                                         "data.task=classification would ignore it: drop it."),
+    (["data=stsb", "loss=mse", "loss.scale_m=2"], "loss.scale_m is read by classification tasks only; "
+                                                  "data.task=regression would ignore it: drop it."),
     (["trainer.gradient_clip_algorithm=value"], "trainer.gradient_clip_algorithm=value clips at "
                                                 "trainer.gradient_clip_val, which is null: set it (e.g. 0.5)."),
     (["callbacks=generate"], "callbacks.generate samples text from a causal LM, but data=sst2 is a classification "

@@ -4,7 +4,7 @@ stays task-agnostic."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,8 @@ class Loss(nn.Module):
     name: ClassVar[str]
     tasks: ClassVar[frozenset[str]]
     weights_key: ClassVar[str] = "class_weights"  # the config key of the per-label weights
+    # settings that only some of its tasks read (key -> those tasks): typed for another task, refused (validation)
+    task_keys: ClassVar[Mapping[str, frozenset[str]]] = {}
 
     def __init__(self, class_weights: Sequence[float] | str | None = None) -> None:
         super().__init__()
@@ -143,6 +145,7 @@ class _SquareLoss(Loss):
     many classes). Predictions are the argmax of the outputs."""
 
     tasks = frozenset({"regression", "classification"})
+    task_keys = {"scale_k": frozenset({"classification"}), "scale_m": frozenset({"classification"})}
 
     def __init__(self, scale_k: float = 1.0, scale_m: float = 1.0) -> None:
         super().__init__(None)

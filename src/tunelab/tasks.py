@@ -238,8 +238,6 @@ def check_data(task: Task, data_cfg: Any) -> None:
             f"data={data_cfg.get('name')} ({module}) serves {' or '.join(fits)} data, not data.task={task.name}; "
             f"use data.task={fits[0]} or a data config for {task.name}."
         )
-    if data_cfg.get("threshold") is not None and not isinstance(task, MultiLabelTask):
-        raise ConfigError(f"data.threshold decides multi-label predictions; data.task={task.name} has none: drop it.")
 
 
 def get_task(name: str) -> Task:

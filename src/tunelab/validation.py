@@ -27,7 +27,7 @@ from tunelab.monitoring import callback_monitor, monitor
 from tunelab.optim import check_optimizer_settings
 from tunelab.resilience import check_skip_runs_alone
 from tunelab.rundir import resolve_ckpt_path
-from tunelab.sweeps import is_multirun, launcher_target
+from tunelab.sweeps import command_line_keys, is_multirun, launcher_target
 from tunelab.tasks import check_data, get_task
 from tunelab.token_tasks import CausalLMTask
 from tunelab.trainer import check_trainer_settings, strategy_name
@@ -41,6 +41,7 @@ def validate(cfg: DictConfig) -> None:
         resolve_ckpt_path(cfg)
     task = get_task(cfg.data.task)
     check_data(task, cfg.data)
+    _check_task_keys(cfg, task)
     if is_trained_tokenizer(cfg.model.get("tokenizer")) and not task.resizes_vocab:
         raise ConfigError(f"model.tokenizer={cfg.model.tokenizer} is trained on the language-modelling text of a "
                           f"causal LM run; data.task={task.name} needs a pretrained tokenizer: use model=minilm or "
@@ -121,6 +122,18 @@ def _check_data_files(cfg: DictConfig) -> None:
     if total >= 1:  # the splits are cut from the training file: nothing would be left to train on
         raise ConfigError(f"{' + '.join(f'data.{key}' for key in carved)} = {total:g} leaves no training rows; "
                           "keep the sum below 1.")
+
+
+def _check_task_keys(cfg: DictConfig, task) -> None:
+    """A data or loss setting typed for a task this run is not (data.standardize_targets on classification) would be
+    ignored without a word; one an option or experiment sets for all its tasks is not refused."""
+    given = command_line_keys()
+    for group in ("data", "loss"):
+        target = (cfg.get(group) or {}).get("_target_")
+        for key, fits in (getattr(get_class(target), "task_keys", {}) if target else {}).items():
+            if f"{group}.{key}" in given and task.name not in fits:
+                raise ConfigError(f"{group}.{key} is read by {' and '.join(sorted(fits))} tasks only; data.task="
+                                  f"{task.name} would ignore it: drop it.")
 
 
 def _check_loss(cfg: DictConfig, task) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from tunelab.data.datamodule import BaseDataModule
 from tunelab.data.tokenizing import ids_only
@@ -40,6 +40,12 @@ def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_
 class TextDataModule(BaseDataModule):
     """Sequence-level tasks (classification, multi-label classification, regression) over single sentences
     or sentence pairs from csv/tsv/jsonl files."""
+
+    # settings that only some of its tasks read (key -> those tasks): typed for another task, refused (validation)
+    task_keys: ClassVar[Mapping[str, frozenset[str]]] = {
+        "threshold": frozenset({"multilabel"}), "label_separator": frozenset({"multilabel"}),
+        "standardize_targets": frozenset({"regression"}),
+    }
 
     def __init__(
         self,
