@@ -142,9 +142,11 @@ def _to_log_files(err: Exception) -> None:
             handler.handle(record)
 
 
-def explain_override_error(err: Exception, config_name: str, argv: list[str] | None = None) -> str:
+def explain_override_error(err: Exception, config_name: str, argv: list[str] | None = None,
+                           swept: set[str] = frozenset()) -> str:
     """One line naming the fix for an unknown key or an unknown group option. `argv`: the command line's
-    arguments (default sys.argv[1:]), so a suggestion comes from the config the user composed."""
+    arguments (default sys.argv[1:]), or a sweep job's overrides, so a suggestion comes from the config the user
+    composed; `swept`: a sweep's swept keys."""
     import re
 
     text = str(err)
@@ -152,7 +154,7 @@ def explain_override_error(err: Exception, config_name: str, argv: list[str] | N
         return f"cannot parse the override {err.override!r}: {text.splitlines()[0]} (quote values with special characters)"
     key = re.search(r"Could not override '([^']+)'", text)
     if key:
-        return _unknown_key(key.group(1), config_name, sys.argv[1:] if argv is None else argv)
+        return _unknown_key(key.group(1), config_name, sys.argv[1:] if argv is None else argv, swept)
     ambiguous = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
     if ambiguous:  # Hydra's text lists three readings; the sweep is what researchers mean
         key, values = ambiguous.groups()
@@ -169,7 +171,7 @@ def explain_override_error(err: Exception, config_name: str, argv: list[str] | N
     return text.splitlines()[0]
 
 
-def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
+def _unknown_key(dotted: str, config_name: str, argv: list[str], swept: set[str] = frozenset()) -> str:
     """`did you mean ...?` from the config these overrides compose (loss=mse has no label_smoothing, though
     the default loss has), falling back to the default config when they do not compose."""
     import difflib
@@ -212,7 +214,7 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str]) -> str:
                 hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? "
             elif choice and leaf not in node:  # the key exists, but not under the option chosen for its group
                 keys = ", ".join(map(str, node.keys()))
-                if any(a.startswith(f"{group}=") and "," in a for a in argv):  # a sweep over the group's options
+                if group in swept or any(a.startswith(f"{group}=") and "," in a for a in argv):  # a sweep of options
                     return (f"unknown config key '{dotted}': {group}={choice} has no {leaf} (its keys: {keys}), and a "
                             f"sweep crosses every {dotted} value with every {group} option: sweep {dotted} in a "
                             f"sweep of its own, with the {group} option that has it.")

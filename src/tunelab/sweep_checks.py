@@ -11,6 +11,7 @@ from typing import Any
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -63,7 +64,14 @@ def check_grid_jobs(config: DictConfig) -> None:
     ranked_on: dict[tuple[str, str], dict[str, list[str]]] = {}  # (metric, task) -> loss section -> its overrides
     try:
         for num, overrides in enumerate(jobs):
-            job = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
+            try:
+                job = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
+            except ConfigCompositionException as err:  # a key this job's options lack (optimizer=sgd,adamw with
+                from tunelab.cli import explain_override_error  # optimizer.betas): Hydra would only warn here
+
+                line = explain_override_error(err, str(config.hydra.job.config_name), list(overrides), swept)
+                failed.append((num, list(overrides), ConfigError(line)))
+                continue
             with open_dict(job):
                 job.hydra.job.num = job.hydra.job.id = num
             HydraConfig.instance().set_config(job)  # the sweep subdir resolves with this job's number
