@@ -35,6 +35,16 @@ def test_throughput_bench_smoke(tmp_path) -> None:
     assert ops["raw"] <= ops["lightning_bare_manual"] < ops["framework_train_metrics_false"]
 
 
+def test_costs_bench_smoke(tmp_path) -> None:
+    out = tmp_path / "costs.json"
+    proc = run_script("bench/costs.py", "--smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["peft"]["s_per_step"]) == {"full", "lora_query_value", "lora_all_linear"}
+    assert all(v > 0 for v in r["peft"]["s_per_step"].values())
+    assert r["spans"]["tensor_ms"] > 0 and r["spans"]["host_ms"] > 0  # and their counts agreed (else rc 1)
+
+
 def test_gpu_bench_smoke_on_cpu(tmp_path) -> None:
     out = tmp_path / "gpu.json"
     proc = run_script("bench/gpu.py", "--smoke", "--profile", "--cases",
