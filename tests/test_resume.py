@@ -9,6 +9,8 @@ import json
 import os
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from conftest import FIXTURES, compose_cfg, run_script
 from tunelab.errors import ConfigError
@@ -39,6 +41,46 @@ def test_resuming_with_other_settings_is_one_line(last_ckpt, tmp_path, cache_dir
                         cache=cache_dir))
     assert str(err.value) == (f"ckpt_path={last_ckpt} was trained with {said}: resuming continues that run, so pass "
                               "its settings (its .hydra/overrides.yaml), or train from scratch without ckpt_path.")
+
+
+@pytest.mark.parametrize("case", ["relative model path", "relative data dir", "trained tokenizer", "export settings",
+                                  "kernel and padding", "a key the checkpoint predates"])
+def test_resuming_with_the_runs_own_settings_goes_on(tmp_path, case) -> None:
+    """The run's own settings, spelled as the user typed them, resume it: a relative model or data path (the
+    checkpoint names it absolute), a tokenizer trained on the text (the checkpoint names its dir), settings that only
+    change what is written after training or how a step runs, and a checkpoint written before a config key existed.
+    Each was refused, telling the user to pass the overrides they had passed."""
+    first = ["debug=quick", "logger=csv", f"paths.data_dir={FIXTURES}", "export=false", "plots=false", *TINY]
+    then = list(first)
+    if case == "relative model path":
+        first.append(f"model.tokenizer={os.path.relpath(OmegaConf.create({'p': '${minilm_path:}'}).p)}")
+        then = list(first)
+    elif case == "relative data dir":
+        then.append(f"paths.data_dir={os.path.relpath(FIXTURES)}")
+    elif case == "trained tokenizer":
+        first += ["model=gpt2_tiny", "data=text", f"data.train_file={FIXTURES / 'lm' / 'input.txt'}",
+                  "loss=next_token_cross_entropy", "data.block_size=32", "data.train_limit=16", "model.config.n_layer=1"]
+        then = list(first)
+    elif case == "export settings":  # LoRA on the pretrained MiniLM (an adapter needs a pretrained base)
+        first += ["model=minilm", "data.max_length=32", "peft=lora"]
+        then = [*first, "peft.save_adapter=true", "peft.merge_on_save=true"]
+    elif case == "kernel and padding":
+        then += ["optimizer.fused=false", "data.pad_to_multiple_of=16"]
+    proc = run_script("train.py", *first, f"hydra.run.dir={tmp_path / 'a'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    if case == "a key the checkpoint predates":  # as written by a version without model.trust_remote_code
+        state = torch.load(ckpt, weights_only=False)
+        del state["hyper_parameters"]["model"]["trust_remote_code"]
+        torch.save(state, ckpt)
+        saved = tmp_path / "a" / ".hydra" / "config.yaml"
+        config = OmegaConf.load(saved)
+        del config.model["trust_remote_code"]
+        OmegaConf.save(config, saved)
+    proc = run_script("train.py", *then, "trainer.max_epochs=2", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = [torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] for d in "ab"]
+    assert 0 < steps[0] < steps[1]  # the second epoch trained on from the first
 
 
 def test_resuming_without_the_runs_overrides_names_them_before_loading(tmp_path) -> None:

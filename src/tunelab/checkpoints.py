@@ -89,6 +89,16 @@ def relocated_model(model: Mapping[str, Any], cfg: DictConfig, given_keys: Colle
     return model
 
 
+def resolved_model_paths(model: Mapping[str, Any]) -> dict[str, Any]:
+    """Model settings with the base model and tokenizer paths that exist made absolute: how a checkpoint names them,
+    wherever eval.py later runs, and how a resumed run's are compared with them (a relative path is the same dir)."""
+    model = dict(model)
+    for key in ("name_or_path", "tokenizer"):
+        if model.get(key) and Path(str(model[key])).exists():
+            model[key] = str(Path(str(model[key])).resolve())
+    return model
+
+
 def trained_tokenizer(hparams: Mapping[str, Any]) -> str:
     """The tokenizer a checkpoint's model was trained with: a local path (a trained tokenizer's dir too)."""
     model = hparams["model"]

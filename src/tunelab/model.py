@@ -28,6 +28,9 @@ MODEL_KEYS = frozenset({
     "compile_mode", "compile_backend", "compile_eval", "compile_cache_dir",
 })
 
+# how the model runs, not what it computes: a resumed run may change them (resuming)
+RUNTIME_KEYS = frozenset({k for k in MODEL_KEYS if k.startswith("compile")} | {"gradient_checkpointing"})
+
 # the config attributes architectures take their dropout rates from (BERT, GPT-2, Llama / Qwen2, GPT-NeoX, ...)
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "hidden_dropout", "attention_dropout", "dropout",
                 "resid_pdrop", "embd_pdrop", "attn_pdrop", "activation_dropout")

@@ -21,6 +21,9 @@ from tunelab.layers import layer_depth
 
 log = logging.getLogger(__name__)
 
+# the optimizer's kernel choice, not its update rule: a resumed run may change them (resuming)
+KERNEL_KEYS = frozenset({"fused", "foreach"})
+
 
 # vectors peft stores as (d, 1) matrices: (IA)^3's per-channel gains, AdaLoRA's singular values. Like LayerNorm's
 # weights they take no weight decay, which would pull them toward 0 (a channel switched off), not the identity

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # the module's hyper-parameters saved beside an adapter: what its base model + adapter are tested with
 ADAPTER_HPARAM_KEYS = ("task", "model", "label_names", "class_counts", "label_info", "loss")
 # conf/peft keys that are tunelab's, not fields of the peft config class
+# what is written after training, not what trains: a resumed run may change them (resuming)
+EXPORT_KEYS = frozenset({"save_adapter", "merge_on_save"})
 TUNELAB_KEYS = frozenset(
     {
         "name", "save_adapter", "merge_on_save", "adapter_path", "tinit_ratio", "tfinal_ratio",

@@ -16,8 +16,9 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
-from tunelab.checkpoints import (check_checkpoint, check_text_pairs, is_adapter_dir, saved_val_metrics,
-                                 tested_label_info, trained_tokenizer, use_trained_data, use_trained_data_settings)
+from tunelab.checkpoints import (check_checkpoint, check_text_pairs, is_adapter_dir, resolved_model_paths,
+                                 saved_val_metrics, tested_label_info, trained_tokenizer, use_trained_data,
+                                 use_trained_data_settings)
 from tunelab.csv_history import csv_history, restore_csv_history
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
@@ -166,9 +167,7 @@ def config_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def module_kwargs(cfg: DictConfig, datamodule) -> dict[str, Any]:
     kwargs = config_hparams(cfg)
-    for key in ("name_or_path", "tokenizer"):  # the checkpoint names them wherever eval.py later runs
-        if kwargs["model"].get(key) and Path(str(kwargs["model"][key])).exists():
-            kwargs["model"][key] = str(Path(str(kwargs["model"][key])).resolve())
+    kwargs["model"] = resolved_model_paths(kwargs["model"])
     trained_tokenizer = datamodule.trained_tokenizer_dir()
     if trained_tokenizer:  # the checkpoint names the tokenizer its ids come from
         kwargs["model"]["tokenizer"] = trained_tokenizer

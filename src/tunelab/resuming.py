@@ -10,18 +10,21 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import run_layout as layout
-from tunelab.checkpoints import hydra_dir_of, training_config
+from tunelab.checkpoints import hydra_dir_of, resolved_model_paths, training_config
+from tunelab.data.datamodule import FILE_KEYS, LOADER_KEYS
+from tunelab.data.language_modeling import trained_from
 from tunelab.errors import ConfigError
+from tunelab.model import RUNTIME_KEYS
+from tunelab.optim import KERNEL_KEYS
+from tunelab.peft_adapters import EXPORT_KEYS
 
 log = logging.getLogger(__name__)
 
 
 # what a resumed run must share with the run its checkpoint comes from: its model, data and the settings below; the
-# trainer's limits may change, and so may what does not change what trains (compiling, loading batches)
-RESUMED_SETTINGS = ("peft", "loss", "optimizer", "scheduler")  # peft first: it sets its own optimizer.lr
-MAY_CHANGE = {"model": {"compile", "compile_dynamic", "compile_scope", "compile_mode", "compile_backend", "compile_eval",
-                        "compile_cache_dir", "gradient_checkpointing"},
-              "data": {"num_workers", "pin_memory", "eval_batch_size", "cache_dir", "predict_file"}}
+# trainer's limits may change, and so may what does not change what trains (each declared by its owner)
+RESUMED_SETTINGS = ("model", "peft", "loss", "optimizer", "scheduler")
+MAY_CHANGE = {"model": RUNTIME_KEYS, "peft": EXPORT_KEYS, "optimizer": KERNEL_KEYS, "data": LOADER_KEYS}
 # what sets a run's number of optimizer steps, which the scheduler spans
 RUN_LENGTH = ("trainer.max_steps", "trainer.max_epochs", "trainer.limit_train_batches",
               "trainer.accumulate_grad_batches", "data.batch_size", "data.train_limit")
@@ -53,21 +56,37 @@ def check_resume(path: str | Path, trained: Mapping[str, Any], now: Mapping[str,
 
 def _resume_differences(trained: Mapping[str, Any], now: Mapping[str, Any], trained_cfg: DictConfig | None,
                         cfg: DictConfig) -> list[tuple[str, Any, Any]]:
-    """(key, trained, now) for every setting a resumed run must share: the module's hyper-parameters (resolved),
-    and the run's seed and data config (as written: ${paths.data_dir}/..., with paths.data_dir)."""
+    """(key, trained, now) for every setting a resumed run must share: the module's hyper-parameters and the data
+    config, both resolved (files as absolute paths), and the seed. A key only one side has is not compared: one a
+    newer version added, with its default, to what the checkpoint's run could not set."""
+    model_now = resolved_model_paths(now.get("model") or {})
+    model_then = dict(trained.get("model") or {})
+    if trained_from(model_now.get("tokenizer"), model_then.get("tokenizer")):  # the checkpoint names its trained dir
+        model_then["tokenizer"] = model_now["tokenizer"]
+    groups = {"model": (model_then, model_now), **{g: (trained.get(g) or {}, now.get(g) or {})
+                                                   for g in RESUMED_SETTINGS[1:]}}
+    if trained_cfg is not None:
+        groups["data"] = (_data_files(trained_cfg), _data_files(cfg))
     differences = []
-    for group in ("model", *RESUMED_SETTINGS):
-        before, after = trained.get(group) or {}, now.get(group) or {}
-        keys = sorted({*before, *after} - MAY_CHANGE.get(group, set()))
-        differences += [(f"{group}.{key}", before.get(key), after.get(key)) for key in keys]
+    for group, (before, after) in groups.items():
+        keys = (set(before) & set(after)) - MAY_CHANGE.get(group, set())
+        if group == "data":
+            keys -= {k.split(".")[1] for k in RUN_LENGTH if k.startswith("data.")}
+        differences += [(f"{group}.{key}", before[key], after[key]) for key in sorted(keys)]
     if trained_cfg is not None:
         differences.append(("seed", trained_cfg.get("seed"), cfg.seed))
-        written = [OmegaConf.to_container(c, resolve=False) for c in (trained_cfg, cfg)]
-        before, after = ({**c.get("data", {}), "data_dir": (c.get("paths") or {}).get("data_dir")} for c in written)
-        keys = {*before, *after} - MAY_CHANGE["data"] - {k.split(".")[1] for k in RUN_LENGTH if k.startswith("data.")}
-        differences += [("paths.data_dir" if key == "data_dir" else f"data.{key}", before.get(key), after.get(key))
-                        for key in sorted(keys)]
     return differences
+
+
+def _data_files(cfg: DictConfig) -> dict[str, Any]:
+    """A run's data config resolved in this process, its files as absolute paths (paths.data_dir spelled relative or
+    absolute names the same files); as written where it does not resolve here."""
+    try:
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation only the run's own Hydra resolves
+        return OmegaConf.to_container(cfg.data, resolve=False)
+    return {k: str(Path(v).resolve()) if k in FILE_KEYS and isinstance(v, str) and Path(v).exists() else v
+            for k, v in data.items()}
 
 
 def _run_overrides(path: str | Path) -> str:

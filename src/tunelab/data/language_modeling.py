@@ -77,7 +77,7 @@ class LanguageModelingDataModule(BaseDataModule):
         path = existing_file(self.files["train"], keys="data.train_file")
         key = json.dumps([spec, str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns, self._train_text_fraction()])
         root = self.cache_dir or Path(".cache/tunelab")
-        return root / f"tokenizer-{spec.replace(':', '-')}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+        return root / f"{_tokenizer_dir_prefix(spec)}{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
     def _train_text_fraction(self) -> float:
         """The part of the training file that becomes the train split (val/test are cut from its end)."""
@@ -202,6 +202,16 @@ def train_tokenizer(spec: str, text: str) -> transformers.PreTrainedTokenizerFas
         raise ConfigError(f"model.tokenizer={spec!r}: use a local tokenizer path, char or byte_bpe:<vocab size>.")
     tok.add_special_tokens([EOS])
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, **specials)
+
+
+def _tokenizer_dir_prefix(spec: str) -> str:
+    return f"tokenizer-{spec.replace(':', '-')}-"
+
+
+def trained_from(spec: Any, directory: Any) -> bool:
+    """Whether `directory` (a checkpoint's model.tokenizer) holds a tokenizer trained from `spec` (model.tokenizer=
+    char, byte_bpe:300); the training text it was trained on is the data's train_file."""
+    return is_trained_tokenizer(spec) and Path(str(directory)).name.startswith(_tokenizer_dir_prefix(str(spec)))
 
 
 def is_trained_tokenizer(spec: Any) -> bool:
