@@ -128,6 +128,17 @@ def test_a_key_some_swept_options_lack_names_the_job_before_any_runs(tmp_path) -
     assert "UserWarning" not in proc.stderr and not list(tmp_path.glob("*"))
 
 
+def test_a_fixed_key_of_a_swept_group_is_meant_for_the_jobs_whose_option_reads_it(tmp_path) -> None:
+    """Full fine-tuning vs LoRA, the LoRA job saving its adapter and the full one freezing a layer: each fixed key
+    is for the jobs whose option reads it. The pre-flight refused the sweep for its peft=none job (save_adapter
+    without an adapter) and its LoRA job (freeze_layers under an adapter)."""
+    proc = run_script("train.py", "-m", *TINY, "logger=csv", "model=minilm", "data.max_length=32", "data.train_limit=16",
+                      "data.batch_size=8", "trainer.max_steps=1", "test=false", "plots=false", "peft=none,lora",
+                      "peft.save_adapter=true", "model.freeze_layers=1", f"hydra.sweep.dir={tmp_path}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "0" / "hf_model").is_dir() and (tmp_path / "1" / "adapter").is_dir()
+
+
 def test_a_sweep_over_losses_that_ranks_on_val_loss_is_refused_before_its_first_job(tmp_path) -> None:
     """Each job would pick its checkpoints, and the sweep rank its jobs, on its own loss's units; the report said
     so only after every job had trained."""

@@ -11,7 +11,7 @@ from torch import nn
 
 from tunelab.errors import ConfigError
 from tunelab.layers import transformer_layers
-from tunelab.sweeps import command_line_keys
+from tunelab.sweeps import job_keys
 
 
 def compile_model(model: nn.Module, cfg: Mapping[str, Any]) -> None:
@@ -91,7 +91,7 @@ def check_compile(model_cfg: Mapping[str, Any]) -> None:
     """ConfigError for compile settings that cannot work, before anything loads."""
     # a compile setting typed without compile=true would run eager without a word; one beside a typed
     # model.compile (-m model.compile=false,true: eager vs compiled) or an experiment's stays allowed
-    given = command_line_keys()
+    given = job_keys()
     typed = sorted(k for k in given if k.startswith("model.compile_"))
     if typed and "model.compile" not in given and not model_cfg.get("compile"):
         raise ConfigError(f"{typed[0]} applies only to a compiled model, and model.compile is false: add "

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tunelab.errors import ConfigError
 from tunelab.model import MODEL_KEYS
 from tunelab.peft_adapters import TUNELAB_KEYS as PEFT_OWN_KEYS
-from tunelab.sweeps import command_line_keys
+from tunelab.sweeps import job_keys
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _REFERENCE = re.compile(r"\$\{\s*([A-Za-z_]\w*)\s*[.}\[]")  # ${name}, ${name.key}; not a resolver's ${name:...}
@@ -47,7 +47,7 @@ def check_keys(cfg: DictConfig) -> None:
         _check_passed_by_code("scheduler", scheduler)  # (optim.check_optimizer_settings)
     # scheduler=none / peft=none: an experiment's settings for the schedule or adapter it chose stay behind when the
     # command line switches them off (experiment=sst2_minilm_lora peft=none), harmless; the command line's own are not
-    given = command_line_keys()
+    given = job_keys()
     for group, accepted, choices in (
         ("scheduler", (), "scheduler=linear, cosine or constant_with_warmup for a schedule's settings"),
         ("peft", {*PEFT_OWN_KEYS, "modules_to_save"}, "peft=lora, adalora, ia3 or prefix for an adapter's settings"),
@@ -61,6 +61,8 @@ def check_keys(cfg: DictConfig) -> None:
             if not isinstance(entry, DictConfig):
                 continue  # null: an entry an option or the command line switched off
             if not entry.get("_target_"):
+                if not any(f"{group}.{name}.{k}" in given for k in entry):  # an experiment's settings for an entry
+                    continue  # the chosen option lacks (sst2_minilm_gpu callbacks=none): nothing builds it, harmless
                 raise ConfigError(f"{group}.{name} sets {', '.join(map(str, entry.keys()))} but names no _target_, so "
                                   f"nothing builds it: choose the {group} option that has {name} ({group}=...), or "
                                   f"add +{group}.{name}._target_=<its class>.")

@@ -65,14 +65,15 @@ def validate(cfg: DictConfig) -> None:
     peft_cfg = cfg.get("peft")
     if not enabled(peft_cfg) and cfg.get("train"):  # on the command line: an experiment's stay behind on peft=none
         for key in ("save_adapter", "merge_on_save"):
-            if (peft_cfg or {}).get(key) and f"peft.{key}" in sweeps.command_line_keys():
+            if (peft_cfg or {}).get(key) and f"peft.{key}" in sweeps.job_keys():
                 raise ConfigError(f"peft.{key}=true saves an adapter, but peft=none trains none: choose an adapter "
                                   "(peft=lora, ...) or drop it.")
     if not enabled(peft_cfg) or not peft_cfg.get("_target_"):
         return
     name = peft_cfg.get("name", "?")
-    for key in ("freeze_layers", "freeze_embeddings"):  # the adapter freezes the whole base model already
-        if cfg.model.get(key) and cfg.get("train"):
+    # the adapter freezes the whole base model already (a sweep over peft=none,lora means the freeze for the none job)
+    for key in ("freeze_layers", "freeze_embeddings"):
+        if cfg.model.get(key) and cfg.get("train") and not sweeps.varies("peft"):
             raise ConfigError(f"model.{key} freezes base weights, which peft={name} freezes all of already (its "
                               f"adapters train on every layer): drop model.{key}.")
     if peft_cfg.get("target_r") is not None and peft_cfg.get("target_r") > peft_cfg.get("init_r", float("inf")):

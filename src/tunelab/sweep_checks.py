@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from tunelab.errors import ConfigError, SweepRefused
 from tunelab.monitoring import incomparable_losses, monitor
 from tunelab.run_layout import is_loss_metric
-from tunelab.sweeps import job_label, override_key, sweep_arguments, swept_keys_of
+from tunelab.sweeps import checking_jobs_of, job_label, override_key, sweep_arguments, swept_keys_of
 
 
 class CheckSweepJobs(Callback):
@@ -62,33 +62,34 @@ def check_grid_jobs(config: DictConfig) -> None:
     master = HydraConfig.instance().cfg
     failed: list[tuple[int, list[str], ConfigError]] = []
     ranked_on: dict[tuple[str, str], dict[str, list[str]]] = {}  # (metric, task) -> loss section -> its overrides
-    try:
-        for num, overrides in enumerate(jobs):
-            try:
-                job = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
-            except ConfigCompositionException as err:  # a key this job's options lack (optimizer=sgd,adamw with
-                from tunelab.cli import explain_override_error  # optimizer.betas): Hydra would only warn here
+    with checking_jobs_of(swept):  # each job's checks tell the sweep's fixed keys from its own
+        try:
+            for num, overrides in enumerate(jobs):
+                try:
+                    job = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
+                except ConfigCompositionException as err:  # a key this job's options lack (optimizer=sgd,adamw with
+                    from tunelab.cli import explain_override_error  # optimizer.betas): Hydra would only warn here
 
-                line = explain_override_error(err, str(config.hydra.job.config_name), list(overrides), swept)
-                failed.append((num, list(overrides), ConfigError(line)))
-                continue
-            with open_dict(job):
-                job.hydra.job.num = job.hydra.job.id = num
-            HydraConfig.instance().set_config(job)  # the sweep subdir resolves with this job's number
-            subdir = os.path.join(str(job.hydra.sweep.dir), str(job.hydra.sweep.subdir))
-            with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
-                job.hydra.runtime.output_dir = os.path.abspath(subdir)
-            HydraConfig.instance().set_config(job)  # a copy is kept: again, for ${hydra:runtime.output_dir}
-            try:
-                validate(job)
-            except ConfigError as err:
-                failed.append((num, list(overrides), err))
-                continue
-            section = json.dumps(OmegaConf.to_container(job.loss, resolve=True), sort_keys=True)
-            losses = [o for o in overrides if override_key(o).split(".")[0] == "loss"]
-            ranked_on.setdefault((monitor(job)[0], job.data.task), {})[section] = losses
-    finally:
-        HydraConfig.instance().cfg = master
+                    line = explain_override_error(err, str(config.hydra.job.config_name), list(overrides), swept)
+                    failed.append((num, list(overrides), ConfigError(line)))
+                    continue
+                with open_dict(job):
+                    job.hydra.job.num = job.hydra.job.id = num
+                HydraConfig.instance().set_config(job)  # the sweep subdir resolves with this job's number
+                subdir = os.path.join(str(job.hydra.sweep.dir), str(job.hydra.sweep.subdir))
+                with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
+                    job.hydra.runtime.output_dir = os.path.abspath(subdir)
+                HydraConfig.instance().set_config(job)  # a copy is kept: again, for ${hydra:runtime.output_dir}
+                try:
+                    validate(job)
+                except ConfigError as err:
+                    failed.append((num, list(overrides), err))
+                    continue
+                section = json.dumps(OmegaConf.to_container(job.loss, resolve=True), sort_keys=True)
+                losses = [o for o in overrides if override_key(o).split(".")[0] == "loss"]
+                ranked_on.setdefault((monitor(job)[0], job.data.task), {})[section] = losses
+        finally:
+            HydraConfig.instance().cfg = master
     if failed:
         (num, overrides, err), others = failed[0], [job_label(n, o, swept) for n, o, _ in failed[1:]]
         label = job_label(num, overrides, swept, len(jobs))

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -85,9 +86,41 @@ def swept_keys_of(hydra_cfg: DictConfig) -> set[str]:
     return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
 
+# a grid sweep's swept keys while sweep_checks checks its jobs, before the launcher saves multirun.yaml
+_checked_sweep: set[str] | None = None
+
+
+@contextlib.contextmanager
+def checking_jobs_of(swept: set[str]) -> Iterator[None]:
+    """While a sweep's jobs are checked before it starts: swept_keys() answers `swept`."""
+    global _checked_sweep
+    _checked_sweep = set(swept)
+    try:
+        yield
+    finally:
+        _checked_sweep = None
+
+
+def job_keys() -> set[str]:
+    """The keys this run's command line sets for it. In a sweep, a fixed key of a group whose option the sweep varies
+    (peft.save_adapter=true beside peft=none,lora) is meant for the jobs whose option has it, not for every job."""
+    given = command_line_keys()
+    if not is_multirun():
+        return given
+    swept = swept_keys()
+    return {k for k in given if k in swept or k.split(".")[0] not in swept}
+
+
+def varies(group: str) -> bool:
+    """Whether this job's sweep varies the option of a config group (peft=none,lora)."""
+    return is_multirun() and group in swept_keys()
+
+
 def swept_keys() -> set[str]:
     """The keys this job's sweep varies, from the sweep's config the launcher saved to <sweep dir>/multirun.yaml
     (a job's own Hydra config holds its values, not the sweep's)."""
+    if _checked_sweep is not None:
+        return set(_checked_sweep)
     saved = Path(HydraConfig.get().sweep.dir) / MULTIRUN_YAML
     return swept_keys_of(OmegaConf.load(saved).hydra) if saved.is_file() else set(HydraConfig.get().sweeper.get("params") or {})
 

@@ -27,7 +27,7 @@ from tunelab.monitoring import callback_monitor, monitor
 from tunelab.optim import check_optimizer_settings
 from tunelab.resilience import check_skip_runs_alone
 from tunelab.rundir import resolve_ckpt_path
-from tunelab.sweeps import command_line_keys, is_multirun, launcher_target
+from tunelab.sweeps import is_multirun, job_keys, launcher_target
 from tunelab.tasks import check_data, get_task
 from tunelab.token_tasks import CausalLMTask
 from tunelab.trainer import check_trainer_settings, strategy_name
@@ -127,7 +127,7 @@ def _check_data_files(cfg: DictConfig) -> None:
 def _check_task_keys(cfg: DictConfig, task) -> None:
     """A data or loss setting typed for a task this run is not (data.standardize_targets on classification) would be
     ignored without a word; one an option or experiment sets for all its tasks is not refused."""
-    given = command_line_keys()
+    given = job_keys()
     for group in ("data", "loss"):
         target = (cfg.get(group) or {}).get("_target_")
         for key, fits in (getattr(get_class(target), "task_keys", {}) if target else {}).items():
