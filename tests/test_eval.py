@@ -274,3 +274,39 @@ def test_a_run_on_ones_own_csv_is_tested_and_predicted_with_its_data_config_alon
                     config_name="predict", cache=cache_dir))
     assert [r["text"] for r in load_predictions(tmp_path / "predict")] == ["A moving, beautiful film.",
                                                                           "Dull and far too long."]
+
+
+def test_eval_without_data_takes_the_newest_run_of_any_task_on_this_data_dir(tmp_path) -> None:
+    """`eval.py ckpt_path=last` with no data option: the newest run even of another task than eval.yaml's default
+    (it found none), its data config resolved under the command line's paths.data_dir (ignored: the old files were
+    read), the same as a sweep of such evals (its pre-flight checked eval.yaml's default data and refused it); a
+    data config that does not resolve here is one line (SST-2 dev was tested instead, without a word)."""
+    from conftest import run_script
+
+    rows = [line.split("\t") for line in (FIXTURES / "sst2" / "train.tsv").read_text().splitlines()[1:]]
+    for name, count in (("then", 100), ("now", 60)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "own.tsv").write_text("sentence\tscore\n" + "".join(
+            f"{t.strip()}\t{float(y) + i % 3 / 10}\n" for i, (t, y) in enumerate(rows[:count])))
+    common = ["debug=quick", "logger=csv", f"paths.log_dir={tmp_path / 'logs'}"]
+    own = ["data=tsv", "data.task=regression", "loss=mse", "data.text_column=sentence", "data.label_column=score",
+           "data.test_fraction=0.3", "data.val_fraction=0.2", "trainer.max_epochs=1", "data.batch_size=16"]
+    trained = run_script("train.py", *common, *own, "data.train_file=${paths.data_dir}/own.tsv",
+                         f"paths.data_dir={tmp_path / 'then'}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    tested = run_script("eval.py", *common, "ckpt_path=last", f"paths.data_dir={tmp_path / 'now'}",
+                        f"hydra.run.dir={tmp_path / 'eval'}")
+    assert tested.returncode == 0, tested.stderr[-2000:]
+    assert len(load_predictions(tmp_path / "eval")) == 18  # 30% of now/own.tsv's 60 rows, not of then/'s 100
+    swept = run_script("eval.py", "-m", *common, "ckpt_path=last", "seed=1,2", f"paths.data_dir={tmp_path / 'now'}",
+                       f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    env_run = run_script("train.py", *common, *own, "data.train_file=${oc.env:OWN_DATA}/own.tsv",
+                         f"hydra.run.dir={tmp_path / 'env_run'}", env={"OWN_DATA": str(tmp_path / "then")})
+    assert env_run.returncode == 0, env_run.stderr[-2000:]
+    ckpt = tmp_path / "env_run" / "checkpoints" / "last.ckpt"
+    unresolved = run_script("eval.py", *common, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval2'}")
+    assert unresolved.returncode == 2
+    assert unresolved.stderr.strip().splitlines()[-1] == (
+        f"error: ckpt_path={ckpt}: the data config its run trained with does not resolve here (Environment variable "
+        "'OWN_DATA' not found): pass what it reads, or data=... for the data to test on.")

@@ -118,7 +118,7 @@ def test_a_sweep_run_again_in_its_dir_resumes_every_job_from_its_own(tmp_path) -
     assert again.stdout.count("Restoring states from the checkpoint path") == 2
 
 
-def test_last_is_the_newest_last_ckpt_of_the_task_runs_and_sweep_jobs(tmp_path) -> None:
+def test_last_is_the_newest_last_ckpt_of_the_task_runs_and_sweep_jobs(tmp_path, monkeypatch) -> None:
     cfg = compose_cfg(tmp_path, "ckpt_path=last")  # conftest: paths.log_dir=<out dir>/outputs
     task_dir = tmp_path / "outputs" / cfg.task_name
     run_ckpt = task_dir / "runs" / "a" / "checkpoints" / "last.ckpt"
@@ -133,12 +133,15 @@ def test_last_is_the_newest_last_ckpt_of_the_task_runs_and_sweep_jobs(tmp_path) 
     # eval.py (task_name eval, which trains nothing) takes the newest of any task_name's: train's here
     evaluating = compose_cfg(tmp_path, "ckpt_path=last", config_name="eval")
     assert evaluating.task_name == "eval" and resolve_ckpt_path(evaluating) == str(run_ckpt)
-    # ... among the runs trained for the data's task: a newer causal LM run is passed over
+    # without data= it tests the newest run on that run's own data, of whatever task: a newer causal LM run
     lm_ckpt = tmp_path / "outputs" / "lm" / "runs" / "c" / "checkpoints" / "last.ckpt"
     lm_ckpt.parent.mkdir(parents=True)
     lm_ckpt.write_bytes(b"")
     (lm_ckpt.parents[1] / ".hydra").mkdir()
     (lm_ckpt.parents[1] / ".hydra" / "config.yaml").write_text("data:\n  task: causal_lm\n")
+    assert resolve_ckpt_path(evaluating) == str(lm_ckpt)
+    # with data= on the command line, among the runs trained for that data's task
+    monkeypatch.setattr("tunelab.rundir.command_line_keys", lambda: {"data"})
     assert resolve_ckpt_path(evaluating) == str(run_ckpt)
     lm = compose_cfg(tmp_path, "ckpt_path=last", "data=tiny_shakespeare", config_name="eval")
     assert resolve_ckpt_path(lm) == str(lm_ckpt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Collection, Mapping
@@ -198,21 +199,33 @@ def trained_data(path: str | Path) -> str | None:
     return " ".join([f"data={name}", *task]) if name else None
 
 
+def chooses_data(given_keys: Collection[str]) -> bool:
+    """Whether an eval.py / predict.py command line chooses the data (`data=`, `experiment=`); else the trained
+    run's data config is used (use_trained_data), and ckpt_path=last takes the newest run of any task."""
+    return bool({"data", "experiment"} & set(given_keys))
+
+
 def use_trained_data(path: str | Path, cfg: DictConfig, given_keys: Collection[str] = ()) -> None:
     """eval.py / predict.py on a checkpoint or exported model whose run dir is at hand, with no data option on the
     command line (`data=`, `experiment=`): the data config that run trained with (its files, columns, labels,
-    lengths, splits; resolved there, so its paths.data_dir holds), the command line's data.* keys on top. A model
-    trained on one's own CSV is tested on its held-out rows by `eval.py ckpt_path=...` alone."""
-    if {"data", "experiment"} & set(given_keys):
-        return
+    lengths, splits), resolved with its paths but the command line's paths.* keys, with this machine's loader
+    settings and the command line's data.* keys on top. A model trained on one's own CSV is tested on its held-out
+    rows by `eval.py ckpt_path=...` alone."""
+    from tunelab.data.datamodule import LOADER_KEYS  # (lightning: not imported before a run starts)
+
     trained_cfg = training_config(path)
+    if chooses_data(given_keys) or trained_cfg is None or not OmegaConf.select(trained_cfg, "data._target_"):
+        return
+    for key in sorted(k for k in given_keys if k.startswith("paths.")):  # eval.py paths.data_dir=<the data now>
+        OmegaConf.update(trained_cfg, key, OmegaConf.select(cfg, key), force_add=True)
     try:
-        trained = OmegaConf.create(OmegaConf.to_container(trained_cfg.data, resolve=True)) if trained_cfg else None
-    except Exception:  # noqa: BLE001 - an interpolation only the training run's Hydra resolves: keep the data config
-        return
-    if trained is None or not trained.get("_target_"):  # no whole data config to build
-        return
-    for key in sorted(k for k in given_keys if k.startswith("data.")):
+        trained = OmegaConf.create(OmegaConf.to_container(trained_cfg.data, resolve=True))
+    except Exception as err:  # noqa: BLE001 - testing the default data instead would report a wrong result
+        why = re.sub(r'^\w+ raised while resolving interpolation: "?(.*?)"?$', r"\1", str(err).splitlines()[0])
+        raise ConfigError(f"ckpt_path={path}: the data config its run trained with does not resolve here ({why}): "
+                          "pass what it reads, or data=... for the data to test on.") from None
+    keys = [f"data.{k}" for k in LOADER_KEYS if k in cfg.data] + [k for k in given_keys if k.startswith("data.")]
+    for key in sorted(set(keys)):
         OmegaConf.update(trained, key.removeprefix("data."), OmegaConf.select(cfg, key), force_add=True)
     if trained.get("name") != cfg.data.get("name"):
         log.info("data=%s as ckpt_path=%s was trained (pass data=... to test on other data)", trained.get("name"), path)

@@ -17,8 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
 from tunelab.checkpoints import (check_checkpoint, check_text_pairs, is_adapter_dir, resolved_model_paths,
-                                 saved_val_metrics, tested_label_info, trained_tokenizer, use_trained_data,
-                                 use_trained_data_settings)
+                                 saved_val_metrics, tested_label_info, trained_tokenizer, use_trained_data_settings)
 from tunelab.csv_history import csv_history, restore_csv_history
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
@@ -26,7 +25,7 @@ from tunelab.module import TransformerModule
 from tunelab.resilience import Interrupted, find_resilience
 from tunelab.resuming import check_resume
 from tunelab.trainer import best_checkpoint, build_trainer, end_sweep_job_ranks
-from tunelab.validation import validate
+from tunelab.validation import prepare
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +48,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _run(cfg: DictConfig) -> dict[str, float]:
-    # the checkpoint this run uses ("last": a run's last.ckpt; in a sweep, the job's own), resolved once, so that
-    # validation, the data a checkpoint is tested on, the trackers and metrics.json all name the file, not "last";
-    # predict.py takes exported model dirs too, which are no checkpoints, and resolves its own
-    if not cfg.get("predict") and not OmegaConf.is_missing(cfg, "ckpt_path"):
-        cfg.ckpt_path = rundir.resolve_ckpt_path(cfg)
-    if not cfg.get("train") and not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.get("ckpt_path"):
-        # testing / predicting a trained model: its run's data config, unless the command line chooses one
-        use_trained_data(cfg.ckpt_path, cfg, sweeps.command_line_keys())
-    validate(cfg)
+    prepare(cfg)
     ckpt_path = cfg.get("ckpt_path")
     with rundir.claimed_run_dir(cfg, ckpt_path):
         return _run_in_claimed_dir(cfg, ckpt_path)

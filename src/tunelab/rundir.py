@@ -15,9 +15,9 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import run_layout as layout
-from tunelab.checkpoints import is_adapter_dir, training_config
+from tunelab.checkpoints import chooses_data, is_adapter_dir, training_config
 from tunelab.errors import ConfigError
-from tunelab.sweeps import is_multirun
+from tunelab.sweeps import command_line_keys, is_multirun
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,12 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         found = sorted((c for levels in ("*/*", "*/*/*")
                         for c in task_dir.parent.glob(str(layout.last_checkpoint(f"{task_dir.name}/{levels}")))),
                        key=lambda c: c.stat().st_mtime, reverse=True)
-        fits = (c for c in found if cfg.get("train") or _trained_task(c) in (None, cfg.data.task))
+        # without data= / experiment=, eval.py tests the newest run on its own data, of whatever task
+        any_task = cfg.get("train") or not chooses_data(command_line_keys())
+        fits = (c for c in found if any_task or _trained_task(c) in (None, cfg.data.task))
         newest = next(fits, None)
         if newest is None:
-            of = "" if cfg.get("train") or not found else f" of a {cfg.data.task} run"
+            of = "" if any_task or not found else f" of a {cfg.data.task} run"
             raise ConfigError(f"ckpt_path=last: no last.ckpt{of} under {task_dir}; pass a path.")
         return str(newest)
     if is_adapter_dir(path):  # <run dir>/adapter from peft.save_adapter

@@ -55,7 +55,7 @@ def grid_jobs(config: DictConfig) -> tuple[list[list[str]], set[str]]:
 def check_grid_jobs(config: DictConfig) -> None:
     """Every job's config through the run's own pre-flight checks (validation.validate), with the job's
     number and output dir set as the launcher will set them; SweepRefused naming the first failing job."""
-    from tunelab.validation import validate  # torch and the rest: only when a sweep starts
+    from tunelab.validation import prepare  # torch and the rest: only when a sweep starts
 
     jobs, swept = grid_jobs(config)
     loader = GlobalHydra.instance().config_loader()
@@ -81,7 +81,7 @@ def check_grid_jobs(config: DictConfig) -> None:
                     job.hydra.runtime.output_dir = os.path.abspath(subdir)
                 HydraConfig.instance().set_config(job)  # a copy is kept: again, for ${hydra:runtime.output_dir}
                 try:
-                    validate(job)
+                    prepare(job)  # as the job will: its ckpt_path resolved, an eval's trained data adopted
                 except ConfigError as err:
                     failed.append((num, list(overrides), err))
                     continue

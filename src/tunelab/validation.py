@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
 from tunelab.callbacks import GenerateSample
-from tunelab.checkpoints import adapter_hparams, is_adapter_dir
+from tunelab.checkpoints import adapter_hparams, is_adapter_dir, use_trained_data
 from tunelab.compiling import check_compile
 from tunelab.config_keys import check_keys
 from tunelab.data.datamodule import FILE_KEYS, splits_read
@@ -27,10 +27,24 @@ from tunelab.monitoring import callback_monitor, monitor
 from tunelab.optim import check_optimizer_settings
 from tunelab.resilience import check_skip_runs_alone
 from tunelab.rundir import resolve_ckpt_path
-from tunelab.sweeps import is_multirun, job_keys, launcher_target
+from tunelab.sweeps import command_line_keys, is_multirun, job_keys, launcher_target
 from tunelab.tasks import check_data, get_task
 from tunelab.token_tasks import CausalLMTask
 from tunelab.trainer import check_trainer_settings, strategy_name
+
+
+def prepare(cfg: DictConfig) -> None:
+    """The config as the run will see it, then validate(cfg): a run and a sweep's pre-flight (sweep_checks) check
+    the same thing."""
+    # the checkpoint this run uses ("last": a run's last.ckpt; in a sweep, the job's own), resolved once, so that
+    # validation, the data a checkpoint is tested on, the trackers and metrics.json all name the file, not "last";
+    # predict.py takes exported model dirs too, which are no checkpoints, and resolves its own
+    if not cfg.get("predict") and not OmegaConf.is_missing(cfg, "ckpt_path"):
+        cfg.ckpt_path = resolve_ckpt_path(cfg)
+    if not cfg.get("train") and not OmegaConf.is_missing(cfg, "ckpt_path") and cfg.get("ckpt_path"):
+        # testing / predicting a trained model: its run's data config, unless the command line chooses one
+        use_trained_data(cfg.ckpt_path, cfg, command_line_keys())
+    validate(cfg)
 
 
 def validate(cfg: DictConfig) -> None:
