@@ -14,6 +14,7 @@ from torchmetrics.classification import (
 from torchmetrics.text import Perplexity as TorchmetricsPerplexity
 
 from tunelab import metrics as tm
+from tunelab.metric_states import keep_float32_states
 
 PAIRS = [
     (tm.Accuracy, MulticlassAccuracy, {"average": "micro"}),
@@ -124,12 +125,31 @@ def test_metric_states_stay_float32_under_half_precision_modules() -> None:
     """trainer.precision=bf16-true converts the whole module: the epoch sums go back to float32, where 300 examples
     count as 300 (bf16 holds integers exactly only to 256)."""
     calibration = tm.Calibration("bins")
-    module = torch.nn.ModuleDict({"calibration": calibration}).to(torch.bfloat16)
+    perplexity = tm.Perplexity()
+    module = torch.nn.ModuleDict({"calibration": calibration, "perplexity": perplexity}).to(torch.bfloat16)
     assert calibration.count.dtype == torch.bfloat16
-    tm.keep_float32_states(module)
+    keep_float32_states(module)
     logits, target = torch.randn(300, 2), torch.randint(0, 2, (300,))
     calibration.update(logits, target)
     assert calibration.count.dtype == torch.float32 and calibration.count.sum().item() == 300
+    # integer counts stay integers (a float32 token count stops counting exactly at 2**24)
+    assert perplexity.tokens.dtype == torch.int64 and perplexity.nll_sum.dtype == torch.float32
+    calibration.reset()
+    assert calibration.count.dtype == torch.float32  # reset to a float32 default
+
+
+def test_calibration_bins_do_not_follow_a_half_precision_default_dtype() -> None:
+    """bf16-true sets the default dtype to bf16 around each step, where the metrics update: bin edges built in it
+    (1/15 -> 0.0669) put a confidence of 0.0668 in another bin than the recomputation from predictions.jsonl."""
+    confidence = torch.tensor([0.0668, 0.6650, 0.7340])
+    expected = tm.confidence_bins(confidence)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        got = tm.confidence_bins(confidence)
+    finally:
+        torch.set_default_dtype(default)
+    assert expected.tolist() == [1, 9, 11] and got.tolist() == expected.tolist()
 
 
 def test_a_bf16_true_run_trains_and_tests(run_cfg) -> None:

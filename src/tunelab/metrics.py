@@ -94,7 +94,8 @@ ECE_BINS = 15
 def confidence_bins(confidence: torch.Tensor, n_bins: int = ECE_BINS) -> torch.Tensor:
     """The calibration bin of each top-label confidence: equal-width bins [k/n, (k+1)/n), confidence 1 in the last.
     One rule for the logged ECE and reliability diagram and for the ECE recomputed from predictions.jsonl."""
-    edges = torch.linspace(0, 1, n_bins + 1, device=confidence.device)[1:-1]
+    # float32 edges whatever the default dtype (trainer.precision=bf16-true sets bf16 around each step: 1/15 -> 0.0669)
+    edges = torch.linspace(0, 1, n_bins + 1, device=confidence.device, dtype=torch.float32)[1:-1]
     return torch.bucketize(confidence, edges, right=True)
 
 
@@ -255,42 +256,6 @@ class MeanLoss(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.total / self.rows
-
-
-def keep_float32_states(module: torch.nn.Module) -> None:
-    """trainer.precision=bf16-true / 16-true converts the whole module to half precision, metric states included: a
-    bf16 sum counts exactly only to 256, and the float32 updates no longer scatter into it. Each metric with such a
-    state goes back to float32 (its integer counts too: exact to 2**24)."""
-    for metric in module.modules():
-        states = metric.metric_state.values() if isinstance(metric, Metric) else ()
-        if any(torch.is_tensor(v) and v.is_floating_point() and v.dtype != torch.float32 for v in states):
-            metric.set_dtype(torch.float32)
-
-
-def epoch_states(metrics: dict[str, Metric]) -> dict[str, dict]:
-    """The metrics' states accumulated so far this epoch, summed over the ranks (a collective: every rank calls
-    it, as every rank saves a checkpoint), for a checkpoint saved mid-epoch: a resumed run's epoch metrics then
-    cover the whole epoch, not the batches after the resume. `restore_epoch_states` puts them back."""
-    saved = {}
-    for name, metric in metrics.items():
-        with metric.sync_context():
-            saved[name] = {"updates": metric._update_count, "states": {
-                key: [t.detach().cpu().clone() for t in value] if isinstance(value, list) else value.detach().cpu().clone()
-                for key, value in metric.metric_state.items()}}
-    return saved
-
-
-def restore_epoch_states(metrics: dict[str, Metric], saved: dict[str, dict], device: torch.device, rank: int) -> None:
-    """Rank 0 takes the saved (summed) states, the other ranks start from zero: the ranks' sum is the whole again."""
-    if rank != 0:
-        return
-    for name, entry in saved.items():
-        metric = metrics.get(name)
-        if metric is None:
-            continue
-        for key, value in entry["states"].items():
-            setattr(metric, key, [t.to(device) for t in value] if isinstance(value, list) else value.to(device))
-        metric._update_count = entry["updates"]
 
 
 class PearsonCorrCoef(_PearsonCorrCoef):

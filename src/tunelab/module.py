@@ -20,7 +20,8 @@ from tunelab.callbacks import ReleaseGradsOnException, average_into_weights_only
 from tunelab.checkpoints import VAL_METRICS
 from tunelab.compiling import uses_cuda_graphs
 from tunelab.data.sampling import REPEAT
-from tunelab.metrics import MeanLoss, epoch_states, keep_float32_states, restore_epoch_states
+from tunelab.metric_states import epoch_states, keep_float32_states, restore_epoch_states
+from tunelab.metrics import MeanLoss
 from tunelab.model import build_model, takes_token_types
 from tunelab.resilience import find_resilience
 from tunelab.rng import checkpoint_rng_states, restore_rng_states
@@ -87,6 +88,9 @@ class TransformerModule(pl.LightningModule):
         self.test_report: dict | None = None
         self._prediction_batches: list = []
         self._stages_run: set[str] = set()  # stages with a batch this epoch (log_epoch_metrics)
+        # a mid-epoch checkpoint's train metric states, put back once the precision plugin has converted the module
+        self._restored_epoch_states: dict | None = None
+        self._fit_started = False
         self.predictions: list[dict] | None = None  # the last test / predict epoch's rows (rank 0)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -191,6 +195,15 @@ class TransformerModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         keep_float32_states(self)  # after the precision plugin converted the module
+        self._fit_started = True
+        self._restore_epoch_states()
+
+    def _restore_epoch_states(self) -> None:
+        # after the conversion too (FSDP loads its checkpoint after fit start): bf16 would round the restored sums
+        if self._restored_epoch_states is not None and self._fit_started:
+            restore_epoch_states(self._train_epoch_metrics(), self._restored_epoch_states, self.device,
+                                 self.global_rank)
+            self._restored_epoch_states = None
 
     def on_test_start(self) -> None:
         keep_float32_states(self)
@@ -271,8 +284,8 @@ class TransformerModule(pl.LightningModule):
         if self._trainer is not None:  # not for load_from_checkpoint
             evaluate_the_average(self.trainer, checkpoint)
             if TRAIN_EPOCH_STATES in checkpoint:  # saved mid-epoch: the epoch's train/* go on from there
-                restore_epoch_states(self._train_epoch_metrics(), checkpoint[TRAIN_EPOCH_STATES], self.device,
-                                     self.global_rank)
+                self._restored_epoch_states = checkpoint[TRAIN_EPOCH_STATES]
+                self._restore_epoch_states()
                 self._stages_run.add("train")
 
     def _train_epoch_metrics(self) -> dict[str, Any]:
