@@ -27,6 +27,10 @@ GPT2 = ["model=gpt2_tiny", "data=tiny_shakespeare", "loss=next_token_cross_entro
     (["+data.seed=3"],  # the run's seed is passed in: a data.seed would clash with it
      "data.seed is set by the run itself, from the root seed: drop data.seed."),
     (["+seeed=3"], "unknown config key 'seeed': the run config takes no seeed; did you mean seed?"),
+    (["+oc=1"], "unknown config key 'oc': the run config takes no oc; its settings: callbacks, ckpt_path, data, "  # a
+                "export, float32_matmul_precision, hydra, logger, loss, model, on_nan, optimized_metric, optimizer, "  # resolver
+                "overwrite, paths, peft, plots, predict, scheduler, seed, tags, task_name, test, train, train_metrics, "
+                "trainer."),
     (["+model.dropuot=0.2"], "unknown config key 'model.dropuot': the model config takes no dropuot; did you mean "
                              "model.dropout?"),
     (["+loss.label_smooting=0.1"], "unknown config key 'loss.label_smooting': tunelab.losses.CrossEntropyLoss takes no "
@@ -106,3 +110,12 @@ def test_an_experiments_settings_of_a_schedule_or_adapter_switched_off_stay_behi
     save_adapter, and experiment=sst2_minilm scheduler=none its warmup_ratio: neither is the user's setting."""
     for overrides in (["experiment=sst2_minilm_lora", "peft=none"], ["experiment=sst2_minilm", "scheduler=none"]):
         validate(compose_cfg(tmp_path, *overrides, "model=tiny"))
+
+
+@pytest.mark.parametrize("read", ["${mul:1e-4,${lr_scale}}", "${oc.select:lr_scale,1e-4}", "${..lr_scale}"])
+def test_a_root_variable_an_interpolation_reads_is_no_unknown_key(tmp_path, read) -> None:
+    """An experiment's own variable (sweep_optimizers' lr_scale) read by an interpolation: directly, through
+    oc.select (with a default) or relatively. The last two were refused as unknown keys."""
+    cfg = compose_cfg(tmp_path, "+lr_scale=2", f"optimizer.lr='{read}'")
+    check_keys(cfg)
+    assert cfg.optimizer.lr == pytest.approx(2e-4 if "mul" in read else 2)

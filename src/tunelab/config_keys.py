@@ -21,7 +21,10 @@ from tunelab.peft_adapters import TUNELAB_KEYS as PEFT_OWN_KEYS
 from tunelab.sweeps import job_keys
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-_REFERENCE = re.compile(r"\$\{\s*([A-Za-z_]\w*)\s*[.}\[]")  # ${name}, ${name.key}; not a resolver's ${name:...}
+# what an interpolation reads: ${name}, ${name.key}, ${name[0]}, a relative ${..name}, and oc.select's /
+# oc.deprecated's key (${oc.select:name,default}); not a resolver's own name (oc of ${oc.env:...}, mul of ${mul:...})
+_REFERENCE = re.compile(r"\$\{\s*\.*([A-Za-z_]\w*)(?=\s*[.\[}])(?!(?:\.\w+)*\s*:)"
+                        r"|\$\{\s*oc\.(?:select|deprecated)\s*:\s*\.*([A-Za-z_]\w*)")
 # the root keys of train.yaml, eval.yaml and predict.yaml: the config groups and the run's own settings
 ROOT_KEYS = frozenset({
     "model", "data", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger", "peft", "paths", "hydra",
@@ -75,7 +78,7 @@ def _interpolated_names(cfg: DictConfig) -> set[str]:
     texts = [json.dumps(OmegaConf.to_container(cfg, resolve=False), default=str)]
     if HydraConfig.initialized():  # the job's config has no hydra node: its interpolations are read there
         texts.append(json.dumps(OmegaConf.to_container(HydraConfig.get(), resolve=False), default=str))
-    return {name for text in texts for name in _REFERENCE.findall(text)}
+    return {name for text in texts for match in _REFERENCE.findall(text) for name in match if name}
 
 
 def accepted_keys(target: Any) -> set[str] | None:

@@ -49,7 +49,10 @@ def sweep_dir() -> Path | None:
 
 def command_line_overrides() -> list[str]:
     """This run's (or sweep job's) overrides as Hydra received them; [] outside Hydra."""
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if not HydraConfig.initialized():
+        return []
+    # as typed: an override's value may hold an interpolation (optimizer.lr='${..lr_scale}'), not to resolve here
+    return [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
 
 
 def command_line_keys() -> set[str]:
