@@ -40,9 +40,10 @@ GPT2 = ["model=gpt2_tiny", "data=tiny_shakespeare", "loss=next_token_cross_entro
     (["peft=lora", "+peft.lora_alhpa=3"], "unknown config key 'peft.lora_alhpa': peft.LoraConfig takes no lora_alhpa; "
                                           "did you mean peft.lora_alpha?"),
     (["+peft.r=4"], "unknown config key 'peft.r': peft=none (choose peft=lora, adalora, ia3 or prefix for an adapter's "
-                    "settings) takes no r; its settings: adapter_path, feedforward_modules_by_model_type, "
-                    "merge_on_save, modules_to_save, name, save_adapter, target_modules_by_model_type, tfinal_ratio, "
-                    "tinit_ratio."),
+                    "settings) takes no r; its settings: adapter_path, merge_on_save, modules_to_save, name, "
+                    "save_adapter, target_modules_by_model_type."),
+    (["peft=lora", "+peft.tinit_ratio=0.5"],  # AdaLoRA's own: LoRA trained without it
+     "peft.tinit_ratio is a setting of peft=adalora, not of peft=lora: drop it, or choose peft=adalora."),
     (["+scheduler.num_warmup_steps=10"], "scheduler.num_warmup_steps is set by the run itself, from "
                                          "scheduler.warmup_steps or scheduler.warmup_ratio: drop "
                                          "scheduler.num_warmup_steps."),
@@ -119,3 +120,12 @@ def test_a_root_variable_an_interpolation_reads_is_no_unknown_key(tmp_path, read
     cfg = compose_cfg(tmp_path, "+lr_scale=2", f"optimizer.lr='{read}'")
     check_keys(cfg)
     assert cfg.optimizer.lr == pytest.approx(2e-4 if "mul" in read else 2)
+
+
+def test_a_key_an_experiment_set_for_another_option_says_where_it_comes_from(tmp_path) -> None:
+    """experiment=sst2_minilm_lora peft=ia3 (the same recipe, another adapter): LoRA's r was reported as if typed."""
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(tmp_path, "experiment=sst2_minilm_lora", "peft=ia3", "model=minilm", "~peft.lora_alpha"))
+    assert str(err.value).startswith("unknown config key 'peft.r': peft.IA3Config takes no r; its settings: ")
+    assert str(err.value).endswith(" It comes from experiment=sst2_minilm_lora, for another option: drop it with "
+                                   "~peft.r.")

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.errors import ConfigError
 from tunelab.model import MODEL_KEYS
-from tunelab.peft_adapters import TUNELAB_KEYS as PEFT_OWN_KEYS
+from tunelab.peft_adapters import ADAPTER_KEYS, tunelab_keys
 from tunelab.sweeps import job_keys
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -41,10 +41,12 @@ def check_keys(cfg: DictConfig) -> None:
         _check("", cfg, ROOT_KEYS | _interpolated_names(cfg), "the run config")
     if isinstance(cfg.get("model"), DictConfig):
         _check("model", cfg.model, MODEL_KEYS, "the model config")
-    for group, own in (("data", ()), ("loss", ()), ("trainer", ()), ("peft", PEFT_OWN_KEYS)):
+    for group in ("data", "loss", "trainer", "peft"):
         node = cfg.get(group)
         if isinstance(node, DictConfig) and node.get("_target_"):
-            _check_target(group, node, own)
+            if group == "peft":
+                _check_other_adapters_keys(node)
+            _check_target(group, node, tunelab_keys(node.get("name")) if group == "peft" else ())
     scheduler = cfg.get("scheduler")
     if isinstance(scheduler, DictConfig) and scheduler.get("_target_"):  # its own keys: checked by building it
         _check_passed_by_code("scheduler", scheduler)  # (optim.check_optimizer_settings)
@@ -53,7 +55,7 @@ def check_keys(cfg: DictConfig) -> None:
     given = job_keys()
     for group, accepted, choices in (
         ("scheduler", (), "scheduler=linear, cosine or constant_with_warmup for a schedule's settings"),
-        ("peft", {*PEFT_OWN_KEYS, "modules_to_save"}, "peft=lora, adalora, ia3 or prefix for an adapter's settings"),
+        ("peft", {*tunelab_keys(None), "modules_to_save"}, "peft=lora, adalora, ia3 or prefix for an adapter's settings"),
     ):
         node = cfg.get(group)
         if isinstance(node, DictConfig) and not node.get("_target_"):
@@ -70,6 +72,14 @@ def check_keys(cfg: DictConfig) -> None:
                                   f"nothing builds it: choose the {group} option that has {name} ({group}=...), or "
                                   f"add +{group}.{name}._target_=<its class>.")
             _check_target(f"{group}.{name}", entry, ())
+
+
+def _check_other_adapters_keys(node: DictConfig) -> None:
+    for option, keys in ADAPTER_KEYS.items():
+        for key in sorted(keys & set(node.keys())):
+            if option != node.get("name"):
+                raise ConfigError(f"peft.{key} is a setting of peft={option}, not of peft={node.get('name')}: drop it, "
+                                  f"or choose peft={option}.")
 
 
 def _interpolated_names(cfg: DictConfig) -> set[str]:
@@ -135,4 +145,7 @@ def _check(where: str, node: DictConfig, accepted: Iterable[str], owner: str, le
         prefix = f"{where}." if where else ""
         settings = f"its settings: {', '.join(sorted(accepted))}." if accepted else "it has no settings."
         fix = f"did you mean {prefix}{close[0]}?" if close else settings
+        experiment = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+        if experiment and f"{prefix}{key}" not in job_keys():  # experiment=sst2_minilm_lora peft=ia3: LoRA's r
+            fix += f" It comes from experiment={experiment}, for another option: drop it with ~{prefix}{key}."
         raise ConfigError(f"unknown config key '{prefix}{key}': {owner} takes no {key}; {fix}")

@@ -30,15 +30,17 @@ log = logging.getLogger(__name__)
 
 # the module's hyper-parameters saved beside an adapter: what its base model + adapter are tested with
 ADAPTER_HPARAM_KEYS = ("task", "model", "label_names", "class_counts", "label_info", "loss")
-# conf/peft keys that are tunelab's, not fields of the peft config class
 # what is written after training, not what trains: a resumed run may change them (resuming)
 EXPORT_KEYS = frozenset({"save_adapter", "merge_on_save"})
-TUNELAB_KEYS = frozenset(
-    {
-        "name", "save_adapter", "merge_on_save", "adapter_path", "tinit_ratio", "tfinal_ratio",
-        "target_modules_by_model_type", "feedforward_modules_by_model_type",
-    }
-)  # fmt: skip
+# conf/peft keys that are tunelab's, not fields of the peft config class: every adapter's, and one adapter's own
+TUNELAB_KEYS = frozenset({"name", "save_adapter", "merge_on_save", "adapter_path", "target_modules_by_model_type"})
+ADAPTER_KEYS = {"adalora": frozenset({"tinit_ratio", "tfinal_ratio"}),
+                "ia3": frozenset({"feedforward_modules_by_model_type"})}
+
+
+def tunelab_keys(name: str | None) -> frozenset[str]:
+    """The tunelab keys of the adapter option `name` (peft.name; None: peft=none)."""
+    return TUNELAB_KEYS | ADAPTER_KEYS.get(str(name), frozenset())
 
 
 def _peft():
@@ -225,7 +227,7 @@ def is_adalora(peft_cfg: Mapping[str, Any] | None) -> bool:
 
 def build_peft_config(cfg: Mapping[str, Any], model: nn.Module, task: Task) -> Any:
     """The peft config object (hydra-instantiated `_target_`) with tunelab's defaults filled in."""
-    kwargs = {k: v for k, v in dict(cfg).items() if k not in TUNELAB_KEYS}
+    kwargs = {k: v for k, v in dict(cfg).items() if k not in tunelab_keys(cfg.get("name"))}
     model_type = model.config.model_type
     for key in ("target_modules", "feedforward_modules"):
         if key in kwargs and kwargs[key] is None:
