@@ -27,6 +27,9 @@ GPT2 = ["model=gpt2_tiny", "data=tiny_shakespeare", "loss=next_token_cross_entro
     (["+data.seed=3"],  # the run's seed is passed in: a data.seed would clash with it
      "data.seed is set by the run itself, from the root seed: drop data.seed."),
     (["+seeed=3"], "unknown config key 'seeed': the run config takes no seeed; did you mean seed?"),
+    (["logger=wandb", "+logger.wandb.projct=x"],  # WandbLogger passes it on to wandb.init, which refused it late
+     "unknown config key 'logger.wandb.projct': lightning.pytorch.loggers.WandbLogger takes no projct; did you mean "
+     "logger.wandb.project?"),
     (["+oc=1"], "unknown config key 'oc': the run config takes no oc; its settings: callbacks, ckpt_path, data, "  # a
                 "export, float32_matmul_precision, hydra, logger, loss, model, on_nan, optimized_metric, optimizer, "  # resolver
                 "overwrite, paths, peft, plots, predict, scheduler, seed, tags, task_name, test, train, train_metrics, "

@@ -93,7 +93,23 @@ def _interpolated_names(cfg: DictConfig) -> set[str]:
 
 def accepted_keys(target: Any) -> set[str] | None:
     """The keyword arguments `target` (a class or a function) takes, following **kwargs up a class's bases
-    (TextDataModule passes its own on to BaseDataModule); None where they end in **kwargs: anything goes."""
+    (TextDataModule passes its own on to BaseDataModule) and on to where a class sends them (_KWARGS_GO_TO); None
+    where they end in **kwargs: anything goes."""
+    names = _named_keys(target)
+    forwarded = _KWARGS_GO_TO.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}")
+    if names is None and forwarded:
+        own = _named_keys(target, open_ended=True)
+        through = accepted_keys(get_object(forwarded))
+        return None if through is None else own | through
+    return names
+
+
+# classes whose **kwargs go to one function with a fixed signature: a typo there failed after the model had loaded
+_KWARGS_GO_TO = {"lightning.pytorch.loggers.wandb.WandbLogger": "wandb.init"}
+
+
+def _named_keys(target: Any, open_ended: bool = False) -> set[str] | None:
+    """`target`'s own keyword arguments; None where they end in **kwargs, unless `open_ended` (then: the named ones)."""
     names: set[str] = set()
     owners = [c for c in target.__mro__ if "__init__" in vars(c)] if isinstance(target, type) else [target]
     for owner in owners:
@@ -104,7 +120,7 @@ def accepted_keys(target: Any) -> set[str] | None:
         names |= {p.name for p in params if p.kind in _NAMED}
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
             return names - {"self"}
-    return None
+    return names - {"self"} if open_ended else None
 
 
 # arguments the run passes itself when it builds the group (a config key would clash with them), and from what
