@@ -378,3 +378,11 @@ def test_the_lr_monitors_last_logged_lr_is_no_result(run_cfg) -> None:
     recorded = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert "val/acc" in recorded and not any(k.startswith("lr-") for k in [*metrics, *recorded])
 
+
+
+def test_a_validation_interval_in_time_trains(run_cfg) -> None:
+    """trainer.val_check_interval='DD:HH:MM:SS' (Lightning validates after that much time): refused by the schema,
+    and then a TypeError at the start of training (no batch count to compare max_steps with)."""
+    metrics, _ = run_cfg('trainer.val_check_interval="00:00:00:02"', "data.train_limit=32", "data.batch_size=8",
+                         "trainer.max_steps=4")
+    assert 0 <= metrics["test/acc"] <= 1

@@ -229,8 +229,8 @@ class TransformerModule(pl.LightningModule):
         if trainer.ckpt_path:  # resumed: the schedule's lr at the restored step, not the checkpoint's lr
             for config in trainer.lr_scheduler_configs:
                 apply_restored_schedule(config.scheduler)
-        if not trainer.enable_validation or trainer.max_steps < 0 or trainer.val_check_batch == float("inf"):
-            return
+        if not trainer.enable_validation or trainer.max_steps < 0 or trainer.val_check_batch in (None, float("inf")):
+            return  # (None: a val_check_interval in time, no batch count to check)
         # batches before the first validation: a max_steps below it ends fit with no val/ metric at all
         first = trainer.val_check_batch
         if trainer.check_val_every_n_epoch and trainer.val_check_batch <= trainer.num_training_batches:

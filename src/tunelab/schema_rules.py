@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class Rule:
                 "devices": "a count >= 1, -1 (all), auto, or device indices ([0, 1] or \"0,1\")",
                 "weights": "balanced or a list of one weight >= 0 per label, not all 0",
                 "names": "a list of names ([a, b])",
-                "interval": "a number of batches (an integer >= 1) or a fraction of an epoch in (0, 1]"}[self.kind]
+                "interval": "a number of batches (an integer >= 1), a fraction of an epoch in (0, 1], or a time "
+                            "('DD:HH:MM:SS', or timedelta's {minutes: 30})"}[self.kind]
         return f"{noun} {self.bounds()}".strip() + (" or null" if self.nullable else "")
 
     def type_ok(self, value: Any) -> bool:
@@ -74,7 +75,7 @@ class Rule:
                 isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in value
             ) and any(w > 0 for w in value)
         if self.kind == "interval":  # 0 would validate after every batch (0.0) or divide by zero (0)
-            return is_int(value) and value >= 1 or isinstance(value, float) and 0 < value <= 1
+            return is_int(value) and value >= 1 or isinstance(value, float) and 0 < value <= 1 or _duration(value)
         if self.kind == "names":
             return isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
         if self.kind == "text":
@@ -121,3 +122,17 @@ NAMES = Rule("names")
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+_TIMEDELTA_KEYS = {"weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds"}
+
+
+def _duration(value: Any) -> bool:
+    """A time Lightning validates after (val_check_interval): 'DD:HH:MM:SS' or timedelta's keywords, above 0."""
+    if isinstance(value, str):
+        parts = value.strip().split(":")
+        return len(parts) == 4 and all(p.isdigit() for p in parts) and any(int(p) for p in parts)
+    if isinstance(value, Mapping):
+        numbers = [v for v in value.values() if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0]
+        return bool(value) and set(map(str, value)) <= _TIMEDELTA_KEYS and len(numbers) == len(value) and any(numbers)
+    return False
