@@ -84,6 +84,9 @@ def test_cli_prints_one_line_and_exits_2(tmp_path) -> None:
      "unknown config key 'loss.label_smoothing': loss=mse has no label_smoothing (its keys: _target_, scale_k, "
      "scale_m); the loss options with label_smoothing: cross_entropy, cross_entropy_smoothed, "
      "next_token_cross_entropy, token_cross_entropy."),
+    (["optimizer.foreach=false"],  # a keyword of torch.optim.AdamW that no option's yaml lists
+     "unknown config key 'optimizer.foreach': optimizer=adamw does not set foreach, which torch.optim.AdamW takes: "
+     "add it with +optimizer.foreach=<value>."),
     (["scheduler=none", "scheduler.warmup_steps=10"],  # an option without keys
      "unknown config key 'scheduler.warmup_steps': scheduler=none takes no settings; the scheduler options with "
      "warmup_steps: constant_with_warmup, cosine, linear."),

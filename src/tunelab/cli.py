@@ -213,6 +213,9 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str], swept: set[str]
             if close and close[0] != leaf:
                 hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? "
             elif choice and leaf not in node:  # the key exists, but not under the option chosen for its group
+                if _target_takes(node, leaf):  # a keyword of the class the option builds: optimizer.foreach
+                    return (f"unknown config key '{dotted}': {group}={choice} does not set {leaf}, which "
+                            f"{node._target_} takes: add it with +{dotted}=<value>.")
                 keys = ", ".join(map(str, node.keys()))
                 if group in swept or any(a.startswith(f"{group}=") and "," in a for a in argv):  # a sweep of options
                     return (f"unknown config key '{dotted}': {group}={choice} has no {leaf} (its keys: {keys}), and a "
@@ -228,6 +231,19 @@ def _unknown_key(dotted: str, config_name: str, argv: list[str], swept: set[str]
                     "(hydra.sweeper.params): remove it there, or pick an option that has it")
         break
     return f"unknown config key '{dotted}': {hint}(to add a new key write +{dotted}=...)"
+
+
+def _target_takes(node, key: str) -> bool:
+    """Whether the class or function a config node builds (its _target_) takes `key` as a keyword argument."""
+    from hydra.utils import get_object
+
+    from tunelab.config_keys import accepted_keys
+
+    try:
+        accepted = accepted_keys(get_object(str(node.get("_target_"))))
+    except Exception:  # noqa: BLE001 - no _target_, or one that does not import: no such hint
+        return False
+    return accepted is not None and key in accepted
 
 
 def _options_with(group: str, key: str) -> list[str]:
