@@ -132,3 +132,9 @@ def test_a_key_an_experiment_set_for_another_option_says_where_it_comes_from(tmp
     assert str(err.value).startswith("unknown config key 'peft.r': peft.IA3Config takes no r; its settings: ")
     assert str(err.value).endswith(" It comes from experiment=sst2_minilm_lora, for another option: drop it with "
                                    "~peft.r.")
+
+
+def test_an_experiments_own_variable_the_command_line_leaves_unread_is_no_unknown_key(tmp_path) -> None:
+    """-m experiment=sweep_optimizers optimizer.lr=...: the experiment's lr_scale and optimizer_lr, read only by the
+    optimizer.lr the command line replaces, were refused as keys the user never typed."""
+    check_keys(compose_cfg(tmp_path, "experiment=sweep_optimizers", "optimizer.lr=1e-5"))

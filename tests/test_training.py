@@ -386,3 +386,11 @@ def test_a_validation_interval_in_time_trains(run_cfg) -> None:
     metrics, _ = run_cfg('trainer.val_check_interval="00:00:00:02"', "data.train_limit=32", "data.batch_size=8",
                          "trainer.max_steps=4")
     assert 0 <= metrics["test/acc"] <= 1
+
+
+def test_training_without_end_stops_on_early_stopping(run_cfg) -> None:
+    """trainer.max_epochs=-1 with scheduler=none (what the refusal of max_epochs=-1 under a schedule suggests) ends
+    when early stopping says so: configure_optimizers crashed on int(inf) steps."""
+    metrics, _ = run_cfg("trainer.max_epochs=-1", "scheduler=none", "callbacks=early_stopping",
+                         "callbacks.early_stopping.patience=1", "data.train_limit=32", "data.batch_size=8")
+    assert 0 <= metrics["test/acc"] <= 1

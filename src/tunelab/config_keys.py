@@ -37,8 +37,12 @@ def check_keys(cfg: DictConfig) -> None:
     """ConfigError for the first key of the root / model / data / loss / trainer / peft / a callback / a logger that
     its code does not read (optimizer and scheduler keys are checked by building them:
     optim.check_optimizer_settings)."""
-    if {str(k) for k in cfg.keys()} - ROOT_KEYS:  # an experiment's own variable or a typo: only then is it scanned
-        _check("", cfg, ROOT_KEYS | _interpolated_names(cfg), "the run config")
+    given = job_keys()
+    # a root key beyond the known ones: an experiment's own variable (sweep_optimizers' lr_scale and optimizer_lr,
+    # unread when the command line sets optimizer.lr itself) or a typed one, which an interpolation must read
+    typed = {str(k) for k in cfg.keys() if str(k) in given} - ROOT_KEYS
+    if typed:
+        _check("", cfg, ROOT_KEYS | _interpolated_names(cfg), "the run config", {str(k) for k in cfg} - typed)
     if isinstance(cfg.get("model"), DictConfig):
         _check("model", cfg.model, MODEL_KEYS, "the model config")
     for group in ("data", "loss", "trainer", "peft"):
@@ -52,7 +56,6 @@ def check_keys(cfg: DictConfig) -> None:
         _check_passed_by_code("scheduler", scheduler)  # (optim.check_optimizer_settings)
     # scheduler=none / peft=none: an experiment's settings for the schedule or adapter it chose stay behind when the
     # command line switches them off (experiment=sst2_minilm_lora peft=none), harmless; the command line's own are not
-    given = job_keys()
     for group, accepted, choices in (
         ("scheduler", (), "scheduler=linear, cosine or constant_with_warmup for a schedule's settings"),
         ("peft", {*tunelab_keys(None), "modules_to_save"}, "peft=lora, adalora, ia3 or prefix for an adapter's settings"),

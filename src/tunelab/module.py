@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -293,7 +294,8 @@ class TransformerModule(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.hparams.optimizer, self, may_fuse(self.trainer))
-        scheduler = build_scheduler(self.hparams.scheduler, optimizer, int(self.trainer.estimated_stepping_batches))
+        steps = self.trainer.estimated_stepping_batches  # inf: max_epochs=-1 without max_steps (no schedule then)
+        scheduler = build_scheduler(self.hparams.scheduler, optimizer, int(steps) if math.isfinite(steps) else 0)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
