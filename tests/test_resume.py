@@ -83,6 +83,18 @@ def test_resuming_with_the_runs_own_settings_goes_on(tmp_path, case) -> None:
     assert 0 < steps[0] < steps[1]  # the second epoch trained on from the first
 
 
+def test_ckpt_path_last_that_found_another_run_says_how_it_chose(tmp_path) -> None:
+    """Runs share task_name=train unless named: ckpt_path=last may take another run than the one meant, and the
+    refusal told the user to adopt that run's settings."""
+    logs = [f"paths.log_dir={tmp_path}", f"paths.data_dir={FIXTURES}", "debug=quick", "logger=csv", *TINY]
+    assert run_script("train.py", *logs, "data.max_length=32").returncode == 0
+    resumed = run_script("train.py", *logs, "trainer.max_epochs=2", "ckpt_path=last")
+    assert resumed.returncode == 2
+    assert resumed.stderr.strip().splitlines()[-1].endswith(
+        "or train from scratch without ckpt_path (ckpt_path=last took the newest run of task_name=train; pass the "
+        "path of the checkpoint to resume).")
+
+
 def test_resuming_without_the_runs_overrides_names_them_before_loading(tmp_path) -> None:
     """`train.py ckpt_path=<ckpt>` without the overrides its run was trained with (another data file, length, model)
     would train other examples or fail to load the weights: one line that lists the run's overrides."""

@@ -17,6 +17,7 @@ from tunelab.errors import ConfigError
 from tunelab.model import RUNTIME_KEYS
 from tunelab.optim import KERNEL_KEYS
 from tunelab.peft_adapters import EXPORT_KEYS
+from tunelab.sweeps import command_line_overrides
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,18 @@ def check_resume(path: str | Path, trained: Mapping[str, Any], now: Mapping[str,
     for key, before, after in _resume_differences(trained, now, trained_cfg, cfg):
         if before != after:
             run_overrides = _run_overrides(path)
+            # ckpt_path=last may have found another run of the same task_name than the one meant
+            chosen = (f" (ckpt_path=last took the newest run of task_name={cfg.get('task_name')}; pass the path of "
+                      "the checkpoint to resume)" if "ckpt_path=last" in command_line_overrides() else "")
             raise ConfigError(f"ckpt_path={path} was trained with {key}={before}, this run says {after}: resuming "
                               "continues that run, so pass its settings (its .hydra/overrides.yaml"
                               f"{': ' + run_overrides if run_overrides else ''}), or train from scratch without "
-                              "ckpt_path.")
+                              f"ckpt_path{chosen}.")
     if trained_cfg is None or not now.get("scheduler"):
         return
-    changed = [f"{key}={OmegaConf.select(trained_cfg, key, default=None)} -> {OmegaConf.select(cfg, key, default=None)}"
-               for key in RUN_LENGTH if OmegaConf.select(trained_cfg, key, default=None) != OmegaConf.select(cfg, key, default=None)]
+    lengths = {key: (OmegaConf.select(trained_cfg, key, default=None), OmegaConf.select(cfg, key, default=None))
+               for key in RUN_LENGTH}
+    changed = [f"{key}={then} -> {now_}" for key, (then, now_) in lengths.items() if then != now_]
     if changed:
         log.warning("ckpt_path=%s was trained for another length (%s): the learning-rate schedule is rebuilt for this "
                     "run's steps from where the checkpoint left off, so the result differs from a run trained to this "
