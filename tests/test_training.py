@@ -394,3 +394,11 @@ def test_training_without_end_stops_on_early_stopping(run_cfg) -> None:
     metrics, _ = run_cfg("trainer.max_epochs=-1", "scheduler=none", "callbacks=early_stopping",
                          "callbacks.early_stopping.patience=1", "data.train_limit=32", "data.batch_size=8")
     assert 0 <= metrics["test/acc"] <= 1
+
+
+def test_a_checkpoint_callback_without_a_monitor_keeps_the_latest(run_cfg) -> None:
+    """callbacks.model_checkpoint.monitor=null (Lightning's: keep the latest): its `mode: auto` placeholder reached
+    Lightning after the data and model had loaded ("mode can be min, max but got auto")."""
+    metrics, run_dir = run_cfg("callbacks.model_checkpoint.monitor=null", "data.train_limit=32", "data.batch_size=8",
+                               "trainer.max_epochs=1")
+    assert 0 <= metrics["test/acc"] <= 1 and list((run_dir / "checkpoints").glob("best-*.ckpt"))

@@ -183,6 +183,10 @@ def instantiate_group(group: DictConfig | None, cfg: DictConfig | None = None, g
             with open_dict(entry):
                 entry.monitor, entry.mode = callback_monitor(cfg, entry.monitor, entry.get("mode", "auto"),
                                                              f"callbacks.{name}")
+        elif entry.get("monitor", "") is None and entry.get("mode") == "auto":  # monitor=null: no direction to take
+            entry = entry.copy()
+            with open_dict(entry):
+                del entry["mode"]
         objects.append(built(f"{group_name}.{name}", entry))
     return objects
 
