@@ -167,6 +167,7 @@ BAD_VALUES = {
     "data.val_fraction": ([0, 1, -0.1], [0.05, 0.5]),  # a share to carve: 0 would still carve one row
     "callbacks.ema.multi_avg_fn.decay": ([0, 1, -0.5], [0.5, 0.999]),  # (callbacks=ema)
     "trainer.limit_train_batches": ([-1, 1.5, "half"], [0, 10, 0.25, 1.0, None]),  # count or fraction
+    "trainer.log_every_n_steps": ([-1, 1.5, "often"], [0, 1, 50, None]),  # Lightning's: 0 logs no step values
     "trainer.val_check_interval": ([0, 0.0, 1.5, -1, "00:00:00:00", "30s", {"minuts": 1}],  # 0 never is an interval
                                    [1, 50, 0.25, 1.0, None, "00:00:30:00", {"minutes": 30}]),  # Lightning's times
     "loss.label_smoothing": ([1, 1.5, -0.1], [0, 0.1, 0.9]),  # 1: uniform targets, nothing to learn

@@ -123,7 +123,7 @@ RULES: dict[str, Rule] = {
     "trainer.accumulate_grad_batches": COUNT,
     "trainer.gradient_clip_val": number(0, nullable=True),
     "trainer.gradient_clip_algorithm": one_of("norm", "value", nullable=True),
-    "trainer.log_every_n_steps": COUNT,
+    "trainer.log_every_n_steps": integer(0, nullable=True, label="a number of steps (0: no per-step values)"),
     "trainer.check_val_every_n_epoch": COUNT_OR_NULL,
     "trainer.num_sanity_val_steps": integer(-1),
     "trainer.precision": one_of("16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true", "16", "32",
