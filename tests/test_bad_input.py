@@ -209,6 +209,12 @@ def test_bad_config_values_are_one_line_naming_key_and_value(base_cfg, key) -> N
 
 
 def test_schema_messages_and_model_positions(base_cfg, tmp_path) -> None:
+    cfg = base_cfg.copy()
+    OmegaConf.update(cfg, "optimizer.lr", "0.001")  # what ${oc.env:MYLR} gives
+    with pytest.raises(ConfigError) as err:
+        schema.check(cfg)
+    assert str(err.value) == ("optimizer.lr must be a number > 0 or null; got '0.001' (text, not a number: "
+                              "${oc.env:NAME} gives text; ${oc.decode:${oc.env:NAME}} reads it as a number)")
     # RoBERTa numbers positions from pad_token_id + 1: 34 position embeddings with pad 0 hold 33 tokens
     (tmp_path / "roberta").mkdir()
     (tmp_path / "roberta" / "config.json").write_text(json.dumps(

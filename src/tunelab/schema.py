@@ -151,10 +151,21 @@ def check(cfg: DictConfig) -> None:
         if value is _ABSENT or (value is None and rule.nullable):
             continue
         if not rule.type_ok(value):
-            raise ConfigError(f"{key} must be {rule.describe()}; got {_show(value)}")
+            raise ConfigError(f"{key} must be {rule.describe()}; got {_show(value)}{_text_number_hint(rule, value)}")
         if rule.kind in {"int", "number"} and not rule.range_ok(value):
             raise ConfigError(f"{key} must be {rule.label or rule.bounds()}; got {_show(value)}")
     _check_positions(cfg)
+
+
+def _text_number_hint(rule: Rule, value: Any) -> str:
+    """A number that arrives as text: ${oc.env:NAME} always gives a string."""
+    if rule.kind not in {"int", "number"} or not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return " (text, not a number: ${oc.env:NAME} gives text; ${oc.decode:${oc.env:NAME}} reads it as a number)"
 
 
 def _check_positions(cfg: DictConfig) -> None:
