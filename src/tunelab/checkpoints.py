@@ -3,6 +3,8 @@ loads it, so a wrong file is one line naming what was expected instead of a KeyE
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import re
@@ -179,7 +181,14 @@ def training_config(path: str | Path) -> DictConfig | None:
     hydra_dir = hydra_dir_of(path)
     if hydra_dir is None or not (hydra_dir / layout.CONFIG_YAML).is_file():
         return None
-    return OmegaConf.load(hydra_dir / layout.CONFIG_YAML)
+    file = (hydra_dir / layout.CONFIG_YAML).resolve()
+    return copy.deepcopy(_parsed(str(file), file.stat().st_mtime_ns))  # a copy: callers update theirs
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(file: str, mtime_ns: int) -> DictConfig:
+    """One parse per file version: a run's start reads its checkpoint's run config from several checks."""
+    return OmegaConf.load(file)
 
 
 def trained_data(path: str | Path) -> str | None:
