@@ -17,14 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab import peft_adapters
 from tunelab import run_layout as layout
-from tunelab.checkpoints import (check_label_set, input_length, is_adapter_dir, load_checkpoint_header,
-                                 tested_label_info, trained_data)
+from tunelab.checkpoints import check_label_set, is_adapter_dir, load_checkpoint_header, tested_label_info, trained_data
 from tunelab.data.tokenizing import save_tokenizer
 from tunelab.errors import ConfigError
 from tunelab.model import takes_token_types
 from tunelab.schema import usable_positions
 from tunelab.module import TransformerModule
 from tunelab.tasks import TASKS, Task, get_task
+from tunelab.tested_data import input_length
 
 log = logging.getLogger(__name__)
 

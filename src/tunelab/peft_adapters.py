@@ -20,11 +20,12 @@ from torch import nn
 
 from tunelab import run_layout as layout
 from tunelab import sweeps
-from tunelab.checkpoints import ADAPTER_HPARAMS, input_length
+from tunelab.checkpoints import ADAPTER_HPARAMS
 from tunelab.data.tokenizing import save_tokenizer
 from tunelab.errors import ConfigError
 from tunelab.model import model_config, takes_token_types
 from tunelab.tasks import Task, get_task
+from tunelab.tested_data import input_length
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,15 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import export, peft_adapters, plots, predict, predictions, rundir, sweeps, tracking
-from tunelab.checkpoints import (check_checkpoint, check_text_pairs, is_adapter_dir, resolved_model_paths,
-                                 saved_val_metrics, tested_label_info, trained_tokenizer, use_trained_data_settings)
+from tunelab.checkpoints import (check_checkpoint, is_adapter_dir, resolved_model_paths, saved_val_metrics,
+                                 tested_label_info, trained_tokenizer)
 from tunelab.csv_history import csv_history, restore_csv_history
 from tunelab.data.datamodule import FILE_KEYS
 from tunelab.errors import RunInterrupted
 from tunelab.module import TransformerModule
 from tunelab.resilience import Interrupted, find_resilience
 from tunelab.resuming import check_resume
+from tunelab.tested_data import check_text_pairs, use_trained_data_settings
 from tunelab.trainer import best_checkpoint, build_trainer, end_sweep_job_ranks
 from tunelab.validation import prepare
 

@@ -12,12 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tunelab import export, predictions, rundir, sweeps
-from tunelab.checkpoints import (check_checkpoint, check_text_pairs, tested_label_info, trained_tokenizer,
-                                 use_trained_data_settings)
+from tunelab.checkpoints import check_checkpoint, tested_label_info, trained_tokenizer
 from tunelab.errors import ConfigError
 from tunelab.module import TransformerModule
 from tunelab.run_layout import PREDICTIONS_FILE
 from tunelab.tasks import TASKS, get_task
+from tunelab.tested_data import check_text_pairs, use_trained_data_settings
 from tunelab.trainer import build_trainer
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,10 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import run_layout as layout
-from tunelab.checkpoints import chooses_data, is_adapter_dir, training_config
+from tunelab.checkpoints import is_adapter_dir, training_config
 from tunelab.errors import ConfigError
 from tunelab.sweeps import command_line_keys, is_multirun
+from tunelab.tested_data import chooses_data
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunelab import peft_adapters, schema
 from tunelab.callback_checks import check_callbacks, check_weight_averaging
-from tunelab.checkpoints import adapter_hparams, is_adapter_dir, use_trained_data
+from tunelab.checkpoints import adapter_hparams, is_adapter_dir
 from tunelab.compiling import check_compile
 from tunelab.config_keys import check_keys
 from tunelab.data.datamodule import FILE_KEYS, splits_read
@@ -26,6 +26,7 @@ from tunelab.resilience import check_skip_runs_alone
 from tunelab.rundir import resolve_ckpt_path
 from tunelab.sweeps import command_line_keys, is_multirun, job_keys, launcher_target
 from tunelab.tasks import check_data, get_task
+from tunelab.tested_data import use_trained_data
 from tunelab.trainer import check_trainer_settings, strategy_name
 
 

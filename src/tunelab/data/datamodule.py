@@ -34,7 +34,7 @@ def splits_read(tests_trained_model: bool, test_file: str | None) -> tuple[str, 
 
 
 # how batches are loaded and padded (padding is masked), not which examples train: a resumed run may change them
-# (resuming), and a trained model is tested with this machine's (checkpoints.use_trained_data)
+# (resuming), and a trained model is tested with this machine's (tested_data.use_trained_data)
 LOADER_KEYS = frozenset({"num_workers", "pin_memory", "eval_batch_size", "cache_dir", "predict_file",
                          "pad_to_multiple_of"})
 
