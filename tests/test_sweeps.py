@@ -114,18 +114,23 @@ def test_a_grid_sweep_is_checked_before_its_first_job(tmp_path) -> None:
         assert "Launching" not in proc.stdout + proc.stderr and not list(tmp_path.glob("*"))
 
 
+def refused_sweep(tmp_path, *overrides: str) -> str:
+    """The error line of a tiny sweep refused before its first job: exit 2, no job launched, nothing written."""
+    proc = run_script("train.py", "-m", *TINY, "logger=csv", *overrides, f"hydra.sweep.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Launching" not in proc.stdout + proc.stderr and "UserWarning" not in proc.stderr
+    assert not list(tmp_path.glob("*"))
+    return proc.stderr.strip().splitlines()[-1]
+
+
 def test_a_key_some_swept_options_lack_names_the_job_before_any_runs(tmp_path) -> None:
     """optimizer=sgd,adamw with optimizer.betas: Hydra only warned when the check composed the sgd job, which then
     failed with an empty hint; the other job would have trained."""
-    proc = run_script("train.py", "-m", *TINY, "logger=csv", "optimizer=sgd,adamw", "optimizer.betas=[0.9,0.98]",
-                      f"hydra.sweep.dir={tmp_path}", timeout=120)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
+    assert refused_sweep(tmp_path, "optimizer=sgd,adamw", "optimizer.betas=[0.9,0.98]") == (
         "error: job 0 of 2 (optimizer=sgd): unknown config key 'optimizer.betas': optimizer=sgd has no betas (its keys: "
         "_target_, _partial_, lr, momentum, nesterov, weight_decay, layer_decay), and a sweep crosses every "
         "optimizer.betas value with every optimizer option: sweep optimizer.betas in a sweep of its own, with the "
         "optimizer option that has it. No job has run.")
-    assert "UserWarning" not in proc.stderr and not list(tmp_path.glob("*"))
 
 
 def test_a_fixed_key_of_a_swept_group_is_meant_for_the_jobs_whose_option_reads_it(tmp_path) -> None:
@@ -142,14 +147,10 @@ def test_a_fixed_key_of_a_swept_group_is_meant_for_the_jobs_whose_option_reads_i
 def test_a_sweep_over_losses_that_ranks_on_val_loss_is_refused_before_its_first_job(tmp_path) -> None:
     """Each job would pick its checkpoints, and the sweep rank its jobs, on its own loss's units; the report said
     so only after every job had trained."""
-    proc = run_script("train.py", "-m", *TINY, "logger=csv", "loss=cross_entropy,focal", "optimized_metric=val/loss",
-                      f"hydra.sweep.dir={tmp_path}", timeout=120)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
+    assert refused_sweep(tmp_path, "loss=cross_entropy,focal", "optimized_metric=val/loss") == (
         "error: val/loss is each config's own training loss and they train different ones (loss=cross_entropy, "
         "loss=focal), so its values are not comparable; pass optimized_metric=val/nll (a proper scoring rule every "
         "classification loss logs) or val/acc.")
-    assert "Launching" not in proc.stdout + proc.stderr and not list(tmp_path.glob("*"))
 
 
 def test_an_optuna_sweep_in_the_wrong_direction_is_refused_before_its_study(tmp_path) -> None:
