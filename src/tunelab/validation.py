@@ -1,5 +1,6 @@
-"""Every pre-flight check, behind one entry point: `validate(cfg)` raises ConfigError (one line naming
-the fix) for a configuration that cannot train, before any model, data or tokenizer loads."""
+"""Every pre-flight check, behind one entry point: `prepare(cfg)` makes the config what the run will see (its
+checkpoint resolved, a tested model's data adopted), then `validate(cfg)` raises ConfigError (one line naming the
+fix) for a configuration that cannot train, before any model, data or tokenizer loads."""
 
 from __future__ import annotations
 
