@@ -98,12 +98,11 @@ def _sweep_job_failed(err: Exception) -> None:
     failed trial before it goes on (with a NaN, optuna tells the trial twice and ends the search with a traceback)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from tunelab.sweeps import job_label, swept_keys
+    from tunelab.sweeps import command_line_overrides, job_label, swept_keys
     from tunelab.tracking import finish_failed_run
 
     finish_failed_run()
-    hydra_cfg = HydraConfig.get()
-    label = job_label(hydra_cfg.job.num, list(hydra_cfg.overrides.task), swept_keys())
+    label = job_label(HydraConfig.get().job.num, command_line_overrides(), swept_keys())
     print(f"error: {label}: {err}", file=sys.stderr)
     _FAILED_JOBS.append((label, err))
     return None

@@ -98,8 +98,9 @@ def launch_ddp_children_for_this_job_only(cfg: DictConfig) -> None:
     among those overrides sets hydra.mode=MULTIRUN and would start a sweep (an Optuna study) again. The
     checkpoint is the one rank 0 resolved: a single run reads ckpt_path=last as the newest of any job's."""
     hydra_cfg = HydraConfig.get()
-    overrides = [o for o in hydra_cfg.overrides.task if sweeps.override_key(o) != "ckpt_path"]
-    if cfg.get("ckpt_path") is not None or len(overrides) < len(hydra_cfg.overrides.task):
+    given = sweeps.command_line_overrides()
+    overrides = [o for o in given if sweeps.override_key(o) != "ckpt_path"]
+    if cfg.get("ckpt_path") is not None or len(overrides) < len(given):
         overrides.append("ckpt_path=null" if cfg.get("ckpt_path") is None else f"ckpt_path='{cfg.ckpt_path}'")
     _SWEEP_ARGV[:] = _SWEEP_ARGV or sys.argv  # given back at the job's end (the sweep's W&B summary records it)
     sys.argv = [sys.argv[0], *overrides, "hydra.mode=RUN"]
