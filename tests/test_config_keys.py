@@ -63,6 +63,8 @@ GPT2 = ["model=gpt2_tiny", "data=tiny_shakespeare", "loss=next_token_cross_entro
     (["+model.config_overrides.hiden_dropout_prob=0.3"], "model.config_overrides.hiden_dropout_prob: BertConfig (bert) "
                                                          "has no field hiden_dropout_prob; did you mean "
                                                          "model.config_overrides.hidden_dropout_prob?"),
+    (["+model.config_overrides.zzz=1"], "model.config_overrides.zzz: BertConfig (bert) has no field zzz: drop "
+                                        "model.config_overrides.zzz."),
     ([*GPT2, "+model.config.n_layr=2"], "model.config.n_layr: GPT2Config (gpt2) has no field n_layr; did you mean "
                                         "model.config.n_layer?"),
     (["model.config_overrides.num_hidden_layers=-1"], "model.config_overrides.num_hidden_layers must be a whole number "

@@ -167,7 +167,7 @@ def _check_fields(config: transformers.PretrainedConfig, given: Mapping[str, str
     for name, field in given.items():
         typo = difflib.get_close_matches(field, fields, n=1, cutoff=0.6 if field in dropped else 0.85)
         if field in dropped or (field not in fields and typo):
-            hint = f"; did you mean {name.rsplit('.', 1)[0]}.{typo[0]}?" if typo else "."
+            hint = f"; did you mean {name.rsplit('.', 1)[0]}.{typo[0]}?" if typo else f": drop {name}."
             raise ConfigError(f"{name}: {type(config).__name__} ({config.model_type}) has no field {field}{hint}")
         least = _SIZES.get(standard.get(field, field))
         value = getattr(config, field, None)
